@@ -1,0 +1,1 @@
+"""Reference central identity & card service the agent syncs with."""

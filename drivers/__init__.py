@@ -1,0 +1,1 @@
+"""Scanner, camera and printer drivers. They emit scans and print bytes; they know nothing of members or money."""

@@ -1,0 +1,1 @@
+"""The customer kiosk and till screen: a static web app served by the agent."""
