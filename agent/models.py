@@ -1,0 +1,58 @@
+"""The agent's tables (DESIGN §6). The schema itself is owned by the migrations in `agent/migrations`;
+these classes describe the head revision and a test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from agent.clock import from_storage, to_storage
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware UTC datetimes stored as ISO 8601 text (see agent.clock.to_storage)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> str | None:
+        return None if value is None else to_storage(value)
+
+    def process_result_value(self, value: str | None, dialect) -> datetime | None:
+        return None if value is None else from_storage(value)
+
+
+def utc_column(nullable: bool = False, index: bool = False) -> sa.Column:
+    return sa.Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+class Member(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    tier: str
+    points: int = Field(description="points balance, as last confirmed by the central service")
+    display_name: str = ""
+    phone_masked: str | None = None
+    version: int = Field(description="the central change-feed position of this member's last change")
+    updated_at: datetime = Field(sa_column=utc_column())
+
+
+class MemberIdentifier(SQLModel, table=True):
+    """One way to find a member: unionid, openid:<appid>, card_no or phone_hash."""
+
+    __tablename__ = "member_identifier"
+    __table_args__ = (sa.Index("ix_member_identifier_member_id", "member_id"), {"sqlite_with_rowid": False})
+
+    kind: str = Field(primary_key=True)
+    value: str = Field(primary_key=True)
+    member_id: str = Field(sa_column=sa.Column(sa.Text, sa.ForeignKey("member.id", ondelete="CASCADE"), nullable=False))
+
+
+class SyncState(SQLModel, table=True):
+    __tablename__ = "sync_state"
+
+    key: str = Field(primary_key=True)
+    value: str
+    updated_at: datetime = Field(sa_column=utc_column())
