@@ -1,0 +1,130 @@
+"""The offline member cache: members and every identifier that finds them, kept in step with central's feed.
+
+A page of the change feed is applied in one transaction with bulk statements (`executemany` on the driver),
+so a first sync of a million members takes seconds, and a crash mid-page leaves the previous page's state and
+cursor, never half a page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from agent.clock import to_storage, utcnow
+from agent.db import reader
+from agent.pii import phone_hash
+
+IDENTIFIER_KIND = re.compile(r"^(unionid|card_no|phone_hash|openid:[A-Za-z0-9_-]{1,64})$")
+CURSOR_KEY = "member_feed_cursor"
+
+
+class UnknownIdentifierKind(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """One entry of the member change feed: an upsert with the member's full identifier set, or a tombstone."""
+
+    member_id: str
+    version: int
+    deleted: bool = False
+    tier: str = ""
+    points: int = 0
+    display_name: str = ""
+    phone_masked: str | None = None
+    identifiers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CachedMember:
+    id: str
+    tier: str
+    points: int
+    display_name: str
+    phone_masked: str | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    upserted: int
+    deleted: int
+
+
+_UPSERT_MEMBER = """
+INSERT INTO member (id, tier, points, display_name, phone_masked, version, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    tier = excluded.tier, points = excluded.points, display_name = excluded.display_name,
+    phone_masked = excluded.phone_masked, version = excluded.version, updated_at = excluded.updated_at
+"""
+# An upsert carries the member's whole identifier set: drop the old set, then insert. An identifier that moved
+# from another member (a re-issued card, say) is taken over by this one.
+_CLEAR_IDENTIFIERS = "DELETE FROM member_identifier WHERE member_id = ?"
+_INSERT_IDENTIFIER = """
+INSERT INTO member_identifier (kind, value, member_id) VALUES (?, ?, ?)
+ON CONFLICT (kind, value) DO UPDATE SET member_id = excluded.member_id
+"""
+# Identifiers go with the member (ON DELETE CASCADE).
+_DELETE_MEMBER = "DELETE FROM member WHERE id = ?"
+_SAVE_CURSOR = """
+INSERT INTO sync_state (key, value, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+"""
+_LOOKUP = """
+SELECT m.id, m.tier, m.points, m.display_name, m.phone_masked, m.version
+FROM member_identifier AS i JOIN member AS m ON m.id = i.member_id
+WHERE i.kind = ? AND i.value = ?
+"""
+
+
+class MemberCache:
+    def __init__(self, engine: sa.Engine, phone_hash_key: bytes):
+        self.engine = engine
+        self._phone_hash_key = phone_hash_key
+
+    def apply(self, changes: Sequence[MemberChange], cursor: str | None = None, now: datetime | None = None) -> ApplyResult:
+        """Apply one page of the change feed and, in the same transaction, the cursor that follows it."""
+        stamp = to_storage(now or utcnow())
+        upserts = [c for c in changes if not c.deleted]
+        tombstones = [(c.member_id,) for c in changes if c.deleted]
+        with self.engine.begin() as connection:
+            if upserts:
+                connection.exec_driver_sql(
+                    _UPSERT_MEMBER,
+                    [(c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version, stamp) for c in upserts],
+                )
+                connection.exec_driver_sql(_CLEAR_IDENTIFIERS, [(c.member_id,) for c in upserts])
+                identifiers = [(kind, value, c.member_id) for c in upserts for kind, value in c.identifiers]
+                if identifiers:
+                    connection.exec_driver_sql(_INSERT_IDENTIFIER, identifiers)
+            if tombstones:
+                connection.exec_driver_sql(_DELETE_MEMBER, tombstones)
+            if cursor is not None:
+                connection.exec_driver_sql(_SAVE_CURSOR, (CURSOR_KEY, cursor, stamp))
+        return ApplyResult(upserted=len(upserts), deleted=len(tombstones))
+
+    def lookup(self, kind: str, value: str) -> CachedMember | None:
+        """The member holding identifier (kind, value), in one indexed query."""
+        if not IDENTIFIER_KIND.match(kind):
+            raise UnknownIdentifierKind(f"unknown identifier kind {kind!r}; use unionid, card_no, phone_hash or openid:<appid>")
+        with reader(self.engine) as connection:
+            row = connection.exec_driver_sql(_LOOKUP, (kind, value)).first()
+        return None if row is None else CachedMember(*row)
+
+    def lookup_phone(self, phone: str) -> CachedMember | None:
+        """The member with this mobile number; raises pii.InvalidPhoneNumber for anything else."""
+        return self.lookup("phone_hash", phone_hash(self._phone_hash_key, phone))
+
+    def cursor(self) -> str | None:
+        with reader(self.engine) as connection:
+            return connection.exec_driver_sql("SELECT value FROM sync_state WHERE key = ?", (CURSOR_KEY,)).scalar()
+
+    def count(self) -> int:
+        with reader(self.engine) as connection:
+            return connection.exec_driver_sql("SELECT count(*) FROM member").scalar_one()
