@@ -4,7 +4,7 @@ these classes describe the head revision and a test keeps the two in agreement.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -56,3 +56,40 @@ class SyncState(SQLModel, table=True):
     key: str = Field(primary_key=True)
     value: str
     updated_at: datetime = Field(sa_column=utc_column())
+
+
+class Journal(SQLModel, table=True):
+    """One transaction of the store (sale, refund, void), append-only and hash-chained per station."""
+
+    __table_args__ = (
+        sa.Index("ix_journal_station_seq", "station_id", "seq"),
+        sa.Index("ix_journal_business_day", "business_day"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(sa_column=sa.Column(sa.Text, nullable=False, unique=True))
+    station_id: str
+    kind: str
+    business_day: str = Field(description="the store's business day, YYYY-MM-DD")
+    created_at: datetime = Field(sa_column=utc_column())
+    member_id: str | None = None
+    total_fen: int
+    points_earned: int
+    points_redeemed: int
+    body: str = Field(description="canonical JSON of the transaction's lines, tenders, coupons")
+    prev_hash: str
+    hash: str
+
+
+class Outbox(SQLModel, table=True):
+    """A journal row still to be accepted by the central service."""
+
+    __table_args__ = (sa.Index("ix_outbox_status_next", "status", "next_attempt_at"),)
+
+    journal_id: str = Field(sa_column=sa.Column(sa.Text, sa.ForeignKey("journal.id"), primary_key=True))
+    status: str = Field(description="pending, or rejected (kept, shown, not retried blindly)")
+    attempts: int = 0
+    created_at: datetime = Field(sa_column=utc_column())
+    next_attempt_at: datetime = Field(sa_column=utc_column())
+    last_error: str | None = None

@@ -1,0 +1,224 @@
+"""The transaction journal: every sale, refund and void, durable before the till is told "paid".
+
+Rows are append-only (database triggers refuse UPDATE and DELETE) and each row carries the hash of the
+previous row of the same station, so an edit, a removed row or a truncated tail is found by `verify`.
+A row and its outbox row are written in one SQLite transaction: nothing is journaled without being queued
+for the central service, and nothing is queued that was not journaled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from agent.clock import business_day, from_storage, to_storage, utcnow
+from agent.db import reader
+from agent.ids import new_transaction_id
+
+GENESIS = "0" * 64
+KINDS = frozenset({"sale", "refund", "void"})
+
+_COLUMNS = (
+    "seq, id, station_id, kind, business_day, created_at, member_id, total_fen, points_earned, points_redeemed,"
+    " body, prev_hash, hash"
+)
+
+
+class JournalError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """What the checkout hands the journal. Amounts are integer fen; the body holds no floats."""
+
+    kind: str
+    total_fen: int
+    body: Mapping[str, Any] = field(default_factory=dict)
+    member_id: str | None = None
+    points_earned: int = 0
+    points_redeemed: int = 0
+    # Chosen by the caller when it must be able to retry the append after a crash; new otherwise.
+    id: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    seq: int
+    id: str
+    station_id: str
+    kind: str
+    business_day: date
+    created_at: datetime
+    member_id: str | None
+    total_fen: int
+    points_earned: int
+    points_redeemed: int
+    body: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class BrokenLink:
+    seq: int
+    id: str
+    station_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    rows: int
+    stations: int
+    first_break: BrokenLink | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_break is None
+
+
+def canonical_json(value: Any) -> str:
+    _refuse_floats(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """The chain's hash of one row: SHA-256 over a canonical JSON list of the previous hash and the row's fields."""
+    material = [
+        prev_hash, row["id"], row["station_id"], row["kind"], row["business_day"], row["created_at"],
+        row["member_id"], row["total_fen"], row["points_earned"], row["points_redeemed"], row["body"],
+    ]  # fmt: skip
+    return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()
+
+
+class Journal:
+    def __init__(self, engine: sa.Engine, station_id: str, zone: ZoneInfo, cutoff_hour: int):
+        self.engine = engine
+        self.station_id = station_id
+        self.zone = zone
+        self.cutoff_hour = cutoff_hour
+
+    def append(self, entry: JournalEntry) -> JournalRecord:
+        """Journal one transaction and queue it for central, atomically. Appending the same id again returns
+        the row already written, so a retry after a crash cannot journal a sale twice."""
+        _check(entry)
+        at = entry.created_at or utcnow()
+        row = {
+            "id": entry.id or new_transaction_id(),
+            "station_id": self.station_id,
+            "kind": entry.kind,
+            "business_day": business_day(at, self.zone, self.cutoff_hour).isoformat(),
+            "created_at": to_storage(at),
+            "member_id": entry.member_id,
+            "total_fen": entry.total_fen,
+            "points_earned": entry.points_earned,
+            "points_redeemed": entry.points_redeemed,
+            "body": canonical_json(dict(entry.body)),
+        }
+        with self.engine.begin() as connection:
+            existing = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).first()
+            if existing is not None:
+                return _record(existing)
+            prev_hash = connection.exec_driver_sql(
+                "SELECT hash FROM journal WHERE station_id = ? ORDER BY seq DESC LIMIT 1", (self.station_id,)
+            ).scalar() or GENESIS
+            row["prev_hash"] = prev_hash
+            row["hash"] = row_hash(prev_hash, row)
+            names = list(row)
+            connection.exec_driver_sql(
+                f"INSERT INTO journal ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                tuple(row[name] for name in names),
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO outbox (journal_id, status, attempts, created_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?)",
+                (row["id"], row["created_at"], row["created_at"]),
+            )
+            written = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).one()
+        return _record(written)
+
+    def get(self, transaction_id: str) -> JournalRecord | None:
+        with reader(self.engine) as connection:
+            row = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (transaction_id,)).first()
+        return None if row is None else _record(row)
+
+
+def verify(engine: sa.Engine) -> VerifyReport:
+    """Walk every station's chain and report the first broken link, if any."""
+    last_hash: dict[str, str] = {}
+    rows = 0
+    with reader(engine) as connection:
+        for row in _rows(connection):
+            rows += 1
+            prev = last_hash.get(row["station_id"], GENESIS)
+            if row["prev_hash"] != prev:
+                return VerifyReport(rows, len(last_hash), _broken(row, "does not follow the previous row of its station (a row before it was removed or reordered)"))
+            if row_hash(prev, row) != row["hash"]:
+                return VerifyReport(rows, len(last_hash), _broken(row, "its content does not match its hash (the row was changed)"))
+            last_hash[row["station_id"]] = row["hash"]
+            last_seq = row["seq"]
+        # AUTOINCREMENT remembers the highest seq ever used: rows cut off the end of the chain show up here.
+        highest = connection.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").scalar()
+    if highest is not None and (rows == 0 or highest > last_seq):
+        return VerifyReport(
+            rows, len(last_hash),
+            BrokenLink(highest, "", "", f"rows up to seq {highest} were written but the journal ends at seq {last_seq if rows else 0} (rows were removed from the end)"),
+        )  # fmt: skip
+    return VerifyReport(rows, len(last_hash), None)
+
+
+def _rows(connection: sa.Connection) -> Iterator[dict[str, Any]]:
+    result = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal ORDER BY seq")
+    for row in result.mappings():
+        yield dict(row)
+
+
+def _broken(row: Mapping[str, Any], reason: str) -> BrokenLink:
+    return BrokenLink(row["seq"], row["id"], row["station_id"], reason)
+
+
+def _record(row: sa.Row) -> JournalRecord:
+    values = row._mapping
+    return JournalRecord(
+        seq=values["seq"],
+        id=values["id"],
+        station_id=values["station_id"],
+        kind=values["kind"],
+        business_day=date.fromisoformat(values["business_day"]),
+        created_at=from_storage(values["created_at"]),
+        member_id=values["member_id"],
+        total_fen=values["total_fen"],
+        points_earned=values["points_earned"],
+        points_redeemed=values["points_redeemed"],
+        body=json.loads(values["body"]),
+        prev_hash=values["prev_hash"],
+        hash=values["hash"],
+    )
+
+
+def _check(entry: JournalEntry) -> None:
+    if entry.kind not in KINDS:
+        raise JournalError(f"unknown transaction kind {entry.kind!r}; one of {', '.join(sorted(KINDS))}")
+    for name in ("total_fen", "points_earned", "points_redeemed"):
+        value = getattr(entry, name)
+        if type(value) is not int:
+            raise JournalError(f"{name} must be an integer (fen or points), got {type(value).__name__}")
+
+
+def _refuse_floats(value: Any) -> None:
+    if isinstance(value, float):
+        raise JournalError("a float in a journal row: money is integer fen and points are integers")
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _refuse_floats(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _refuse_floats(item)
