@@ -93,3 +93,42 @@ class Outbox(SQLModel, table=True):
     created_at: datetime = Field(sa_column=utc_column())
     next_attempt_at: datetime = Field(sa_column=utc_column())
     last_error: str | None = None
+
+
+class MemberCodeKey(SQLModel, table=True):
+    """A public key of central's member-code signing keys, as last fetched; old keys stay until `not_after`."""
+
+    __tablename__ = "member_code_key"
+
+    kid: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True, autoincrement=False))
+    public_key: str = Field(description="raw Ed25519 public key, base64url")
+    not_after: datetime | None = Field(sa_column=utc_column(nullable=True))
+    updated_at: datetime = Field(sa_column=utc_column())
+
+
+class SeenMemberCode(SQLModel, table=True):
+    """A member code already accepted, by fingerprint (never the code), kept until it would expire anyway."""
+
+    __tablename__ = "seen_member_code"
+
+    fingerprint: str = Field(primary_key=True)
+    member_id: str
+    accepted_at: datetime = Field(sa_column=utc_column())
+    expires_at: datetime = Field(sa_column=utc_column(index=True))
+
+
+class Coupon(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_coupon_member_id", "member_id"),)
+
+    code: str = Field(primary_key=True)
+    member_id: str | None = Field(sa_column=sa.Column(sa.Text, sa.ForeignKey("member.id", ondelete="CASCADE")))
+    title: str
+    kind: str = Field(description="amount_off (threshold/amount) or percent_off (with an optional cap)")
+    amount_off_fen: int = 0
+    percent_off: int = 0
+    threshold_fen: int = 0
+    cap_fen: int | None = None
+    valid_from: datetime = Field(sa_column=utc_column())
+    valid_until: datetime = Field(sa_column=utc_column())
+    usable_offline: bool = False
+    used_at: datetime | None = Field(sa_column=utc_column(nullable=True))
