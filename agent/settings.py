@@ -1,0 +1,354 @@
+"""The agent's settings: one TOML file, validated at start, with errors that name the key and the fix.
+
+Environment variables override the file (`POS_EDGE_CENTRAL__TOKEN=...`), so a store can keep secrets out of
+the file, e.g. in a systemd credential or drop-in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import stat
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.codes import CodeRules, validate_pattern
+
+ENV_PREFIX = "POS_EDGE_"
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
+
+
+class Section(BaseModel):
+    # A typo'd key must never pass silently.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(Section):
+    id: Identifier = Field(examples=["SH001"], description="store id, as registered with the central service")
+    name: str = Field(min_length=1, max_length=64, examples=["上海徐汇店"])
+    timezone: str = Field("Asia/Shanghai", examples=["Asia/Shanghai"])
+    business_day_cutoff_hour: int = Field(
+        4, ge=0, le=23, examples=[4], description="sales before this local hour count for the previous day"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class StationSettings(Section):
+    id: Identifier = Field(examples=["T01"], description="this till or kiosk, unique within the store")
+    kind: Literal["till", "kiosk"] = Field("till", examples=["till"])
+    name: str = Field("", max_length=32, examples=["1号收银台"])
+
+
+class CentralSettings(Section):
+    url: str = Field(examples=["https://central.example.com"])
+    token: SecretStr = Field(SecretStr(""), examples=["set POS_EDGE_CENTRAL__TOKEN instead of writing it here"])
+    connect_timeout_s: float = Field(3.0, gt=0, le=60, examples=[3.0])
+    read_timeout_s: float = Field(10.0, gt=0, le=120, examples=[10.0])
+    sync_interval_s: int = Field(60, ge=5, le=3600, examples=[60])
+    batch_size: int = Field(200, ge=1, le=5000, examples=[200])
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+def _device_url(value: str, schemes: tuple[str, ...]) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        raise ValueError(f"scheme {scheme or '(none)'!r} not supported here; use one of {', '.join(schemes)}")
+    return value
+
+
+class ScannerSettings(Section):
+    id: Identifier = Field(examples=["scanner-1"])
+    url: str = Field(examples=["serial:///dev/serial/by-id/usb-Honeywell_1900-if00?baudrate=9600", "hid://0c2e:0b61"])
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        return _device_url(value, ("serial", "hid"))
+
+
+class CameraSettings(Section):
+    id: Identifier = Field("camera", examples=["camera"])
+    url: str = Field(examples=["camera:0", "camera:///dev/v4l/by-id/usb-cam-video-index0"])
+    decoder: Literal["zxing", "pyzbar"] = Field("zxing", examples=["zxing"])
+    formats: tuple[Literal["qr", "code128", "ean13", "ean8", "upca"], ...] = Field(
+        ("qr", "code128"), min_length=1, examples=[["qr", "code128"]]
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        return _device_url(value, ("camera",))
+
+
+class PrinterSettings(Section):
+    id: Identifier = Field("printer", examples=["printer"])
+    url: str = Field(examples=["tcp://192.168.1.50:9100", "usb://0416:5011", "file:///dev/usb/lp0"])
+    profile: str = Field("default", examples=["default", "TM-T88V"])
+    paper_width_mm: Literal[58, 80] = Field(80, examples=[80])
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        return _device_url(value, ("tcp", "usb", "file", "serial"))
+
+
+class DeviceSettings(Section):
+    scanners: tuple[ScannerSettings, ...] = ()
+    camera: CameraSettings | None = None
+    printer: PrinterSettings | None = None
+
+
+class CodeSettings(Section):
+    card_patterns: tuple[str, ...] = Field((), examples=[["16[0-9]{16}", "8800[0-9]{9}"]])
+    coupon_pattern: str | None = Field(None, examples=["CP[0-9A-Z]{10}"])
+    guide_pattern: str | None = Field(None, examples=["G[0-9]{5}"])
+
+    @field_validator("card_patterns")
+    @classmethod
+    def _patterns(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            cls._pattern(value)
+        return values
+
+    @field_validator("coupon_pattern", "guide_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None and (problem := validate_pattern(value)):
+            raise ValueError(problem)
+        return value
+
+    def rules(self) -> CodeRules:
+        return CodeRules(self.card_patterns, self.coupon_pattern, self.guide_pattern)
+
+
+class MemberCodeSettings(Section):
+    window_s: int = Field(120, ge=10, le=600, examples=[120], description="how long a member code is accepted")
+    clock_skew_s: int = Field(30, ge=0, le=300, examples=[30])
+
+
+class TierSettings(Section):
+    discount_percent: int = Field(0, ge=0, le=90, examples=[5])
+    earn_multiplier_percent: int = Field(100, ge=0, le=1000, examples=[150])
+
+
+class PointsSettings(Section):
+    earn_per_yuan: int = Field(1, ge=0, le=100, examples=[1], description="points per whole yuan paid")
+    fen_per_point: int = Field(1, ge=1, le=10000, examples=[1], description="value of one point when redeemed")
+    max_redeem_percent: int = Field(50, ge=0, le=100, examples=[50], description="cap as a share of the basket")
+    excluded_categories: tuple[str, ...] = Field((), examples=[["tobacco", "gift_card"]])
+    tiers: dict[str, TierSettings] = Field(default_factory=dict, examples=[{"gold": {"discount_percent": 5}}])
+
+
+class OfflineSettings(Section):
+    redeem_cap_points_per_day: int = Field(500, ge=0, examples=[500])
+    probe_timeout_s: float = Field(1.0, gt=0, le=10, examples=[1.0])
+
+
+class ApiSettings(Section):
+    host: str = Field("127.0.0.1", examples=["127.0.0.1"])
+    port: int = Field(8765, ge=1, le=65535, examples=[8765])
+    token: SecretStr = Field(SecretStr(""), examples=["set POS_EDGE_API__TOKEN instead of writing it here"])
+
+
+class StorageSettings(Section):
+    database: Path = Field(Path("/var/lib/pos-edge/agent.db"), examples=["/var/lib/pos-edge/agent.db"])
+
+
+class PrivacySettings(Section):
+    phone_hash_key: SecretStr | None = Field(
+        None,
+        examples=["set POS_EDGE_PRIVACY__PHONE_HASH_KEY; same value as the central service"],
+        description="key of the phone number hash, shared with the central service; without it, no phone lookup",
+    )
+
+    @field_validator("phone_hash_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    def key_bytes(self) -> bytes | None:
+        return None if self.phone_hash_key is None else self.phone_hash_key.get_secret_value().encode("utf-8")
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", examples=["INFO"])
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__", nested_model_default_partial_update=True
+    )
+
+    store: StoreSettings
+    station: StationSettings
+    central: CentralSettings
+    devices: DeviceSettings = DeviceSettings()
+    codes: CodeSettings = CodeSettings()
+    member_codes: MemberCodeSettings = MemberCodeSettings()
+    points: PointsSettings = PointsSettings()
+    offline: OfflineSettings = OfflineSettings()
+    api: ApiSettings = ApiSettings()
+    storage: StorageSettings = StorageSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # The environment overrides the file, key by key.
+        return (env_settings, init_settings)
+
+
+SECRET_KEYS = ("central.token", "api.token", "privacy.phone_hash_key")
+
+
+class SettingsError(Exception):
+    """The settings file cannot be used. `problems` holds one line per bad key."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    path: Path
+    warnings: tuple[str, ...]
+
+
+def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
+    """Read and validate a settings file; raise SettingsError naming every bad key."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SettingsError(path, ["file not found; start from config/example.toml"]) from None
+    except OSError as exc:
+        raise SettingsError(path, [f"cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SettingsError(path, ["not UTF-8 text; save the file as UTF-8"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(path, [f"not valid TOML: {exc}"]) from None
+
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise SettingsError(path, [_describe(error) for error in exc.errors()]) from None
+
+    database = settings.storage.database
+    if not database.is_absolute():
+        # A relative database path is taken from the settings file's folder, wherever the agent is started.
+        storage = settings.storage.model_copy(update={"database": (path.parent / database).resolve()})
+        settings = settings.model_copy(update={"storage": storage})
+
+    warnings = []
+    world_readable = path.stat().st_mode & stat.S_IROTH
+    for key in SECRET_KEYS:
+        section, name = key.split(".")
+        if world_readable and data.get(section, {}).get(name):
+            warnings.append(
+                f"{key} is written in a file anyone on this machine can read; "
+                f"run `chmod 600 {path}` or set {ENV_PREFIX}{section.upper()}__{name.upper()} instead"
+            )
+    return LoadedSettings(settings, path, tuple(warnings))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = error["loc"]
+    key = _dotted(loc)
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {guess[0]!r}?" if guess else f"known keys here: {', '.join(known)}"
+        return f"{key}: unknown key; {hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    field = _field_at(loc)
+    if field is not None and field.examples:
+        example = field.examples[0]
+        shown = f'"{example}"' if isinstance(example, str) else _toml_value(example)
+        return f"{key}: {message}; for example: {loc[-1]} = {shown}"
+    return f"{key}: {message}"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside `X`, `X | None`, `tuple[X, ...]` or `dict[str, X]`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _model_of(arg)) is not None:
+            return found
+    return None
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    model: type[BaseModel] | None = Settings
+    field: FieldInfo | None = None
+    for part in loc:
+        if model is None:
+            return None, None
+        if isinstance(part, int) or part not in model.model_fields:
+            # A list index or a dict key: stay on the item model.
+            continue
+        field = model.model_fields[part]
+        model = _model_of(field.annotation)
+    return model, field
+
+
+def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:
+    return _walk(loc)[1]
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model, _ = _walk(loc)
+    return list(model.model_fields) if model else []
