@@ -98,10 +98,13 @@ def open_database(path: Path) -> sa.Engine:
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
     """Upgrade the schema in place, in one transaction: a failed upgrade leaves the previous schema."""
     with engine.begin() as connection:
-        _check_not_newer(connection)
+        before = _check_not_newer(connection)
         config = _alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+        after = MigrationContext.configure(connection).get_current_revision()
+    if after != before:
+        log.info("database schema upgraded", extra={"from_revision": before or "empty", "to_revision": after})
 
 
 def schema_revision(engine: sa.Engine) -> str | None:
@@ -119,10 +122,11 @@ def _alembic_config() -> Config:
     return config
 
 
-def _check_not_newer(connection: sa.Connection) -> None:
+def _check_not_newer(connection: sa.Connection) -> str | None:
+    """The database's schema revision, after checking this release knows it."""
     current = MigrationContext.configure(connection).get_current_revision()
     if current is None:
-        return
+        return None
     try:
         ScriptDirectory.from_config(_alembic_config()).get_revision(current)
     except CommandError:
@@ -130,6 +134,7 @@ def _check_not_newer(connection: sa.Connection) -> None:
             f"the database was written by a newer release of pos-edge (schema {current}); "
             "install that release again, or restore a backup made by this one"
         ) from None
+    return current
 
 
 def _prepare_file(path: Path) -> None:
