@@ -26,6 +26,10 @@ class UnknownIdentifierKind(ValueError):
     pass
 
 
+class PhoneLookupUnavailable(Exception):
+    """No phone hash key is configured, so a phone number cannot be matched."""
+
+
 @dataclass(frozen=True, slots=True)
 class MemberChange:
     """One entry of the member change feed: an upsert with the member's full identifier set, or a tombstone."""
@@ -84,7 +88,7 @@ WHERE i.kind = ? AND i.value = ?
 
 
 class MemberCache:
-    def __init__(self, engine: sa.Engine, phone_hash_key: bytes):
+    def __init__(self, engine: sa.Engine, phone_hash_key: bytes | None):
         self.engine = engine
         self._phone_hash_key = phone_hash_key
 
@@ -119,6 +123,10 @@ class MemberCache:
 
     def lookup_phone(self, phone: str) -> CachedMember | None:
         """The member with this mobile number; raises pii.InvalidPhoneNumber for anything else."""
+        if self._phone_hash_key is None:
+            raise PhoneLookupUnavailable(
+                "members cannot be found by phone: set privacy.phone_hash_key (the central service's key)"
+            )
         return self.lookup("phone_hash", phone_hash(self._phone_hash_key, phone))
 
     def cursor(self) -> str | None:

@@ -59,7 +59,7 @@ def run_baseline(path: Path, all_pages: list[list[MemberChange]]) -> float:
     # Same schema and pragmas (copied from a migrated database), plain INSERTs, one transaction per page.
     schema_source = open_database(path.with_suffix(".schema.db"))
     with schema_source.connect() as connection:
-        ddl = [row[0] for row in connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")]
+        ddl = [row[0] for row in connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'")]
     schema_source.dispose()
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")

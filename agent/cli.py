@@ -1,0 +1,181 @@
+"""`pos-edge`: run the agent and the tools a store's IT person needs around it.
+
+Errors a person can act on are printed as one clear message with a non-zero exit, never as a traceback:
+exit 2 for a bad settings file or arguments, 1 for anything else that stopped the command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from agent import __version__, logs
+from agent.codes import CodeRules, classify
+from agent.db import StorageError, open_database
+from agent.journal import verify
+from agent.member_cache import MemberCache, PhoneLookupUnavailable
+from agent.pii import InvalidPhoneNumber
+from agent.settings import LoadedSettings, SettingsError, load_settings
+
+DEFAULT_CONFIG = "/etc/pos-edge/agent.toml"
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("POS_EDGE_CONFIG", DEFAULT_CONFIG),
+    show_default=f"$POS_EDGE_CONFIG or {DEFAULT_CONFIG}",
+    help="Settings file.",
+)
+
+log = logging.getLogger("agent.cli")
+
+
+def _load(path: Path) -> LoadedSettings:
+    loaded = load_settings(path)
+    for warning in loaded.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    return loaded
+
+
+@click.group()
+@click.version_option(__version__, prog_name="pos-edge")
+def cli() -> None:
+    """POS Edge Agent: pay-as-member checkout at the till and the kiosk."""
+
+
+@cli.command()
+@CONFIG_OPTION
+def run(config_path: Path) -> None:
+    """Run the agent until Ctrl-C or SIGTERM."""
+    from agent.runtime import serve  # the web stack loads only for the long-running command
+
+    settings = _load(config_path).settings
+    logs.configure(settings.logging.level)
+    log.info(
+        "starting",
+        extra={
+            "version": __version__,
+            "config": str(config_path),
+            "store": f"{settings.store.id} {settings.store.name}",
+            "station": f"{settings.station.kind} {settings.station.id}",
+            "central": settings.central.url,
+            "database": str(settings.storage.database),
+        },
+    )
+    serve(settings)
+
+
+@cli.group()
+def config() -> None:
+    """Check settings files."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def config_check(file: Path) -> None:
+    """Validate FILE; print a summary (exit 0) or every bad key with the fix (exit 2)."""
+    settings = _load(file).settings
+    secret = lambda value: "set" if value.get_secret_value() else "not set"  # noqa: E731
+    devices = settings.devices
+    lines = [
+        f"{file}: OK",
+        f"  store      {settings.store.id} {settings.store.name} ({settings.store.timezone}, day starts {settings.store.business_day_cutoff_hour:02d}:00)",
+        f"  station    {settings.station.kind} {settings.station.id} {settings.station.name}".rstrip(),
+        f"  central    {settings.central.url} (token {secret(settings.central.token)})",
+        *(f"  scanner    {s.id} {s.url}" for s in devices.scanners),
+        *([f"  camera     {devices.camera.id} {devices.camera.url} ({devices.camera.decoder})"] if devices.camera else []),
+        *([f"  printer    {devices.printer.id} {devices.printer.url} ({devices.printer.paper_width_mm} mm)"] if devices.printer else []),
+        f"  card codes {', '.join(settings.codes.card_patterns) or 'none'}",
+        f"  api        http://{settings.api.host}:{settings.api.port} (token {secret(settings.api.token)})",
+        f"  database   {settings.storage.database}",
+        f"  phones     {'looked up by keyed hash' if settings.privacy.phone_hash_key else 'no lookup (privacy.phone_hash_key not set)'}",
+    ]
+    click.echo("\n".join(lines))
+
+
+@cli.group()
+def codes() -> None:
+    """Inspect scanned codes."""
+
+
+@codes.command("classify")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Take card, coupon and guide patterns from this settings file.")
+def codes_classify(texts: tuple[str, ...], config_path: Path | None) -> None:
+    """Print one JSON object per TEXT: its kind, provider and value (auth codes masked)."""
+    rules = _load(config_path).settings.codes.rules() if config_path else CodeRules()
+    for text in texts:
+        click.echo(json.dumps(classify(text, rules).to_public(), ensure_ascii=False))
+
+
+@cli.group()
+def journal() -> None:
+    """Check the transaction journal."""
+
+
+@journal.command("verify")
+@CONFIG_OPTION
+def journal_verify(config_path: Path) -> None:
+    """Check every station's hash chain; exit 1 at the first broken link."""
+    engine = open_database(_load(config_path).settings.storage.database)
+    try:
+        report = verify(engine)
+    finally:
+        engine.dispose()
+    if report.ok:
+        click.echo(f"journal OK: {report.rows} rows, {report.stations} station(s)")
+        return
+    broken = report.first_break
+    where = f"row seq={broken.seq}" + (f" id={broken.id} station={broken.station_id}" if broken.id else "")
+    click.echo(f"journal BROKEN at {where}: {broken.reason}", err=True)
+    sys.exit(1)
+
+
+@cli.group()
+def member() -> None:
+    """Look members up in the local cache."""
+
+
+@member.command("lookup")
+@CONFIG_OPTION
+@click.option("--card", "card_no", help="CRM or member card number.")
+@click.option("--unionid")
+@click.option("--phone", help="Mobile number (hashed before the lookup; never stored).")
+def member_lookup(config_path: Path, card_no: str | None, unionid: str | None, phone: str | None) -> None:
+    """Find a member in the offline cache by card number, UnionID or phone."""
+    if [card_no, unionid, phone].count(None) != 2:
+        raise click.UsageError("give exactly one of --card, --unionid, --phone")
+    settings = _load(config_path).settings
+    engine = open_database(settings.storage.database)
+    try:
+        cache = MemberCache(engine, settings.privacy.key_bytes())
+        found = cache.lookup_phone(phone) if phone else cache.lookup("card_no" if card_no else "unionid", card_no or unionid)
+    finally:
+        engine.dispose()
+    if found is None:
+        click.echo("no such member in the local cache", err=True)
+        sys.exit(1)
+    click.echo(json.dumps({"id": found.id, "tier": found.tier, "points": found.points, "name": found.display_name, "phone": found.phone_masked}, ensure_ascii=False))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SettingsError as exc:
+        click.echo(f"settings {exc.path} are not valid:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+    except (StorageError, InvalidPhoneNumber, PhoneLookupUnavailable) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,82 @@
+"""The running agent: opens its parts in order, serves the local API, and closes them in reverse on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+import uvicorn
+from fastapi import FastAPI
+
+from agent import __version__
+from agent.api import create_app
+from agent.db import open_database, schema_revision
+from agent.journal import Journal
+from agent.member_cache import MemberCache
+from agent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Seconds the API waits for requests in flight at shutdown before cancelling them (uvicorn's default is forever).
+GRACEFUL_SHUTDOWN_S = 5
+
+
+@dataclass
+class AgentState:
+    """Everything a request handler may need, opened once for the life of the process."""
+
+    settings: Settings
+    engine: sa.Engine
+    members: MemberCache
+    journal: Journal
+
+
+def open_state(settings: Settings) -> AgentState:
+    engine = open_database(settings.storage.database)
+    log.info("database ready", extra={"path": str(settings.storage.database), "schema": schema_revision(engine)})
+    return AgentState(
+        settings=settings,
+        engine=engine,
+        members=MemberCache(engine, settings.privacy.key_bytes()),
+        journal=Journal(engine, settings.station.id, settings.store.zone, settings.store.business_day_cutoff_hour),
+    )
+
+
+def build_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await asyncio.to_thread(open_state, settings)
+        app.state.agent = state
+        url = f"http://{settings.api.host}:{settings.api.port}"
+        log.info(
+            "agent ready",
+            extra={"version": __version__, "store": settings.store.id, "station": settings.station.id, "status_url": f"{url}/v1/status"},
+        )
+        try:
+            yield
+        finally:
+            state.engine.dispose()
+            log.info("agent stopped")
+
+    return create_app(lifespan)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM. A failed start-up exits instead of serving half-ready."""
+    config = uvicorn.Config(
+        build_app(settings),
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,  # keep the agent's own one-line log format
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(1)
