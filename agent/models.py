@@ -132,3 +132,24 @@ class Coupon(SQLModel, table=True):
     valid_until: datetime = Field(sa_column=utc_column())
     usable_offline: bool = False
     used_at: datetime | None = Field(sa_column=utc_column(nullable=True))
+
+
+class PrintJob(SQLModel, table=True):
+    """One receipt to print, as the bytes rendered once. Its id is chosen by the caller (e.g. the transaction id
+    and the purpose), so enqueueing the same receipt twice is one job."""
+
+    __tablename__ = "print_job"
+    __table_args__ = (sa.Index("ix_print_job_printer_status", "printer_id", "status", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(sa_column=sa.Column(sa.Text, nullable=False, unique=True))
+    printer_id: str
+    journal_id: str | None = None
+    purpose: str = Field(description="receipt, refund, reprint or test")
+    data: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    status: str = Field(description="queued, sending, printed, uncertain or cancelled")
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: datetime = Field(sa_column=utc_column())
+    updated_at: datetime = Field(sa_column=utc_column())
+    printed_at: datetime | None = Field(sa_column=utc_column(nullable=True))

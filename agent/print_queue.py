@@ -1,0 +1,284 @@
+"""The print queue: receipts survive a printer that is off, out of paper or unplugged, and never print twice.
+
+- A job is one row holding the bytes rendered once; its id is the caller's (transaction id + purpose), so
+  enqueueing the same receipt again is the same job, never a second copy.
+- One worker thread per printer sends the oldest queued job. A job is marked `sending` before its bytes go out
+  and `printed` once all of them were written. If the connection fails mid-job the job goes back to `queued` and
+  is later sent again whole: printers discard a partial job when the connection drops, so a resend prints one
+  complete copy.
+- If the agent dies while a job is `sending`, nobody knows whether it printed: at the next start the job becomes
+  `uncertain` and waits for a person to say "reprint" (release) or "it printed" (mark_printed) — the queue never
+  guesses into a second copy.
+- Paper out or printer off puts the queue on hold (state shown to the till); it resumes by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+
+from agent.clock import from_storage, to_storage, utcnow
+from agent.db import reader
+from drivers.base import Backoff, DeviceError, PaperOut
+
+log = logging.getLogger(__name__)
+
+PURPOSES = frozenset({"receipt", "refund", "reprint", "test"})
+
+
+class PrinterState(StrEnum):
+    READY = "ready"
+    PRINTING = "printing"
+    OFFLINE = "offline"
+    PAPER_OUT = "paper_out"
+    STOPPED = "stopped"
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobStateError(Exception):
+    """The job is not in a state that allows what was asked."""
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    printer_id: str
+    purpose: str
+    journal_id: str | None
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    printed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    printer_id: str
+    state: PrinterState
+    reason: str | None
+    queued: int
+    uncertain: int
+    since: datetime
+
+
+_JOB_COLUMNS = "id, printer_id, purpose, journal_id, status, attempts, last_error, created_at, printed_at"
+
+
+def _view(row: sa.Row) -> JobView:
+    values = dict(row._mapping)
+    values["created_at"] = from_storage(values["created_at"])
+    values["printed_at"] = values["printed_at"] and from_storage(values["printed_at"])
+    return JobView(**values)
+
+
+class PrintQueue:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        printer_id: str,
+        send: Callable[[bytes], None],
+        on_status: Callable[[QueueStatus], None] | None = None,
+        backoff: Backoff | None = None,
+    ):
+        self.engine = engine
+        self.printer_id = printer_id
+        self._send = send
+        self._on_status = on_status or (lambda status: None)
+        self._backoff = backoff or Backoff(first=1.0, cap=15.0)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._state = PrinterState.STOPPED
+        self._reason: str | None = None
+        self._since = utcnow()
+
+    # --- what the till and the API call -------------------------------------------------------------------
+
+    def enqueue(self, job_id: str, data: bytes, purpose: str = "receipt", journal_id: str | None = None) -> JobView:
+        """Queue a job; a job id already queued or printed is returned as it is, never queued twice."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown print purpose {purpose!r}")
+        now = to_storage(utcnow())
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO print_job (id, printer_id, journal_id, purpose, data, status, attempts, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (job_id, self.printer_id, journal_id, purpose, data, now, now),
+            )
+        self._notify()
+        return self.job(job_id)
+
+    def job(self, job_id: str) -> JobView:
+        with reader(self.engine) as connection:
+            row = connection.exec_driver_sql(f"SELECT {_JOB_COLUMNS} FROM print_job WHERE id = ?", (job_id,)).first()
+        if row is None:
+            raise JobNotFound(f"no print job {job_id}")
+        return _view(row)
+
+    def jobs(self, status: str | None = None, limit: int = 50) -> list[JobView]:
+        sql = f"SELECT {_JOB_COLUMNS} FROM print_job WHERE printer_id = ?"
+        params: tuple = (self.printer_id,)
+        if status is not None:
+            sql += " AND status = ?"
+            params += (status,)
+        with reader(self.engine) as connection:
+            rows = connection.exec_driver_sql(sql + " ORDER BY seq DESC LIMIT ?", params + (limit,)).all()
+        return [_view(row) for row in rows]
+
+    def cancel(self, job_id: str) -> JobView:
+        """A person gives up on a job that has not printed (queued or uncertain)."""
+        return self._transition(job_id, {"queued", "uncertain"}, "cancelled")
+
+    def release(self, job_id: str) -> JobView:
+        """A person checked that an uncertain job did not print: send it again."""
+        view = self._transition(job_id, {"uncertain"}, "queued")
+        self._notify()
+        return view
+
+    def mark_printed(self, job_id: str) -> JobView:
+        """A person checked that an uncertain job did print."""
+        return self._transition(job_id, {"uncertain"}, "printed")
+
+    @property
+    def status(self) -> QueueStatus:
+        with reader(self.engine) as connection:
+            counts = dict(
+                connection.exec_driver_sql(
+                    "SELECT status, count(*) FROM print_job WHERE printer_id = ? AND status IN ('queued', 'uncertain')"
+                    " GROUP BY status",
+                    (self.printer_id,),
+                ).all()
+            )
+        return QueueStatus(self.printer_id, self._state, self._reason, counts.get("queued", 0), counts.get("uncertain", 0), self._since)
+
+    def wait_for(self, job_id: str, statuses: set[str], timeout: float) -> JobView:
+        """Block until the job reaches one of `statuses` or the timeout passes; returns the job as it is then."""
+        deadline = threading.TIMEOUT_MAX if timeout is None else timeout
+        with self._changed:
+            self._changed.wait_for(lambda: self.job(job_id).status in statuses, deadline)
+        return self.job(job_id)
+
+    # --- the worker ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self.engine.begin() as connection:
+            stranded = connection.exec_driver_sql(
+                "UPDATE print_job SET status = 'uncertain', updated_at = ?,"
+                " last_error = 'the agent stopped while sending this job: check the paper, then reprint or mark printed'"
+                " WHERE printer_id = ? AND status = 'sending'",
+                (to_storage(utcnow()), self.printer_id),
+            ).rowcount
+        if stranded:
+            log.warning("print jobs of unknown outcome held for a person", extra={"printer": self.printer_id, "jobs": stranded})
+        self._stopping.clear()
+        self._set_state(PrinterState.READY, None)
+        self._thread = threading.Thread(target=self._run, name=f"print-{self.printer_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, deadline: float = 10.0) -> None:
+        """Stop taking jobs; the job being sent may finish within `deadline` seconds."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(deadline)
+            if self._thread.is_alive():
+                log.warning("printer still busy at shutdown", extra={"printer": self.printer_id})
+            self._thread = None
+        self._set_state(PrinterState.STOPPED, None)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            job = self._claim_next()
+            if job is None:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            job_id, data = job
+            self._set_state(PrinterState.PRINTING, None)
+            try:
+                self._send(data)
+            except DeviceError as exc:
+                state = PrinterState.PAPER_OUT if isinstance(exc, PaperOut) else PrinterState.OFFLINE
+                self._finish(job_id, "queued", str(exc))
+                self._set_state(state, str(exc))
+                self._wake.wait(self._backoff.next())
+                self._wake.clear()
+            except Exception as exc:  # a bug must not lose the job or kill the worker
+                log.exception("print job failed", extra={"printer": self.printer_id, "job": job_id})
+                self._finish(job_id, "queued", f"{type(exc).__name__}: {exc}")
+                self._set_state(PrinterState.OFFLINE, f"{type(exc).__name__}: {exc}")
+                self._wake.wait(self._backoff.next())
+                self._wake.clear()
+            else:
+                self._finish(job_id, "printed", None)
+                self._backoff.reset()
+                self._set_state(PrinterState.READY, None)
+                log.info("printed", extra={"printer": self.printer_id, "job": job_id, "bytes": len(data)})
+
+    def _claim_next(self) -> tuple[str, bytes] | None:
+        with self.engine.begin() as connection:
+            row = connection.exec_driver_sql(
+                "SELECT id, data FROM print_job WHERE printer_id = ? AND status = 'queued' ORDER BY seq LIMIT 1",
+                (self.printer_id,),
+            ).first()
+            if row is None:
+                return None
+            connection.exec_driver_sql(
+                "UPDATE print_job SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (to_storage(utcnow()), row.id),
+            )
+        self._notify(wake=False)
+        return row.id, row.data
+
+    def _finish(self, job_id: str, status: str, error: str | None) -> None:
+        now = to_storage(utcnow())
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "UPDATE print_job SET status = ?, last_error = ?, updated_at = ?,"
+                " printed_at = CASE WHEN ? = 'printed' THEN ? ELSE printed_at END WHERE id = ?",
+                (status, error, now, status, now, job_id),
+            )
+        self._notify(wake=False)
+
+    def _transition(self, job_id: str, allowed: set[str], to: str) -> JobView:
+        with self.engine.begin() as connection:
+            row = connection.exec_driver_sql("SELECT status FROM print_job WHERE id = ?", (job_id,)).first()
+            if row is None:
+                raise JobNotFound(f"no print job {job_id}")
+            if row.status not in allowed:
+                raise JobStateError(f"print job {job_id} is {row.status}; only a job that is {' or '.join(sorted(allowed))} can be made {to}")
+            connection.exec_driver_sql(
+                "UPDATE print_job SET status = ?, updated_at = ? WHERE id = ?", (to, to_storage(utcnow()), job_id)
+            )
+        self._notify(wake=False)
+        return self.job(job_id)
+
+    def _notify(self, wake: bool = True) -> None:
+        if wake:
+            self._wake.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _set_state(self, state: PrinterState, reason: str | None) -> None:
+        if (state, reason) == (self._state, self._reason):
+            return
+        previous = self._state
+        self._state, self._reason, self._since = state, reason, utcnow()
+        if state in (PrinterState.OFFLINE, PrinterState.PAPER_OUT):
+            log.warning("printer on hold", extra={"printer": self.printer_id, "state": state.value, "reason": reason or ""})
+        elif previous in (PrinterState.OFFLINE, PrinterState.PAPER_OUT) and state is PrinterState.READY:
+            log.info("printer back", extra={"printer": self.printer_id})
+        self._on_status(self.status)
+        with self._changed:
+            self._changed.notify_all()
