@@ -9,9 +9,26 @@ STAMP := $(VENV)/.installed
 DEMO_ENV := POS_EDGE_CENTRAL__TOKEN=demo-store-token POS_EDGE_API__TOKEN=demo-api-token \
 	POS_EDGE_PRIVACY__PHONE_HASH_KEY=demo-phone-hash-key-not-secret
 
-.PHONY: setup demo test bench clean
+# Debian packages: a CJK font for raster receipts and previews, zbar for the alternative camera decoder.
+SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0
 
-setup: $(STAMP)
+.PHONY: setup system-packages demo test bench clean
+
+setup: system-packages $(STAMP)
+
+# Installs what is missing when run as root (CI, a store's installer); otherwise prints the one command to run.
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "note: install the equivalents of: $$missing (needed for raster receipts and the zbar decoder)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+		echo "Debian packages missing; run:  sudo apt-get install -y $$(echo $$missing)"; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -163,6 +163,23 @@ def member_lookup(config_path: Path, card_no: str | None, unionid: str | None, p
     click.echo(json.dumps({"id": found.id, "tier": found.tier, "points": found.points, "name": found.display_name, "phone": found.phone_masked}, ensure_ascii=False))
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
+def devices(as_json: bool) -> None:
+    """List scanners, cameras and printers attached to this host, each with the URL to put in settings."""
+    from drivers.discovery import discover
+
+    found = discover()
+    if as_json:
+        click.echo(json.dumps([d.as_dict() for d in found], ensure_ascii=False, indent=2))
+        return
+    if not found:
+        click.echo("no scanners, cameras or printers found (a USB device may need the agent's udev rules or a replug)")
+        return
+    for device in found:
+        click.echo(f"{device.kind:<8} {device.url}\n         {device.description} ({device.path})")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
