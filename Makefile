@@ -44,6 +44,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/member_cache.py
+	$(BIN)/python bench/camera_decode.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .hypothesis

@@ -11,6 +11,7 @@ modules are imported only when used, so a till without a camera never loads Open
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -48,8 +49,9 @@ def parse_device_url(text: str) -> DeviceUrl:
             raise UnsupportedDeviceUrl(f"{text}: expected tcp://HOST:PORT, e.g. tcp://192.168.1.50:9100")
         return DeviceUrl(text, scheme, parts.hostname, parts.port or 9100, "", query)
     if scheme == "camera":
-        # camera:0 (an index) or camera:///dev/video0, camera:///path/clip.mp4, camera:///path/frames_%04d.png
-        path = unquote(parts.path)
+        # camera:0 (an index) or camera:///dev/video0, camera:///path/clip.mp4, camera:///path/frames_%04d.png;
+        # an image-sequence pattern is OpenCV's printf form, not percent-encoding.
+        path = parts.path if re.search(r"%(0\d+)?d", parts.path) else unquote(parts.path)
         return DeviceUrl(text, scheme, "", None, path, query)
     if scheme in ("serial", "file"):
         if not parts.path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.db import open_database
+from agent.db import head_revision, open_database
 from agent.journal import Journal, JournalEntry
 from agent.member_cache import MemberCache, MemberChange
 from agent.pii import phone_hash
@@ -152,7 +152,7 @@ def test_run_serves_status_and_stops_cleanly_on_ctrl_c(config):
                 break
         assert any('msg="agent ready"' in line and f"status_url=http://127.0.0.1:{port}/v1/status" in line for line in lines), lines
         status = httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=5).json()
-        assert status["store_id"] == "SH001" and status["database"]["schema_revision"] == "0003"
+        assert status["store_id"] == "SH001" and status["database"]["schema_revision"] == head_revision()
         agent.send_signal(signal.SIGINT)
         rest = agent.stderr.read()
         assert agent.wait(timeout=15) == 130  # the shell's code for "stopped by Ctrl-C", after a clean shutdown

@@ -192,7 +192,7 @@ def test_aim_identifier(raw: str, kind: Kind, value: str, symbology: str | None)
         f"\ufeff{WECHAT}",
         f"\u3000{WECHAT}\u00a0",
         f"\x02{WECHAT}\x03",  # STX/ETX framing from serial scanners
-        f"1345\u200d12345678\x0090\u2060 1234".replace(" ", ""),  # controls inside are removed too
+        "1345\u200d12345678\x0090\u2060 1234".replace(" ", ""),  # controls inside are removed too
         f"\x1b{WECHAT}\x7f",
     ],
 )
