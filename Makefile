@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 DEMO_ENV := POS_EDGE_CENTRAL__TOKEN=demo-store-token POS_EDGE_API__TOKEN=demo-api-token \
 	POS_EDGE_PRIVACY__PHONE_HASH_KEY=demo-phone-hash-key-not-secret
 
-# Debian packages: a CJK font for raster receipts and previews, zbar for the alternative camera decoder.
-SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0
+# Debian packages: a CJK font for raster receipts and previews, zbar for the alternative camera decoder,
+# libusb for USB printers.
+SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0
 
 .PHONY: setup system-packages demo test bench clean
 

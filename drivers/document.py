@@ -7,10 +7,23 @@ CJK character takes two columns.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
 Align = Literal["left", "center", "right"]
+
+# Chinese printers print East Asian Wide, Fullwidth and Ambiguous characters (“ ” … · ×) in two columns.
+_WIDE = frozenset("WFA")
+
+
+def char_width(ch: str) -> int:
+    """Columns one character takes on the paper: 2 for East Asian Wide/Fullwidth/Ambiguous, else 1."""
+    return 2 if unicodedata.east_asian_width(ch) in _WIDE else 1
+
+
+def display_width(text: str) -> int:
+    return sum(char_width(ch) for ch in text)
 
 
 @dataclass(frozen=True)
