@@ -180,6 +180,69 @@ def devices(as_json: bool) -> None:
         click.echo(f"{device.kind:<8} {device.url}\n         {device.description} ({device.path})")
 
 
+@cli.command("scan-test")
+@click.option("--scanner", "url", required=True, help="Scanner URL, e.g. serial:///dev/serial/by-id/...?baudrate=9600, hid://0c2e:0b61, camera:0, camera:///path/clip.mp4.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many scans (default: until Ctrl-C or the end of a file).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Classify with this settings file's card, coupon and guide patterns.")
+def scan_test(url: str, count: int | None, config_path: Path | None) -> None:
+    """Read scans from one scanner and print each as a JSON line with its classification (auth codes masked)."""
+    import queue
+
+    from drivers.base import DeviceStatus, Scan
+    from drivers.urls import SCANNERS, driver_class, parse_device_url
+
+    rules = _load(config_path).settings.codes.rules() if config_path else CodeRules()
+    events: queue.SimpleQueue[Scan | DeviceStatus] = queue.SimpleQueue()
+    device_url = parse_device_url(url)
+    reader = driver_class(SCANNERS, device_url).from_url(device_url, "scan-test", events.put, events.put)
+    reader.start()
+    seen = 0
+    try:
+        while count is None or seen < count:
+            event = events.get()
+            if isinstance(event, DeviceStatus):
+                click.echo(f"{event.state.value}: {event.reason or url}", err=True)
+                if event.reason == "source ended":
+                    break
+                continue
+            seen += 1
+            line = {"at": event.at.isoformat(), "symbology": event.symbology, **classify(event.text, rules).to_public()}
+            click.echo(json.dumps(line, ensure_ascii=False), nl=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        reader.stop()
+
+
+@cli.command("print-test")
+@click.option("--printer", "url", help="Printer URL (default: the settings' printer), e.g. tcp://192.168.1.50:9100, usb://04b8:0202, file:///dev/usb/lp0.")
+@CONFIG_OPTION
+def print_test(url: str | None, config_path: Path) -> None:
+    """Print the test page: Chinese text, a QR code and a barcode."""
+    from agent.devices import open_printer_connection, printer_profile
+    from agent.receipts import test_page
+    from agent.settings import PrinterSettings
+    from drivers.base import DeviceError
+    from drivers.document import COLUMNS_BY_PAPER_MM
+    from drivers.escpos_printer import print_job, render
+
+    settings = _load(config_path).settings if config_path.exists() or url is None else None
+    configured = settings.devices.printer if settings else None
+    if configured is None and url is None:
+        raise click.UsageError("no printer in the settings: give --printer URL")
+    printer = configured.model_copy(update={"url": url}) if configured and url else configured or PrinterSettings(url=url)
+    folder = settings.storage.database.parent / "receipts" if settings else Path("receipts")
+    data = render(test_page(settings.store.name if settings else "POS Edge", COLUMNS_BY_PAPER_MM[printer.paper_width_mm]), printer_profile(printer))
+    connection = open_printer_connection(printer, folder)
+    try:
+        status = print_job(connection, data)
+    except DeviceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    where = f" (preview: {connection.preview_of(data)})" if hasattr(connection, "preview_of") else ""
+    click.echo(f"test page sent to {printer.url}: {len(data)} bytes; printer online={status.online} paper={status.paper}{where}")
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

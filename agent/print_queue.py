@@ -86,7 +86,7 @@ class PrintQueue:
         self,
         engine: sa.Engine,
         printer_id: str,
-        send: Callable[[bytes], None],
+        send: Callable[[str, bytes], None],
         on_status: Callable[[QueueStatus], None] | None = None,
         backoff: Backoff | None = None,
     ):
@@ -207,7 +207,7 @@ class PrintQueue:
             job_id, data = job
             self._set_state(PrinterState.PRINTING, None)
             try:
-                self._send(data)
+                self._send(job_id, data)
             except DeviceError as exc:
                 state = PrinterState.PAPER_OUT if isinstance(exc, PaperOut) else PrinterState.OFFLINE
                 self._finish(job_id, "queued", str(exc))

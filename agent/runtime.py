@@ -15,14 +15,18 @@ from fastapi import FastAPI
 from agent import __version__
 from agent.api import create_app
 from agent.db import open_database, schema_revision
+from agent.devices import StationDevices
 from agent.journal import Journal
 from agent.member_cache import MemberCache
+from agent.scans import ScanRouter
 from agent.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Seconds the API waits for requests in flight at shutdown before cancelling them (uvicorn's default is forever).
 GRACEFUL_SHUTDOWN_S = 5
+# Seconds the receipt being printed may take to finish at shutdown.
+PRINT_DEADLINE_S = 10
 
 
 @dataclass
@@ -33,6 +37,8 @@ class AgentState:
     engine: sa.Engine
     members: MemberCache
     journal: Journal
+    scans: ScanRouter | None = None
+    devices: StationDevices | None = None
 
 
 def open_state(settings: Settings) -> AgentState:
@@ -49,16 +55,21 @@ def open_state(settings: Settings) -> AgentState:
 def build_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Open in order: database, then devices; close in reverse.
         state = await asyncio.to_thread(open_state, settings)
-        app.state.agent = state
-        url = f"http://{settings.api.host}:{settings.api.port}"
-        log.info(
-            "agent ready",
-            extra={"version": __version__, "store": settings.store.id, "station": settings.station.id, "status_url": f"{url}/v1/status"},
-        )
+        state.scans = ScanRouter(asyncio.get_running_loop(), settings.codes.rules())
+        state.devices = StationDevices(settings, state.engine, state.scans)
         try:
+            await asyncio.to_thread(state.devices.start)
+            app.state.agent = state
+            url = f"http://{settings.api.host}:{settings.api.port}"
+            log.info(
+                "agent ready",
+                extra={"version": __version__, "store": settings.store.id, "station": settings.station.id, "console": f"{url}/console/"},
+            )
             yield
         finally:
+            await asyncio.to_thread(state.devices.stop, PRINT_DEADLINE_S)
             state.engine.dispose()
             log.info("agent stopped")
 

@@ -92,7 +92,7 @@ class ScannerSettings(Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        return _device_url(value, ("serial", "hid"))
+        return _device_url(value, ("serial", "hid", "sim"))
 
 
 class CameraSettings(Section):
@@ -102,6 +102,18 @@ class CameraSettings(Section):
     formats: tuple[Literal["qr", "code128", "ean13", "ean8", "upca"], ...] = Field(
         ("qr", "code128"), min_length=1, examples=[["qr", "code128"]]
     )
+    roi: tuple[float, float, float, float] | None = Field(
+        None, examples=[[0.25, 0.25, 0.5, 0.5]], description="x, y, width, height as fractions of the frame"
+    )
+
+    @field_validator("roi")
+    @classmethod
+    def _inside_frame(cls, value: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        if value is not None:
+            x, y, w, h = value
+            if not (0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 - x and 0 < h <= 1 - y):
+                raise ValueError("must lie inside the frame: 0 <= x, y; 0 < width <= 1 - x; 0 < height <= 1 - y")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -112,19 +124,54 @@ class CameraSettings(Section):
 class PrinterSettings(Section):
     id: Identifier = Field("printer", examples=["printer"])
     url: str = Field(examples=["tcp://192.168.1.50:9100", "usb://0416:5011", "file:///dev/usb/lp0"])
-    profile: str = Field("default", examples=["default", "TM-T88V"])
+    profile: str = Field("default", examples=["default", "TM-T88V"], description="python-escpos capability profile")
     paper_width_mm: Literal[58, 80] = Field(80, examples=[80])
+    text_encoding: Literal["gb18030", "gbk", "big5", "raster"] = Field(
+        "gb18030", examples=["gb18030"], description="the printer's Chinese font encoding, or raster without one"
+    )
+    native_qr: bool = Field(True, examples=[True], description="false prints QR codes as images")
+    cut: bool = Field(True, examples=[True])
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        return _device_url(value, ("tcp", "usb", "file", "serial"))
+        return _device_url(value, ("tcp", "usb", "file", "serial", "sim"))
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        from escpos.capabilities import get_profile  # loaded only when a printer is configured
+
+        try:
+            get_profile(value)
+        except KeyError:
+            raise ValueError(f"unknown printer profile {value!r}; 'default' or a model such as TM-T88V, TM-T20II, POS-5890") from None
+        return value
 
 
 class DeviceSettings(Section):
     scanners: tuple[ScannerSettings, ...] = ()
     camera: CameraSettings | None = None
     printer: PrinterSettings | None = None
+
+
+class ReceiptSettings(Section):
+    e_receipt_url: str = Field(
+        "https://r.example.com/e/{transaction_id}",
+        examples=["https://r.example.com/e/{transaction_id}"],
+        description="QR code on the receipt; {transaction_id} is replaced",
+    )
+    address: str = Field("", max_length=64, examples=["上海市徐汇区漕溪北路88号"])
+    footer: tuple[str, ...] = Field(("谢谢惠顾，欢迎再次光临",), examples=[["谢谢惠顾，欢迎再次光临"]])
+
+    @field_validator("e_receipt_url")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if "{transaction_id}" not in value:
+            raise ValueError("must contain {transaction_id}")
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s) URL")
+        return value
 
 
 class CodeSettings(Section):
@@ -214,6 +261,7 @@ class Settings(BaseSettings):
     station: StationSettings
     central: CentralSettings
     devices: DeviceSettings = DeviceSettings()
+    receipt: ReceiptSettings = ReceiptSettings()
     codes: CodeSettings = CodeSettings()
     member_codes: MemberCodeSettings = MemberCodeSettings()
     points: PointsSettings = PointsSettings()

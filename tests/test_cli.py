@@ -150,7 +150,7 @@ def test_run_serves_status_and_stops_cleanly_on_ctrl_c(config):
             lines.append(line)
             if "Uvicorn running" in line or agent.poll() is not None:
                 break
-        assert any('msg="agent ready"' in line and f"status_url=http://127.0.0.1:{port}/v1/status" in line for line in lines), lines
+        assert any('msg="agent ready"' in line and f"console=http://127.0.0.1:{port}/console/" in line for line in lines), lines
         status = httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=5).json()
         assert status["store_id"] == "SH001" and status["database"]["schema_revision"] == head_revision()
         agent.send_signal(signal.SIGINT)

@@ -1,0 +1,114 @@
+// Device console: the station's scanners, its printer queue and receipt previews, refreshed every second.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+async function getJSON(path, options) {
+  const response = await fetch(path, options);
+  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text ?? "";
+  return td;
+}
+
+function stateSpan(state) {
+  const span = document.createElement("span");
+  span.className = `state ${state}`;
+  span.textContent = state;
+  return span;
+}
+
+async function refreshStatus() {
+  const status = await getJSON("/v1/status");
+  $("store").textContent = `${status.store_name} (${status.store_id})`;
+  $("station").textContent = `${status.station_kind} ${status.station_id} · pos-edge ${status.version}`;
+}
+
+async function refreshDevices() {
+  const devices = await getJSON("/v1/devices");
+  const list = $("scanners");
+  list.replaceChildren(...devices.scanners.map((scanner) => {
+    const li = document.createElement("li");
+    li.append(`扫码枪 ${scanner.id} `, stateSpan(scanner.state));
+    if (scanner.reason) li.append(" ", Object.assign(document.createElement("span"), { className: "reason", textContent: scanner.reason }));
+    return li;
+  }));
+  const simulated = devices.scanners.filter((s) => s.simulated);
+  $("scan-form").hidden = simulated.length === 0;
+  const select = $("scan-device");
+  if (select.options.length !== simulated.length) {
+    select.replaceChildren(...simulated.map((s) => new Option(s.id, s.id)));
+  }
+  const printer = $("printer");
+  if (!devices.printer) {
+    printer.textContent = "没有打印机 No printer configured";
+    return;
+  }
+  const p = devices.printer;
+  const div = document.createElement("div");
+  div.append(`打印机 ${p.id} `, stateSpan(p.state), ` 排队 queued ${p.queued}`);
+  if (p.uncertain) div.append(` · 待确认 to check ${p.uncertain}`);
+  if (p.reason) div.append(" ", Object.assign(document.createElement("span"), { className: "reason", textContent: p.reason }));
+  printer.replaceChildren(div);
+}
+
+async function refreshScans() {
+  const scans = await getJSON("/v1/scans");
+  if (scans.length === 0) return;
+  $("scans").replaceChildren(...scans.map((scan) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(new Date(scan.at).toLocaleTimeString()), cell(scan.device_id), cell(scan.kind), cell(scan.provider), cell(scan.value));
+    return tr;
+  }));
+}
+
+function jobAction(job, action, label) {
+  const button = document.createElement("button");
+  button.textContent = label;
+  button.addEventListener("click", () => getJSON(`/v1/printer/jobs/${encodeURIComponent(job.id)}/${action}`, { method: "POST" }).then(refresh));
+  return button;
+}
+
+async function refreshJobs() {
+  let jobs;
+  try { jobs = await getJSON("/v1/printer/jobs"); } catch { return; }
+  $("jobs").replaceChildren(...jobs.slice(0, 12).map((job) => {
+    const li = document.createElement("li");
+    li.dataset.status = job.status;
+    if (job.preview_url) {
+      const link = Object.assign(document.createElement("a"), { href: job.preview_url, target: "_blank" });
+      link.append(Object.assign(document.createElement("img"), { src: job.preview_url, alt: `receipt ${job.id}` }));
+      li.append(link, document.createElement("br"));
+    }
+    li.append(`${job.purpose} · `, stateSpan(job.status));
+    if (job.last_error) li.append(Object.assign(document.createElement("div"), { className: "reason", textContent: job.last_error }));
+    if (job.status === "uncertain") li.append(jobAction(job, "release", "重打 Reprint"), jobAction(job, "mark-printed", "已打印 It printed"));
+    if (job.status === "queued") li.append(jobAction(job, "cancel", "取消 Cancel"));
+    return li;
+  }));
+}
+
+async function refresh() {
+  await Promise.allSettled([refreshDevices(), refreshScans(), refreshJobs()]);
+}
+
+$("scan-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = $("scan-text").value.trim();
+  if (!text) return;
+  await getJSON(`/v1/devices/${encodeURIComponent($("scan-device").value)}/scan`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }),
+  });
+  $("scan-text").value = "";
+  setTimeout(refresh, 100);
+});
+
+$("test-page").addEventListener("click", () => getJSON("/v1/printer/test-page", { method: "POST" }).then(refresh));
+
+refreshStatus();
+refresh();
+setInterval(refresh, 1000);
