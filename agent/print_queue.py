@@ -164,10 +164,15 @@ class PrintQueue:
 
     def wait_for(self, job_id: str, statuses: set[str], timeout: float) -> JobView:
         """Block until the job reaches one of `statuses` or the timeout passes; returns the job as it is then."""
-        deadline = threading.TIMEOUT_MAX if timeout is None else timeout
         with self._changed:
-            self._changed.wait_for(lambda: self.job(job_id).status in statuses, deadline)
+            self._changed.wait_for(lambda: self.job(job_id).status in statuses, timeout)
         return self.job(job_id)
+
+    def wait_for_state(self, states: set[PrinterState], timeout: float) -> QueueStatus:
+        """Block until the printer is in one of `states` or the timeout passes; returns the status then."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._state in states, timeout)
+        return self.status
 
     # --- the worker ----------------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ class PrinterServer:
         if self.receive_buffer:
             # Set before listen() so accepted sockets inherit it (and a small TCP window).
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
-        listener.bind(("127.0.0.1", 0))
+        listener.bind(("127.0.0.1", self.port))  # 0 the first time; the same port when switched on again
         listener.listen(4)
         self.port = listener.getsockname()[1]
         self._listener = listener
@@ -93,6 +93,12 @@ class PrinterServer:
             except OSError:
                 pass
             listener.close()
+
+    def switch_on(self) -> None:
+        """Power the printer back on at the same address after `refuse`."""
+        if self._thread is not None:
+            self._thread.join(5)
+        self.start()
 
     def wait_for_connections(self, count: int, timeout: float = 5.0) -> list[Connection]:
         """Wait until `count` connections have ended (completed, dropped or closed by the client)."""
