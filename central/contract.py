@@ -1,0 +1,298 @@
+"""The wire contract between store agents and the central service (DESIGN §5), as pure pydantic models.
+
+Both sides import this module: `central` to serve it, the agent's client to call it. It holds no logic, no
+database and no web framework, so a merchant's own central service can speak it too (the same contract is
+published as OpenAPI in `docs/openapi.json`).
+
+Conventions on the wire:
+
+- Every path starts with `API_PREFIX` (`/v1`). Every request carries `Authorization: Bearer <store token>` and
+  `X-Store-Id: <store id>`; the store is the token's store (a mismatch is 403).
+- Money is integer fen, points are integers; JSON floats are refused where an integer is expected.
+- Times are ISO 8601 with an offset (central answers in UTC); a business day is `YYYY-MM-DD`.
+- Errors answer with `ErrorBody` and an HTTP status: 400 bad request, 401 no/bad token, 403 another store's
+  data, 404 not found, 409 conflict (an idempotency key reused for a different request, an identifier held
+  by another member), 413 batch too large, 422 invalid fields, 500/503 central's own trouble (nothing was
+  committed; 503 carries Retry-After).
+- Models ignore fields they do not know, so either side can add an optional field without breaking the other.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+API_PREFIX = "/v1"
+
+# Most rows one `POST /v1/transactions:batch` may carry; a bigger batch is refused whole with 413.
+MAX_BATCH_SIZE = 1000
+
+IDENTIFIER_KIND_PATTERN = r"^(unionid|card_no|phone_hash|openid:[A-Za-z0-9_-]{1,64})$"
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,16}$"  # store, station and member ids (a member id goes into member codes)
+TRANSACTION_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"  # UUID, lowercase
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+
+TransactionKind = Literal["sale", "refund", "void"]
+TenderKind = Literal["cash", "wechat", "alipay", "unionpay", "card", "other"]
+CouponKind = Literal["amount_off", "percent_off"]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- members -------------------------------------------------------------------------------------------------
+
+
+class Identifier(WireModel):
+    """One way to find a member. Kinds: `unionid`, `openid:<appid>`, `card_no`, `phone_hash` (HMAC-SHA256 hex of
+    the E.164 number under the deployment's phone hash key)."""
+
+    kind: str = Field(pattern=IDENTIFIER_KIND_PATTERN, examples=["card_no"])
+    value: str = Field(min_length=1, max_length=128, examples=["8800000000001"])
+
+
+class Coupon(WireModel):
+    """A coupon issued to one member: single use, valid from `valid_from` (inclusive) until `valid_until`
+    (exclusive). `amount_off`: `amount_off_fen` off when the basket reaches `threshold_fen`. `percent_off`:
+    `percent_off` % off, at most `cap_fen` when set."""
+
+    code: str = Field(min_length=1, max_length=32, examples=["CP0A1B2C3D4E"])
+    title: str = Field(max_length=64, examples=["满100减10"])
+    kind: CouponKind
+    amount_off_fen: StrictInt = Field(0, ge=0)
+    percent_off: StrictInt = Field(0, ge=0, le=100)
+    threshold_fen: StrictInt = Field(0, ge=0)
+    cap_fen: StrictInt | None = Field(None, ge=0)
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+    usable_offline: bool = False
+    used_at: AwareDatetime | None = None
+
+
+class MemberChange(WireModel):
+    """One entry of the change feed, and the shape of a member everywhere in this API.
+
+    An upsert carries the member's complete state: every identifier and every coupon not yet expired (used ones
+    with `used_at`), and `points`, the authoritative balance (the sum of the member's ledger entries). A
+    tombstone has `deleted` true and only `member_id` and `version` are meaningful; after a merge
+    `merged_into` names the surviving member, which appears in the feed with the identifiers it took over.
+    """
+
+    member_id: str = Field(pattern=ID_PATTERN, examples=["M3K7Q2Z9X1A4"])
+    version: int = Field(ge=1, description="position in the global change feed; increases with every change")
+    deleted: bool = False
+    merged_into: str | None = Field(None, description="for a tombstone after a merge: the surviving member")
+    tier: str = Field("", max_length=32, description="empty on a tombstone", examples=["gold"])
+    points: int = 0
+    display_name: str = Field("", max_length=32, description="already masked for display", examples=["王*明"])
+    phone_masked: str | None = Field(None, examples=["138****5678"])
+    identifiers: list[Identifier] = Field(default_factory=list)
+    coupons: list[Coupon] = Field(default_factory=list)
+
+
+class ChangesPage(WireModel):
+    """`GET /v1/members/changes?cursor=&limit=`: members changed after `cursor`, in version order.
+
+    Start with no cursor; keep `next_cursor` (opaque text) with the applied page and pass it back. `limit` is
+    capped by the service (`max_page_size`); a smaller page than asked is not the end: `has_more` is.
+    """
+
+    changes: list[MemberChange]
+    next_cursor: str
+    has_more: bool
+
+
+class MemberLookup(WireModel):
+    """`GET /v1/members/lookup?card_no=|unionid=|phone_hash=|appid=&openid=`: the member holding that identifier
+    (404 when none does). A merged member's identifiers belong to the survivor, so the survivor is found."""
+
+    member: MemberChange
+
+
+class OpenId(WireModel):
+    appid: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", examples=["wx8f2a4c6e1b3d5f70"])
+    openid: str = Field(min_length=1, max_length=128)
+
+
+class EnrolRequest(WireModel):
+    """`POST /v1/members` with an `Idempotency-Key` header: enrol a customer at a kiosk.
+
+    Give exactly one of `phone` (clear; central hashes and masks it and never stores it) or `phone_hash` (with
+    `phone_masked`). `consent` must be true: the customer agreed to membership terms. `name` is masked by
+    central before it is stored. When the unionid, phone or openid (in that order) already belongs to a member,
+    that member is answered (`created` false) and the new identifiers are linked to it; a phone member and a
+    unionid member found to be one customer are merged. An identifier held by an unrelated member is 409.
+    """
+
+    phone: str | None = Field(None, examples=["13812345678"])
+    phone_hash: str | None = Field(None, pattern=HASH_PATTERN)
+    phone_masked: str | None = Field(None, max_length=16, examples=["138****5678"])
+    consent: StrictBool
+    name: str | None = Field(None, max_length=32, examples=["王小明"])
+    unionid: str | None = Field(None, min_length=1, max_length=128)
+    openid: OpenId | None = None
+
+
+class EnrolResult(WireModel):
+    """Answer to an enrolment (201 created, 200 an existing member). Repeating the request with the same
+    `Idempotency-Key` answers the same again; the same key with a different request is 409."""
+
+    member: MemberChange
+    created: bool
+
+
+# --- transactions --------------------------------------------------------------------------------------------
+
+
+class Tender(WireModel):
+    model_config = ConfigDict(extra="allow")  # provider references etc. are kept as sent
+
+    kind: TenderKind
+    amount_fen: StrictInt
+
+
+class CouponUse(WireModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(min_length=1, max_length=32)
+    amount_off_fen: StrictInt = 0
+
+
+class TransactionBody(WireModel):
+    model_config = ConfigDict(extra="allow")
+
+    lines: list[dict[str, Any]]
+    tenders: list[Tender]
+    coupons: list[CouponUse] = Field(default_factory=list)
+
+
+class TransactionIn(WireModel):
+    """One journal row, exactly as the store journaled it (`agent/journal.py`).
+
+    Amounts are as the receipt states them: for a `refund` (or `void`) `total_fen`, `points_earned` and
+    `points_redeemed` are what is being given back, and central books the points in the reverse direction
+    (earned points taken back, redeemed points returned). A `sale` with a negative amount or points is refused.
+    """
+
+    id: str = Field(pattern=TRANSACTION_ID_PATTERN, description="UUIDv7, lowercase")
+    station_id: str = Field(pattern=ID_PATTERN)
+    kind: TransactionKind
+    business_day: date
+    created_at: AwareDatetime
+    member_id: str | None = Field(None, pattern=ID_PATTERN)
+    total_fen: StrictInt
+    points_earned: StrictInt = 0
+    points_redeemed: StrictInt = 0
+    body: TransactionBody
+    prev_hash: str = Field(pattern=HASH_PATTERN)
+    hash: str = Field(pattern=HASH_PATTERN)
+
+
+class BatchIn(WireModel):
+    """`POST /v1/transactions:batch`: journal rows in journal order, at most `MAX_BATCH_SIZE` (else 413).
+
+    The store is the token's store: a store writes only its own transactions. Each row is judged on its own:
+    a malformed row is `rejected`, it does not fail the batch.
+    """
+
+    transactions: list[TransactionIn] = Field(max_length=MAX_BATCH_SIZE)
+
+
+RowStatus = Literal["accepted", "duplicate", "rejected"]
+RejectReason = Literal["malformed", "negative_amount", "unknown_member", "other_store", "id_conflict"]
+
+
+class RowResult(WireModel):
+    """The verdict on one row, in the order the rows were sent.
+
+    - `accepted`: stored now, points booked.
+    - `duplicate`: this store sent this row before (same id, amounts and hash); nothing booked again. Central
+      has it, as with `accepted`.
+    - `rejected`: not stored; do not resend as is. `reason`: `malformed` (fields invalid, `message` says
+      which), `negative_amount` (a sale with a negative amount or points), `unknown_member`, `other_store`
+      (the id belongs to another store's transaction), `id_conflict` (the id was stored with another hash).
+    """
+
+    id: str | None = Field(description="the row's id; null when a malformed row had no readable id")
+    status: RowStatus
+    reason: RejectReason | None = None
+    message: str | None = None
+
+
+class Balance(WireModel):
+    member_id: str
+    points: int
+
+
+class BatchResult(WireModel):
+    """Per-row verdicts plus the authoritative points balance of every member the batch's accepted and
+    duplicate rows touch (a merged member's points are reported for the survivor, under the survivor's id)."""
+
+    results: list[RowResult]
+    balances: list[Balance]
+
+
+# --- reconciliation ------------------------------------------------------------------------------------------
+
+
+class TransactionAmount(WireModel):
+    id: str
+    station_id: str
+    kind: TransactionKind
+    total_fen: int
+    points_earned: int
+    points_redeemed: int
+
+
+class DaySummary(WireModel):
+    """`GET /v1/stores/{store_id}/days/{business_day}/summary[?station_id=]`: what central holds for one store
+    (or one station of it) and business day. Every sum is a plain sum of the fields as sent, whatever the kind.
+
+    `digest` is the lowercase hex SHA-256 of the UTF-8 text
+    `"\\n".join(f"{id}:{total_fen}" for each transaction, sorted by id)` (plain code-point order of the id
+    strings, no trailing newline; an empty day hashes the empty string). Equal digests mean the same set of
+    transactions with the same amounts; otherwise compare `transactions`.
+    """
+
+    store_id: str
+    business_day: date
+    station_id: str | None = None
+    count: int
+    total_fen: int
+    tenders: dict[str, int] = Field(description="sum of tender amount_fen per tender kind")
+    points_earned: int
+    points_redeemed: int
+    digest: str
+    transactions: list[TransactionAmount] = Field(description="sorted by id")
+
+
+# --- member-code keys ----------------------------------------------------------------------------------------
+
+
+class PublicKey(WireModel):
+    kid: int = Field(ge=0, le=0xFFFF)
+    public_key: str = Field(description="raw 32-byte Ed25519 public key, base64url without padding")
+    not_after: AwareDatetime | None = Field(
+        None, description="null for the current key; for a rotated key, the end of its grace period"
+    )
+
+
+class PublicKeys(WireModel):
+    """`GET /v1/keys/member-code`: keys that verify member codes now (docs/member-code.md). The first is the
+    current signing key; rotated keys stay listed until their `not_after`."""
+
+    keys: list[PublicKey]
+
+
+# --- errors --------------------------------------------------------------------------------------------------
+
+
+class ErrorBody(WireModel):
+    """Body of every error answer. `error` is a stable code for programs, `message` a sentence for people."""
+
+    error: str = Field(examples=["unauthorized"])
+    message: str
+    details: list[dict[str, Any]] | None = Field(None, description="for 422: one entry per invalid field")

@@ -1,0 +1,173 @@
+"""The central database: one code path for SQLite (one file, the default) and PostgreSQL (many stores).
+
+SQLite: WAL, `synchronous=FULL`, foreign keys on, and every write transaction begins IMMEDIATE so concurrent
+writers queue on the busy timeout instead of failing when a reader upgrades its lock. Read-only sessions
+(`read_session`) begin a plain deferred transaction and never wait for a writer.
+
+The schema belongs to the Alembic migrations in `central/migrations`, run by `pos-central serve` at start and
+`pos-central db upgrade`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlmodel import Session
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+BUSY_TIMEOUT_MS = 10_000
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message says what to do."""
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware UTC datetimes on both databases: timestamptz on PostgreSQL, naive UTC text on SQLite."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: central stores aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whatever driver the URL names (or none)."""
+    for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def create_engine(url: str) -> sa.Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _sqlite_engine(url: str) -> sa.Engine:
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:":
+        if not Path(path).parent.is_dir():
+            raise DatabaseError(f"database directory {Path(path).parent} does not exist; create it or change database_url")
+        if not Path(path).exists():
+            # It will hold member data and the member-code signing keys: readable by this user only. SQLite
+            # gives its -wal and -shm files the same mode.
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError as exc:
+                raise DatabaseError(f"cannot create {path}: {exc.strerror}") from None
+    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record) -> None:
+        # SQLAlchemy's "begin" event below issues BEGIN, instead of the driver's implicit deferred one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        read_only = connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+class CentralSession(Session):
+    """Central's sessions: `central.feed` hands out feed versions for the members touched when one commits."""
+
+
+def write_session(engine: sa.Engine) -> CentralSession:
+    return CentralSession(engine)
+
+
+def read_session(engine: sa.Engine) -> CentralSession:
+    """A session whose transactions only read: on SQLite they never wait for, or hold up, a writer."""
+    return CentralSession(engine.execution_options(read_only=True))
+
+
+# --- migrations ----------------------------------------------------------------------------------------------
+
+
+def migrate(engine: sa.Engine, revision: str = "head") -> None:
+    """Upgrade the schema in place, in one transaction: a failed upgrade leaves the previous schema."""
+    try:
+        with engine.begin() as connection:
+            before = _check_not_newer(connection)
+            config = _alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            after = MigrationContext.configure(connection).get_current_revision()
+    except sa.exc.OperationalError as exc:
+        raise DatabaseError(f"cannot open the database ({exc.orig}); check database_url and that it is reachable") from exc
+    if after != before:
+        log.info("database schema upgraded from %s to %s", before or "empty", after)
+
+
+def schema_revision(engine: sa.Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def _check_not_newer(connection: sa.Connection) -> str | None:
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is None:
+        return None
+    try:
+        ScriptDirectory.from_config(_alembic_config()).get_revision(current)
+    except CommandError:
+        raise DatabaseError(
+            f"the database was written by a newer release of pos-central (schema {current}); "
+            "run that release, or restore a backup made by this one"
+        ) from None
+    return current
+
+
+def open_database(url: str) -> sa.Engine:
+    """An engine on `url` with the schema upgraded to this release's head."""
+    engine = create_engine(url)
+    try:
+        migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine

@@ -1,0 +1,117 @@
+"""The web app: routers assembled under /v1, errors answered as `ErrorBody`, the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from central import __version__, contract, keys
+from central.clock import utcnow
+from central.config import Settings
+from central.db import write_session
+from central.errors import CentralError, Unauthorized
+from central.routes import keys as keys_routes
+from central.routes import members, stores, transactions
+
+log = logging.getLogger(__name__)
+
+TITLE = "POS central identity & card service"
+DESCRIPTION = (
+    "Reference central service for the POS Edge Agent (DESIGN §5). Every /v1 request carries "
+    "`Authorization: Bearer <store token>` and `X-Store-Id`. Models: `central/contract.py`."
+)
+_ERRORS = {status: {"model": contract.ErrorBody} for status in (400, 401, 403, 422)}
+
+
+def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
+    """The app on an engine whose schema is already at head (see `central.db.open_database`)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with write_session(engine) as session:
+            keys.ensure_key(session, utcnow())  # a member-code key exists before the first store asks
+            session.commit()
+        yield
+
+    app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    for router in (members.router, transactions.router, stores.router, keys_routes.router):
+        app.include_router(router, prefix=contract.API_PREFIX, responses=_ERRORS)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness, without credentials."""
+        return {"status": "ok"}
+
+    app.add_exception_handler(CentralError, _central_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(sa.exc.OperationalError, _database_unavailable)
+    app.add_exception_handler(Exception, _internal_error)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    return app
+
+
+def _error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = contract.ErrorBody(error=code, message=message, details=details)
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers)
+
+
+async def _central_error(request: Request, exc: CentralError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return _error(exc.status, exc.code, exc.message, headers=headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    first = details[0] if details else {"loc": [], "msg": "invalid"}
+    where = ".".join(str(part) for part in first["loc"])
+    return _error(422, "invalid", f"{where}: {first['msg']}", details)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in HTTPStatus._value2member_map_ else "error"
+    return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _database_unavailable(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+    # Locked, restarting or unreachable: nothing was committed, and the same request may succeed shortly.
+    log.warning("database unavailable: %s", exc.orig)
+    return _error(503, "unavailable", "the database is busy or unreachable; retry shortly", headers={"Retry-After": "1"})
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _error(500, "internal", "unexpected error at central; nothing was committed, retry later")
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the contract's batch models that `POST /v1/transactions:batch` documents
+    but reads itself (see `central.routes.transactions`)."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        batch = contract.BatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, schema in batch.pop("$defs", {}).items():
+            schemas.setdefault(name, schema)
+        schemas["BatchIn"] = batch
+        document["components"]["schemas"] = dict(sorted(schemas.items()))
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def openapi_json(app: FastAPI) -> str:
+    """The document as checked into docs/openapi.json."""
+    return json.dumps(app.openapi(), indent=2, ensure_ascii=False) + "\n"

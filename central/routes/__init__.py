@@ -1,0 +1,1 @@
+"""One router per resource; `central.main` assembles them under /v1."""

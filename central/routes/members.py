@@ -1,0 +1,105 @@
+"""Members: the change feed for the stores' caches, online lookup, enrolment at a kiosk."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from central import contract, feed, identity
+from central.deps import CurrentStore, Now, ReadSessionDep, SessionDep, SettingsDep
+from central.errors import CentralError, Conflict, Invalid, NotFound
+from central.models import IdempotencyRecord
+
+router = APIRouter(prefix="/members", tags=["members"])
+
+
+@router.get("/changes", response_model=contract.ChangesPage)
+def changes(
+    session: ReadSessionDep,
+    store: CurrentStore,
+    settings: SettingsDep,
+    now: Now,
+    cursor: Annotated[str | None, Query(description="next_cursor of the last page applied; none to start")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="page size; capped by the service's max_page_size")] = None,
+) -> Response:
+    """Members changed after `cursor`, in version order: upserts with their full state, and tombstones."""
+    size = min(limit or settings.default_page_size, settings.max_page_size)
+    page = feed.changes_page(session, feed.parse_cursor(cursor), size, now)
+    # Serialized here once: FastAPI would validate the page again first, doubling the cost of a full sync.
+    return Response(page.model_dump_json(), media_type="application/json")
+
+
+@router.get("/lookup", responses={404: {"model": contract.ErrorBody}})
+def lookup(
+    session: ReadSessionDep,
+    store: CurrentStore,
+    now: Now,
+    card_no: Annotated[str | None, Query(max_length=128)] = None,
+    unionid: Annotated[str | None, Query(max_length=128)] = None,
+    phone_hash: Annotated[str | None, Query(pattern=contract.HASH_PATTERN)] = None,
+    appid: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="with openid")] = None,
+    openid: Annotated[str | None, Query(max_length=128, description="with appid")] = None,
+) -> contract.MemberLookup:
+    """The member holding one identifier: give exactly one of card_no, unionid, phone_hash, or appid + openid."""
+    given = [(kind, value) for kind, value in (("card_no", card_no), ("unionid", unionid), ("phone_hash", phone_hash)) if value]
+    if (appid is None) != (openid is None):
+        raise Invalid("give appid and openid together")
+    if openid:
+        given.append((identity.openid_kind(appid), openid))
+    if len(given) != 1:
+        raise Invalid("give exactly one of card_no, unionid, phone_hash, or appid with openid")
+    kind, value = given[0]
+    member_id = identity.owner(session, kind, value)
+    found = feed.snapshot(session, member_id, now) if member_id else None
+    if found is None:
+        raise NotFound(f"no member with this {kind.split(':')[0]}")
+    return contract.MemberLookup(member=found)
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses={200: {"model": contract.EnrolResult, "description": "an existing member"}, 409: {"model": contract.ErrorBody}},
+)
+def enrol(
+    request: contract.EnrolRequest,
+    response: Response,
+    session: SessionDep,
+    store: CurrentStore,
+    settings: SettingsDep,
+    now: Now,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=8, max_length=128, description="chosen by the client; the same key answers the same again")
+    ] = None,
+) -> contract.EnrolResult:
+    """Enrol a customer (phone with consent), or answer the member they already are (200)."""
+    if idempotency_key is None:
+        raise CentralError("send an Idempotency-Key header (e.g. a UUID) so a retry cannot enrol twice", code="idempotency_key_missing")
+    # Keyed, because the request may hold a phone number in clear, and a plain hash of one is easy to reverse.
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True).encode()
+    fingerprint = hmac.new(settings.key_bytes(), canonical, hashlib.sha256).hexdigest()
+    feed.lock(session)  # also serializes enrolments, so two tries of one key cannot both go through
+    earlier = session.get(IdempotencyRecord, (store, idempotency_key))
+    if earlier is not None:
+        if earlier.request_hash != fingerprint:
+            raise Conflict("this Idempotency-Key was used for a different request; use a new key", code="idempotency_key_reused")
+        response.status_code = earlier.status_code
+        response.headers["Idempotent-Replayed"] = "true"
+        return contract.EnrolResult.model_validate(earlier.response)
+
+    member_id, created = identity.enrol(session, request, settings.key_bytes(), now)
+    feed.assign_versions(session, now)  # the answer shows the member as committed
+    result = contract.EnrolResult(member=feed.snapshot(session, member_id, now), created=created)
+    response.status_code = 201 if created else 200
+    session.add(
+        IdempotencyRecord(
+            store_id=store, key=idempotency_key, request_hash=fingerprint, status_code=response.status_code,
+            response=result.model_dump(mode="json"), created_at=now,
+        )  # fmt: skip
+    )
+    session.commit()
+    return result
