@@ -60,6 +60,21 @@ class DevicesPublic(BaseModel):
     printer: PrinterPublic | None
 
 
+class JobHealthPublic(BaseModel):
+    last_success: datetime | None
+    last_error: str | None
+    failures: int
+
+
+class SyncPublic(BaseModel):
+    push: JobHealthPublic
+    pull: JobHealthPublic
+    outbox_pending: int
+    outbox_rejected: int
+    oldest_pending_at: datetime | None
+    member_cursor: str | None
+
+
 class ScanIn(BaseModel):
     text: str = Field(min_length=1, max_length=4096)
 
@@ -125,6 +140,21 @@ def status(state: StateDep) -> AgentStatus:
         station_id=settings.station.id,
         station_kind=settings.station.kind,
         database=database,
+    )
+
+
+@status_router.get("/v1/sync")
+def sync_status(state: StateDep) -> SyncPublic:
+    """Push and pull health, outbox depth (pending, and rejected rows that need a person) and the feed cursor."""
+    status = state.sync.status()
+    health = lambda job: JobHealthPublic(last_success=job.last_success, last_error=job.last_error, failures=job.failures)  # noqa: E731
+    return SyncPublic(
+        push=health(status.push),
+        pull=health(status.pull),
+        outbox_pending=status.outbox_pending,
+        outbox_rejected=status.outbox_rejected,
+        oldest_pending_at=status.oldest_pending_at,
+        member_cursor=status.member_cursor,
     )
 
 

@@ -180,6 +180,93 @@ def devices(as_json: bool) -> None:
         click.echo(f"{device.kind:<8} {device.url}\n         {device.description} ({device.path})")
 
 
+@cli.group()
+def sync() -> None:
+    """Exchange data with the central service."""
+
+
+@sync.command("now")
+@CONFIG_OPTION
+def sync_now(config_path: Path) -> None:
+    """Push the outbox and pull member changes once; print what moved. Exit 1 when central cannot be reached."""
+    import asyncio
+
+    from agent.central_client import CentralError
+    from agent.runtime import open_state, open_sync
+
+    settings = _load(config_path).settings
+    state = open_state(settings)
+    sync = open_sync(settings, state)
+
+    async def both() -> tuple:
+        try:
+            return await sync.push(), await sync.pull()
+        finally:
+            await sync.client.aclose()
+
+    try:
+        pushed, pulled = asyncio.run(both())
+    except CentralError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        state.engine.dispose()
+    click.echo(
+        f"pushed {pushed.sent} transaction(s): {pushed.accepted} accepted, {pushed.duplicate} duplicate, {pushed.rejected} rejected; "
+        f"{pushed.balances} balance(s) updated"
+    )
+    click.echo(f"pulled {pulled.upserted} member change(s) and {pulled.deleted} removal(s) in {pulled.pages} page(s); {pulled.keys} member-code key(s)")
+    status = sync.status()
+    if status.outbox_rejected:
+        click.echo(f"{status.outbox_rejected} transaction(s) rejected by central need a person: see GET /v1/sync", err=True)
+
+
+@cli.command()
+@CONFIG_OPTION
+@click.option("--day", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Business day, YYYY-MM-DD.")
+@click.option("--json", "as_json", is_flag=True)
+def reconcile(config_path: Path, day, as_json: bool) -> None:
+    """Compare this station's business day with central's; exit 0 only when they match."""
+    import asyncio
+
+    from agent.central_client import CentralClient, CentralError
+    from agent.reconcile import reconcile as run_reconcile
+
+    settings = _load(config_path).settings
+    engine = open_database(settings.storage.database)
+
+    async def run():
+        async with CentralClient(settings.central, settings.store.id) as client:
+            return await run_reconcile(engine, client, settings.station.id, day.date())
+
+    try:
+        result = asyncio.run(run())
+    except CentralError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        state = "MATCHED" if result.matched else "DIFFERENT"
+        click.echo(
+            f"{result.business_day} station {result.station_id}: {state}; store {result.store_count} transaction(s) "
+            f"{result.store_total_fen} fen, central {result.central_count} transaction(s) {result.central_total_fen} fen"
+        )
+        for label, ids in (
+            ("sent again (central lacked them)", result.requeued),
+            ("waiting to be pushed", result.awaiting_push),
+            ("rejected by central, need a person", result.rejected),
+            ("at central but not in this journal", result.missing_at_store),
+        ):
+            if ids:
+                click.echo(f"  {label}: {', '.join(ids)}")
+        for mismatch in result.mismatched:
+            click.echo(f"  {mismatch.id}: {mismatch.field} store {mismatch.store} central {mismatch.central}")
+    sys.exit(0 if result.matched else 1)
+
+
 @cli.command("scan-test")
 @click.option("--scanner", "url", required=True, help="Scanner URL, e.g. serial:///dev/serial/by-id/...?baudrate=9600, hid://0c2e:0b61, camera:0, camera:///path/clip.mp4.")
 @click.option("--count", type=click.IntRange(min=1), help="Stop after this many scans (default: until Ctrl-C or the end of a file).")

@@ -68,5 +68,7 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Alembic narrates every migration context at INFO; agent.db logs the upgrades that happen.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Libraries that narrate routine work at INFO: alembic (every migration context; agent.db logs real
+    # upgrades), APScheduler (every job run; agent.sync logs changes of state), httpx (every request).
+    for chatty in ("alembic", "apscheduler", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from agent.clock import to_storage, utcnow
+from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
 from agent.pii import phone_hash
 
@@ -31,6 +31,23 @@ class PhoneLookupUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class CachedCoupon:
+    """A coupon issued to a member, as the feed carries it; amounts in fen, times aware UTC."""
+
+    code: str
+    title: str
+    kind: str  # amount_off | percent_off
+    amount_off_fen: int
+    percent_off: int
+    threshold_fen: int
+    cap_fen: int | None
+    valid_from: datetime
+    valid_until: datetime
+    usable_offline: bool
+    used_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MemberChange:
     """One entry of the member change feed: an upsert with the member's full identifier set, or a tombstone."""
 
@@ -42,6 +59,7 @@ class MemberChange:
     display_name: str = ""
     phone_masked: str | None = None
     identifiers: tuple[tuple[str, str], ...] = ()
+    coupons: tuple[CachedCoupon, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +92,19 @@ _INSERT_IDENTIFIER = """
 INSERT INTO member_identifier (kind, value, member_id) VALUES (?, ?, ?)
 ON CONFLICT (kind, value) DO UPDATE SET member_id = excluded.member_id
 """
-# Identifiers go with the member (ON DELETE CASCADE).
+# A coupon used at this till stays used until central's feed says so too (it may not have heard yet).
+_UPSERT_COUPON = """
+INSERT INTO coupon (code, member_id, title, kind, amount_off_fen, percent_off, threshold_fen, cap_fen,
+                    valid_from, valid_until, usable_offline, used_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (code) DO UPDATE SET
+    member_id = excluded.member_id, title = excluded.title, kind = excluded.kind,
+    amount_off_fen = excluded.amount_off_fen, percent_off = excluded.percent_off,
+    threshold_fen = excluded.threshold_fen, cap_fen = excluded.cap_fen, valid_from = excluded.valid_from,
+    valid_until = excluded.valid_until, usable_offline = excluded.usable_offline,
+    used_at = COALESCE(coupon.used_at, excluded.used_at)
+"""
+# Identifiers and coupons go with the member (ON DELETE CASCADE).
 _DELETE_MEMBER = "DELETE FROM member WHERE id = ?"
 _SAVE_CURSOR = """
 INSERT INTO sync_state (key, value, updated_at) VALUES (?, ?, ?)
@@ -85,6 +115,13 @@ SELECT m.id, m.tier, m.points, m.display_name, m.phone_masked, m.version
 FROM member_identifier AS i JOIN member AS m ON m.id = i.member_id
 WHERE i.kind = ? AND i.value = ?
 """
+
+
+def _coupon_row(member_id: str, c: CachedCoupon) -> tuple:
+    return (
+        c.code, member_id, c.title, c.kind, c.amount_off_fen, c.percent_off, c.threshold_fen, c.cap_fen,
+        to_storage(c.valid_from), to_storage(c.valid_until), c.usable_offline, c.used_at and to_storage(c.used_at),
+    )  # fmt: skip
 
 
 class MemberCache:
@@ -107,11 +144,26 @@ class MemberCache:
                 identifiers = [(kind, value, c.member_id) for c in upserts for kind, value in c.identifiers]
                 if identifiers:
                     connection.exec_driver_sql(_INSERT_IDENTIFIER, identifiers)
+                coupons = [_coupon_row(c.member_id, coupon) for c in upserts for coupon in c.coupons]
+                if coupons:
+                    connection.exec_driver_sql(_UPSERT_COUPON, coupons)
             if tombstones:
                 connection.exec_driver_sql(_DELETE_MEMBER, tombstones)
             if cursor is not None:
                 connection.exec_driver_sql(_SAVE_CURSOR, (CURSOR_KEY, cursor, stamp))
         return ApplyResult(upserted=len(upserts), deleted=len(tombstones))
+
+    def coupons(self, member_id: str) -> list[CachedCoupon]:
+        with reader(self.engine) as connection:
+            rows = connection.exec_driver_sql(
+                "SELECT code, title, kind, amount_off_fen, percent_off, threshold_fen, cap_fen, valid_from, valid_until,"
+                " usable_offline, used_at FROM coupon WHERE member_id = ? ORDER BY valid_until",
+                (member_id,),
+            ).all()
+        return [
+            CachedCoupon(*row[:7], from_storage(row[7]), from_storage(row[8]), bool(row[9]), row[10] and from_storage(row[10]))
+            for row in rows
+        ]
 
     def lookup(self, kind: str, value: str) -> CachedMember | None:
         """The member holding identifier (kind, value), in one indexed query."""

@@ -14,12 +14,16 @@ from fastapi import FastAPI
 
 from agent import __version__
 from agent.api import create_app
+from agent.central_client import CentralClient
 from agent.db import open_database, schema_revision
 from agent.devices import StationDevices
 from agent.journal import Journal
 from agent.member_cache import MemberCache
+from agent.member_code_gate import MemberCodeGate
 from agent.scans import ScanRouter
+from agent.scheduler import build_scheduler
 from agent.settings import Settings
+from agent.sync import Sync
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +41,10 @@ class AgentState:
     engine: sa.Engine
     members: MemberCache
     journal: Journal
+    member_codes: MemberCodeGate
     scans: ScanRouter | None = None
     devices: StationDevices | None = None
+    sync: Sync | None = None
 
 
 def open_state(settings: Settings) -> AgentState:
@@ -49,6 +55,19 @@ def open_state(settings: Settings) -> AgentState:
         engine=engine,
         members=MemberCache(engine, settings.privacy.key_bytes()),
         journal=Journal(engine, settings.station.id, settings.store.zone, settings.store.business_day_cutoff_hour),
+        member_codes=MemberCodeGate(engine, settings.member_codes.window_s, settings.member_codes.clock_skew_s),
+    )
+
+
+def open_sync(settings: Settings, state: AgentState) -> Sync:
+    central = settings.central
+    return Sync(
+        engine=state.engine,
+        cache=state.members,
+        gate=state.member_codes,
+        client=CentralClient(central, settings.store.id),
+        batch_size=central.batch_size,
+        page_size=central.page_size,
     )
 
 
@@ -59,8 +78,14 @@ def build_app(settings: Settings) -> FastAPI:
         state = await asyncio.to_thread(open_state, settings)
         state.scans = ScanRouter(asyncio.get_running_loop(), settings.codes.rules())
         state.devices = StationDevices(settings, state.engine, state.scans)
+        state.sync = open_sync(settings, state)
+        scheduler = build_scheduler(settings, state.sync)
         try:
             await asyncio.to_thread(state.devices.start)
+            if settings.central.token.get_secret_value():
+                scheduler.start()
+            else:
+                log.warning("sync with central is off: set central.token (POS_EDGE_CENTRAL__TOKEN)")
             app.state.agent = state
             url = f"http://{settings.api.host}:{settings.api.port}"
             log.info(
@@ -69,6 +94,10 @@ def build_app(settings: Settings) -> FastAPI:
             )
             yield
         finally:
+            # Reverse order: no new jobs, devices (the receipt being printed may finish), then the database.
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
+            await state.sync.client.aclose()
             await asyncio.to_thread(state.devices.stop, PRINT_DEADLINE_S)
             state.engine.dispose()
             log.info("agent stopped")

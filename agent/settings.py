@@ -66,8 +66,10 @@ class CentralSettings(Section):
     token: SecretStr = Field(SecretStr(""), examples=["set POS_EDGE_CENTRAL__TOKEN instead of writing it here"])
     connect_timeout_s: float = Field(3.0, gt=0, le=60, examples=[3.0])
     read_timeout_s: float = Field(10.0, gt=0, le=120, examples=[10.0])
-    sync_interval_s: int = Field(60, ge=5, le=3600, examples=[60])
-    batch_size: int = Field(200, ge=1, le=5000, examples=[200])
+    push_interval_s: int = Field(15, ge=1, le=3600, examples=[15], description="how often the outbox is pushed")
+    sync_interval_s: int = Field(60, ge=5, le=3600, examples=[60], description="how often member changes are pulled")
+    batch_size: int = Field(200, ge=1, le=1000, examples=[200], description="journal rows per push")
+    page_size: int = Field(1000, ge=10, le=10000, examples=[1000], description="member changes asked per page")
 
     @field_validator("url")
     @classmethod

@@ -1,0 +1,164 @@
+"""The agent's client of the central service (DESIGN §5), on httpx.
+
+Errors are translated at this edge into one small tree, so callers act on what they can act on: the WAN is
+down (CentralUnreachable), central said no to this request (CentralRejected), central is in trouble and may say
+when to come back (CentralServerError, with `retry_after`), or central answered something that is not the
+contract (CentralBadResponse). A response is parsed whole into the contract's models before anything is applied.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from datetime import date, datetime, timezone
+from typing import TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from agent import __version__
+from agent.settings import CentralSettings
+from central.contract import (
+    API_PREFIX,
+    BatchIn,
+    BatchResult,
+    ChangesPage,
+    DaySummary,
+    PublicKeys,
+    TransactionIn,
+)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class CentralError(Exception):
+    """A request to the central service failed; the message says what happened."""
+
+
+class CentralUnreachable(CentralError):
+    """No answer: the store's WAN, DNS, or central itself is down, or it took longer than the timeout."""
+
+
+class CentralRejected(CentralError):
+    """Central refused this request (4xx other than 429): sending it again unchanged will not help."""
+
+    def __init__(self, message: str, status: int, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class CentralServerError(CentralError):
+    """Central failed (5xx) or asked us to slow down (429); `retry_after` is its wish in seconds, if it said."""
+
+    def __init__(self, message: str, status: int, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class CentralBadResponse(CentralError):
+    """Central answered, but not with what the contract says: nothing of it is applied."""
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """`Retry-After` as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+class CentralClient:
+    def __init__(self, settings: CentralSettings, store_id: str, transport: httpx.AsyncBaseTransport | None = None):
+        self.base_url = settings.url
+        self._client = httpx.AsyncClient(
+            base_url=settings.url + API_PREFIX,
+            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            headers={
+                "Authorization": f"Bearer {settings.token.get_secret_value()}",
+                "X-Store-Id": store_id,
+                "User-Agent": f"pos-edge/{__version__}",
+            },
+            transport=transport,
+        )
+        self.store_id = store_id
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> CentralClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- the contract ----------------------------------------------------------------------------------------
+
+    async def member_changes(self, cursor: str | None, limit: int) -> ChangesPage:
+        params = {"limit": limit} | ({"cursor": cursor} if cursor else {})
+        return await self._call("GET", "/members/changes", ChangesPage, params=params)
+
+    async def push_transactions(self, rows: list[TransactionIn]) -> BatchResult:
+        body = BatchIn(transactions=rows).model_dump(mode="json")
+        result = await self._call("POST", "/transactions:batch", BatchResult, json=body)
+        sent = [row.id for row in rows]
+        answered = [row.id for row in result.results]
+        if answered != sent:
+            raise CentralBadResponse(f"central answered {len(answered)} verdicts for {len(sent)} rows, or out of order")
+        return result
+
+    async def day_summary(self, business_day: date, station_id: str | None = None) -> DaySummary:
+        params = {"station_id": station_id} if station_id else None
+        return await self._call("GET", f"/stores/{self.store_id}/days/{business_day.isoformat()}/summary", DaySummary, params=params)
+
+    async def member_code_keys(self) -> PublicKeys:
+        return await self._call("GET", "/keys/member-code", PublicKeys)
+
+    async def probe(self, timeout: float) -> bool:
+        """A quick "is central there?" for deciding online/offline in front of a customer."""
+        try:
+            response = await self._client.get("/keys/member-code", timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
+    # --- one request -----------------------------------------------------------------------------------------
+
+    async def _call(self, method: str, path: str, model: type[Model], **kwargs) -> Model:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise CentralUnreachable(f"central {self.base_url} did not answer {method} {path} in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise CentralUnreachable(f"cannot reach central {self.base_url}: {exc or type(exc).__name__}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise CentralServerError(
+                f"central answered {response.status_code} to {method} {path}",
+                response.status_code,
+                retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        if response.status_code >= 400:
+            code, message = _error_of(response)
+            raise CentralRejected(f"central refused {method} {path} ({response.status_code} {code}): {message}", response.status_code, code)
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise CentralBadResponse(
+                f"central's answer to {method} {path} is not a valid {model.__name__}: {exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}"
+            ) from exc
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+        return str(body.get("error", "error")), str(body.get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        return "error", response.text[:300]

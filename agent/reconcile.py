@@ -1,0 +1,106 @@
+"""Day-end reconciliation: does central hold exactly the transactions this station journaled for a business day?
+
+The store's side is computed from the journal with the same digest central uses (central/contract.py,
+DaySummary): SHA-256 over "id:total_fen" lines sorted by id. What central lacks is queued again (unless the
+row was rejected, which needs a person); what central has that the store lacks, and rows whose amounts or points
+differ, are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import date
+
+import sqlalchemy as sa
+
+from agent.central_client import CentralClient
+from agent.clock import to_storage, utcnow
+from agent.db import reader
+from central.contract import DaySummary
+
+COMPARED = ("total_fen", "points_earned", "points_redeemed")
+
+
+def day_digest(rows: list[tuple[str, int]]) -> str:
+    """The digest of a day's (id, total_fen) rows, as central computes it."""
+    return hashlib.sha256("\n".join(f"{i}:{total}" for i, total in sorted(rows)).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    id: str
+    field: str
+    store: int
+    central: int
+
+
+@dataclass
+class Reconciliation:
+    business_day: date
+    station_id: str
+    store_count: int
+    central_count: int
+    store_total_fen: int
+    central_total_fen: int
+    store_digest: str
+    central_digest: str
+    missing_at_central: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    awaiting_push: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    missing_at_store: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+
+    @property
+    def matched(self) -> bool:
+        return self.store_digest == self.central_digest and not self.mismatched and not self.missing_at_store
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "business_day": self.business_day.isoformat(), "matched": self.matched}
+
+
+async def reconcile(engine: sa.Engine, client: CentralClient, station_id: str, business_day: date) -> Reconciliation:
+    central = await client.day_summary(business_day, station_id)
+    return compare_and_requeue(engine, station_id, business_day, central)
+
+
+def compare_and_requeue(engine: sa.Engine, station_id: str, business_day: date, central: DaySummary) -> Reconciliation:
+    with reader(engine) as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT j.id, j.total_fen, j.points_earned, j.points_redeemed, o.status FROM journal AS j"
+            " LEFT JOIN outbox AS o ON o.journal_id = j.id WHERE j.station_id = ? AND j.business_day = ?",
+            (station_id, business_day.isoformat()),
+        ).all()
+    store = {row.id: row for row in rows}
+    theirs = {t.id: t for t in central.transactions}
+    result = Reconciliation(
+        business_day=business_day,
+        station_id=station_id,
+        store_count=len(store),
+        central_count=central.count,
+        store_total_fen=sum(row.total_fen for row in rows),
+        central_total_fen=central.total_fen,
+        store_digest=day_digest([(row.id, row.total_fen) for row in rows]),
+        central_digest=central.digest,
+        missing_at_store=sorted(set(theirs) - set(store)),
+    )
+    for transaction_id in sorted(set(store) - set(theirs)):
+        result.missing_at_central.append(transaction_id)
+        status = store[transaction_id].status
+        {"pending": result.awaiting_push, "rejected": result.rejected}.get(status, result.requeued).append(transaction_id)
+    for transaction_id in sorted(set(store) & set(theirs)):
+        for name in COMPARED:
+            ours, central_value = getattr(store[transaction_id], name), getattr(theirs[transaction_id], name)
+            if ours != central_value:
+                result.mismatched.append(Mismatch(transaction_id, name, ours, central_value))
+    if result.requeued:
+        # Central lost rows it had accepted (a restore, say): send them again; it answers them on their merits.
+        now = to_storage(utcnow())
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO outbox (journal_id, status, attempts, created_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?)"
+                " ON CONFLICT (journal_id) DO NOTHING",
+                [(transaction_id, now, now) for transaction_id in result.requeued],
+            )
+    return result

@@ -1,0 +1,264 @@
+"""Keeping the store and the central service in agreement: push the outbox, pull member changes and keys.
+
+Each job keeps honest health (last success, last error, consecutive failures) and logs on change of state
+only: the first failure, then "recovered". A failed run postpones the next one by an exponential back-off
+with full jitter, or by central's Retry-After when it gives one, so a hundred stores coming back online do
+not all knock at once.
+
+Push is at-least-once and safe to repeat: central answers a row it already has with `duplicate`, and its
+points ledger is keyed by (transaction, member), so a retried batch can never add points twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+
+from agent.central_client import CentralClient, CentralError, CentralServerError
+from agent.clock import from_storage, to_storage, utcnow
+from agent.db import reader
+from agent.member_cache import CachedCoupon, MemberCache, MemberChange
+from agent.member_code_gate import MemberCodeGate, PublicKeyRecord
+from central import contract
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass
+class JobHealth:
+    name: str
+    base_delay_s: float = 2.0
+    max_delay_s: float = 300.0
+    last_success: datetime | None = None
+    last_error: str | None = None
+    failures: int = 0
+    not_before: float = 0.0  # time.monotonic() before which the job does not run again
+
+    def ready(self) -> bool:
+        return time.monotonic() >= self.not_before
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info("sync recovered", extra={"job": self.name, "after_failures": self.failures})
+        self.last_success = utcnow()
+        self.last_error = None
+        self.failures = 0
+        self.not_before = 0.0
+
+    def failed(self, exc: CentralError) -> float:
+        """Record a failure; returns the seconds until the next attempt."""
+        if not self.failures:
+            log.warning("sync failing", extra={"job": self.name, "error": str(exc)})
+        self.failures += 1
+        self.last_error = str(exc)
+        delay = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (self.failures - 1)))
+        if isinstance(exc, CentralServerError) and exc.retry_after is not None:
+            delay = max(delay, min(exc.retry_after, self.max_delay_s))
+        self.not_before = time.monotonic() + delay
+        return delay
+
+
+@dataclass(frozen=True)
+class PushReport:
+    sent: int = 0
+    accepted: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    balances: int = 0
+
+
+@dataclass(frozen=True)
+class PullReport:
+    pages: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    keys: int = 0
+
+
+@dataclass
+class SyncStatus:
+    push: JobHealth
+    pull: JobHealth
+    outbox_pending: int
+    outbox_rejected: int
+    oldest_pending_at: datetime | None
+    member_cursor: str | None
+
+
+@dataclass
+class Sync:
+    engine: sa.Engine
+    cache: MemberCache
+    gate: MemberCodeGate
+    client: CentralClient
+    batch_size: int = 200
+    page_size: int = 1000
+    push_health: JobHealth = field(default_factory=lambda: JobHealth("push"))
+    pull_health: JobHealth = field(default_factory=lambda: JobHealth("pull"))
+
+    # --- jobs, as the scheduler runs them ----------------------------------------------------------------------
+
+    async def push_job(self) -> PushReport | None:
+        return await self._guarded(self.push_health, self.push)
+
+    async def pull_job(self) -> PullReport | None:
+        return await self._guarded(self.pull_health, self.pull)
+
+    async def _guarded(self, health: JobHealth, run):
+        if not health.ready():
+            return None
+        try:
+            report = await run()
+        except CentralError as exc:
+            health.failed(exc)
+            return None
+        health.succeeded()
+        return report
+
+    # --- push --------------------------------------------------------------------------------------------------
+
+    async def push(self) -> PushReport:
+        """Send every pending outbox row, oldest first, in batches; stop at the first failed request."""
+        totals = PushReport()
+        while True:
+            rows, unreadable = await asyncio.to_thread(self._next_batch)
+            if unreadable:
+                await asyncio.to_thread(self._reject_locally, unreadable)
+                totals = _add(totals, PushReport(rejected=len(unreadable)))
+            if not rows:
+                if unreadable:
+                    continue  # the whole batch was unreadable: rows may wait behind it
+                return totals
+            result = await self.client.push_transactions(rows)
+            report = await asyncio.to_thread(self._apply_push, result)
+            totals = _add(totals, report)
+            if len(rows) < self.batch_size:
+                return totals
+
+    def _next_batch(self) -> tuple[list[contract.TransactionIn], dict[str, str]]:
+        with reader(self.engine) as connection:
+            found = connection.exec_driver_sql(
+                "SELECT j.id, j.station_id, j.kind, j.business_day, j.created_at, j.member_id, j.total_fen,"
+                " j.points_earned, j.points_redeemed, j.body, j.prev_hash, j.hash"
+                " FROM outbox AS o JOIN journal AS j ON j.id = o.journal_id"
+                " WHERE o.status = 'pending' ORDER BY j.seq LIMIT ?",
+                (self.batch_size,),
+            ).mappings().all()
+        rows, unreadable = [], {}
+        for row in found:
+            try:
+                rows.append(contract.TransactionIn.model_validate({**row, "body": json.loads(row["body"])}))
+            except (ValidationError, ValueError) as exc:
+                # Central would refuse it too; keep it visible instead of blocking the rows behind it.
+                unreadable[row["id"]] = f"malformed (found before sending): {exc}"[:500]
+        return rows, unreadable
+
+    def _reject_locally(self, unreadable: dict[str, str]) -> None:
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "UPDATE outbox SET status = 'rejected', last_error = ?, attempts = attempts + 1 WHERE journal_id = ?",
+                [(reason, transaction_id) for transaction_id, reason in unreadable.items()],
+            )
+        for transaction_id, reason in unreadable.items():
+            log.error("transaction cannot be sent", extra={"transaction": transaction_id, "reason": reason})
+
+    def _apply_push(self, result: contract.BatchResult) -> PushReport:
+        done = [(row.id,) for row in result.results if row.status in ("accepted", "duplicate")]
+        rejected = [row for row in result.results if row.status == "rejected"]
+        now = to_storage(utcnow())
+        with self.engine.begin() as connection:
+            if done:
+                connection.exec_driver_sql("DELETE FROM outbox WHERE journal_id = ?", done)
+            if rejected:
+                connection.exec_driver_sql(
+                    "UPDATE outbox SET status = 'rejected', last_error = ?, attempts = attempts + 1, next_attempt_at = ?"
+                    " WHERE journal_id = ?",
+                    [(f"{row.reason}: {row.message or ''}".strip(": "), now, row.id) for row in rejected],
+                )
+            if result.balances:
+                connection.exec_driver_sql(
+                    "UPDATE member SET points = ? WHERE id = ?", [(b.points, b.member_id) for b in result.balances]
+                )
+        for row in rejected:
+            log.error("central rejected a transaction", extra={"transaction": row.id, "reason": row.reason, "detail": row.message or ""})
+        return PushReport(
+            sent=len(result.results),
+            accepted=sum(1 for row in result.results if row.status == "accepted"),
+            duplicate=sum(1 for row in result.results if row.status == "duplicate"),
+            rejected=len(rejected),
+            balances=len(result.balances),
+        )
+
+    # --- pull --------------------------------------------------------------------------------------------------
+
+    async def pull(self) -> PullReport:
+        """Apply member changes from the saved cursor until central has no more, then refresh member-code keys."""
+        cursor = await asyncio.to_thread(self.cache.cursor)
+        first_sync = cursor is None
+        pages = upserted = deleted = 0
+        last_progress = time.monotonic()
+        while True:
+            page = await self.client.member_changes(cursor, self.page_size)
+            applied = await asyncio.to_thread(self.cache.apply, [_cache_change(c) for c in page.changes], page.next_cursor)
+            pages, upserted, deleted = pages + 1, upserted + applied.upserted, deleted + applied.deleted
+            cursor = page.next_cursor
+            if first_sync and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+                log.info("member sync progress", extra={"members": upserted, "pages": pages})
+                last_progress = time.monotonic()
+            if not page.has_more:
+                break
+        if first_sync:
+            log.info("member cache filled", extra={"members": upserted, "pages": pages})
+        keys = await self.client.member_code_keys()
+        records = [PublicKeyRecord(k.kid, k.public_key, k.not_after) for k in keys.keys]
+        await asyncio.to_thread(self.gate.replace_keys, records)
+        return PullReport(pages=pages, upserted=upserted, deleted=deleted, keys=len(records))
+
+    # --- status ------------------------------------------------------------------------------------------------
+
+    def status(self) -> SyncStatus:
+        with reader(self.engine) as connection:
+            counts = dict(connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").all())
+            oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
+        return SyncStatus(
+            push=self.push_health,
+            pull=self.pull_health,
+            outbox_pending=counts.get("pending", 0),
+            outbox_rejected=counts.get("rejected", 0),
+            oldest_pending_at=oldest and from_storage(oldest),
+            member_cursor=self.cache.cursor(),
+        )
+
+
+def _add(a: PushReport, b: PushReport) -> PushReport:
+    return PushReport(*(x + y for x, y in zip(vars(a).values(), vars(b).values(), strict=True)))
+
+
+def _cache_change(change: contract.MemberChange) -> MemberChange:
+    return MemberChange(
+        member_id=change.member_id,
+        version=change.version,
+        deleted=change.deleted,
+        tier=change.tier,
+        points=change.points,
+        display_name=change.display_name,
+        phone_masked=change.phone_masked,
+        identifiers=tuple((i.kind, i.value) for i in change.identifiers),
+        coupons=tuple(
+            CachedCoupon(
+                c.code, c.title, c.kind, c.amount_off_fen, c.percent_off, c.threshold_fen, c.cap_fen,
+                c.valid_from, c.valid_until, c.usable_offline, c.used_at,
+            )  # fmt: skip
+            for c in change.coupons
+        ),
+    )
