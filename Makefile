@@ -36,8 +36,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# The central service (seeded with demo members, store DEMO01) in the background, the agent in the foreground;
+# Ctrl-C stops both.
 demo: setup
 	mkdir -p .demo
+	$(BIN)/pos-central seed-demo --config config/central-demo.toml
+	@$(BIN)/pos-central serve --config config/central-demo.toml & central=$$!; \
+	trap 'kill $$central 2>/dev/null; wait $$central' EXIT; \
 	$(DEMO_ENV) $(BIN)/pos-edge run --config config/demo.toml
 
 test: setup
@@ -46,6 +51,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/member_cache.py
 	$(BIN)/python bench/camera_decode.py
+	$(BIN)/python bench/sync.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .hypothesis
