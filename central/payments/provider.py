@@ -1,0 +1,96 @@
+"""What the gateway needs from a payment provider, whatever its wire protocol.
+
+A provider client speaks one protocol (WeChat Pay API v2 XML, Alipay OpenAPI with RSA2) against a base URL from
+settings: the real provider in production, a simulator (central/payments/simulators/) in the demo and tests.
+Clients translate the protocol's answers into the outcomes below and raise ProviderError subclasses for
+failures of the exchange itself; the gateway owns the state machine and never sees XML or JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Literal, Protocol
+
+ProviderName = Literal["wechat", "alipay"]
+
+
+class Outcome(StrEnum):
+    SUCCESS = "SUCCESS"  # paid: the money moved
+    USERPAYING = "USERPAYING"  # waiting for the customer (password on the phone): query again
+    UNKNOWN = "UNKNOWN"  # the provider could not say (SYSTEMERROR, BANKERROR, 20000): query again
+    FAILED = "FAILED"  # definitely not paid (code invalid/expired, insufficient funds, ...)
+    REVERSED = "REVERSED"  # reversed / cancelled / closed: not paid, or paid and given back
+    NOT_FOUND = "NOT_FOUND"  # the provider has no such order (query only)
+
+
+class ProviderError(Exception):
+    """The exchange with the provider failed; the outcome of the request is not known from this answer."""
+
+
+class ProviderUnreachable(ProviderError):
+    """Connection refused, DNS, or no answer within the timeout (the request may have been processed)."""
+
+
+class ProviderBadResponse(ProviderError):
+    """Not the protocol: unparseable body, missing fields, or a response signature that does not verify."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    out_trade_no: str  # <= 32 chars [A-Za-z0-9_-]; a new one for every new auth code
+    auth_code: str
+    amount_fen: int  # > 0
+    description: str  # shown to the payer, e.g. "演示门店 消费"
+    store_id: str
+    station_id: str  # WeChat device_info = f"{store_id}-{station_id}"
+    client_ip: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    out_trade_no: str
+    provider_trade_no: str | None = None  # WeChat transaction_id / Alipay trade_no
+    payer_id: str | None = None  # WeChat openid (of the merchant's appid) / Alipay buyer_user_id
+    amount_fen: int | None = None
+    paid_at: datetime | None = None  # aware UTC
+    code: str | None = None  # the provider's error code, e.g. AUTHCODEEXPIRE, NOTENOUGH, ACQ.PAYMENT_AUTH_CODE_INVALID
+    reason_zh: str | None = None  # for the customer, in Chinese
+    reason_en: str | None = None  # and in English
+
+
+@dataclass(frozen=True)
+class ReverseResult:
+    done: bool  # the order is reversed/cancelled (or was never paid)
+    recall: bool  # the provider asks to call reverse again (WeChat recall=Y, Alipay retry_flag=Y)
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class BillRow:
+    """One row of a provider's settlement bill."""
+
+    out_trade_no: str
+    provider_trade_no: str
+    status: Literal["SUCCESS", "REFUND", "REVOKED"]
+    amount_fen: int
+    paid_at: datetime  # aware UTC
+    payer_id: str | None = None
+
+
+class Provider(Protocol):
+    name: ProviderName
+
+    async def charge(self, charge: Charge) -> Result: ...
+
+    async def query(self, out_trade_no: str) -> Result: ...
+
+    async def reverse(self, out_trade_no: str) -> ReverseResult: ...
+
+    async def identify(self, auth_code: str) -> str | None:
+        """The payer's id (WeChat authcodetoopenid; Alipay: None, its flow gives the buyer id only with a charge)."""
+        ...
+
+    async def bill(self, day: date) -> list[BillRow]: ...
