@@ -10,8 +10,8 @@ DEMO_ENV := POS_EDGE_CENTRAL__TOKEN=demo-store-token POS_EDGE_API__TOKEN=demo-ap
 	POS_EDGE_PRIVACY__PHONE_HASH_KEY=demo-phone-hash-key-not-secret
 
 # Debian packages: a CJK font for raster receipts and previews, zbar for the alternative camera decoder,
-# libusb for USB printers.
-SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0
+# libusb for USB printers, PostgreSQL for the central service's tests on PostgreSQL.
+SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0 postgresql
 
 .PHONY: setup system-packages demo test bench clean
 
