@@ -13,7 +13,9 @@ from pydantic import BaseModel, Field
 
 from agent import __version__
 from agent.db import reader, schema_revision
+from agent.ids import new_transaction_id
 from agent.print_queue import JobNotFound, JobStateError, JobView
+from agent.receipts import test_page
 from drivers.simulated import SimulatedPrinter, SimulatedScanner
 
 STATIC = Path(__file__).resolve().parent.parent / "kiosk_ui" / "static"
@@ -205,7 +207,8 @@ def recent_scans(state: StateDep) -> list[dict[str, Any]]:
 
 @printer_router.get("")
 def printer_status(state: StateDep) -> PrinterPublic:
-    return devices(state).printer or _printer(state)
+    _printer(state)  # 404 when there is none
+    return devices(state).printer
 
 
 @printer_router.get("/jobs")
@@ -215,9 +218,6 @@ def jobs(state: StateDep, status: str | None = None) -> list[JobPublic]:
 
 @printer_router.post("/test-page")
 def print_test_page(state: StateDep) -> JobPublic:
-    from agent.receipts import test_page
-    from agent.ids import new_transaction_id
-
     document = test_page(state.settings.store.name, state.devices.columns)
     job = _printer(state).enqueue(f"test-{new_transaction_id()}", state.devices.render(document), purpose="test")
     return _job_public(state, job)
