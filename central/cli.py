@@ -21,6 +21,7 @@ from central.clock import utcnow
 from central.config import LoadedSettings, Settings, SettingsError, load_settings
 from central.db import DatabaseError, open_database, read_session, write_session
 from central.errors import CentralError
+from central.payments.providers import ProviderSetupError
 from central.pii import InvalidPhoneNumber
 
 DEFAULT_CONFIG = "/etc/pos-central/central.toml"
@@ -201,6 +202,117 @@ def member_link(config_path: Path, appid: str, openid: str, unionid: str) -> Non
     click.echo(f"linked to member {found}")
 
 
+@member.command("card")
+@CONFIG_OPTION
+@click.argument("member_id")
+@click.option("--card-id", required=True, help="The WeChat member card's card_id.")
+@click.option("--code", required=True, help="The member's card code (from the card activation).")
+def member_card(config_path: Path, member_id: str, card_id: str, code: str) -> None:
+    """Record that MEMBER_ID holds a WeChat member card: their points changes are pushed to it."""
+    from central.payments.cards import register_card
+
+    engine = _engine(_settings(config_path))
+    try:
+        with write_session(engine) as session:
+            register_card(session, member_id, card_id, code, utcnow())
+            session.commit()
+    finally:
+        engine.dispose()
+    click.echo(f"member {member_id} holds card {card_id} ({code}); points changes from now on are pushed to it")
+
+
+@cli.group()
+def payments() -> None:
+    """Code payments (docs/PAYMENTS.md)."""
+
+
+@payments.command("reconcile")
+@CONFIG_OPTION
+@click.option("--day", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="The bill's day (China time), YYYY-MM-DD.")
+@click.option("--provider", "chosen", type=click.Choice(["wechat", "alipay", "all"]), default="all", show_default=True)
+def payments_reconcile(config_path: Path, day, chosen: str) -> None:
+    """Fetch the providers' settlement bills for DAY and check them against central's payments. Prints every
+    difference (a customer charged for a sale the till gave up on, a paid order missing from the bill, an amount
+    that differs); stores see the result next to their day summary."""
+    import asyncio
+
+    from central.payments.provider import ProviderError
+    from central.payments.providers import build_providers
+    from central.payments.reconcile import reconcile
+
+    settings = _settings(config_path)
+    providers = build_providers(settings)
+    names = [n for n in providers if chosen in ("all", n)]
+    if not names:
+        raise click.UsageError(f"no {'payment provider' if chosen == 'all' else chosen} is configured in {config_path}")
+    engine = _engine(settings)
+
+    async def run_all():
+        results = []
+        try:
+            for name in names:
+                try:
+                    results.append(await reconcile(engine, name, providers[name], day.date(), utcnow()))
+                except ProviderError as exc:
+                    raise CentralError(f"cannot get the {name} bill for {day.date()}: {exc}") from exc
+        finally:
+            for provider in providers.values():
+                close = getattr(provider, "aclose", None)
+                if close is not None:
+                    await close()
+        return results
+
+    try:
+        results = asyncio.run(run_all())
+    finally:
+        engine.dispose()
+    for result in results:
+        summary = f"{result.bill_rows} bill rows, {result.matched} matched, {len(result.issues)} to settle"
+        click.echo(f"{result.provider} {result.day}: {summary}")
+        for issue in result.issues:
+            billed = "-" if issue.bill_amount_fen is None else issue.bill_amount_fen
+            held = "-" if issue.store_amount_fen is None else issue.store_amount_fen
+            amounts = f"bill {billed} fen, central {held} fen ({issue.store_state or 'unknown'})"
+            click.echo(f"  {issue.kind}  {issue.out_trade_no}  {amounts}: {issue.detail}")
+
+
+@cli.group()
+def simulate() -> None:
+    """Payment provider simulators for the demo and for trying a set-up (never for real money)."""
+
+
+@simulate.command("wechat")
+@CONFIG_OPTION
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), help="Default: the port of the settings' wechat_base_url, else 8801.")
+@click.option("--userpaying-seconds", type=float, default=5.0, show_default=True, help="How long a simulated customer takes to confirm.")
+@click.option("--slow-seconds", type=float, default=15.0, show_default=True, help="How long scenario 50 holds its answer.")
+def simulate_wechat(config_path: Path, host: str, port: int | None, userpaying_seconds: float, slow_seconds: float) -> None:
+    """Serve the WeChat Pay v2 simulator (and the member-card API) with the settings' appid, mch_id, API key and
+    card AppSecret, so the central service configured by the same file talks to it. The auth code's last two
+    digits pick the scenario (docs/PAYMENTS.md)."""
+    from urllib.parse import urlsplit
+
+    import uvicorn
+
+    from central.payments.simulators.wechat import WeChatSimulator
+
+    settings = _settings(config_path)
+    if settings.environment != "development":
+        raise click.UsageError('the simulator answers payments it never charged; it runs only with environment = "development"')
+    if not (settings.wechat_appid and settings.wechat_mch_id and settings.wechat_api_key):
+        raise click.UsageError("set wechat_appid, wechat_mch_id and wechat_api_key in the settings (the simulator uses them)")
+    base = urlsplit(settings.wechat_base_url or "")
+    simulator = WeChatSimulator(
+        appid=settings.wechat_appid, mch_id=settings.wechat_mch_id, api_key=settings.wechat_api_key.get_secret_value(),
+        userpaying_seconds=userpaying_seconds, slow_seconds=slow_seconds,
+        **({"card_appsecret": settings.wechat_card_appsecret.get_secret_value()} if settings.wechat_card_appsecret else {}),
+    )  # fmt: skip
+    port = port or base.port or 8801
+    click.echo(f"WeChat Pay v2 simulator for appid {settings.wechat_appid} on http://{host}:{port}", err=True)
+    uvicorn.run(simulator.app(), host=host, port=port, log_level="warning", access_log=False)
+
+
 @cli.group()
 def keys() -> None:
     """Member-code signing keys."""
@@ -268,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(2)
-    except (CentralError, DatabaseError, InvalidPhoneNumber) as exc:
+    except (CentralError, DatabaseError, InvalidPhoneNumber, ProviderSetupError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except sa.exc.SQLAlchemyError as exc:

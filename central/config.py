@@ -44,6 +44,54 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", examples=["INFO"])
 
+    # --- payments (docs/PAYMENTS.md) -------------------------------------------------------------------------
+    # WeChat Pay API v2. Without wechat_base_url WeChat Pay is not configured and its codes are refused (422).
+    wechat_base_url: str | None = Field(
+        None, examples=["https://api.mch.weixin.qq.com"], description="WeChat Pay v2 API; a simulator's URL in the demo"
+    )
+    wechat_appid: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$", examples=["wx8888888888888888"])
+    wechat_mch_id: str | None = Field(None, pattern=r"^[0-9]{1,32}$", examples=["1900000109"])
+    wechat_api_key: SecretStr | None = Field(
+        None, examples=["set POS_CENTRAL_WECHAT_API_KEY: the 32-character API key (v2) of the merchant platform"],
+        description="the merchant's v2 API key that signs requests and answers",
+    )  # fmt: skip
+    wechat_sign_type: Literal["MD5", "HMAC-SHA256"] = Field("HMAC-SHA256", examples=["HMAC-SHA256"])
+    wechat_cert_path: Path | None = Field(
+        None, examples=["/etc/pos-central/apiclient_cert.pem"], description="merchant API certificate (reverse needs it)"
+    )
+    wechat_key_path: Path | None = Field(None, examples=["/etc/pos-central/apiclient_key.pem"], description="its private key")
+    wechat_timeout_seconds: float = Field(10.0, gt=0, le=120, examples=[10.0], description="per request to WeChat Pay")
+    wechat_card_api_base_url: str | None = Field(
+        None, examples=["https://api.weixin.qq.com"], description="official-account API for member-card points sync"
+    )
+    wechat_card_appsecret: SecretStr | None = Field(
+        None, examples=["set POS_CENTRAL_WECHAT_CARD_APPSECRET"], description="AppSecret of wechat_appid, for access tokens"
+    )
+    wechat_card_sync_seconds: float = Field(5.0, gt=0, le=3600, examples=[5.0], description="how often the card queue is pushed")
+
+    # Alipay face-to-face (the client is central/payments/alipay.py).
+    alipay_base_url: str | None = Field(None, examples=["https://openapi.alipay.com/gateway.do"])
+    alipay_app_id: str | None = Field(None, pattern=r"^[0-9A-Za-z_-]{1,32}$", examples=["2021000000000000"])
+    alipay_private_key_path: Path | None = Field(None, examples=["/etc/pos-central/alipay_app_private_key.pem"])
+    alipay_public_key_path: Path | None = Field(None, examples=["/etc/pos-central/alipay_public_key.pem"])
+    alipay_timeout_seconds: float = Field(10.0, gt=0, le=120, examples=[10.0], description="per request to Alipay")
+
+    # The gateway's timings (WeChat's guidance: query every 5 s, give up at about 30 s, reverse no earlier than
+    # 15 s after the charge).
+    payments_poll_seconds: float = Field(5.0, gt=0, le=60, examples=[5.0], description="between two queries")
+    payments_limit_seconds: float = Field(
+        30.0, gt=0, le=600, examples=[30.0], description="how long to wait for the customer before reversing"
+    )
+    payments_reverse_not_before_seconds: float = Field(
+        15.0, ge=0, le=600, examples=[15.0], description="no reverse earlier than this after the charge was sent"
+    )
+    payments_answer_seconds: float = Field(
+        8.0, ge=0, le=60, examples=[8.0], description="how long POST /v1/payments waits for the provider's first answer"
+    )
+    payments_retry_max_seconds: float = Field(
+        60.0, gt=0, le=3600, examples=[60.0], description="longest pause between two tries of a failing reverse"
+    )
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         # The environment overrides the file.
@@ -73,7 +121,36 @@ class Settings(BaseSettings):
             )
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
+        self._check_payments()
         return self
+
+    def _check_payments(self) -> None:
+        if self.wechat_base_url:
+            missing = [key for key in ("wechat_appid", "wechat_mch_id", "wechat_api_key") if not getattr(self, key)]
+            if missing:
+                raise ValueError(f"wechat_base_url is set, so {', '.join(missing)} must be set too (or remove wechat_base_url)")
+            if (self.wechat_cert_path is None) != (self.wechat_key_path is None):
+                raise ValueError("give wechat_cert_path and wechat_key_path together (the merchant API certificate and its key)")
+        if self.wechat_card_api_base_url and not (self.wechat_appid and self.wechat_card_appsecret):
+            raise ValueError("wechat_card_api_base_url needs wechat_appid and wechat_card_appsecret")
+        if self.alipay_base_url:
+            missing = [key for key in ("alipay_app_id", "alipay_private_key_path", "alipay_public_key_path") if not getattr(self, key)]
+            if missing:
+                raise ValueError(f"alipay_base_url is set, so {', '.join(missing)} must be set too (or remove alipay_base_url)")
+        if self.environment != "development":
+            # Money and keys over plain HTTP only on a development machine (the simulators).
+            for key in ("wechat_base_url", "wechat_card_api_base_url", "alipay_base_url"):
+                url = getattr(self, key)
+                if url and not url.startswith("https://"):
+                    raise ValueError(f'{key} must be an https:// URL outside environment = "development"')
+
+    @property
+    def wechat_configured(self) -> bool:
+        return bool(self.wechat_base_url)
+
+    @property
+    def alipay_configured(self) -> bool:
+        return bool(self.alipay_base_url)
 
     def key_bytes(self) -> bytes:
         return self.phone_hash_key.get_secret_value().encode("utf-8")
@@ -111,7 +188,15 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise SettingsError(path, [_describe(error) for error in exc.errors()]) from None
-    return LoadedSettings(settings.model_copy(update={"database_url": resolve_sqlite_path(settings.database_url, path.parent)}), path)
+    update: dict[str, Any] = {"database_url": resolve_sqlite_path(settings.database_url, path.parent)}
+    for key in PATH_KEYS:  # relative key and certificate paths, like the database, are the settings file's
+        value = getattr(settings, key)
+        if value is not None and not value.is_absolute():
+            update[key] = (path.parent / value).resolve()
+    return LoadedSettings(settings.model_copy(update=update), path)
+
+
+PATH_KEYS = ("wechat_cert_path", "wechat_key_path", "alipay_private_key_path", "alipay_public_key_path")
 
 
 def resolve_sqlite_path(url: str, base: Path) -> str:

@@ -296,3 +296,117 @@ class ErrorBody(WireModel):
     error: str = Field(examples=["unauthorized"])
     message: str
     details: list[dict[str, Any]] | None = Field(None, description="for 422: one entry per invalid field")
+
+
+# --- payments ------------------------------------------------------------------------------------------------
+
+OUT_TRADE_NO_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+PaymentProvider = Literal["wechat", "alipay"]
+# PENDING: sent, no answer yet · USERPAYING: the customer confirms on the phone · UNKNOWN: the provider could not
+# say, central is asking · SUCCESS: paid · FAILED: not paid (`reason_*` says why) · REVERSING: given up or
+# cancelled, being reversed (treat as not paid) · REVERSED: reversed or closed, not paid (money taken goes back).
+PaymentState = Literal["PENDING", "USERPAYING", "UNKNOWN", "SUCCESS", "FAILED", "REVERSING", "REVERSED"]
+
+
+class PaymentRequest(WireModel):
+    """`POST /v1/payments`: charge a payment code (WeChat Pay: 18 digits starting 10–15; Alipay: 16–24 digits
+    starting 25–30). A new auth code needs a new `out_trade_no`; sending the same request again answers the same
+    payment and never charges twice. `member_id`: the member the till identified for this sale, if any; after a
+    successful charge the payer's openid is linked to them when it is not linked yet. `provider`, when given, is
+    the tender the cashier chose: a code of the other provider is refused (422 `wrong_provider`)."""
+
+    out_trade_no: str = Field(pattern=OUT_TRADE_NO_PATTERN, examples=["DEMO01T0120261123000042"])
+    auth_code: str = Field(min_length=1, max_length=64, examples=["134567890123456789"])
+    amount_fen: StrictInt = Field(gt=0, description="what the customer pays, in fen; more than 0")
+    station_id: str = Field(pattern=ID_PATTERN, examples=["T01"])
+    description: str | None = Field(None, max_length=64, description="shown to the payer", examples=["演示门店 消费"])
+    member_id: str | None = Field(None, pattern=ID_PATTERN)
+    provider: PaymentProvider | None = None
+
+
+class Payment(WireModel):
+    """A code payment as central knows it now. `paid` is true only in state SUCCESS; `final` says the state will
+    not change by itself (SUCCESS, FAILED, REVERSED; a SUCCESS can still be reversed on request). While it is not
+    final, ask again with `GET /v1/payments/{out_trade_no}?wait=S`."""
+
+    out_trade_no: str
+    provider: PaymentProvider
+    state: PaymentState
+    paid: bool
+    final: bool
+    amount_fen: int
+    station_id: str
+    member_id: str | None = None
+    payer: OpenId | None = Field(None, description="the payer's id at the provider (WeChat openid of the merchant's appid)")
+    provider_trade_no: str | None = Field(None, description="WeChat transaction_id / Alipay trade_no")
+    code: str | None = Field(None, description="the provider's code (e.g. AUTHCODEEXPIRE, NOTENOUGH) or central's cause")
+    reason_zh: str | None = Field(None, description="for the customer, in Chinese")
+    reason_en: str | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    paid_at: AwareDatetime | None = None
+
+
+class IdentifyRequest(WireModel):
+    """`POST /v1/payments/identify`: who is about to pay with this code? Nothing is charged."""
+
+    auth_code: str = Field(min_length=1, max_length=64, examples=["134567890123456789"])
+
+
+class IdentifyResult(WireModel):
+    """The payer behind a payment code, before charging, so tier prices and coupons apply to the amount charged.
+
+    `member` is the member holding the payer's openid, or null. `may_redeem` is always false: WeChat Pay says an
+    openid learnt from a payment code (authcodetoopenid) must not by itself authorise spending points or stored
+    value; ask for the member code or another proof first. `payer` is null when the provider cannot tell before
+    the charge (Alipay) or the code is expired or invalid."""
+
+    provider: PaymentProvider
+    payer: OpenId | None = None
+    member: MemberChange | None = None
+    may_redeem: Literal[False] = False
+    message: str | None = None
+
+
+BillIssueKind = Literal["charged_not_paid_at_store", "missing_from_bill", "amount_mismatch"]
+
+
+class BillIssue(WireModel):
+    """A difference between the provider's settlement bill and central's payments.
+
+    - `charged_not_paid_at_store`: the bill shows money taken for an order central has as not paid (or does not
+      know): the customer paid after the till gave up. Refund it or settle the sale.
+    - `missing_from_bill`: central has the order as paid, the bill does not show it paid.
+    - `amount_mismatch`: both have it paid, with different amounts."""
+
+    provider: PaymentProvider
+    day: date
+    out_trade_no: str
+    kind: BillIssueKind
+    store_state: str | None = None
+    store_amount_fen: int | None = None
+    bill_amount_fen: int | None = None
+    provider_trade_no: str | None = None
+    detail: str = ""
+
+
+class BillCheck(WireModel):
+    provider: PaymentProvider
+    day: date
+    checked_at: AwareDatetime
+    bill_rows: int
+    matched: int
+    issues: int
+
+
+class PaymentDay(WireModel):
+    """`GET /v1/stores/{store_id}/days/{business_day}/payments`, next to the day summary: the store's code
+    payments of the day (by their creation time in China time) and what the latest bill checks found.
+    `paid_fen` is the sum of SUCCESS payments per provider; `counts` the payments per state."""
+
+    store_id: str
+    business_day: date
+    paid_fen: dict[str, int]
+    counts: dict[str, int]
+    bill_checks: list[BillCheck] = Field(description="one per provider whose bill for the day was checked")
+    issues: list[BillIssue]

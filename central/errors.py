@@ -43,3 +43,10 @@ class TooLarge(CentralError):
 class Invalid(CentralError):
     status = 422
     code = "invalid"
+
+
+class ProviderUnavailable(CentralError):
+    """The payment provider could not be asked (unreachable, or an answer that is not its protocol)."""
+
+    status = 502
+    code = "provider_unavailable"

@@ -21,8 +21,11 @@ from central.clock import utcnow
 from central.config import Settings
 from central.db import write_session
 from central.errors import CentralError, Unauthorized
+from central.payments.cards import CardSync
+from central.payments.gateway import Gateway
+from central.payments.providers import build_providers
 from central.routes import keys as keys_routes
-from central.routes import members, stores, transactions
+from central.routes import members, payments, stores, transactions
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +45,28 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
         with write_session(engine) as session:
             keys.ensure_key(session, utcnow())  # a member-code key exists before the first store asks
             session.commit()
-        yield
+        # Payments run as tasks in this loop; unfinished ones are resumed from the database.
+        gateway = Gateway(settings, engine, app.state.payment_providers, **app.state.payment_options)
+        card_sync = CardSync.from_settings(settings, engine)
+        await gateway.start()
+        if card_sync is not None:
+            card_sync.start()
+        app.state.gateway, app.state.card_sync = gateway, card_sync
+        try:
+            yield
+        finally:
+            app.state.gateway = app.state.card_sync = None
+            if card_sync is not None:
+                await card_sync.stop()
+            await gateway.stop()
 
     app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.engine = engine
-    for router in (members.router, transactions.router, stores.router, keys_routes.router):
+    app.state.payment_providers = build_providers(settings)
+    app.state.payment_options = {}  # tests: Gateway keyword arguments (clock, sleep, timings)
+    app.state.gateway = app.state.card_sync = None
+    for router in (members.router, transactions.router, stores.router, keys_routes.router, payments.router):
         app.include_router(router, prefix=contract.API_PREFIX, responses=_ERRORS)
 
     @app.get("/healthz", tags=["health"])

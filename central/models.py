@@ -159,3 +159,120 @@ class IdempotencyRecord(CentralModel, table=True):
     status_code: int
     response: dict[str, Any] = Field(sa_column=sa.Column(JSONType, nullable=False))
     created_at: datetime = utc()
+
+
+# --- payments (central/payments, migration 0002) --------------------------------------------------------------
+
+
+class Payment(CentralModel, table=True):
+    """A code payment, one row per `out_trade_no`, owned by the gateway's state machine
+    (central/payments/gateway.py): PENDING → USERPAYING | UNKNOWN | SUCCESS | FAILED, → REVERSING → REVERSED.
+
+    The auth code itself is never stored (it is single-use and short-lived); `request_hash` (HMAC of the request)
+    tells a retry of the same payment from a different payment reusing the order number.
+    """
+
+    __tablename__ = "payment"
+    __table_args__ = (
+        sa.Index("ix_payment_state", "state"),
+        sa.Index("ix_payment_store_created", "store_id", "created_at"),
+    )
+
+    out_trade_no: str = Field(primary_key=True, max_length=32)
+    store_id: str = Field(foreign_key="store.id", max_length=16)
+    station_id: str = Field(max_length=16)
+    provider: str = Field(max_length=8, description="wechat or alipay")
+    amount_fen: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    description: str = Field(default="", max_length=128)
+    member_id: str | None = Field(default=None, foreign_key="member.id", max_length=16)
+    request_hash: str = Field(max_length=64)
+    state: str = Field(max_length=16)
+    code: str | None = Field(default=None, max_length=64, description="the provider's last code, or the gateway's cause")
+    reason_zh: str | None = Field(default=None, max_length=128)
+    reason_en: str | None = Field(default=None, max_length=256)
+    provider_trade_no: str | None = Field(default=None, max_length=64)
+    payer_id: str | None = Field(default=None, max_length=128)
+    paid_amount_fen: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    cancel_requested: bool = False
+    charge_sent_at: datetime = utc()
+    paid_at: datetime | None = utc(nullable=True)
+    finished_at: datetime | None = utc(nullable=True)
+    created_at: datetime = utc()
+    updated_at: datetime = utc()
+
+
+class PaymentEvent(CentralModel, table=True):
+    """Every exchange with the provider about a payment and every change of its state: the audit trail."""
+
+    __tablename__ = "payment_event"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(AutoId, primary_key=True, autoincrement=True))
+    out_trade_no: str = Field(foreign_key="payment.out_trade_no", index=True, max_length=32)
+    at: datetime = utc()
+    action: str = Field(max_length=16, description="charge, query, reverse, cancel, state")
+    outcome: str = Field(max_length=24)
+    code: str | None = Field(default=None, max_length=64)
+    detail: str | None = Field(default=None, max_length=256)
+
+
+class WechatMemberCard(CentralModel, table=True):
+    """A WeChat member card a member holds: points changes are pushed to it (card/membercard/updateuser)."""
+
+    __tablename__ = "wechat_member_card"
+
+    card_id: str = Field(primary_key=True, max_length=32)
+    code: str = Field(primary_key=True, max_length=32)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=16)
+    created_at: datetime = utc()
+
+
+class CardSyncJob(CentralModel, table=True):
+    """One ledger entry to push to one member card; the unique key makes the queue idempotent per entry."""
+
+    __tablename__ = "card_sync_job"
+    __table_args__ = (sa.UniqueConstraint("ledger_entry_id", "card_id", "code", name="uq_card_sync_job_entry"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(AutoId, primary_key=True, autoincrement=True))
+    ledger_entry_id: int = Field(sa_column=sa.Column(AutoId, sa.ForeignKey("ledger_entry.id"), nullable=False))
+    card_id: str = Field(max_length=32)
+    code: str = Field(max_length=32)
+    member_id: str = Field(max_length=16)
+    state: str = Field(default="pending", max_length=8, description="pending, done, failed")
+    attempts: int = 0
+    next_attempt_at: datetime = utc()
+    last_error: str | None = Field(default=None, max_length=256)
+    bonus_sent: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    created_at: datetime = utc()
+    done_at: datetime | None = utc(nullable=True)
+
+
+class BillCheck(CentralModel, table=True):
+    """A provider's settlement bill for one day, checked against the payments central holds."""
+
+    __tablename__ = "payment_bill_check"
+
+    provider: str = Field(primary_key=True, max_length=8)
+    day: date = Field(primary_key=True)
+    checked_at: datetime = utc()
+    bill_rows: int
+    matched: int
+    issues: int
+
+
+class BillIssue(CentralModel, table=True):
+    """One difference between a bill and central's payments, for people to settle."""
+
+    __tablename__ = "payment_bill_issue"
+    __table_args__ = (sa.Index("ix_payment_bill_issue_day", "provider", "day"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(AutoId, primary_key=True, autoincrement=True))
+    provider: str = Field(max_length=8)
+    day: date
+    out_trade_no: str = Field(max_length=32)
+    store_id: str | None = Field(default=None, max_length=16)
+    kind: str = Field(max_length=32, description="charged_not_paid_at_store, missing_from_bill, amount_mismatch")
+    store_state: str | None = Field(default=None, max_length=16)
+    store_amount_fen: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    bill_amount_fen: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
+    provider_trade_no: str | None = Field(default=None, max_length=64)
+    detail: str = Field(default="", max_length=256)

@@ -20,6 +20,7 @@ from sqlmodel import Session
 from central import card, contract, feed, identity
 from central.errors import TooLarge
 from central.models import LedgerEntry, Transaction
+from central.payments import cards
 
 
 def ingest(session: Session, store_id: str, rows: Sequence[Any], now: datetime) -> contract.BatchResult:
@@ -95,6 +96,8 @@ def ingest(session: Session, store_id: str, rows: Sequence[Any], now: datetime) 
         session.execute(sa.insert(table), new_rows)
     if entries:
         session.execute(sa.insert(LedgerEntry.__table__), entries)
+        # Members with a WeChat member card get a push per entry, queued in this same transaction.
+        cards.enqueue(session, {entry["transaction_id"] for entry in entries}, now)
     for codes, transaction_id, at in coupon_uses:
         card.use_coupons(session, codes, transaction_id, at)
     points = feed.balances(session, touched)

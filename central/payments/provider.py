@@ -37,6 +37,11 @@ class ProviderBadResponse(ProviderError):
     """Not the protocol: unparseable body, missing fields, or a response signature that does not verify."""
 
 
+class ProviderRejected(ProviderError):
+    """The provider refused the request itself before any business processing (WeChat `return_code` FAIL: bad
+    signature, parameters, merchant configuration). Optional: a client may raise plain ProviderError instead."""
+
+
 @dataclass(frozen=True)
 class Charge:
     out_trade_no: str  # <= 32 chars [A-Za-z0-9_-]; a new one for every new auth code
@@ -78,6 +83,7 @@ class BillRow:
     amount_fen: int
     paid_at: datetime  # aware UTC
     payer_id: str | None = None
+    device: str | None = None  # optional: WeChat device_info (store-station), Alipay terminal_id; attributes a row to a store
 
 
 class Provider(Protocol):

@@ -1,4 +1,4 @@
-"""Stores: the day summary a store reconciles its journal against."""
+"""Stores: the day summary a store reconciles its journal against, and its code payments of the day."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query
 from central import contract, transactions
 from central.deps import CurrentStore, ReadSessionDep
 from central.errors import Forbidden
+from central.payments import reconcile
 
 router = APIRouter(prefix="/stores", tags=["stores"])
 
@@ -26,3 +27,17 @@ def day_summary(
     if store_id != store:
         raise Forbidden("a store can read only its own summaries")
     return transactions.day_summary(session, store_id, business_day, station_id)
+
+
+@router.get("/{store_id}/days/{business_day}/payments")
+def day_payments(
+    store_id: Annotated[str, Path(pattern=contract.ID_PATTERN)],
+    business_day: date,
+    session: ReadSessionDep,
+    store: CurrentStore,
+) -> contract.PaymentDay:
+    """Next to the day summary: the store's code payments of the day (China time) by state and provider, and
+    what the latest settlement-bill checks (`pos-central payments reconcile`) found for this store."""
+    if store_id != store:
+        raise Forbidden("a store can read only its own payments")
+    return reconcile.payment_day(session, store_id, business_day)

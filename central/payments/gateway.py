@@ -1,0 +1,674 @@
+"""The payment gateway: one state machine for every provider, persisted per `out_trade_no`, driven by asyncio tasks
+in the central process and resumed at start-up.
+
+    POST /v1/payments ─► PENDING ──charge──► SUCCESS                              (paid)
+                            │                FAILED                               (not paid; reason zh/en)
+                            │                USERPAYING ─┐ query every `poll` s
+                            │                UNKNOWN ────┤ (SYSTEMERROR, BANKERROR, timeout, bad answer)
+                            │                            ├─► SUCCESS | FAILED | REVERSED (closed at the provider)
+                            │                            └─► `limit` s after the charge: REVERSING
+      till cancels (or the provider refused the request) ──► REVERSING ──reverse, retried until confirmed──► REVERSED
+
+Rules that keep a customer from paying for nothing (WeChat's micropay guidance, DESIGN §8):
+- an answer that is not a definite failure is never taken as one: the gateway asks again with the same
+  `out_trade_no` (query), and never charges again under a new number;
+- a reverse is sent no earlier than `reverse_not_before` s after the charge was sent (an in-flight charge must
+  have landed, or the reverse would miss it), and is repeated until the provider confirms it (`recall`);
+- a second POST with the same `out_trade_no` answers the first payment: one charge at the provider, ever.
+
+Times come from an injectable clock and sleep, so tests can run the 5 s / 15 s / 30 s rules without waiting.
+Several central processes on one database would each resume the same payments: run one (see docs/PAYMENTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from central import contract, feed, identity
+from central.clock import utcnow
+from central.config import Settings
+from central.db import read_session, write_session
+from central.errors import Conflict, Invalid, NotFound, ProviderUnavailable
+from central.models import Payment, PaymentEvent
+from central.payments.provider import Charge, Outcome, Provider, ProviderError, ProviderRejected, Result
+
+log = logging.getLogger(__name__)
+
+WAITING = ("PENDING", "USERPAYING", "UNKNOWN")  # the outcome is still open
+ACTIVE = (*WAITING, "REVERSING")  # a task must be driving it
+FINAL = ("SUCCESS", "FAILED", "REVERSED")
+
+# Payment codes by prefix (DESIGN §4): WeChat Pay 18 digits 10–15; Alipay 16–24 digits 25–30.
+CODE_PATTERNS: dict[str, re.Pattern[str]] = {
+    "wechat": re.compile(r"^1[0-5]\d{16}$"),
+    "alipay": re.compile(r"^(2[5-9]|30)\d{14,22}$"),
+}
+PROVIDER_LABELS = {"wechat": "WeChat Pay", "alipay": "Alipay"}
+
+REASONS: dict[str, tuple[str, str]] = {
+    "TIMEOUT": (
+        "顾客未在规定时间内完成支付，订单已撤销（如已扣款将原路退回）",
+        "The customer did not confirm in time; the payment is reversed (any money taken goes back)",
+    ),
+    "CANCELLED": (
+        "收银台已取消该笔支付，订单已撤销（如已扣款将原路退回）",
+        "Cancelled at the till; the payment is reversed (any money taken goes back)",
+    ),
+    "REJECTED": (
+        "支付服务拒绝了该请求，未扣款，请使用其他方式付款",
+        "The payment service refused the request; nothing was charged, pay another way",
+    ),
+    "PENDING": ("正在等待支付结果", "Waiting for the payment service's answer"),
+    "UNKNOWN": ("正在确认支付结果，请稍候", "Confirming the payment with the payment service; please wait"),
+}
+
+REVERSE_PAID_WITHIN = timedelta(hours=24)
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+def provider_of(auth_code: str) -> str | None:
+    """Which provider a payment code belongs to, by its prefix; None when it is no payment code we know."""
+    return next((name for name, pattern in CODE_PATTERNS.items() if pattern.match(auth_code)), None)
+
+
+@dataclass(frozen=True)
+class Timings:
+    poll: float = 5.0  # between two queries
+    limit: float = 30.0  # after the charge, give up waiting for the customer and reverse
+    reverse_not_before: float = 15.0  # no reverse earlier than this after the charge
+    answer: float = 8.0  # POST /v1/payments waits this long for the provider's first answer
+    retry_max: float = 60.0  # longest pause between two tries of a failing reverse
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Timings:
+        return cls(
+            poll=settings.payments_poll_seconds, limit=settings.payments_limit_seconds,
+            reverse_not_before=settings.payments_reverse_not_before_seconds, answer=settings.payments_answer_seconds,
+            retry_max=settings.payments_retry_max_seconds,
+        )  # fmt: skip
+
+
+class Gateway:
+    """Charges, identifies, polls and reverses; the web routes and the CLI call it, never a provider directly."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: sa.Engine,
+        providers: dict[str, Provider],
+        *,
+        timings: Timings | None = None,
+        clock: Clock = utcnow,
+        sleep: Sleep = asyncio.sleep,
+    ):
+        self.settings = settings
+        self.engine = engine
+        self.providers = providers
+        self.timings = timings or Timings.from_settings(settings)
+        self.clock = clock
+        self.sleep = sleep
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._events: dict[str, asyncio.Event] = {}
+        self._again: set[str] = set()
+        self._stopping = False
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Resume every unfinished payment (after a restart, or a crash); how many."""
+        unfinished = await asyncio.to_thread(self._unfinished)
+        for out_trade_no, provider in unfinished:
+            if provider not in self.providers:
+                log.error(
+                    "payment %s is unfinished but %s is not configured; it stays as it is until it is", out_trade_no, provider
+                )
+                continue
+            self._spawn(out_trade_no, None)
+        if unfinished:
+            log.info("resumed %d unfinished payments", len(unfinished))
+        return len(unfinished)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for provider in self.providers.values():
+            close = getattr(provider, "aclose", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:  # noqa: BLE001 - closing must not stop the shutdown
+                    log.exception("closing the %s client", getattr(provider, "name", "?"))
+
+    async def settle(self, out_trade_no: str) -> None:
+        """Wait until no task drives this payment (tests and the CLI)."""
+        task = self._tasks.get(out_trade_no)
+        if task is not None:
+            await asyncio.shield(task)
+
+    # --- what the routes call --------------------------------------------------------------------------------
+
+    def route(self, auth_code: str, chosen: str | None = None) -> str:
+        """The configured provider for a payment code; Invalid (422) with what to do otherwise."""
+        name = provider_of(auth_code)
+        if name is None:
+            raise Invalid(
+                "this is not a WeChat Pay or Alipay payment code; scan the code on the customer's payment screen",
+                code="not_a_payment_code",
+            )
+        if chosen is not None and chosen != name:
+            raise Invalid(
+                f"this is a {PROVIDER_LABELS[name]} code, not {PROVIDER_LABELS[chosen]}; choose {PROVIDER_LABELS[name]} or scan the right code",
+                code="wrong_provider",
+            )
+        if name not in self.providers:
+            raise Invalid(
+                f"{PROVIDER_LABELS[name]} is not configured at this central service; take another tender",
+                code="provider_not_configured",
+            )
+        return name
+
+    def payer_kind(self, provider: str) -> str | None:
+        """The member identifier kind payer ids of this provider are stored under (`openid:<appid>`)."""
+        kind = getattr(self.providers.get(provider), "payer_id_kind", None)
+        if kind:
+            return kind
+        if provider == "wechat" and self.settings.wechat_appid:
+            return f"openid:{self.settings.wechat_appid}"
+        if provider == "alipay" and self.settings.alipay_app_id:
+            return f"openid:{self.settings.alipay_app_id}"
+        return None
+
+    async def identify(self, store_id: str, auth_code: str) -> contract.IdentifyResult:
+        name = self.route(auth_code)
+        try:
+            payer_id = await self.providers[name].identify(auth_code)
+        except ProviderError as exc:
+            raise ProviderUnavailable(
+                f"{PROVIDER_LABELS[name]} could not identify the payer ({exc}); charge without it, or try again"
+            ) from exc
+        kind = self.payer_kind(name)
+        if payer_id is None or kind is None:
+            message = (
+                "the provider names the payer only with the charge"
+                if payer_id is None and name == "alipay"
+                else "the code does not name a payer (expired or invalid?)"
+            )
+            return contract.IdentifyResult(provider=name, message=message)
+        member = await asyncio.to_thread(self._member_of, kind, payer_id)
+        payer = contract.OpenId(appid=kind.split(":", 1)[1], openid=payer_id)
+        message = None if member else "no member holds this payer's openid"
+        return contract.IdentifyResult(provider=name, payer=payer, member=member, may_redeem=False, message=message)
+
+    async def pay(self, store_id: str, request: contract.PaymentRequest) -> tuple[contract.Payment, bool]:
+        """Start a payment, or answer the one this `out_trade_no` already is. (payment, created)."""
+        name = self.route(request.auth_code, request.provider)
+        fingerprint = self._fingerprint(store_id, request)
+        now = self.clock()
+        row, created = await asyncio.to_thread(self._create, store_id, name, request, fingerprint, now)
+        if not created:
+            if row.store_id != store_id:
+                raise Conflict("this out_trade_no is another store's payment; use a new one", code="out_trade_no_taken")
+            if row.request_hash != fingerprint:
+                raise Conflict(
+                    "this out_trade_no was used for a different payment (other code, amount or till); a new auth code needs a new out_trade_no",
+                    code="out_trade_no_reused",
+                )  # fmt: skip
+        else:
+            charge = Charge(
+                out_trade_no=request.out_trade_no, auth_code=request.auth_code, amount_fen=request.amount_fen,
+                description=request.description or "门店消费", store_id=store_id, station_id=request.station_id,
+            )  # fmt: skip
+            self._spawn(request.out_trade_no, charge)
+        if row.state == "PENDING" and self.timings.answer > 0:
+            return await self.wait(store_id, request.out_trade_no, self.timings.answer, since="PENDING"), created
+        return _wire(row, self), created
+
+    async def get(self, store_id: str, out_trade_no: str) -> contract.Payment:
+        row = await asyncio.to_thread(self._load, out_trade_no)
+        if row is None or row.store_id != store_id:
+            raise NotFound(f"no payment {out_trade_no} at this store")
+        return _wire(row, self)
+
+    async def wait(self, store_id: str, out_trade_no: str, seconds: float, since: str | None = None) -> contract.Payment:
+        """The payment once its state differs from `since` (default: its state now), or after `seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            event = self._event(out_trade_no)  # taken before reading, so a change in between is not missed
+            payment = await self.get(store_id, out_trade_no)
+            since = since or payment.state
+            remaining = deadline - loop.time()
+            if payment.state != since or payment.final or remaining <= 0:
+                return payment
+            try:
+                # At least every second from the database too: another process may be the one changing it.
+                await asyncio.wait_for(event.wait(), min(remaining, 1.0))
+            except TimeoutError:
+                pass
+
+    async def cancel(self, store_id: str, out_trade_no: str) -> contract.Payment:
+        """The till gives up on (or takes back) a payment: reverse it, unless it is already not paid."""
+        row = await asyncio.to_thread(self._load, out_trade_no)
+        if row is None or row.store_id != store_id:
+            raise NotFound(f"no payment {out_trade_no} at this store")
+        if row.state in ("FAILED", "REVERSED", "REVERSING"):
+            return _wire(row, self)
+        if row.provider not in self.providers:
+            raise Invalid(
+                f"{PROVIDER_LABELS.get(row.provider, row.provider)} is not configured any more; cannot reverse",
+                code="provider_not_configured",
+            )
+        if row.state == "SUCCESS" and self.clock() - (row.paid_at or row.charge_sent_at) > REVERSE_PAID_WITHIN:
+            # Providers reverse a paid order only for a while (Alipay 24 h, WeChat 7 days); later is a refund.
+            raise Conflict(
+                "this payment was made more than 24 hours ago; refund it at the provider instead", code="too_late_to_reverse"
+            )
+        changed = await asyncio.to_thread(
+            self._transition, out_trade_no, (*WAITING, "SUCCESS"), "REVERSING", "cancel", code="CANCELLED", cancel_requested=True
+        )
+        if changed:
+            self._notify(out_trade_no)
+            self._spawn(out_trade_no, None)  # a SUCCESS has no task any more; a waiting one keeps its own
+        return await self.get(store_id, out_trade_no)
+
+    # --- the state machine -----------------------------------------------------------------------------------
+
+    def _spawn(self, out_trade_no: str, charge: Charge | None) -> None:
+        if self._stopping:
+            return
+        if out_trade_no in self._tasks:
+            # Its task may be on its way out, having read the state before this change: look again after it.
+            self._again.add(out_trade_no)
+            return
+        task = asyncio.get_running_loop().create_task(self._drive(out_trade_no, charge), name=f"payment:{out_trade_no}")
+        self._tasks[out_trade_no] = task
+        task.add_done_callback(lambda _t: self._finished(out_trade_no))
+
+    def _finished(self, out_trade_no: str) -> None:
+        self._tasks.pop(out_trade_no, None)
+        if out_trade_no in self._again:
+            self._again.discard(out_trade_no)
+            self._spawn(out_trade_no, None)
+
+    async def _drive(self, out_trade_no: str, charge: Charge | None) -> None:
+        failures = 0
+        while True:
+            try:
+                if charge is not None:
+                    await self._charge(charge)
+                    charge = None
+                await self._follow(out_trade_no)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or the database: the state is persisted, so try again a little later
+                failures += 1
+                log.exception("payment %s: unexpected error (try %d); continuing", out_trade_no, failures)
+                charge = None  # never send a charge twice: from here on, query and reverse only
+                await self.sleep(min(self.timings.retry_max, self.timings.poll * failures))
+
+    async def _charge(self, charge: Charge) -> None:
+        # Stamped right before sending (the 15 s and the limit count from here); a payment cancelled before it
+        # was sent is never sent.
+        row = await asyncio.to_thread(self._stamp_sent, charge.out_trade_no)
+        if row is None:
+            return
+        provider = self.providers[row.provider]
+        try:
+            result = await provider.charge(charge)
+        except ProviderRejected as exc:
+            # Refused before processing: nothing was charged, but close the order anyway (after the 15 s) so
+            # that nothing can ever be charged on it.
+            await self._record(charge.out_trade_no, "charge", "REJECTED", None, str(exc))
+            await self._move(charge.out_trade_no, ("PENDING",), "REVERSING", "charge", code="REJECTED", detail=str(exc))
+            return
+        except ProviderError as exc:
+            await self._record(charge.out_trade_no, "charge", "ERROR", type(exc).__name__, str(exc))
+            await self._move(charge.out_trade_no, ("PENDING",), "UNKNOWN", "charge", code=type(exc).__name__, detail=str(exc))
+            return
+        await self._apply(row, result, "charge", ("PENDING",))
+
+    async def _follow(self, out_trade_no: str) -> None:
+        """Query until the outcome is known or the limit passes, then reverse until confirmed."""
+        while True:
+            row = await asyncio.to_thread(self._load, out_trade_no)
+            if row is None or row.state in FINAL:
+                return
+            provider = self.providers[row.provider]
+            if row.state == "REVERSING":
+                await self._reverse(row, provider)
+                return
+            deadline = row.charge_sent_at + timedelta(seconds=self.timings.limit)
+            left = (deadline - self.clock()).total_seconds()
+            if left <= 0:
+                await self._move(out_trade_no, WAITING, "REVERSING", "state", code="TIMEOUT")
+                continue
+            await self._pause(out_trade_no, min(self.timings.poll, left))
+            row = await asyncio.to_thread(self._load, out_trade_no)
+            if row.state not in WAITING:
+                continue
+            try:
+                result = await provider.query(out_trade_no)
+            except ProviderError as exc:
+                await self._record(out_trade_no, "query", "ERROR", type(exc).__name__, str(exc))
+                continue
+            await self._apply(row, result, "query", WAITING)
+
+    async def _apply(self, row: sa.Row, result: Result, action: str, allowed: tuple[str, ...]) -> None:
+        """Take a provider's answer about `row` (from charge or query) into its state."""
+        otn = row.out_trade_no
+        await self._record(otn, action, result.outcome.value, result.code, None)
+        if result.outcome is Outcome.SUCCESS:
+            await asyncio.to_thread(self._succeed, otn, result, allowed)
+            self._notify(otn)
+        elif result.outcome is Outcome.USERPAYING:
+            if row.state == "USERPAYING":
+                return  # no news
+            await self._move(otn, allowed, "USERPAYING", action, code=result.code, reasons=(result.reason_zh, result.reason_en))
+        elif result.outcome is Outcome.FAILED:
+            await self._move(
+                otn, allowed, "FAILED", action, code=result.code, reasons=(result.reason_zh, result.reason_en), final=True
+            )
+        elif result.outcome is Outcome.REVERSED:
+            await self._move(
+                otn, allowed, "REVERSED", action, code=result.code, reasons=(result.reason_zh, result.reason_en), final=True
+            )
+        elif row.state == "PENDING":  # UNKNOWN, NOT_FOUND: keep asking
+            await self._move(otn, ("PENDING",), "UNKNOWN", action, code=result.code, reasons=(result.reason_zh, result.reason_en))
+
+    async def _reverse(self, row: sa.Row, provider: Provider) -> None:
+        otn = row.out_trade_no
+        not_before = row.charge_sent_at + timedelta(seconds=self.timings.reverse_not_before)
+        wait = (not_before - self.clock()).total_seconds()
+        if wait > 0:
+            await self.sleep(wait)
+        failures = 0
+        while True:
+            try:
+                answer = await provider.reverse(otn)
+            except ProviderError as exc:
+                failures += 1
+                await self._record(otn, "reverse", "ERROR", type(exc).__name__, str(exc))
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("payment %s: reverse failed (%s), try %d; trying again", otn, exc, failures)
+                await self.sleep(self._backoff(failures))
+                continue
+            if answer.done:
+                await self._record(otn, "reverse", "DONE", answer.code, None)
+                cause = row.code if row.code in REASONS else None
+                await self._move(
+                    otn,
+                    ("REVERSING",),
+                    "REVERSED",
+                    "reverse",
+                    code=cause or answer.code,
+                    reasons=REASONS.get(cause or "CANCELLED"),
+                    final=True,
+                )
+                return
+            if answer.recall:
+                await self._record(otn, "reverse", "RECALL", answer.code, None)
+                await self.sleep(min(1.0, self.timings.poll / 5))  # the provider asks for another call: soon
+                continue
+            failures += 1
+            await self._record(otn, "reverse", "NOT_DONE", answer.code, None)
+            log.warning("payment %s: reverse not done (%s), try %d; trying again", otn, answer.code, failures)
+            await self.sleep(self._backoff(failures))
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.timings.retry_max, self.timings.poll * 2 ** min(failures - 1, 16))
+
+    async def _pause(self, out_trade_no: str, seconds: float) -> None:
+        """Sleep, but wake at once when the payment changes (e.g. the till cancels)."""
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        woken = asyncio.ensure_future(self._event(out_trade_no).wait())
+        try:
+            await asyncio.wait({sleeper, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            woken.cancel()
+
+    def _event(self, out_trade_no: str) -> asyncio.Event:
+        return self._events.setdefault(out_trade_no, asyncio.Event())
+
+    def _notify(self, out_trade_no: str) -> None:
+        event = self._events.pop(out_trade_no, None)
+        if event is not None:
+            event.set()
+
+    async def _move(
+        self, out_trade_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
+        reasons: tuple[str | None, str | None] | None = None, final: bool = False, detail: str | None = None,
+    ) -> bool:  # fmt: skip
+        changed = await asyncio.to_thread(
+            self._transition, out_trade_no, allowed, state, action, code=code, reasons=reasons, final=final, detail=detail
+        )
+        if changed:
+            self._notify(out_trade_no)
+        return changed
+
+    async def _record(self, out_trade_no: str, action: str, outcome: str, code: str | None, detail: str | None) -> None:
+        await asyncio.to_thread(self._event_row, out_trade_no, action, outcome, code, detail)
+
+    # --- the database (blocking; called through asyncio.to_thread) --------------------------------------------
+
+    def _fingerprint(self, store_id: str, request: contract.PaymentRequest) -> str:
+        # Keyed: the request holds the auth code, and the hash of an 18-digit code would be easy to reverse.
+        canonical = json.dumps([store_id, request.model_dump(mode="json", exclude={"provider"})], sort_keys=True).encode()
+        return hmac.new(self.settings.key_bytes(), canonical, hashlib.sha256).hexdigest()
+
+    def _unfinished(self) -> list[tuple[str, str]]:
+        table = Payment.__table__
+        with read_session(self.engine) as session:
+            return [
+                (r.out_trade_no, r.provider)
+                for r in session.execute(sa.select(table.c.out_trade_no, table.c.provider).where(table.c.state.in_(ACTIVE)))
+            ]
+
+    def _load(self, out_trade_no: str) -> sa.Row | None:
+        table = Payment.__table__
+        with read_session(self.engine) as session:
+            return session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
+
+    def _create(
+        self, store_id: str, provider: str, request: contract.PaymentRequest, fingerprint: str, now: datetime
+    ) -> tuple[sa.Row, bool]:
+        table = Payment.__table__
+        with write_session(self.engine) as session:
+            existing = session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first()
+            if existing is not None:
+                return existing, False
+            member_id = None
+            if request.member_id is not None:
+                member = identity.resolve(session, request.member_id)
+                if member is None:
+                    raise Invalid(f"central has no member {request.member_id}", code="unknown_member")
+                member_id = member.id
+            zh, en = REASONS["PENDING"]
+            session.execute(
+                sa.insert(table).values(
+                    out_trade_no=request.out_trade_no,
+                    store_id=store_id,
+                    station_id=request.station_id,
+                    provider=provider,
+                    amount_fen=request.amount_fen,
+                    description=request.description or "",
+                    member_id=member_id,
+                    request_hash=fingerprint,
+                    state="PENDING",
+                    reason_zh=zh,
+                    reason_en=en,
+                    cancel_requested=False,
+                    charge_sent_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )  # fmt: skip
+            )
+            session.execute(
+                sa.insert(PaymentEvent.__table__).values(
+                    out_trade_no=request.out_trade_no, at=now, action="state", outcome="PENDING"
+                )
+            )
+            try:
+                session.commit()
+            except sa.exc.IntegrityError:
+                session.rollback()  # the same out_trade_no, sent twice at once: the other one won
+                return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), False
+            return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), True
+
+    def _stamp_sent(self, out_trade_no: str) -> sa.Row | None:
+        """Set `charge_sent_at` to now if the payment is still PENDING; the row then, or None."""
+        table = Payment.__table__
+        with write_session(self.engine) as session:
+            done = session.execute(
+                sa.update(table)
+                .where(table.c.out_trade_no == out_trade_no, table.c.state == "PENDING")
+                .values(charge_sent_at=self.clock())
+            ).rowcount
+            session.commit()
+            if not done:
+                return None
+            return session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
+
+    def _transition(
+        self, out_trade_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
+        reasons: tuple[str | None, str | None] | None = None, final: bool = False, cancel_requested: bool | None = None,
+        detail: str | None = None,
+    ) -> bool:  # fmt: skip
+        """Move a payment to `state` if it is in one of `allowed` (atomically: a cancel and an answer can race)."""
+        now = self.clock()
+        zh, en = reasons if reasons and reasons[0] else REASONS.get(code or "", REASONS.get(state, (None, None)))
+        values: dict[str, Any] = {
+            "state": state,
+            "updated_at": now,
+            "code": code and code[:64],
+            "reason_zh": zh and zh[:128],
+            "reason_en": en and en[:256],
+        }
+        if final:
+            values["finished_at"] = now
+        if cancel_requested is not None:
+            values["cancel_requested"] = cancel_requested
+        table = Payment.__table__
+        with write_session(self.engine) as session:
+            done = session.execute(
+                sa.update(table).where(table.c.out_trade_no == out_trade_no, table.c.state.in_(allowed)).values(**values)
+            ).rowcount
+            if done:
+                session.execute(
+                    sa.insert(PaymentEvent.__table__).values(
+                        out_trade_no=out_trade_no, at=now, action=action, outcome=state, code=code, detail=_clip(detail)
+                    )
+                )
+            session.commit()
+        if done:
+            log.info("payment %s → %s (%s)", out_trade_no, state, code or action)
+        return bool(done)
+
+    def _succeed(self, out_trade_no: str, result: Result, allowed: tuple[str, ...]) -> None:
+        """Paid: record the provider's ids, and link the payer to the member (or learn the member from it)."""
+        now = self.clock()
+        table = Payment.__table__
+        with write_session(self.engine) as session:
+            feed.lock(session)  # first: linking an openid changes a member
+            row = session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
+            if row is None or row.state not in allowed:
+                session.rollback()
+                return
+            member_id = row.member_id
+            kind = self.payer_kind(row.provider)
+            if result.payer_id and kind:
+                holder = identity.owner(session, kind, result.payer_id)
+                member = identity.resolve(session, member_id) if member_id else None
+                if member is not None and holder is None:
+                    identity.attach(session, member.id, kind, result.payer_id, now)
+                    log.info("payment %s: payer linked to member %s", out_trade_no, member.id)
+                elif member is not None and holder != member.id:
+                    # Two members would be one only on a payment's word: leave it to a person (member merge).
+                    log.warning(
+                        "payment %s: the payer's openid belongs to member %s, not %s; not linked", out_trade_no, holder, member.id
+                    )
+                elif member is None and holder is not None:
+                    member_id = holder
+            if result.amount_fen is not None and result.amount_fen != row.amount_fen:
+                log.error(
+                    "payment %s: %s reports %d fen paid, %d fen were asked",
+                    out_trade_no,
+                    row.provider,
+                    result.amount_fen,
+                    row.amount_fen,
+                )
+            session.execute(
+                sa.update(table)
+                .where(table.c.out_trade_no == out_trade_no)
+                .values(
+                    state="SUCCESS",
+                    code=(result.code or "SUCCESS")[:64],
+                    reason_zh=(result.reason_zh or "支付成功")[:128],
+                    reason_en=(result.reason_en or "Paid")[:256],
+                    provider_trade_no=result.provider_trade_no,
+                    payer_id=result.payer_id,
+                    paid_amount_fen=result.amount_fen,
+                    paid_at=result.paid_at or now,
+                    finished_at=now,
+                    updated_at=now,
+                    member_id=member_id,
+                )  # fmt: skip
+            )
+            session.execute(
+                sa.insert(PaymentEvent.__table__).values(
+                    out_trade_no=out_trade_no, at=now, action="state", outcome="SUCCESS", code=result.code
+                )
+            )
+            session.commit()
+        log.info("payment %s → SUCCESS", out_trade_no)
+
+    def _event_row(self, out_trade_no: str, action: str, outcome: str, code: str | None, detail: str | None) -> None:
+        with write_session(self.engine) as session:
+            session.execute(
+                sa.insert(PaymentEvent.__table__).values(
+                    out_trade_no=out_trade_no,
+                    at=self.clock(),
+                    action=action,
+                    outcome=outcome[:24],
+                    code=(code or None) and code[:64],
+                    detail=_clip(detail),
+                )
+            )
+            session.commit()
+
+    def _member_of(self, kind: str, payer_id: str) -> contract.MemberChange | None:
+        with read_session(self.engine) as session:
+            member_id = identity.owner(session, kind, payer_id)
+            return feed.snapshot(session, member_id, self.clock()) if member_id else None
+
+
+def _clip(text: str | None) -> str | None:
+    return None if text is None else text[:256]
+
+
+def _wire(row: sa.Row, gateway: Gateway) -> contract.Payment:
+    kind = gateway.payer_kind(row.provider)
+    payer = contract.OpenId(appid=kind.split(":", 1)[1], openid=row.payer_id) if row.payer_id and kind else None
+    return contract.Payment(
+        out_trade_no=row.out_trade_no, provider=row.provider, state=row.state, paid=row.state == "SUCCESS",
+        final=row.state in FINAL, amount_fen=row.amount_fen, station_id=row.station_id, member_id=row.member_id,
+        payer=payer, provider_trade_no=row.provider_trade_no, code=row.code, reason_zh=row.reason_zh,
+        reason_en=row.reason_en, created_at=row.created_at, updated_at=row.updated_at, paid_at=row.paid_at,
+    )  # fmt: skip

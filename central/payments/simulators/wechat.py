@@ -1,0 +1,419 @@
+"""A WeChat Pay API v2 simulator (micropay, authcodetoopenid, orderquery, reverse, downloadbill) plus the two
+official-account calls the member-card sync makes (cgi-bin/token, card/membercard/updateuser).
+
+It checks every request's signature with the protocol's algorithm (MD5 or HMAC-SHA256, as the request's
+`sign_type` says), answers in WeChat's XML with its own signature, keeps orders in memory and writes the
+settlement bill from what it processed. The scenario is picked by the auth code's last two digits:
+
+| ends in | micropay answers | then |
+|---|---|---|
+| anything else | SUCCESS | paid |
+| 10 | USERPAYING | paid after `userpaying_seconds` |
+| 11 | USERPAYING | the customer cancels after `userpaying_seconds`: PAYERROR |
+| 12 | USERPAYING | the customer never confirms (USERPAYING until reversed) |
+| 20 | SYSTEMERROR | paid: orderquery says SUCCESS |
+| 21 | BANKERROR | paid: orderquery says SUCCESS |
+| 30 | AUTHCODEEXPIRE | not paid (authcodetoopenid: AUTHCODEEXPIRE too) |
+| 31 | AUTH_CODE_INVALID | not paid (authcodetoopenid: AUTH_CODE_INVALID too) |
+| 32 | NOTENOUGH | not paid |
+| 40 | USERPAYING, never confirmed | the first reverse answers SYSTEMERROR with recall=Y, the next one succeeds |
+| 41 | USERPAYING, never confirmed | the first two reverses fail (HTTP 500, then SYSTEMERROR recall=N), the third succeeds |
+| 50 | paid at once, but the answer is held `slow_seconds` (past the client's timeout) | orderquery says SUCCESS |
+| 51 | paid, but the answer's signature is tampered with | orderquery says SUCCESS |
+| 52 | paid, but the answer is an HTML error page (HTTP 200) | orderquery says SUCCESS |
+
+An auth code is `PP CCCC ... SS`: prefix 10–15, then four digits naming the simulated customer (the same
+customer gets the same openid from every code), then anything, then the scenario. Codes are WeChat's 18 digits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from central.payments.provider import ProviderBadResponse
+from central.payments.wechat import (
+    AUTH_CODE_PATTERN,
+    BEIJING,
+    SIGN_TYPES,
+    fen_to_yuan,
+    format_time_end,
+    new_nonce,
+    parse_xml,
+    sign,
+    signature_ok,
+    to_xml,
+)
+
+PAID, USERPAYING, PAYERROR, REVOKED = "SUCCESS", "USERPAYING", "PAYERROR", "REVOKED"
+BILL_HEADER = (
+    "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,"
+    "应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,"
+    "手续费,费率,订单金额,申请退款金额,费率备注"
+)
+BILL_SUMMARY_HEADER = "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额"
+
+
+def scenario_of(auth_code: str) -> str:
+    return auth_code[-2:]
+
+
+@dataclass
+class SimOrder:
+    out_trade_no: str
+    auth_code: str
+    amount_fen: int
+    body: str
+    device_info: str
+    openid: str
+    scenario: str
+    created_at: datetime
+    state: str
+    transaction_id: str
+    paid_at: datetime | None = None
+    reversed_at: datetime | None = None
+    paid_before_reverse: bool = False
+    reverse_calls: int = 0
+
+
+@dataclass
+class CardCall:
+    """One `card/membercard/updateuser` call as received."""
+
+    body: dict[str, Any]
+    answered: int  # errcode given back
+
+
+@dataclass
+class WeChatSimulator:
+    appid: str
+    mch_id: str
+    api_key: str
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    userpaying_seconds: float = 5.0
+    slow_seconds: float = 3.0
+    card_appsecret: str = "card-appsecret-of-the-simulator"
+    orders: dict[str, SimOrder] = field(default_factory=dict)
+    calls: list[tuple[str, str | None]] = field(default_factory=list)  # (endpoint, out_trade_no)
+    card_calls: list[CardCall] = field(default_factory=list)
+    card_failures: int = 0  # the next this many updateuser calls answer a system error
+    _tokens: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _serial: int = 0
+
+    # -- for tests and operators --
+
+    def count(self, endpoint: str, out_trade_no: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for e, o in self.calls if e == endpoint and (out_trade_no is None or o == out_trade_no))
+
+    def openid_for(self, auth_code: str) -> str:
+        """The openid of the customer an auth code belongs to (digits 3–6), stable across codes."""
+        digest = hashlib.sha256(f"{self.appid}/{auth_code[2:6]}".encode()).digest()
+        return "o" + base64.urlsafe_b64encode(digest).decode()[:27]
+
+    def add_order(
+        self,
+        out_trade_no: str,
+        amount_fen: int,
+        *,
+        paid_at: datetime | None = None,
+        device_info: str = "SIM-T01",
+        openid: str = "oSIMULATEDPAYER",
+    ) -> SimOrder:
+        """An order paid outside the API (e.g. one the store never heard of), for reconciliation tests."""
+        at = paid_at or self.clock()
+        with self._lock:
+            order = SimOrder(
+                out_trade_no,
+                "",
+                amount_fen,
+                "模拟订单",
+                device_info,
+                openid,
+                "00",
+                at,
+                PAID,
+                self._transaction_id(at),
+                paid_at=at,
+            )
+            self.orders[out_trade_no] = order
+        return order
+
+    def bill_text(self, day: date) -> str | None:
+        """The bill of a Beijing calendar day, or None when nothing was paid that day."""
+        with self._lock:
+            lines, count, settled, fees = [], 0, 0, 0
+            for order in sorted(self.orders.values(), key=lambda o: o.paid_at or o.created_at):
+                self._advance(order)
+                if order.paid_at is None or order.paid_at.astimezone(BEIJING).date() != day:
+                    continue
+                if order.state == PAID:
+                    status = "SUCCESS"
+                elif order.state == REVOKED and order.paid_before_reverse:
+                    status = "REVOKED"  # paid, then reversed: the money went back
+                else:
+                    continue
+                fee = (order.amount_fen * 6 + 500) // 1000 if status == "SUCCESS" else 0  # 0.60 %, rounded half up
+                count += 1
+                settled += order.amount_fen if status == "SUCCESS" else 0
+                fees += fee
+                at = order.paid_at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+                fields = [
+                    at, self.appid, self.mch_id, "0", order.device_info, order.transaction_id, order.out_trade_no,
+                    order.openid, "MICROPAY", status, "OTHERS", "CNY", fen_to_yuan(order.amount_fen), "0.00", "0", "0",
+                    fen_to_yuan(order.amount_fen if status == "REVOKED" else 0), "0.00", "", "", order.body, "",
+                    fen_to_yuan(fee), "0.60%", fen_to_yuan(order.amount_fen), "0.00", "",
+                ]  # fmt: skip
+                lines.append("`" + ",`".join(fields))
+        if not lines:
+            return None
+        summary = [str(count), fen_to_yuan(settled), "0.00", "0.00", fen_to_yuan(fees), fen_to_yuan(settled), "0.00"]
+        return "\r\n".join([BILL_HEADER, *lines, BILL_SUMMARY_HEADER, "`" + ",`".join(summary)]) + "\r\n"
+
+    # -- the state of an order --
+
+    def _transaction_id(self, at: datetime) -> str:
+        self._serial += 1
+        return f"4200{at.astimezone(BEIJING):%Y%m%d}{self._serial:014d}"[:28]
+
+    def _advance(self, order: SimOrder) -> None:
+        """Let the simulated customer act: scenarios 10/11 finish after `userpaying_seconds`."""
+        if order.state != USERPAYING or order.scenario not in ("10", "11"):
+            return
+        finished = order.created_at + timedelta(seconds=self.userpaying_seconds)
+        if self.clock() >= finished:
+            if order.scenario == "10":
+                order.state, order.paid_at = PAID, finished
+            else:
+                order.state = PAYERROR
+
+    # -- the web app --
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="WeChat Pay v2 simulator", docs_url=None, redoc_url=None, openapi_url=None)
+
+        @app.post("/pay/micropay")
+        async def micropay(request: Request) -> Response:
+            return await self._handle(request, "micropay", ("body", "out_trade_no", "total_fee", "spbill_create_ip", "auth_code"))
+
+        @app.post("/pay/orderquery")
+        async def orderquery(request: Request) -> Response:
+            return await self._handle(request, "orderquery", ("out_trade_no",))
+
+        @app.post("/secapi/pay/reverse")
+        async def reverse(request: Request) -> Response:
+            return await self._handle(request, "reverse", ("out_trade_no",))
+
+        @app.post("/tools/authcodetoopenid")
+        async def authcodetoopenid(request: Request) -> Response:
+            return await self._handle(request, "authcodetoopenid", ("auth_code",))
+
+        @app.post("/pay/downloadbill")
+        async def downloadbill(request: Request) -> Response:
+            return await self._handle(request, "downloadbill", ("bill_date",))
+
+        @app.get("/cgi-bin/token")
+        async def token(grant_type: str = "", appid: str = "", secret: str = "") -> JSONResponse:
+            if grant_type != "client_credential" or appid != self.appid or secret != self.card_appsecret:
+                return JSONResponse({"errcode": 40125, "errmsg": "invalid appsecret"})
+            issued = "SIMTOKEN" + secrets.token_hex(16)
+            with self._lock:
+                self._tokens.add(issued)
+            return JSONResponse({"access_token": issued, "expires_in": 7200})
+
+        @app.post("/card/membercard/updateuser")
+        async def updateuser(request: Request, access_token: str = "") -> JSONResponse:
+            body = await request.json()
+            with self._lock:
+                if access_token not in self._tokens:
+                    answer = {"errcode": 40001, "errmsg": "invalid credential, access_token is invalid or not latest"}
+                elif self.card_failures > 0:
+                    self.card_failures -= 1
+                    answer = {"errcode": -1, "errmsg": "system error"}
+                elif not body.get("code") or not body.get("card_id"):
+                    answer = {"errcode": 40056, "errmsg": "invalid serial code"}
+                else:
+                    answer = {"errcode": 0, "errmsg": "ok", "result_bonus": body.get("bonus"), "openid": "oCARDHOLDER"}
+                self.card_calls.append(CardCall(body, answer["errcode"]))
+            return JSONResponse(answer)
+
+        return app
+
+    async def _handle(self, request: Request, endpoint: str, required: tuple[str, ...]) -> Response:
+        raw = await request.body()
+        try:
+            params = parse_xml(raw)
+        except ProviderBadResponse:
+            return self._fail("XML格式错误")
+        sign_type = params.get("sign_type") or "MD5"
+        if sign_type not in SIGN_TYPES:
+            return self._fail("签名类型错误")
+        if params.get("appid") != self.appid or params.get("mch_id") != self.mch_id:
+            return self._fail("appid和mch_id不匹配")
+        if not signature_ok(params, self.api_key, sign_type):  # type: ignore[arg-type]
+            return self._fail("签名错误")
+        if not params.get("nonce_str"):
+            return self._fail("缺少参数nonce_str")
+        missing = [name for name in required if not params.get(name)]
+        if missing:
+            return self._fail(f"缺少参数{missing[0]}")
+        with self._lock:
+            self.calls.append((endpoint, params.get("out_trade_no")))
+        handler = getattr(self, f"_{endpoint}")
+        return await handler(params, sign_type)
+
+    # -- endpoints: each answers fields (signed here) or a raw Response --
+
+    async def _micropay(self, params: dict[str, str], sign_type: str) -> Response:
+        code, out_trade_no = params["auth_code"], params["out_trade_no"]
+        if not params["total_fee"].isdigit() or int(params["total_fee"]) <= 0:
+            return self._answer(sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="total_fee必须为正整数")
+        if not AUTH_CODE_PATTERN.match(code):
+            return self._answer(sign_type, result_code="FAIL", err_code="AUTH_CODE_INVALID", err_code_des="请扫描微信支付授权码")
+        amount = int(params["total_fee"])
+        scenario = scenario_of(code)
+        now = self.clock()
+        with self._lock:
+            existing = self.orders.get(out_trade_no)
+            if existing is not None:
+                self._advance(existing)
+                if existing.auth_code != code or existing.amount_fen != amount:
+                    return self._answer(
+                        sign_type, result_code="FAIL", err_code="OUT_TRADE_NO_USED", err_code_des="商户订单号重复"
+                    )
+                fail = {PAID: "ORDERPAID", REVOKED: "ORDERREVERSED", PAYERROR: "TRADE_ERROR"}.get(existing.state, "USERPAYING")
+                return self._answer(sign_type, result_code="FAIL", err_code=fail, err_code_des="订单已存在")
+            refusal = {
+                "30": ("AUTHCODEEXPIRE", "二维码已过期，请用户在微信上刷新后再试"),
+                "31": ("AUTH_CODE_INVALID", "授权码检验错误"),
+                "32": ("NOTENOUGH", "余额不足"),
+            }.get(scenario)
+            if refusal is not None:
+                return self._answer(sign_type, result_code="FAIL", err_code=refusal[0], err_code_des=refusal[1])
+            waiting = scenario in ("10", "11", "12", "40", "41")
+            order = SimOrder(
+                out_trade_no, code, amount, params["body"], params.get("device_info", ""), self.openid_for(code), scenario,
+                now, USERPAYING if waiting else PAID, self._transaction_id(now), paid_at=None if waiting else now,
+            )  # fmt: skip
+            self.orders[out_trade_no] = order
+        if waiting:
+            return self._answer(sign_type, result_code="FAIL", err_code="USERPAYING", err_code_des="需要用户输入支付密码")
+        if scenario == "20":
+            return self._answer(sign_type, result_code="FAIL", err_code="SYSTEMERROR", err_code_des="系统超时")
+        if scenario == "21":
+            return self._answer(sign_type, result_code="FAIL", err_code="BANKERROR", err_code_des="银行系统异常")
+        if scenario == "50":
+            await asyncio.sleep(self.slow_seconds)  # processed; the answer comes too late for the client
+        if scenario == "52":
+            return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", media_type="text/html")
+        paid = self._paid_fields(order)
+        if scenario == "51":
+            answer = self._signed(sign_type, result_code="SUCCESS", **paid)
+            answer["total_fee"] = str(order.amount_fen + 1)  # changed after signing: must not verify
+            return Response(to_xml(answer), media_type="text/xml")
+        return self._answer(sign_type, result_code="SUCCESS", **paid)
+
+    async def _orderquery(self, params: dict[str, str], sign_type: str) -> Response:
+        with self._lock:
+            order = self.orders.get(params["out_trade_no"])
+            if order is None:
+                return self._answer(sign_type, result_code="FAIL", err_code="ORDERNOTEXIST", err_code_des="此交易订单号不存在")
+            self._advance(order)
+            fields: dict[str, str] = {
+                "out_trade_no": order.out_trade_no,
+                "trade_state": order.state,
+                "total_fee": str(order.amount_fen),
+            }
+            if order.state == PAID:
+                fields.update(self._paid_fields(order), trade_state_desc="支付成功")
+            elif order.state == USERPAYING:
+                fields["trade_state_desc"] = "需要用户输入支付密码"
+            elif order.state == PAYERROR:
+                fields["trade_state_desc"] = "用户取消支付"
+            else:
+                fields["trade_state_desc"] = "已撤销"
+        return self._answer(sign_type, result_code="SUCCESS", **fields)
+
+    async def _reverse(self, params: dict[str, str], sign_type: str) -> Response:
+        with self._lock:
+            order = self.orders.get(params["out_trade_no"])
+            if order is None:
+                return self._answer(
+                    sign_type, result_code="FAIL", err_code="ORDERNOTEXIST", err_code_des="订单不存在", recall="N"
+                )
+            order.reverse_calls += 1
+            calls = order.reverse_calls
+            self._advance(order)
+            if order.scenario == "40" and calls == 1:
+                return self._answer(
+                    sign_type, result_code="FAIL", err_code="SYSTEMERROR", err_code_des="系统错误，请重试", recall="Y"
+                )
+            if order.scenario == "41" and calls == 1:
+                return Response("upstream error", status_code=500, media_type="text/plain")
+            if order.scenario == "41" and calls == 2:
+                return self._answer(sign_type, result_code="FAIL", err_code="SYSTEMERROR", err_code_des="系统错误", recall="N")
+            if order.state != REVOKED:
+                order.paid_before_reverse = order.state == PAID
+                order.state, order.reversed_at = REVOKED, self.clock()
+        return self._answer(sign_type, result_code="SUCCESS", recall="N")
+
+    async def _authcodetoopenid(self, params: dict[str, str], sign_type: str) -> Response:
+        code = params["auth_code"]
+        if not AUTH_CODE_PATTERN.match(code) or scenario_of(code) == "31":
+            return self._answer(sign_type, result_code="FAIL", err_code="AUTH_CODE_INVALID", err_code_des="授权码检验错误")
+        if scenario_of(code) == "30":
+            return self._answer(sign_type, result_code="FAIL", err_code="AUTHCODEEXPIRE", err_code_des="二维码已过期")
+        return self._answer(sign_type, result_code="SUCCESS", openid=self.openid_for(code))
+
+    async def _downloadbill(self, params: dict[str, str], sign_type: str) -> Response:
+        try:
+            day = datetime.strptime(params["bill_date"], "%Y%m%d").date()
+        except ValueError:
+            return self._fail("invalid bill_date", error_code="20001")
+        if params.get("bill_type", "ALL") != "ALL":
+            return self._fail("only bill_type ALL is simulated", error_code="20001")
+        text = self.bill_text(day)
+        if text is None:
+            return self._fail("No Bill Exist", error_code="20002")
+        return Response(text.encode("utf-8"), media_type="text/plain; charset=utf-8")
+
+    # -- answers --
+
+    def _paid_fields(self, order: SimOrder) -> dict[str, str]:
+        return {
+            "openid": order.openid, "is_subscribe": "N", "trade_type": "MICROPAY", "bank_type": "OTHERS",
+            "fee_type": "CNY", "total_fee": str(order.amount_fen), "cash_fee": str(order.amount_fen),
+            "transaction_id": order.transaction_id, "out_trade_no": order.out_trade_no,
+            "time_end": format_time_end(order.paid_at or order.created_at), "device_info": order.device_info,
+        }  # fmt: skip
+
+    def _signed(self, sign_type: str, **fields: str) -> dict[str, str]:
+        answer = {
+            "return_code": "SUCCESS",
+            "return_msg": "OK",
+            "appid": self.appid,
+            "mch_id": self.mch_id,
+            "nonce_str": new_nonce(),
+            **fields,
+        }
+        answer = {name: value for name, value in answer.items() if value not in (None, "")}
+        answer["sign"] = sign(answer, self.api_key, sign_type)  # type: ignore[arg-type]
+        return answer
+
+    def _answer(self, sign_type: str, **fields: str) -> Response:
+        return Response(to_xml(self._signed(sign_type, **fields)), media_type="text/xml")
+
+    @staticmethod
+    def _fail(message: str, **extra: str) -> Response:
+        return Response(to_xml({"return_code": "FAIL", "return_msg": message, **extra}), media_type="text/xml")

@@ -1,0 +1,84 @@
+"""Code payments: identify the payer before charging, charge, follow, reverse (docs/PAYMENTS.md).
+
+Handlers are async: they wait on the gateway's tasks (which run in this process's event loop) without holding a
+worker thread, so a long-poll costs nothing while it waits.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from central import contract
+from central.deps import CurrentStore
+from central.errors import CentralError
+from central.payments.gateway import Gateway
+
+router = APIRouter(prefix="/payments", tags=["payments"])
+
+MAX_WAIT_SECONDS = 60
+_ERRORS = {status: {"model": contract.ErrorBody} for status in (404, 409, 502)}
+
+
+class GatewayUnavailable(CentralError):
+    status = 503
+    code = "unavailable"
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is None:
+        raise GatewayUnavailable("the payment gateway is not running (the service is starting or stopping); retry shortly")
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+OutTradeNo = Annotated[str, Path(pattern=contract.OUT_TRADE_NO_PATTERN)]
+
+
+@router.post("/identify", responses={502: {"model": contract.ErrorBody}})
+async def identify(request: contract.IdentifyRequest, store: CurrentStore, gateway: GatewayDep) -> contract.IdentifyResult:
+    """The member behind a payment code, before charging it (nothing is charged). `may_redeem` is always false:
+    a payment code alone does not authorise spending points."""
+    return await gateway.identify(store, request.auth_code)
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses={200: {"model": contract.Payment, "description": "this out_trade_no was sent before: its payment"}, **_ERRORS},
+)
+async def pay(request: contract.PaymentRequest, response: Response, store: CurrentStore, gateway: GatewayDep) -> contract.Payment:
+    """Charge a payment code. Answers within a few seconds with the state then: SUCCESS, FAILED (with a reason
+    for the customer), or USERPAYING / UNKNOWN / PENDING, then follow it with `GET ...?wait=`. The same request
+    again answers the same payment (200, `Idempotent-Replayed: true`) and never charges twice."""
+    payment, created = await gateway.pay(store, request)
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return payment
+
+
+@router.get("/{out_trade_no}", responses={404: {"model": contract.ErrorBody}})
+async def get_payment(
+    out_trade_no: OutTradeNo,
+    store: CurrentStore,
+    gateway: GatewayDep,
+    wait: Annotated[
+        float, Query(ge=0, le=MAX_WAIT_SECONDS, description="wait up to this many seconds for the state to change")
+    ] = 0,
+) -> contract.Payment:
+    """A payment of this store. With `wait`, the answer comes as soon as its state changes (or after `wait`
+    seconds with the state unchanged)."""
+    if wait > 0:
+        return await gateway.wait(store, out_trade_no, wait)
+    return await gateway.get(store, out_trade_no)
+
+
+@router.post("/{out_trade_no}/reverse", responses={404: {"model": contract.ErrorBody}})
+async def reverse(out_trade_no: OutTradeNo, store: CurrentStore, gateway: GatewayDep) -> contract.Payment:
+    """Give up on a payment (or take back a paid one): central reverses it at the provider, no earlier than 15 s
+    after the charge and until the provider confirms. Answers REVERSING at once (treat as not paid), then
+    REVERSED. A payment that already failed is answered as it is."""
+    return await gateway.cancel(store, out_trade_no)
