@@ -36,13 +36,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# The central service (seeded with demo members, store DEMO01) in the background, the agent in the foreground;
-# Ctrl-C stops both.
+# The central service (seeded with demo members, store DEMO01) and a WeChat Pay simulator in the background,
+# the agent in the foreground; Ctrl-C stops them all.
 demo: setup
 	mkdir -p .demo
 	$(BIN)/pos-central seed-demo --config config/central-demo.toml
-	@$(BIN)/pos-central serve --config config/central-demo.toml & central=$$!; \
-	trap 'kill $$central 2>/dev/null; wait $$central' EXIT; \
+	@$(BIN)/pos-central simulate wechat --config config/central-demo.toml & simulator=$$!; \
+	$(BIN)/pos-central serve --config config/central-demo.toml & central=$$!; \
+	trap 'kill $$central $$simulator 2>/dev/null; wait $$central $$simulator' EXIT; \
 	$(DEMO_ENV) $(BIN)/pos-edge run --config config/demo.toml
 
 test: setup
