@@ -23,6 +23,10 @@ from central.contract import (
     BatchResult,
     ChangesPage,
     DaySummary,
+    IdentifyRequest,
+    IdentifyResult,
+    MemberChange,
+    MemberLookup,
     PublicKeys,
     TransactionIn,
 )
@@ -121,6 +125,20 @@ class CentralClient:
 
     async def member_code_keys(self) -> PublicKeys:
         return await self._call("GET", "/keys/member-code", PublicKeys)
+
+    async def lookup_member(self, kind: str, value: str) -> MemberChange | None:
+        """The member holding one identifier (card_no, unionid or phone_hash), or None when central knows none."""
+        try:
+            found = await self._call("GET", "/members/lookup", MemberLookup, params={kind: value})
+        except CentralRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found.member
+
+    async def identify_payer(self, auth_code: str) -> IdentifyResult:
+        """Who is about to pay with this payment code (nothing is charged)."""
+        return await self._call("POST", "/payments/identify", IdentifyResult, json=IdentifyRequest(auth_code=auth_code).model_dump())
 
     async def probe(self, timeout: float) -> bool:
         """A quick "is central there?" for deciding online/offline in front of a customer."""

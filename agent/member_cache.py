@@ -173,13 +173,24 @@ class MemberCache:
             row = connection.exec_driver_sql(_LOOKUP, (kind, value)).first()
         return None if row is None else CachedMember(*row)
 
-    def lookup_phone(self, phone: str) -> CachedMember | None:
-        """The member with this mobile number; raises pii.InvalidPhoneNumber for anything else."""
+    def get(self, member_id: str) -> CachedMember | None:
+        with reader(self.engine) as connection:
+            row = connection.exec_driver_sql(
+                "SELECT id, tier, points, display_name, phone_masked, version FROM member WHERE id = ?", (member_id,)
+            ).first()
+        return None if row is None else CachedMember(*row)
+
+    def phone_hash(self, phone: str) -> str:
+        """The keyed hash of a mobile number; raises pii.InvalidPhoneNumber or PhoneLookupUnavailable."""
         if self._phone_hash_key is None:
             raise PhoneLookupUnavailable(
                 "members cannot be found by phone: set privacy.phone_hash_key (the central service's key)"
             )
-        return self.lookup("phone_hash", phone_hash(self._phone_hash_key, phone))
+        return phone_hash(self._phone_hash_key, phone)
+
+    def lookup_phone(self, phone: str) -> CachedMember | None:
+        """The member with this mobile number; raises pii.InvalidPhoneNumber for anything else."""
+        return self.lookup("phone_hash", self.phone_hash(phone))
 
     def cursor(self) -> str | None:
         with reader(self.engine) as connection:

@@ -209,7 +209,7 @@ class Sync:
         last_progress = time.monotonic()
         while True:
             page = await self.client.member_changes(cursor, self.page_size)
-            applied = await asyncio.to_thread(self.cache.apply, [_cache_change(c) for c in page.changes], page.next_cursor)
+            applied = await asyncio.to_thread(self.cache.apply, [to_cache_change(c) for c in page.changes], page.next_cursor)
             pages, upserted, deleted = pages + 1, upserted + applied.upserted, deleted + applied.deleted
             cursor = page.next_cursor
             if first_sync and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
@@ -244,7 +244,7 @@ def _add(a: PushReport, b: PushReport) -> PushReport:
     return PushReport(*(x + y for x, y in zip(vars(a).values(), vars(b).values(), strict=True)))
 
 
-def _cache_change(change: contract.MemberChange) -> MemberChange:
+def to_cache_change(change: contract.MemberChange) -> MemberChange:
     return MemberChange(
         member_id=change.member_id,
         version=change.version,
