@@ -22,7 +22,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from agent.central_client import CentralClient, CentralError, CentralServerError
+from agent.central_client import CentralClient, CentralError, CentralServerError, CentralUnreachable
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
 from agent.member_cache import CachedCoupon, MemberCache, MemberChange
@@ -41,6 +41,8 @@ class JobHealth:
     max_delay_s: float = 300.0
     last_success: datetime | None = None
     last_error: str | None = None
+    last_failure_at: datetime | None = None
+    unreachable: bool = False  # the last failure was central not answering (not a refusal)
     failures: int = 0
     not_before: float = 0.0  # time.monotonic() before which the job does not run again
 
@@ -52,6 +54,7 @@ class JobHealth:
             log.info("sync recovered", extra={"job": self.name, "after_failures": self.failures})
         self.last_success = utcnow()
         self.last_error = None
+        self.unreachable = False
         self.failures = 0
         self.not_before = 0.0
 
@@ -61,6 +64,8 @@ class JobHealth:
             log.warning("sync failing", extra={"job": self.name, "error": str(exc)})
         self.failures += 1
         self.last_error = str(exc)
+        self.last_failure_at = utcnow()
+        self.unreachable = isinstance(exc, (CentralUnreachable, CentralServerError))
         delay = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (self.failures - 1)))
         if isinstance(exc, CentralServerError) and exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, self.max_delay_s))

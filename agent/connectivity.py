@@ -1,0 +1,49 @@
+"""Is central reachable right now? Answered in a fraction of a second, in front of a customer.
+
+Recent sync results decide first: a push or pull that succeeded in the last `fresh_s` seconds means online, and
+one that failed more recently than any success means offline. Otherwise a probe with a short timeout
+(`offline.probe_timeout_s`) asks, and its answer is kept for `fresh_s` seconds so a queue of customers does not
+pay for one probe each. Never a 10 s request timeout at the till.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from agent.central_client import CentralClient
+from agent.clock import utcnow
+from agent.sync import JobHealth
+
+
+@dataclass
+class Connectivity:
+    client: CentralClient
+    jobs: tuple[JobHealth, ...]
+    probe_timeout_s: float = 1.0
+    fresh_s: float = 10.0
+    _probed_at: float = field(default=-1e9, init=False)
+    _probed_online: bool = field(default=False, init=False)
+
+    async def online(self) -> bool:
+        now = utcnow()
+        verdict = self._from_jobs(now)
+        if verdict is not None:
+            return verdict
+        if time.monotonic() - self._probed_at < self.fresh_s:
+            return self._probed_online
+        self._probed_online = await self.client.probe(self.probe_timeout_s)
+        self._probed_at = time.monotonic()
+        return self._probed_online
+
+    def _from_jobs(self, now: datetime) -> bool | None:
+        """What the sync jobs' latest results say, when they are recent enough to trust."""
+        fresh = timedelta(seconds=self.fresh_s)
+        latest: tuple[datetime, bool] | None = None
+        for job in self.jobs:
+            if job.last_success and now - job.last_success < fresh:
+                latest = max(latest or (job.last_success, True), (job.last_success, True))
+            if job.unreachable and job.last_failure_at and now - job.last_failure_at < fresh:
+                latest = max(latest or (job.last_failure_at, False), (job.last_failure_at, False))
+        return None if latest is None else latest[1]
