@@ -169,10 +169,22 @@ class PrintQueue:
         return self.job(job_id)
 
     def wait_for_state(self, states: set[PrinterState], timeout: float) -> QueueStatus:
-        """Block until the printer is in one of `states` or the timeout passes; returns the status then."""
+        """Block until the printer is in one of `states` or the timeout passes; returns the status seen then."""
+        seen: list[tuple[PrinterState, str | None, datetime]] = []
+
+        def reached() -> bool:
+            if self._state in states:
+                seen.append((self._state, self._reason, self._since))
+                return True
+            return False
+
         with self._changed:
-            self._changed.wait_for(lambda: self._state in states, timeout)
-        return self.status
+            self._changed.wait_for(reached, timeout)
+        status = self.status
+        if seen:
+            state, reason, since = seen[-1]
+            status = QueueStatus(self.printer_id, state, reason, status.queued, status.uncertain, since)
+        return status
 
     # --- the worker ----------------------------------------------------------------------------------------
 
