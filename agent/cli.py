@@ -306,19 +306,21 @@ def scan_test(url: str, count: int | None, config_path: Path | None) -> None:
 @CONFIG_OPTION
 def print_test(url: str | None, config_path: Path) -> None:
     """Print the test page: Chinese text, a QR code and a barcode."""
-    from agent.devices import open_printer_connection, printer_profile
+    from agent.devices import open_printer_connection, preview_folder, printer_profile
     from agent.receipts import test_page
     from agent.settings import PrinterSettings
     from drivers.base import DeviceError
     from drivers.document import COLUMNS_BY_PAPER_MM
     from drivers.escpos_printer import print_job, render
 
+    # --printer alone works without a settings file; with one, its printer's profile is kept.
     settings = _load(config_path).settings if config_path.exists() or url is None else None
-    configured = settings.devices.printer if settings else None
-    if configured is None and url is None:
+    printer = settings.devices.printer if settings else None
+    if url:
+        printer = printer.model_copy(update={"url": url}) if printer else PrinterSettings(url=url)
+    if printer is None:
         raise click.UsageError("no printer in the settings: give --printer URL")
-    printer = configured.model_copy(update={"url": url}) if configured and url else configured or PrinterSettings(url=url)
-    folder = settings.storage.database.parent / "receipts" if settings else Path("receipts")
+    folder = preview_folder(settings) if settings else Path("receipts")
     data = render(test_page(settings.store.name if settings else "POS Edge", COLUMNS_BY_PAPER_MM[printer.paper_width_mm]), printer_profile(printer))
     connection = open_printer_connection(printer, folder)
     try:

@@ -40,10 +40,7 @@ class Connectivity:
     def _from_jobs(self, now: datetime) -> bool | None:
         """What the sync jobs' latest results say, when they are recent enough to trust."""
         fresh = timedelta(seconds=self.fresh_s)
-        latest: tuple[datetime, bool] | None = None
-        for job in self.jobs:
-            if job.last_success and now - job.last_success < fresh:
-                latest = max(latest or (job.last_success, True), (job.last_success, True))
-            if job.unreachable and job.last_failure_at and now - job.last_failure_at < fresh:
-                latest = max(latest or (job.last_failure_at, False), (job.last_failure_at, False))
-        return None if latest is None else latest[1]
+        results = [(job.last_success, True) for job in self.jobs if job.last_success]
+        results += [(job.last_failure_at, False) for job in self.jobs if job.unreachable and job.last_failure_at]
+        recent = [result for result in results if now - result[0] < fresh]
+        return max(recent)[1] if recent else None

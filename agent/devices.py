@@ -33,6 +33,11 @@ def printer_profile(printer: PrinterSettings) -> PrinterProfile:
     )
 
 
+def preview_folder(settings: Settings) -> Path:
+    """Where a simulated printer keeps its jobs and previews: next to the database."""
+    return settings.storage.database.parent / "receipts"
+
+
 def open_printer_connection(printer: PrinterSettings, sim_folder: Path):
     url = parse_device_url(printer.url)
     options = {}
@@ -48,7 +53,8 @@ def open_printer_connection(printer: PrinterSettings, sim_folder: Path):
 
 def open_scanner(url_text: str, device_id: str, router: ScanRouter, **options) -> ScannerReader:
     url = parse_device_url(url_text)
-    return driver_class(SCANNERS, url).from_url(url, device_id, router.submit_threadsafe, router.status_threadsafe, **options)
+    # Each reader keeps (and logs) its own status; the API reads it from the reader.
+    return driver_class(SCANNERS, url).from_url(url, device_id, router.submit_threadsafe, lambda status: None, **options)
 
 
 @dataclass
@@ -80,7 +86,7 @@ class StationDevices:
         for reader in self.scanners.values():
             reader.start()
         if devices.printer is not None:
-            self.printer_connection = open_printer_connection(devices.printer, self.preview_folder)
+            self.printer_connection = open_printer_connection(devices.printer, preview_folder(self.settings))
             connection = self.printer_connection
             self.printer = PrintQueue(self.engine, devices.printer.id, lambda job_id, data: print_job(connection, data))
             self.printer.start()
@@ -92,8 +98,3 @@ class StationDevices:
             reader.stop()
         if self.printer is not None:
             self.printer.stop(print_deadline)
-
-    @property
-    def preview_folder(self) -> Path:
-        """Where a simulated printer keeps its jobs and previews: next to the database."""
-        return self.settings.storage.database.parent / "receipts"

@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
 from agent.pii import phone_hash
+from central.contract import IDENTIFIER_KIND_PATTERN
 
-IDENTIFIER_KIND = re.compile(r"^(unionid|card_no|phone_hash|openid:[A-Za-z0-9_-]{1,64})$")
+IDENTIFIER_KIND = re.compile(IDENTIFIER_KIND_PATTERN)
 CURSOR_KEY = "member_feed_cursor"
 
 

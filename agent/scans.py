@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.codes import Classification, CodeRules, classify
-from drivers.base import DeviceStatus, Scan
+from drivers.base import Scan
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ class ScanRouter:
         self._loop = loop
         self._rules = rules
         self.recent: deque[ClassifiedScan] = deque(maxlen=keep)
-        self.device_status: dict[str, DeviceStatus] = {}
         self._subscribers: list[Callable[[ClassifiedScan], None]] = []
 
     def subscribe(self, handler: Callable[[ClassifiedScan], None]) -> None:
@@ -41,9 +40,6 @@ class ScanRouter:
 
     def submit_threadsafe(self, scan: Scan) -> None:
         self._loop.call_soon_threadsafe(self._deliver, scan)
-
-    def status_threadsafe(self, status: DeviceStatus) -> None:
-        self._loop.call_soon_threadsafe(self.device_status.__setitem__, status.device_id, status)
 
     def _deliver(self, scan: Scan) -> None:
         classified = ClassifiedScan(scan, classify(scan.text, self._rules))

@@ -294,7 +294,6 @@ class SettingsError(Exception):
 @dataclass(frozen=True)
 class LoadedSettings:
     settings: Settings
-    path: Path
     warnings: tuple[str, ...]
 
 
@@ -334,7 +333,7 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
                 f"{key} is written in a file anyone on this machine can read; "
                 f"run `chmod 600 {path}` or set {ENV_PREFIX}{section.upper()}__{name.upper()} instead"
             )
-    return LoadedSettings(settings, path, tuple(warnings))
+    return LoadedSettings(settings, tuple(warnings))
 
 
 def _describe(error: dict[str, Any]) -> str:
