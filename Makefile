@@ -9,9 +9,10 @@ STAMP := $(VENV)/.installed
 DEMO_ENV := POS_EDGE_CENTRAL__TOKEN=demo-store-token POS_EDGE_API__TOKEN=demo-api-token \
 	POS_EDGE_PRIVACY__PHONE_HASH_KEY=demo-phone-hash-key-not-secret
 
-# Debian packages: a CJK font for raster receipts and previews, zbar for the alternative camera decoder,
-# libusb for USB printers, PostgreSQL for the central service's tests on PostgreSQL.
-SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0 postgresql
+# Debian packages: a CJK font for raster receipts, previews and the screens, zbar for the alternative camera
+# decoder, libusb for USB printers, PostgreSQL for the central service's tests on PostgreSQL, Chromium for the
+# kiosk and till screen tests (tests/ui drive it with Playwright).
+SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0 postgresql chromium
 
 .PHONY: setup system-packages demo test bench clean
 
