@@ -347,6 +347,41 @@ class Payment(WireModel):
     paid_at: AwareDatetime | None = None
 
 
+RefundState = Literal["PROCESSING", "SUCCESS", "FAILED"]
+
+
+class RefundRequest(WireModel):
+    """`POST /v1/payments/{out_trade_no}/refunds`: give back part or all of a paid payment to the payer.
+
+    `out_refund_no` is the idempotency key: the same request again answers the same refund and never refunds
+    twice; the same key with another amount is 409. Refunds of one payment may not add up to more than was paid
+    (409 `refund_exceeds_payment`); a payment that is not paid cannot be refunded (409 `not_paid`)."""
+
+    out_refund_no: str = Field(pattern=OUT_TRADE_NO_PATTERN, examples=["R0196f0c2a1b27c3d8e9f0a1b2c3d4e5"])
+    amount_fen: StrictInt = Field(gt=0, description="what goes back to the payer, in fen")
+    reason: str | None = Field(None, max_length=80, examples=["顾客退货"])
+
+
+class Refund(WireModel):
+    """A refund as central knows it now. PROCESSING: accepted by the provider, the money is on its way (WeChat
+    can take a while; ask again with `GET .../refunds/{out_refund_no}`) · SUCCESS: returned · FAILED: not
+    returned (`reason_*` says why; refund another way)."""
+
+    out_refund_no: str
+    out_trade_no: str
+    provider: PaymentProvider
+    state: RefundState
+    final: bool
+    amount_fen: int
+    provider_refund_no: str | None = Field(None, description="WeChat refund_id / Alipay's refund reference")
+    code: str | None = None
+    reason_zh: str | None = None
+    reason_en: str | None = None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    refunded_at: AwareDatetime | None = None
+
+
 class IdentifyRequest(WireModel):
     """`POST /v1/payments/identify`: who is about to pay with this code? Nothing is charged."""
 
