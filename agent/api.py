@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.encoders import jsonable_encoder as jsonable
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent import __version__
+from agent.central_client import CentralError
+from agent.checkout import CheckoutError
+from agent.checkout_api import checkout_router, sessions_router
+from agent.clock import utcnow
 from agent.db import reader, schema_revision
 from agent.ids import new_transaction_id
 from agent.print_queue import JobNotFound, JobStateError, JobView
@@ -30,6 +39,16 @@ class DatabaseStatus(BaseModel):
     outbox_rejected: int
 
 
+class CheckoutStatus(BaseModel):
+    online: bool = Field(description="central reachable, by recent sync results or a quick probe")
+    open_session: str | None
+    sync_lag_s: int | None = Field(description="seconds since the oldest journal row still waiting for central")
+    outbox_pending: int
+    printer_state: str | None
+    printer_queued: int
+    printer_uncertain: int
+
+
 class AgentStatus(BaseModel):
     version: str
     store_id: str
@@ -37,6 +56,7 @@ class AgentStatus(BaseModel):
     station_id: str
     station_kind: str
     database: DatabaseStatus
+    checkout: CheckoutStatus | None = None
 
 
 class ScannerPublic(BaseModel):
@@ -123,7 +143,8 @@ def healthz() -> dict[str, str]:
 
 
 @status_router.get("/v1/status")
-def status(state: StateDep) -> AgentStatus:
+async def status(state: StateDep) -> AgentStatus:
+    """Devices, online or offline, how far behind the push to central is, outbox depth and the print queue."""
     settings = state.settings
     with reader(state.engine) as connection:
         count = lambda sql: connection.exec_driver_sql(sql).scalar_one()  # noqa: E731
@@ -135,6 +156,20 @@ def status(state: StateDep) -> AgentStatus:
             outbox_pending=count("SELECT count(*) FROM outbox WHERE status = 'pending'"),
             outbox_rejected=count("SELECT count(*) FROM outbox WHERE status = 'rejected'"),
         )
+        oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
+    checkout = None
+    if state.checkout is not None:
+        printer = state.devices.printer.status if state.devices and state.devices.printer else None
+        lag = None if oldest is None else int((utcnow() - datetime.fromisoformat(oldest)).total_seconds())
+        checkout = CheckoutStatus(
+            online=await state.checkout.connectivity.online(),
+            open_session=state.checkout.current.id if state.checkout.current else None,
+            sync_lag_s=lag,
+            outbox_pending=database.outbox_pending,
+            printer_state=printer.state.value if printer else None,
+            printer_queued=printer.queued if printer else 0,
+            printer_uncertain=printer.uncertain if printer else 0,
+        )
     return AgentStatus(
         version=__version__,
         store_id=settings.store.id,
@@ -142,6 +177,7 @@ def status(state: StateDep) -> AgentStatus:
         station_id=settings.station.id,
         station_kind=settings.station.kind,
         database=database,
+        checkout=checkout,
     )
 
 
@@ -158,6 +194,20 @@ def sync_status(state: StateDep) -> SyncPublic:
         oldest_pending_at=status.oldest_pending_at,
         member_cursor=status.member_cursor,
     )
+
+
+@status_router.post("/v1/sync")
+async def sync_now(state: StateDep) -> dict[str, Any]:
+    """Push the outbox and pull member changes now (the till's "sync now" button); 503 if central is down."""
+    sync = state.sync
+    try:
+        pushed = await sync.push()
+        sync.push_health.succeeded()
+        pulled = await sync.pull()
+        sync.pull_health.succeeded()
+    except CentralError as exc:
+        raise HTTPException(503, f"central cannot be reached or refused: {exc}") from None
+    return {"pushed": asdict(pushed), "pulled": asdict(pulled)}
 
 
 @devices_router.get("/devices")
@@ -251,12 +301,57 @@ def job_preview(job_id: str, state: StateDep) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
-def create_app(lifespan) -> FastAPI:
-    app = FastAPI(title="POS Edge Agent", version=__version__, lifespan=lifespan)
+_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 422: "invalid_request"}
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+
+def create_app(lifespan, api_token: str = "") -> FastAPI:
+    app = FastAPI(
+        title="POS Edge Agent",
+        version=__version__,
+        lifespan=lifespan,
+        description="The till's local API: sessions, pay-as-member, tenders, refunds, devices (docs/checkout.md).",
+    )
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        """Every /v1 request needs the station's bearer token; GETs may carry it as ?token= (event streams and
+        images in a browser cannot set headers)."""
+        if api_token and request.url.path.startswith("/v1/"):
+            sent = request.headers.get("authorization", "")
+            given = sent[7:] if sent.lower().startswith("bearer ") else ""
+            if not given and request.method == "GET":
+                given = request.query_params.get("token", "")
+            if not secrets.compare_digest(given.encode(), api_token.encode()):
+                return _error(401, "unauthorized", "send the station's API token: Authorization: Bearer <api.token>")
+        return await call_next(request)
+
+    @app.exception_handler(CheckoutError)
+    async def checkout_error(request: Request, exc: CheckoutError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, message_zh=exc.message_zh, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, _ERROR_CODES.get(exc.status_code, "error"), str(exc.detail), detail=exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(part) for part in first["loc"] if part != "body")
+        return _error(422, "invalid_request", f"{where}: {first['msg']}" if where else first["msg"], details=jsonable(errors))
+
     app.include_router(status_router)
     app.include_router(devices_router)
     app.include_router(printer_router)
+    app.include_router(sessions_router)
+    app.include_router(checkout_router)
     app.mount("/console", StaticFiles(directory=STATIC / "console", html=True), name="console")
+    app.mount("/kiosk", StaticFiles(directory=STATIC / "kiosk", html=True), name="kiosk")
+    app.mount("/till", StaticFiles(directory=STATIC / "till", html=True), name="till")
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

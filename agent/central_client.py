@@ -27,7 +27,11 @@ from central.contract import (
     IdentifyResult,
     MemberChange,
     MemberLookup,
+    Payment,
+    PaymentRequest,
     PublicKeys,
+    Refund,
+    RefundRequest,
     TransactionIn,
 )
 
@@ -139,6 +143,35 @@ class CentralClient:
     async def identify_payer(self, auth_code: str) -> IdentifyResult:
         """Who is about to pay with this payment code (nothing is charged)."""
         return await self._call("POST", "/payments/identify", IdentifyResult, json=IdentifyRequest(auth_code=auth_code).model_dump())
+
+    async def pay(self, request: PaymentRequest) -> Payment:
+        """Charge a payment code. Safe to send again after a timeout: the same out_trade_no is the same payment."""
+        return await self._call("POST", "/payments", Payment, json=request.model_dump(mode="json", exclude_none=True))
+
+    async def payment(self, out_trade_no: str, wait_s: float = 0) -> Payment | None:
+        """A payment as central knows it (after waiting up to `wait_s` for a change), or None if central never
+        received it: then it was never charged."""
+        params = {"wait": wait_s} if wait_s else None
+        timeout = httpx.Timeout(self._client.timeout.read + wait_s, connect=self._client.timeout.connect)
+        try:
+            return await self._call("GET", f"/payments/{out_trade_no}", Payment, params=params, timeout=timeout)
+        except CentralRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def reverse_payment(self, out_trade_no: str) -> Payment | None:
+        """Give up a payment (or take back a paid one); None if central never received it."""
+        try:
+            return await self._call("POST", f"/payments/{out_trade_no}/reverse", Payment)
+        except CentralRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def refund_payment(self, out_trade_no: str, request: RefundRequest) -> Refund:
+        """Give back part or all of a paid payment; the same out_refund_no again is the same refund."""
+        return await self._call("POST", f"/payments/{out_trade_no}/refunds", Refund, json=request.model_dump(mode="json", exclude_none=True))
 
     async def probe(self, timeout: float) -> bool:
         """A quick "is central there?" for deciding online/offline in front of a customer."""

@@ -105,6 +105,15 @@ ON CONFLICT (code) DO UPDATE SET
     valid_until = excluded.valid_until, usable_offline = excluded.usable_offline,
     used_at = COALESCE(coupon.used_at, excluded.used_at)
 """
+_COUPON_COLUMNS = (
+    "code, title, kind, amount_off_fen, percent_off, threshold_fen, cap_fen, valid_from, valid_until, usable_offline, used_at"
+)
+
+
+def _coupon(row: sa.Row) -> CachedCoupon:
+    return CachedCoupon(*row[:7], from_storage(row[7]), from_storage(row[8]), bool(row[9]), row[10] and from_storage(row[10]))
+
+
 # Identifiers and coupons go with the member (ON DELETE CASCADE).
 _DELETE_MEMBER = "DELETE FROM member WHERE id = ?"
 _SAVE_CURSOR = """
@@ -156,15 +165,20 @@ class MemberCache:
 
     def coupons(self, member_id: str) -> list[CachedCoupon]:
         with reader(self.engine) as connection:
-            rows = connection.exec_driver_sql(
-                "SELECT code, title, kind, amount_off_fen, percent_off, threshold_fen, cap_fen, valid_from, valid_until,"
-                " usable_offline, used_at FROM coupon WHERE member_id = ? ORDER BY valid_until",
-                (member_id,),
-            ).all()
-        return [
-            CachedCoupon(*row[:7], from_storage(row[7]), from_storage(row[8]), bool(row[9]), row[10] and from_storage(row[10]))
-            for row in rows
-        ]
+            rows = connection.exec_driver_sql(f"SELECT {_COUPON_COLUMNS} FROM coupon WHERE member_id = ? ORDER BY valid_until", (member_id,)).all()
+        return [_coupon(row) for row in rows]
+
+    def coupon(self, code: str) -> tuple[str | None, CachedCoupon] | None:
+        """The coupon with this code and the member it was issued to, or None if the till does not know it."""
+        with reader(self.engine) as connection:
+            row = connection.exec_driver_sql(f"SELECT {_COUPON_COLUMNS}, member_id FROM coupon WHERE code = ?", (code,)).first()
+        return None if row is None else (row[11], _coupon(row))
+
+    def mark_coupons_used(self, codes: Sequence[str], at: datetime) -> None:
+        """Coupons used at this till stay used here until central's feed says so too."""
+        if codes:
+            with self.engine.begin() as connection:
+                connection.exec_driver_sql("UPDATE coupon SET used_at = ? WHERE code = ? AND used_at IS NULL", [(to_storage(at), code) for code in codes])
 
     def lookup(self, kind: str, value: str) -> CachedMember | None:
         """The member holding identifier (kind, value), in one indexed query."""

@@ -153,3 +153,18 @@ class PrintJob(SQLModel, table=True):
     created_at: datetime = Field(sa_column=utc_column())
     updated_at: datetime = Field(sa_column=utc_column())
     printed_at: datetime | None = Field(sa_column=utc_column(nullable=True))
+
+
+class OpenSale(SQLModel, table=True):
+    """A sale not yet journaled or cancelled, as JSON (agent.sale.Sale), written before every step that moves
+    money so that after a crash the till finds it and asks central how its payments ended."""
+
+    __tablename__ = "open_sale"
+    __table_args__ = (sa.Index("ix_open_sale_station", "station_id", "created_at"),)
+
+    id: str = Field(primary_key=True)
+    station_id: str
+    state: str
+    body: str
+    created_at: datetime = Field(sa_column=utc_column())
+    updated_at: datetime = Field(sa_column=utc_column())

@@ -102,6 +102,8 @@ class PrintQueue:
         self._state = PrinterState.STOPPED
         self._reason: str | None = None
         self._since = utcnow()
+        # Called on the worker thread with the job id once a job has printed (the checkout tells the screens).
+        self.on_printed: Callable[[str], None] | None = None
 
     # --- what the till and the API call -------------------------------------------------------------------
 
@@ -242,6 +244,8 @@ class PrintQueue:
                 self._backoff.reset()
                 self._set_state(PrinterState.READY, None)
                 log.info("printed", extra={"printer": self.printer_id, "job": job_id, "bytes": len(data)})
+                if self.on_printed is not None:
+                    self.on_printed(job_id)
 
     def _claim_next(self) -> tuple[str, bytes] | None:
         with self.engine.begin() as connection:

@@ -208,6 +208,8 @@ class Receipt:
     e_receipt_url: str | None = None
     footer: tuple[str, ...] = ()
     original_transaction_id: str | None = None  # the sale a refund refers to
+    receipt_no: str | None = None  # short number for the barcode (refunds, reprints); the id when absent
+    reprint: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("sale", "refund"):
@@ -274,7 +276,11 @@ def layout(receipt: Receipt, columns: int, zone: ZoneInfo, *, open_drawer: bool 
         out.text(store.address, "center")
     if refund:
         out.text("退货 REFUND", "center", bold=True, double=True)
+    if receipt.reprint:
+        out.text("重打印 REPRINT", "center", bold=True)
     out.rule()
+    if receipt.receipt_no:
+        out.pair("小票号", receipt.receipt_no)
     out.pair("单号", receipt.transaction_id)
     if receipt.original_transaction_id:
         out.pair("原单号", receipt.original_transaction_id)
@@ -325,7 +331,7 @@ def layout(receipt: Receipt, columns: int, zone: ZoneInfo, *, open_drawer: bool 
     if receipt.e_receipt_url:
         out.text("扫码查看电子小票", "center")
         out.add(Qr(receipt.e_receipt_url, size=5 if columns < 40 else 6))
-    out.add(Barcode(receipt.transaction_id, height=48))
+    out.add(Barcode(receipt.receipt_no or receipt.transaction_id, height=48))
     for line in receipt.footer:
         out.text(line, "center")
     out.add(Feed(1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,11 +16,19 @@ from fastapi import FastAPI
 from agent import __version__
 from agent.api import create_app
 from agent.central_client import CentralClient
+from agent.clock import utcnow
+from agent.checkout import Checkout
+from agent.connectivity import Connectivity
 from agent.db import open_database, schema_revision
 from agent.devices import StationDevices
+from agent.events import EventHub
+from agent.identify import Identifier
+from agent.ids import uuid7
 from agent.journal import Journal
 from agent.member_cache import MemberCache
 from agent.member_code_gate import MemberCodeGate
+from agent.receipts import Receipt, layout
+from agent.refunds import Refunds
 from agent.scans import ScanRouter
 from agent.scheduler import build_scheduler
 from agent.settings import Settings
@@ -45,6 +54,19 @@ class AgentState:
     scans: ScanRouter | None = None
     devices: StationDevices | None = None
     sync: Sync | None = None
+    checkout: Checkout | None = None
+    refunds: Refunds | None = None
+
+    async def print_receipt(self, receipt: Receipt, journal_id: str, purpose: str, open_drawer: bool) -> str | None:
+        """Queue a receipt; the job id says what it is, so the same receipt is never queued twice (a reprint is
+        a new job). None when the station has no printer."""
+        if self.devices is None or self.devices.printer is None:
+            return None
+        job_id = f"{journal_id}-{purpose}" if purpose != "reprint" else f"{journal_id}-reprint-{uuid7().hex[:8]}"
+        document = layout(receipt, self.devices.columns, self.settings.store.zone, open_drawer=open_drawer)
+        data = await asyncio.to_thread(self.devices.render, document)
+        job = await asyncio.to_thread(self.devices.printer.enqueue, job_id, data, purpose, journal_id)
+        return job.id
 
 
 def open_state(settings: Settings) -> AgentState:
@@ -71,6 +93,28 @@ def open_sync(settings: Settings, state: AgentState) -> Sync:
     )
 
 
+def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
+    """The station's checkout and refunds, sharing the sync's client and its view of whether central is up."""
+    client = state.sync.client
+    connectivity = Connectivity(client, (state.sync.push_health, state.sync.pull_health), probe_timeout_s=settings.offline.probe_timeout_s)
+    identifier = Identifier(state.members, state.member_codes, client, connectivity.online)
+
+    def push_soon() -> None:
+        # A sale just journaled: send it now rather than at the next interval, so points are confirmed quickly.
+        if scheduler.running:
+            scheduler.modify_job("outbox-push", next_run_time=utcnow())
+
+    state.checkout = Checkout(
+        settings, state.engine, state.members, state.journal, identifier, connectivity, client, EventHub(),
+        print_receipt=state.print_receipt, push_soon=push_soon,
+    )  # fmt: skip
+    state.refunds = Refunds(
+        settings, state.engine, state.journal, state.members, client, connectivity,
+        print_receipt=state.print_receipt, push_soon=push_soon,
+    )  # fmt: skip
+    state.scans.subscribe(state.checkout.on_scan)
+
+
 def build_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,8 +124,12 @@ def build_app(settings: Settings) -> FastAPI:
         state.devices = StationDevices(settings, state.engine, state.scans)
         state.sync = open_sync(settings, state)
         scheduler = build_scheduler(settings, state.sync)
+        open_checkout(settings, state, scheduler)
         try:
             await asyncio.to_thread(state.devices.start)
+            if state.devices.printer is not None:
+                state.devices.printer.on_printed = state.checkout.on_printed_threadsafe(asyncio.get_running_loop())
+            await state.checkout.recover()
             if settings.central.token.get_secret_value():
                 scheduler.start()
             else:
@@ -97,16 +145,20 @@ def build_app(settings: Settings) -> FastAPI:
             # Reverse order: no new jobs, devices (the receipt being printed may finish), then the database.
             if scheduler.running:
                 scheduler.shutdown(wait=False)
+            await state.checkout.close()
             await state.sync.client.aclose()
             await asyncio.to_thread(state.devices.stop, PRINT_DEADLINE_S)
             state.engine.dispose()
             log.info("agent stopped")
 
-    return create_app(lifespan)
+    return create_app(lifespan, settings.api.token.get_secret_value())
 
 
 def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM. A failed start-up exits instead of serving half-ready."""
+    if not settings.api.token.get_secret_value() and not _loopback(settings.api.host):
+        log.error("refusing to serve the API on %s without a token: set api.token (POS_EDGE_API__TOKEN)", settings.api.host)
+        raise SystemExit(2)
     config = uvicorn.Config(
         build_app(settings),
         host=settings.api.host,
@@ -120,3 +172,10 @@ def serve(settings: Settings) -> None:
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

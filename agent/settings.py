@@ -222,6 +222,26 @@ class OfflineSettings(Section):
     probe_timeout_s: float = Field(1.0, gt=0, le=10, examples=[1.0])
 
 
+class CatalogItem(Section):
+    """A product the agent can price by itself (a kiosk without POS software); the POS owns prices otherwise."""
+
+    gtin: str = Field(pattern=r"^[0-9]{8,14}$", examples=["6901234567892"])
+    name: str = Field(min_length=1, max_length=40, examples=["矿泉水 550ml"])
+    price_fen: int = Field(ge=0, le=10_000_000, examples=[200])
+    category: str = Field("", max_length=32, examples=[""])
+
+
+class CheckoutSettings(Section):
+    providers: tuple[Literal["wechat", "alipay"], ...] = Field(
+        ("wechat", "alipay"), examples=[["wechat", "alipay"]], description="payment codes this store takes"
+    )
+    code_payment_limit_s: int = Field(
+        60, ge=15, le=300, examples=[60], description="how long the till waits for the customer to confirm a code payment before reversing it"
+    )
+    payment_description: str = Field("", max_length=32, examples=["消费"], description="shown to the payer after the store name")
+    catalog: tuple[CatalogItem, ...] = Field((), description="products a kiosk can sell without POS software")
+
+
 class ApiSettings(Section):
     host: str = Field("127.0.0.1", examples=["127.0.0.1"])
     port: int = Field(8765, ge=1, le=65535, examples=[8765])
@@ -268,6 +288,7 @@ class Settings(BaseSettings):
     member_codes: MemberCodeSettings = MemberCodeSettings()
     points: PointsSettings = PointsSettings()
     offline: OfflineSettings = OfflineSettings()
+    checkout: CheckoutSettings = CheckoutSettings()
     api: ApiSettings = ApiSettings()
     storage: StorageSettings = StorageSettings()
     privacy: PrivacySettings = PrivacySettings()

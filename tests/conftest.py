@@ -10,7 +10,7 @@ from agent.db import open_database
 from agent.member_cache import MemberCache
 
 # A network receipt printer on 127.0.0.1 (the `printer_server` fixture).
-pytest_plugins = ["tests.printer_server", "tests.central.plugin"]
+pytest_plugins = ["tests.printer_server", "tests.central.plugin", "tests.checkout_stack"]
 
 PHONE_KEY = b"test-phone-hash-key-0123456789"
 IN_CI = os.environ.get("CI") == "true"

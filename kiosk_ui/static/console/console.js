@@ -3,8 +3,20 @@
 
 const $ = (id) => document.getElementById(id);
 
-async function getJSON(path, options) {
-  const response = await fetch(path, options);
+// The station's API token arrives in the URL fragment (never sent to a server) and stays for this tab.
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.get("token")) {
+  sessionStorage.setItem("pos-edge-token", fragment.get("token"));
+  history.replaceState(null, "", location.pathname);
+}
+const token = sessionStorage.getItem("pos-edge-token") || "";
+// Images cannot send headers: they carry the token as a query parameter.
+const withToken = (url) => `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
+
+async function getJSON(path, options = {}) {
+  const headers = { ...(options.headers || {}), Authorization: `Bearer ${token}` };
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) throw new Error("this console needs the station's API token: open it with #token=... as the agent printed");
   if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
   return response.json();
 }
@@ -80,8 +92,8 @@ async function refreshJobs() {
     const li = document.createElement("li");
     li.dataset.status = job.status;
     if (job.preview_url) {
-      const link = Object.assign(document.createElement("a"), { href: job.preview_url, target: "_blank" });
-      link.append(Object.assign(document.createElement("img"), { src: job.preview_url, alt: `receipt ${job.id}` }));
+      const link = Object.assign(document.createElement("a"), { href: withToken(job.preview_url), target: "_blank" });
+      link.append(Object.assign(document.createElement("img"), { src: withToken(job.preview_url), alt: `receipt ${job.id}` }));
       li.append(link, document.createElement("br"));
     }
     li.append(`${job.purpose} · `, stateSpan(job.status));

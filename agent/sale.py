@@ -1,0 +1,193 @@
+"""One sale in progress at a till or kiosk, as data: what the customer buys, who they are, what they paid.
+
+The checkout (agent.checkout) moves a sale through its states and saves it as JSON after every step; nothing
+here talks to a database, a device or the network. Amounts are integer fen.
+
+States: idle → member (optional) → basket → tender → paid → receipt_queued → closed, or cancelled before paid.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agent.benefits import BasketLine, Pricing
+
+SaleState = Literal["idle", "member", "basket", "tender", "paid", "receipt_queued", "closed", "cancelled"]
+OPEN_STATES = frozenset({"idle", "member", "basket", "tender"})
+TenderKind = Literal["cash", "wechat", "alipay", "card", "other"]
+# A code payment's state as central reports it, plus `sending`: written to disk before the request goes out.
+PaymentState = Literal["sending", "PENDING", "USERPAYING", "UNKNOWN", "SUCCESS", "FAILED", "REVERSING", "REVERSED"]
+FINAL_PAYMENT_STATES = frozenset({"SUCCESS", "FAILED", "REVERSED"})
+
+TENDER_NAMES_ZH = {"cash": "现金", "wechat": "微信支付", "alipay": "支付宝", "card": "银行卡", "other": "其他"}
+
+
+class SaleMember(BaseModel):
+    id: str
+    display_name: str
+    tier: str
+    points: int = Field(description="balance as last confirmed by central")
+    phone_masked: str | None = None
+    via: Literal["member_code", "card", "phone", "payment_code"]
+    may_redeem: bool
+
+
+class SaleLine(BaseModel):
+    sku: str = Field(min_length=1, max_length=32)
+    name: str = Field(min_length=1, max_length=40)
+    qty: int
+    unit_price_fen: int
+    category: str = Field("", max_length=32)
+    amount_fen: int | None = Field(None, description="after tier and coupon discounts; set by pricing")
+
+    def basket_line(self) -> BasketLine:
+        return BasketLine(self.sku, self.name, self.qty, self.unit_price_fen, self.category)
+
+
+class SaleCoupon(BaseModel):
+    code: str
+    title: str
+    amount_off_fen: int = 0
+
+
+class PricingView(BaseModel):
+    subtotal_fen: int
+    tier_discount_fen: int
+    coupon_discount_fen: int
+    discount_fen: int
+    points_redeemed: int
+    points_value_fen: int
+    amount_due_fen: int
+    points_earned: int
+
+    @classmethod
+    def of(cls, pricing: Pricing) -> PricingView:
+        coupons = sum(fen for _, fen in pricing.coupon_discounts)
+        return cls(
+            subtotal_fen=pricing.subtotal_fen,
+            tier_discount_fen=pricing.tier_discount_fen,
+            coupon_discount_fen=coupons,
+            discount_fen=pricing.discount_fen,
+            points_redeemed=pricing.points_redeemed,
+            points_value_fen=pricing.points_value_fen,
+            amount_due_fen=pricing.amount_due_fen,
+            points_earned=pricing.points_earned,
+        )
+
+
+class Tender(BaseModel):
+    """Money taken. For cash `tendered_fen` is what was handed over and `change_fen` what went back."""
+
+    kind: TenderKind
+    amount_fen: int
+    tendered_fen: int
+    change_fen: int = 0
+    reference: str | None = Field(None, description="card terminal trace no., provider trade no., ...")
+    out_trade_no: str | None = None
+
+
+class CodePayment(BaseModel):
+    """One code payment attempt. The auth code itself is never kept: it is a bearer secret, used once."""
+
+    out_trade_no: str
+    provider: Literal["wechat", "alipay"]
+    state: PaymentState
+    amount_fen: int
+    created_at: datetime
+    provider_trade_no: str | None = None
+    cancel_requested: bool = False
+    message: str | None = None
+    message_zh: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_PAYMENT_STATES
+
+    @property
+    def counted(self) -> bool:
+        """Taken into account as possibly paid: anything but a definite no (sending/unknown count until known)."""
+        return self.state not in ("FAILED", "REVERSED", "REVERSING")
+
+
+class SalePoints(BaseModel):
+    earned: int
+    redeemed: int
+    balance: int
+    provisional: bool
+
+
+class Sale(BaseModel):
+    id: str = Field(description="the transaction id the sale is journaled under")
+    station_id: str
+    state: SaleState = "idle"
+    version: int = 0
+    created_at: datetime
+    member: SaleMember | None = None
+    guide_id: str | None = None
+    lines: list[SaleLine] = Field(default_factory=list)
+    coupons: list[SaleCoupon] = Field(default_factory=list)
+    redeem_points: int = 0
+    pricing: PricingView | None = None
+    tenders: list[Tender] = Field(default_factory=list)
+    payments: list[CodePayment] = Field(default_factory=list)
+    online: bool = True
+    message: str | None = None
+    transaction_id: str | None = None
+    receipt_no: str | None = None
+    receipt_job_id: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    @property
+    def amount_due_fen(self) -> int:
+        return self.pricing.amount_due_fen if self.pricing else 0
+
+    @property
+    def paid_fen(self) -> int:
+        return sum(tender.amount_fen for tender in self.tenders)
+
+    @property
+    def remaining_fen(self) -> int:
+        return max(0, self.amount_due_fen - self.paid_fen)
+
+    @property
+    def change_fen(self) -> int:
+        return sum(tender.change_fen for tender in self.tenders)
+
+    @property
+    def payment(self) -> CodePayment | None:
+        """The code payment in progress (or the last one), for the screen."""
+        return self.payments[-1] if self.payments else None
+
+    @property
+    def unsettled_payments(self) -> list[CodePayment]:
+        return [payment for payment in self.payments if not payment.final]
+
+    @property
+    def money_taken(self) -> bool:
+        return bool(self.tenders) or any(payment.counted and payment.state != "sending" for payment in self.payments)
+
+    def points(self) -> SalePoints | None:
+        if self.member is None or self.pricing is None:
+            return None
+        earned, redeemed = self.pricing.points_earned, self.pricing.points_redeemed
+        return SalePoints(earned=earned, redeemed=redeemed, balance=self.member.points - redeemed + earned, provisional=not self.online)
+
+    def view(self) -> dict:
+        """The session as the API and the screens see it (docs/checkout.md)."""
+        payment = self.payment
+        return {
+            **self.model_dump(mode="json", exclude={"payments", "redeem_points", "created_at"}),
+            "created_at": self.created_at.isoformat(),
+            "redeem_points": self.redeem_points,
+            "paid_fen": self.paid_fen,
+            "remaining_fen": self.remaining_fen,
+            "change_fen": self.change_fen,
+            "payment": None if payment is None else payment.model_dump(mode="json"),
+            "points": None if (points := self.points()) is None else points.model_dump(),
+        }
