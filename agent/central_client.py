@@ -46,6 +46,10 @@ class CentralUnreachable(CentralError):
     """No answer: the store's WAN, DNS, or central itself is down, or it took longer than the timeout."""
 
 
+class CentralNotReached(CentralUnreachable):
+    """No connection could be made: the request never left the store, so nothing was done at central."""
+
+
 class CentralRejected(CentralError):
     """Central refused this request (4xx other than 429): sending it again unchanged will not help."""
 
@@ -186,6 +190,8 @@ class CentralClient:
     async def _call(self, method: str, path: str, model: type[Model], **kwargs) -> Model:
         try:
             response = await self._client.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise CentralNotReached(f"cannot reach central {self.base_url}: {exc or type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:
             raise CentralUnreachable(f"central {self.base_url} did not answer {method} {path} in time ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from agent import pii
 from agent.benefits import BadBasket, CouponNotUsable, Redemption, RedemptionRefused, Tier, check_coupon, price
-from agent.central_client import CentralClient, CentralError, CentralRejected, CentralUnreachable
+from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralRejected
 from agent.clock import business_day, to_storage, utcnow
 from agent.codes import Classification, CodeRules, Kind, classify
 from agent.connectivity import Connectivity
@@ -39,7 +39,7 @@ from agent.journal import Journal, JournalEntry, JournalRecord
 from agent.member_cache import CachedCoupon, MemberCache, PhoneLookupUnavailable
 from agent.member_code import MemberCodeError
 from agent.receipts import Receipt
-from agent.sale import CodePayment, PricingView, Sale, SaleCoupon, SaleLine, SaleMember, Tender
+from agent.sale import CodePayment, PricingView, Sale, SaleCoupon, SaleLine, SaleMember, Tender, TenderRefused, new_tender
 from agent.sale_receipts import receipt_of_record
 from agent.settings import Settings
 from central.contract import PaymentRequest
@@ -204,6 +204,11 @@ class Checkout:
             self._no_money_yet(sale, "change the points to spend")
             if points and sale.member is None:
                 raise RedemptionNotAllowed("identify the member before spending points")
+            if points and not sale.member.may_redeem:
+                raise RedemptionNotAllowed(
+                    "points can be spent only by a member identified by member code or confirmed phone: ask for the member code",
+                    "使用积分请出示会员码",
+                )
             before = sale.redeem_points
             sale.redeem_points = points
             try:
@@ -289,18 +294,21 @@ class Checkout:
             log.exception("scan handling failed")
 
     def on_printed_threadsafe(self, loop: asyncio.AbstractEventLoop) -> Callable[[str], None]:
-        """A print-queue hook: tell the screens when a sale's receipt has printed."""
+        """A print-queue hook: tell the screens when a receipt has printed (job ids are `<transaction>-<purpose>`)."""
 
         def printed(job_id: str) -> None:
-            sale_id = job_id.split("-receipt")[0] if job_id.endswith("-receipt") else None
-            if sale_id is not None:
-                loop.call_soon_threadsafe(self._printed, sale_id)
+            for purpose in ("-receipt", "-refund", "-reprint"):
+                if purpose in job_id:
+                    loop.call_soon_threadsafe(self._printed, job_id.split(purpose)[0], purpose[1:], job_id)
 
         return printed
 
-    def _printed(self, sale_id: str) -> None:
-        sale = self._closed.get(sale_id)
-        self.events.publish("printed", sale_id, "receipt printed", session=sale.view() if sale else None)
+    def _printed(self, transaction_id: str, purpose: str, job_id: str) -> None:
+        sale = self._closed.get(transaction_id)
+        self.events.publish(
+            "printed", sale.id if sale else None, f"{purpose} printed",
+            session=sale.view() if sale else None, transaction_id=transaction_id, job_id=job_id,
+        )  # fmt: skip
 
     # --- recovery ------------------------------------------------------------------------------------------
 
@@ -524,24 +532,10 @@ class Checkout:
 
     async def _other_tender(self, sale: Sale, kind: str, amount_fen: int | None, tendered_fen: int | None, reference: str | None) -> Sale:
         self._ready_to_pay(sale)
-        remaining = sale.remaining_fen
-        if kind == "cash":
-            amount = remaining if amount_fen is None else amount_fen
-            tendered = amount if tendered_fen is None else tendered_fen
-            if not 0 < amount <= remaining:
-                raise NotNow(f"a cash tender pays 0.01 to ¥{remaining / 100:.2f} of this sale, not ¥{amount / 100:.2f}")
-            if tendered < amount:
-                raise NotNow(f"¥{tendered / 100:.2f} handed over is less than the ¥{amount / 100:.2f} it should pay")
-            tender = Tender(kind="cash", amount_fen=amount, tendered_fen=tendered, change_fen=tendered - amount)
-        elif kind in ("card", "other"):
-            amount = remaining if amount_fen is None else amount_fen
-            if not 0 < amount <= remaining:
-                raise NotNow(f"a {kind} tender pays 0.01 to ¥{remaining / 100:.2f} of this sale, not ¥{amount / 100:.2f}")
-            if not reference:
-                raise NotNow(f"a {kind} tender needs the terminal's reference (trace number) for refunds and reconciliation")
-            tender = Tender(kind=kind, amount_fen=amount, tendered_fen=amount, reference=reference[:64])
-        else:
-            raise NotNow(f"unknown tender kind {kind!r}; one of code, cash, card, other")
+        try:
+            tender = new_tender(sale.remaining_fen, kind, amount_fen, tendered_fen, reference)
+        except TenderRefused as exc:
+            raise NotNow(str(exc)) from None
         sale.tenders.append(tender)
         sale.state = "tender"
         sale.message = f"{kind} ¥{tender.amount_fen / 100:.2f}" + (f", change ¥{tender.change_fen / 100:.2f}" if tender.change_fen else "")
@@ -555,6 +549,9 @@ class Checkout:
                 found = await self.identifier.payment_code(code.value)
             except CentralNeeded as exc:
                 raise Offline(str(exc), OFFLINE_ZH) from None
+            except CentralNotReached as exc:
+                self.connectivity.saw(False)
+                raise Offline(f"{OFFLINE_EN} ({exc})", OFFLINE_ZH) from None
             except CentralError as exc:
                 log.warning("payer identification failed; charging without member benefits", extra={"error": str(exc)})
             else:
@@ -581,10 +578,17 @@ class Checkout:
         )
         try:
             answer = await self.client.pay(request)
+        except CentralNotReached as exc:
+            # The request never left the store: not charged. Say so at once, and remember central is away.
+            self.connectivity.saw(False)
+            payment.state = "FAILED"
+            payment.message, payment.message_zh = f"{OFFLINE_EN} ({exc})", OFFLINE_ZH
+            await self._payment_answer(sale, payment, None, follow=False, known=True)
+            raise Offline(payment.message, OFFLINE_ZH) from None
         except CentralRejected as exc:
             payment.state = "FAILED"
             payment.message = str(exc)
-            await self._changed(sale, "payment")
+            await self._payment_answer(sale, payment, None, follow=False, known=True)
             raise PaymentFailed(f"central refused the payment: {exc}", "支付失败，请重试或换一种方式付款") from None
         except CentralError as exc:
             # It may or may not have been charged: find out, never charge again.
@@ -595,12 +599,16 @@ class Checkout:
             return await self._changed(sale, "payment")
         return await self._payment_answer(sale, payment, answer, follow=True)
 
-    async def _payment_answer(self, sale: Sale, payment: CodePayment, answer, follow: bool) -> Sale:
-        """Apply what central says of a payment (None: central never received it)."""
-        if answer is None:
+    async def _payment_answer(self, sale: Sale, payment: CodePayment, answer, follow: bool, known: bool = False) -> Sale:
+        """Apply what central says of a payment (None: central never received it; `known`: the caller already
+        set the payment's final state and message)."""
+        if known:
+            pass
+        elif answer is None:
             payment.state = "FAILED"
             payment.message = "central never received this payment: the customer was not charged"
         else:
+            self.connectivity.saw(True)
             payment.state = answer.state
             payment.provider_trade_no = answer.provider_trade_no
             payment.message_zh = answer.reason_zh
@@ -615,9 +623,12 @@ class Checkout:
             return await self._after_tender(sale)
         if payment.state == "SUCCESS":  # paid after the cashier gave up: central takes it back
             await self._reverse(sale, payment)
-        elif payment.state in ("USERPAYING", "PENDING", "UNKNOWN"):
-            payment.message = payment.message or "waiting for the customer to confirm on the phone"
-            payment.message_zh = payment.message_zh or "请在手机上确认支付"
+        elif payment.state == "USERPAYING":
+            payment.message, payment.message_zh = "waiting for the customer to confirm on the phone", "请在手机上确认支付"
+            if follow:
+                self._follow(sale, payment)
+        elif payment.state in ("PENDING", "UNKNOWN"):
+            payment.message, payment.message_zh = "the provider has not answered yet: checking — do not take payment again", "正在确认支付结果，请稍候"
             if follow:
                 self._follow(sale, payment)
         elif payment.state in ("FAILED", "REVERSED", "REVERSING"):

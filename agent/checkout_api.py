@@ -220,5 +220,5 @@ async def reprint(reference: str, request: Request, refunds: RefundsDep) -> dict
 @checkout_router.post("/refunds", status_code=201)
 async def refund(body: RefundIn, refunds: RefundsDep) -> dict[str, Any]:
     lines = None if body.lines is None else [RefundLine(line.line, line.qty) for line in body.lines]
-    record = await refunds.refund(body.transaction, lines, body.reason)
-    return record_view(record)
+    record, job_id = await refunds.refund(body.transaction, lines, body.reason)
+    return record_view(record) | {"receipt_job_id": job_id}

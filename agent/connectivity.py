@@ -25,6 +25,12 @@ class Connectivity:
     fresh_s: float = 10.0
     _probed_at: float = field(default=-1e9, init=False)
     _probed_online: bool = field(default=False, init=False)
+    _seen: tuple[datetime, bool] | None = field(default=None, init=False)
+
+    def saw(self, reachable: bool) -> None:
+        """What a request at the till just found: it outranks older sync results (a failed payment request must
+        not be followed by another customer waiting for the same timeout)."""
+        self._seen = (utcnow(), reachable)
 
     async def online(self) -> bool:
         now = utcnow()
@@ -42,5 +48,7 @@ class Connectivity:
         fresh = timedelta(seconds=self.fresh_s)
         results = [(job.last_success, True) for job in self.jobs if job.last_success]
         results += [(job.last_failure_at, False) for job in self.jobs if job.unreachable and job.last_failure_at]
+        if self._seen is not None:
+            results.append(self._seen)
         recent = [result for result in results if now - result[0] < fresh]
         return max(recent)[1] if recent else None

@@ -85,7 +85,8 @@ class Refunds:
             ).scalars().all()
         return [self.journal.get(i) for i in ids]
 
-    async def refund(self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None) -> JournalRecord:
+    async def refund(self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None) -> tuple[JournalRecord, str | None]:
+        """Refund and journal; the refund's journal row and its receipt's print job id."""
         async with self._lock:
             sale = await asyncio.to_thread(self.find, reference)
             if sale.kind != "sale":
@@ -137,11 +138,12 @@ class Refunds:
                 points_redeemed=plan.points_returned,
             )
             record = await asyncio.to_thread(self.journal.append, entry)
+        job_id = None
         if self._print_receipt is not None:
             cash = any(t["kind"] == "cash" for t in tenders)
-            await self._print_receipt(receipt_of_record(record, self.settings), record.id, "refund", cash)
+            job_id = await self._print_receipt(receipt_of_record(record, self.settings), record.id, "refund", cash)
         self._push_soon()
-        return record
+        return record, job_id
 
 
 @dataclass(frozen=True)

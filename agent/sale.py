@@ -25,6 +25,28 @@ FINAL_PAYMENT_STATES = frozenset({"SUCCESS", "FAILED", "REVERSED"})
 TENDER_NAMES_ZH = {"cash": "现金", "wechat": "微信支付", "alipay": "支付宝", "card": "银行卡", "other": "其他"}
 
 
+class TenderRefused(ValueError):
+    """A tender that does not fit the sale; the message says why, for the cashier."""
+
+
+def new_tender(remaining_fen: int, kind: str, amount_fen: int | None, tendered_fen: int | None, reference: str | None) -> Tender:
+    """A cash, card or other tender for a sale with `remaining_fen` left to pay. It pays at most what is left (by
+    default all of it); only cash may be handed over in excess, and the excess is the change."""
+    if kind not in ("cash", "card", "other"):
+        raise TenderRefused(f"unknown tender kind {kind!r}; one of code, cash, card, other")
+    amount = remaining_fen if amount_fen is None else amount_fen
+    if type(amount) is not int or not 0 < amount <= remaining_fen:
+        raise TenderRefused(f"a {kind} tender pays ¥0.01 to ¥{remaining_fen / 100:.2f} of this sale, not {amount!r} fen")
+    if kind == "cash":
+        tendered = amount if tendered_fen is None else tendered_fen
+        if type(tendered) is not int or tendered < amount:
+            raise TenderRefused(f"{tendered!r} fen handed over is less than the ¥{amount / 100:.2f} it should pay")
+        return Tender(kind="cash", amount_fen=amount, tendered_fen=tendered, change_fen=tendered - amount)
+    if not reference:
+        raise TenderRefused(f"a {kind} tender needs the terminal's reference (trace number) for refunds and reconciliation")
+    return Tender(kind=kind, amount_fen=amount, tendered_fen=amount, reference=reference[:64])
+
+
 class SaleMember(BaseModel):
     id: str
     display_name: str

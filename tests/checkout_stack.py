@@ -176,7 +176,9 @@ class Stack:
                 for name, value in old.items():
                     os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
             self.app = build_app(settings)
-            config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on")
+            config = uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1
+            )
             self._server = uvicorn.Server(config)
             self._thread = threading.Thread(target=self._server.run, name="agent", daemon=True)
             self._thread.start()
@@ -269,6 +271,29 @@ class Stack:
                     if done(event):
                         return event
         raise AssertionError(f"session {session_id}: the event asked for never came; now {self.session(session_id)}")
+
+    def wait_session_current(self, within: float = 10) -> dict:
+        """The station's open session, once a scan has opened one."""
+        with httpx.Client(timeout=within) as client, client.stream("GET", f"{self.url}/v1/events", params={"token": API_TOKEN}) as stream:
+            answer = self.api.get("/v1/sessions/current")
+            if answer.status_code == 200 and answer.json()["lines"]:
+                return answer.json()
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    if event.get("session") and event["session"]["lines"]:
+                        return event["session"]
+        raise AssertionError("no session opened")
+
+    def job_printed(self, job_id: str, within: float = 15) -> str:
+        """Wait until a print job (a refund, a reprint) has printed; its text."""
+        with httpx.Client(timeout=within) as client, client.stream(
+            "GET", f"{self.url}/v1/events", params={"token": API_TOKEN}, headers={"Last-Event-ID": "0"}
+        ) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:") and json.loads(line[5:]).get("job_id") == job_id:
+                    return self.receipts()[-1]
+        raise AssertionError(f"print job {job_id} never printed")
 
     def printed(self, session_id: str) -> str:
         """Wait until the sale's receipt has printed; its text."""

@@ -41,3 +41,184 @@ def test_pay_as_member_one_scan_identifies_prices_charges_and_prints_points(stac
     assert transaction["receipt_no"] == done["receipt_no"] and transaction["total_fen"] == 4105
     receipt = stack.printed(session["id"])
     assert "本次积分" in receipt and "+24" in receipt and "李*华" in receipt and "41.05" in receipt and done["receipt_no"] in receipt
+
+
+def start_sale(stack, basket=BASKET) -> dict:
+    session = stack.open_session()
+    answer = stack.api.put(f"/v1/sessions/{session['id']}/basket", json=basket)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def journal_count(stack) -> int:
+    return len(stack.api.get("/v1/transactions", params={"limit": 200}).json())
+
+
+def test_userpaying_shows_waiting_then_paid(stack):
+    session = start_sale(stack)
+    answer = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("10")})
+    waiting = answer.json()
+    assert answer.status_code == 200 and waiting["state"] == "tender"
+    assert waiting["payment"]["state"] == "USERPAYING" and waiting["payment"]["message_zh"] == "请在手机上确认支付"
+    done = stack.wait_session(session["id"], lambda s: s["state"] == "closed")
+    assert done["tenders"][0]["kind"] == "wechat" and done["remaining_fen"] == 0
+    assert stack.wechat.count("micropay") == 1 and journal_count(stack) == 1
+
+
+def test_customer_cancels_on_the_phone_nothing_is_journaled(stack):
+    session = start_sale(stack)
+    stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("11")})
+    failed = stack.wait_session(session["id"], lambda s: (s["payment"] or {}).get("state") in ("FAILED", "REVERSED"))
+    assert failed["state"] == "basket" and failed["tenders"] == [] and failed["payment"]["message_zh"]
+    assert journal_count(stack) == 0
+    # The customer pays another way: cash, with change.
+    paid = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000}).json()
+    assert paid["state"] == "closed" and paid["change_fen"] == 5000 - 4190
+    assert journal_count(stack) == 1
+
+
+def test_cashier_cancels_a_payment_the_customer_never_confirms_and_it_is_reversed(stack):
+    session = start_sale(stack)
+    stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("12")})
+    cancelled = stack.api.post(f"/v1/sessions/{session['id']}/payment/cancel").json()
+    assert cancelled["payment"]["cancel_requested"] and cancelled["tenders"] == []
+    reversed_ = stack.wait_session(session["id"], lambda s: (s["payment"] or {}).get("state") == "REVERSED")
+    assert reversed_["state"] == "basket" and stack.wechat.count("reverse") >= 1
+    # A second tender in the same sale is fine, and the sale then closes.
+    done = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "card", "reference": "T8812"}).json()
+    assert done["state"] == "closed" and done["tenders"] == [
+        {"kind": "card", "amount_fen": 4190, "tendered_fen": 4190, "change_fen": 0, "reference": "T8812", "out_trade_no": None}
+    ]
+
+
+def test_split_tender_cash_then_wechat(stack):
+    session = start_sale(stack)
+    part = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "amount_fen": 1000, "tendered_fen": 1000}).json()
+    assert part["state"] == "tender" and part["remaining_fen"] == 3190
+    done = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": wechat_code("00")}).json()
+    assert done["state"] == "closed" and [t["amount_fen"] for t in done["tenders"]] == [1000, 3190]
+    record = stack.api.get(f"/v1/transactions/{done['transaction_id']}").json()
+    assert sum(t["amount_fen"] for t in record["body"]["tenders"]) == record["total_fen"] == 4190
+
+
+def test_member_code_allows_points_and_a_payment_code_alone_does_not(stack):
+    member = stack.add_member(points=800, tier="gold", display_name="张*三")
+    stack.sync_now()
+    session = start_sale(stack)
+    by_code = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": stack.member_code(member)}).json()
+    assert by_code["member"]["via"] == "member_code" and by_code["member"]["may_redeem"]
+    # 50% of the basket after discounts is the cap: (4190 - 85) // 2 = 2052 points at 1 fen each.
+    too_many = stack.api.put(f"/v1/sessions/{session['id']}/redemption", json={"points": 900})
+    assert too_many.status_code == 409 and too_many.json()["error"] == "redemption_refused"
+    spent = stack.api.put(f"/v1/sessions/{session['id']}/redemption", json={"points": 500}).json()
+    assert spent["pricing"]["points_value_fen"] == 500 and spent["pricing"]["amount_due_fen"] == 4105 - 500
+    done = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 10000}).json()
+    assert done["points"]["redeemed"] == 500 and done["points"]["balance"] == 800 - 500 + done["points"]["earned"]
+
+    payer_code = wechat_code("00", customer="0077")
+    stack.add_member(points=800, tier="gold", display_name="赵*四", payer=payer_code)
+    session = stack.open_session()
+    stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": payer_code})  # before the basket: identifies only
+    identified = stack.session(session["id"])
+    assert identified["member"]["via"] == "payment_code" and identified["state"] == "member"
+    refused = stack.api.put(f"/v1/sessions/{session['id']}/redemption", json={"points": 100})
+    assert refused.status_code == 409 and "member code" in refused.json()["message"]
+    assert stack.wechat.count("micropay") == 0
+
+
+def test_phone_number_identifies_and_confirmed_phone_may_redeem(stack):
+    member = stack.add_member(points=300, phone="13812345678", display_name="陈*")
+    session = stack.open_session()
+    bad = stack.api.post(f"/v1/sessions/{session['id']}/phone", json={"phone": "12345", "confirmed": True})
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_phone"
+    found = stack.api.post(f"/v1/sessions/{session['id']}/phone", json={"phone": "138 1234 5678", "confirmed": True}).json()
+    assert found["member"]["id"] == member and found["member"]["phone_masked"] == "138****5678" and found["member"]["may_redeem"]
+    assert "13812345678" not in str(found)
+
+
+def test_offline_refuses_code_payment_at_once_sells_for_cash_and_confirms_points_after(stack):
+    member = stack.add_member(points=100, tier="gold", card_no="8800123456789")
+    stack.sync_now()
+    stack.central.stop()  # the WAN goes down
+    session = stack.open_session()
+    stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": "8800123456789"})  # card: from the cache
+    sale = stack.api.put(f"/v1/sessions/{session['id']}/basket", json=BASKET).json()
+    assert sale["member"]["id"] == member
+
+    refused = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": wechat_code("00")})
+    assert refused.status_code == 503 and refused.json()["error"] == "offline"
+    assert "现金" in refused.json()["message_zh"] and stack.wechat.count("micropay") == 0
+    assert stack.api.get("/v1/status").json()["checkout"]["online"] is False  # the next customer hears it at once
+
+    done = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000}).json()
+    assert done["state"] == "closed" and done["points"]["provisional"]
+    receipt = stack.printed(session["id"])
+    assert "积分以会员中心为准" in receipt and "找零" in receipt
+    assert stack.api.get("/v1/status").json()["checkout"]["outbox_pending"] == 1
+
+    stack.central.start()  # back: the sale goes to central, which books the points
+    moved = stack.sync_now()
+    assert moved["pushed"]["accepted"] == 1
+    looked_up = stack.api.get("/v1/members/lookup", params={"card_no": "8800123456789"}).json()
+    assert looked_up["points"] == 100 + done["points"]["earned"]
+
+
+def test_refund_lines_then_the_rest_through_central_with_points_reversed(stack):
+    code = wechat_code("00", customer="0101")
+    stack.add_member(points=0, payer=code)
+    session = start_sale(stack)
+    done = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": code}).json()
+    assert done["state"] == "closed" and done["points"]["earned"] == 16
+
+    too_much = stack.api.post("/v1/refunds", json={"transaction": done["receipt_no"], "lines": [{"line": 0, "qty": 3}]})
+    assert too_much.status_code == 409 and too_much.json()["error"] == "refund_refused"
+    first = stack.api.post("/v1/refunds", json={"transaction": done["receipt_no"], "lines": [{"line": 0, "qty": 1}], "reason": "破损"})
+    assert first.status_code == 201, first.text
+    assert first.json()["total_fen"] == 200 and first.json()["body"]["tenders"][0]["kind"] == "wechat"
+    rest = stack.api.post("/v1/refunds", json={"transaction": done["transaction_id"]}).json()
+    assert first.json()["total_fen"] + rest["total_fen"] == 4190
+    assert first.json()["points_earned"] + rest["points_earned"] == 16
+    again = stack.api.post("/v1/refunds", json={"transaction": done["transaction_id"]})
+    assert again.status_code == 409 and "nothing is left" in again.json()["message"]
+    receipt = stack.job_printed(first.json()["receipt_job_id"])
+    assert "退货 REFUND" in receipt and "-¥2.00" in receipt
+
+
+def test_bad_input_is_refused_with_a_reason_and_nothing_is_journaled(stack_factory):
+    stack = stack_factory()
+    session = stack.open_session()
+    sid = session["id"]
+    unknown = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "hello?"})
+    assert unknown.status_code == 422 and unknown.json()["error"] == "unknown_code"
+    alipay = stack.api.put(f"/v1/sessions/{sid}/basket", json=BASKET)
+    not_taken = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "280012345678901234"})
+    assert alipay.status_code == 200 and not_taken.status_code == 422 and not_taken.json()["error"] == "provider_not_enabled"
+    for qty in (0, -1, 1000):
+        bad = stack.api.put(f"/v1/sessions/{sid}/basket", json={"lines": [{"sku": "1", "name": "x", "qty": qty, "unit_price_fen": 100}]})
+        assert bad.status_code == 400 and bad.json()["error"] == "bad_basket" and "quantity" in bad.json()["message"]
+    floats = stack.api.put(f"/v1/sessions/{sid}/basket", json={"lines": [{"sku": "1", "name": "x", "qty": 1, "unit_price_fen": 1.5}]})
+    assert floats.status_code == 422 and floats.json()["error"] == "invalid_request"
+    second = stack.api.post("/v1/sessions")
+    assert second.status_code == 409 and second.json()["error"] == "sale_open" and second.json()["session_id"] == sid
+    over = stack.api.post(f"/v1/sessions/{sid}/tenders", json={"kind": "card", "amount_fen": 999999, "reference": "x"})
+    assert over.status_code == 409
+    no_token = stack.api.get("/v1/status", headers={"Authorization": "Bearer wrong"})
+    assert no_token.status_code == 401 and no_token.json()["error"] == "unauthorized"
+    paid = stack.api.post(f"/v1/sessions/{sid}/tenders", json={"kind": "cash"}).json()
+    after = stack.api.post(f"/v1/sessions/{sid}/tenders", json={"kind": "cash"})
+    assert paid["state"] == "closed" and after.status_code == 409 and after.json()["error"] == "not_now"
+    assert journal_count(stack) == 1
+
+
+def test_kiosk_sells_catalogue_items_by_scan_and_cancel_leaves_no_trace(stack_factory):
+    stack = stack_factory(kind="kiosk")
+    stack.scan("6901234567892")  # a product scan at idle opens the sale
+    current = stack.wait_session_current()
+    assert current["lines"][0]["name"] == "矿泉水 550ml"
+    stack.scan("6901234567892")
+    second = stack.wait_session(current["id"], lambda s: s["lines"][0]["qty"] == 2)
+    assert second["pricing"]["amount_due_fen"] == 400
+    unknown = stack.api.post(f"/v1/sessions/{current['id']}/codes", json={"text": "6900000000007"})
+    assert unknown.status_code == 409 and "catalogue" in unknown.json()["message"]
+    cancelled = stack.api.post(f"/v1/sessions/{current['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled" and journal_count(stack) == 0

@@ -1,0 +1,52 @@
+"""A till that loses its answer or its process mid-payment neither charges twice nor loses the sale."""
+
+from __future__ import annotations
+
+
+from tests.checkout_stack import wechat_code
+from tests.test_checkout import BASKET, journal_count, start_sale
+
+
+def central_payment(stack, out_trade_no: str) -> dict:
+    with stack.central.client(stack.store) as client:
+        return client.get(f"/v1/payments/{out_trade_no}", params={"wait": 5}).json()
+
+
+def test_lost_answer_is_resolved_by_asking_central_not_by_charging_again(stack):
+    session = start_sale(stack)
+    stack.central.faults.drop_response("/v1/payments", method="POST")  # charged at central, the answer never arrives
+    first = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": wechat_code("00")}).json()
+    assert first["state"] in ("tender", "closed")
+    done = stack.wait_session(session["id"], lambda s: s["state"] == "closed")
+    assert done["tenders"][0]["out_trade_no"] == done["payment"]["out_trade_no"]
+    assert stack.wechat.count("micropay") == 1 and journal_count(stack) == 1
+
+
+def test_kill_9_while_the_customer_confirms_restart_finishes_the_sale_once(stack_factory):
+    stack = stack_factory(separate_process=True)
+    session = start_sale(stack)
+    waiting = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("10")}).json()
+    assert waiting["payment"]["state"] == "USERPAYING"
+    out_trade_no = waiting["payment"]["out_trade_no"]
+    stack.kill()  # the till dies between the charge and the journal
+
+    assert central_payment(stack, out_trade_no)["state"] == "SUCCESS"  # the customer confirmed on the phone meanwhile
+    stack.start()
+    restored = stack.wait_session(session["id"], lambda s: s["state"] == "closed")
+    assert restored["transaction_id"] == session["id"] and restored["tenders"][0]["out_trade_no"] == out_trade_no
+    assert stack.wechat.count("micropay") == 1  # charged once
+    assert journal_count(stack) == 1  # journaled once
+    assert "41.90" in stack.printed(session["id"])
+    assert stack.api.get("/v1/sessions/current").status_code == 404  # the next customer can start
+
+
+def test_kill_9_with_a_basket_open_restores_the_sale_unpaid(stack_factory):
+    stack = stack_factory(separate_process=True)
+    session = start_sale(stack, BASKET)
+    stack.kill()
+    stack.start()
+    current = stack.api.get("/v1/sessions/current").json()
+    assert current["id"] == session["id"] and current["state"] == "basket" and current["paid_fen"] == 0
+    assert journal_count(stack) == 0
+    done = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000}).json()
+    assert done["state"] == "closed" and journal_count(stack) == 1
