@@ -200,14 +200,15 @@ def sync_status(state: StateDep) -> SyncPublic:
 async def sync_now(state: StateDep) -> dict[str, Any]:
     """Push the outbox and pull member changes now (the till's "sync now" button); 503 if central is down."""
     sync = state.sync
-    try:
-        pushed = await sync.push()
-        sync.push_health.succeeded()
-        pulled = await sync.pull()
-        sync.pull_health.succeeded()
-    except CentralError as exc:
-        raise HTTPException(503, f"central cannot be reached or refused: {exc}") from None
-    return {"pushed": asdict(pushed), "pulled": asdict(pulled)}
+    reports = {}
+    for name, health, run in (("pushed", sync.push_health, sync.push), ("pulled", sync.pull_health, sync.pull)):
+        try:
+            reports[name] = asdict(await run())
+        except CentralError as exc:
+            health.failed(exc)  # the till's view of central follows what it just saw
+            raise HTTPException(503, f"central cannot be reached or refused: {exc}") from None
+        health.succeeded()
+    return reports
 
 
 @devices_router.get("/devices")

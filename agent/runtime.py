@@ -138,7 +138,11 @@ def build_app(settings: Settings) -> FastAPI:
             url = f"http://{settings.api.host}:{settings.api.port}"
             log.info(
                 "agent ready",
-                extra={"version": __version__, "store": settings.store.id, "station": settings.station.id, "console": f"{url}/console/"},
+                extra={
+                    "version": __version__, "store": settings.store.id, "station": settings.station.id,
+                    # The screens take the API token from the URL fragment: open them with #token=<api.token>.
+                    "till": f"{url}/till/", "kiosk": f"{url}/kiosk/", "console": f"{url}/console/",
+                },  # fmt: skip
             )
             yield
         finally:

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ import uvicorn
 from agent.db import open_database
 from agent.runtime import build_app
 from agent.settings import load_settings
-from central import keys
+from central import card, feed, keys
+from central.models import Coupon
 from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from drivers.escpos_decode import TextLine, decode
@@ -239,9 +240,26 @@ class Stack:
             identifiers[f"openid:{APPID}"] = self.wechat.openid_for(payer)
         return self.central.add_member(points=points, tier=tier, display_name=display_name, phone=phone, identifiers=identifiers)
 
-    def member_code(self, member_id: str) -> str:
+    def add_coupon(self, member_id: str, title: str = "满30减5", *, kind: str = "amount_off", amount_off_fen: int = 500,
+                   percent_off: int = 0, threshold_fen: int = 3000, cap_fen: int | None = None, usable_offline: bool = False,
+                   valid_days: tuple[int, int] = (-1, 30)) -> str:  # fmt: skip
+        """A coupon issued at central to the member (the till hears of it with the next member pull); its code."""
+        now = datetime.now(UTC)
+        coupon = Coupon(
+            code=card.new_coupon_code(), member_id=member_id, title=title, kind=kind, amount_off_fen=amount_off_fen,
+            percent_off=percent_off, threshold_fen=threshold_fen, cap_fen=cap_fen, usable_offline=usable_offline,
+            valid_from=now + timedelta(days=valid_days[0]), valid_until=now + timedelta(days=valid_days[1]),
+        )  # fmt: skip
         with self.central.session() as session:
-            code = keys.member_code(session, member_id, datetime.now(UTC))
+            feed.lock(session)
+            code = card.issue_coupon(session, member_id, coupon).code
+            session.commit()
+        return code
+
+    def member_code(self, member_id: str, seconds_ago: int = 0) -> str:
+        """A member code as the member's phone shows it (codes of the same second are the same code)."""
+        with self.central.session() as session:
+            code = keys.member_code(session, member_id, datetime.now(UTC) - timedelta(seconds=seconds_ago))
             session.commit()
         return code
 

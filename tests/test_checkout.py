@@ -222,3 +222,59 @@ def test_kiosk_sells_catalogue_items_by_scan_and_cancel_leaves_no_trace(stack_fa
     assert unknown.status_code == 409 and "catalogue" in unknown.json()["message"]
     cancelled = stack.api.post(f"/v1/sessions/{current['id']}/cancel").json()
     assert cancelled["state"] == "cancelled" and journal_count(stack) == 0
+
+
+def test_coupons_apply_once_to_their_member_and_refuse_others_expired_and_online_only_offline(stack):
+    owner = stack.add_member(points=0, card_no="8800000000011", display_name="周*")
+    stack.add_member(points=0, card_no="8800000000022", display_name="吴*")
+    coupon = stack.add_coupon(owner, "满10减5", amount_off_fen=500, threshold_fen=1000)
+    expired = stack.add_coupon(owner, "过期券", valid_days=(-30, -1))
+    online_only = stack.add_coupon(owner, "9折券", kind="percent_off", amount_off_fen=0, percent_off=10, threshold_fen=0, cap_fen=200)
+    stack.sync_now()
+
+    session = start_sale(stack)
+    sid = session["id"]
+    stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000022"})  # the other member
+    theirs = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": coupon})
+    assert theirs.status_code == 409 and theirs.json()["error"] == "coupon_not_usable" and "another member" in theirs.json()["message"]
+    stack.api.post(f"/v1/sessions/{sid}/cancel")
+
+    session = start_sale(stack)
+    sid = session["id"]
+    stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000011"})
+    old = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": expired})  # central's feed leaves expired ones out
+    assert old.status_code == 409 and old.json()["error"] == "coupon_not_usable" and old.json()["message_zh"] == "优惠券无效"
+    applied = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": coupon}).json()
+    assert applied["coupons"] == [{"code": coupon, "title": "满10减5", "amount_off_fen": 500}]
+    assert applied["pricing"]["amount_due_fen"] == 4190 - 500
+    percent = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": online_only}).json()
+    assert percent["pricing"]["coupon_discount_fen"] == 500 + 119  # 10% of the 11.90 eligible left, under the cap
+    done = stack.api.post(f"/v1/sessions/{sid}/tenders", json={"kind": "cash", "tendered_fen": 5000}).json()
+    assert done["state"] == "closed"
+    assert "券 满10减5" in stack.printed(sid)
+
+    session = start_sale(stack)
+    stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": "8800000000011"})
+    reused = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": coupon})
+    assert reused.status_code == 409 and "already used" in reused.json()["message"]
+
+
+def test_offline_points_redemption_is_capped_per_member_per_day(stack):
+    member = stack.add_member(points=5000, display_name="孙*")
+    stack.sync_now()  # the member and central's member-code keys reach the till
+    codes = [stack.member_code(member, seconds_ago=ago) for ago in (2, 1)]
+    stack.central.stop()
+    assert stack.api.post("/v1/sync").status_code == 503  # the till notices the WAN is down
+    spent = []
+    for code in codes:
+        session = start_sale(stack)
+        identified = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": code}).json()  # verified offline
+        assert identified["member"]["via"] == "member_code" and not identified["online"]
+        answer = stack.api.put(f"/v1/sessions/{session['id']}/redemption", json={"points": 200})
+        spent.append(answer.status_code)
+        if answer.status_code == 200:
+            stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000})
+        else:
+            assert "at most 100 points" in answer.json()["message"]  # 300 a day offline, 200 already spent
+            stack.api.post(f"/v1/sessions/{session['id']}/cancel")
+    assert spent == [200, 409]
