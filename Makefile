@@ -45,6 +45,7 @@ demo: setup
 	@$(BIN)/pos-central simulate wechat --config config/central-demo.toml & simulator=$$!; \
 	$(BIN)/pos-central serve --config config/central-demo.toml & central=$$!; \
 	trap 'kill $$central $$simulator 2>/dev/null; wait $$central $$simulator' EXIT; \
+	cat config/demo-banner.txt; \
 	$(DEMO_ENV) $(BIN)/pos-edge run --config config/demo.toml
 
 test: setup
