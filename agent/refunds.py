@@ -103,7 +103,9 @@ class Refunds:
             for i, tender in enumerate(plan.tenders):
                 tender = dict(tender)
                 if tender["kind"] in ("wechat", "alipay"):
-                    tender["out_refund_no"] = f"{refund_id.hex[:30]}{i:02d}"
+                    # Named by the sale and the refund's place among its refunds, not at random: if the till dies
+                    # after central refunded but before the journal row, asking again is the same refund.
+                    tender["out_refund_no"] = f"{sale.id.replace('-', '')[:25]}R{len(earlier) + 1:03d}{i:03d}"
                     try:
                         answer = await self.client.refund_payment(
                             tender["out_trade_no"], RefundRequest(out_refund_no=tender["out_refund_no"], amount_fen=tender["amount_fen"], reason=reason)
