@@ -143,9 +143,10 @@ def price(
     remaining = eligible_total - tier_discount
     applied: list[tuple[str, int]] = []
     for coupon in coupons:
+        # A threshold holds for either kind: 满100减10 and 满50打95折 alike.
+        if remaining < coupon.threshold_fen:
+            raise CouponNotUsable(f"coupon {coupon.code} needs ¥{coupon.threshold_fen / 100:.2f} of eligible goods")
         if coupon.kind == "amount_off":
-            if remaining < coupon.threshold_fen:
-                raise CouponNotUsable(f"coupon {coupon.code} needs ¥{coupon.threshold_fen / 100:.2f} of eligible goods")
             off = min(coupon.amount_off_fen, remaining)
         else:
             off = percent_of(remaining, coupon.percent_off)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -165,7 +166,10 @@ class Checkout:
         async with self._lock:
             sale = await self._sale_for_code(sale_id, classification)
             self._publish("scan", sale, None, code=classification.to_public())
-            return await self._apply_code(sale, classification)
+            if classification.kind is Kind.PAYMENT:  # a payment's record is kept even when it fails
+                return await self._apply_code(sale, classification)
+            with self._all_or_nothing(sale):
+                return await self._apply_code(sale, classification)
 
     async def phone(self, sale_id: str, phone: str, confirmed: bool) -> Sale:
         async with self._lock:
@@ -179,7 +183,8 @@ class Checkout:
                 raise NotNow(str(exc)) from None
             except MemberNotFound as exc:
                 raise NotFound(str(exc), "未找到该手机号的会员") from None
-            return await self._identified(sale, found)
+            with self._all_or_nothing(sale):
+                return await self._identified(sale, found)
 
     async def set_basket(self, sale_id: str, lines: list[SaleLine]) -> Sale:
         async with self._lock:
@@ -192,8 +197,9 @@ class Checkout:
                 raise BasketRefused(str(exc)) from None
             if not lines:
                 raise BasketRefused("the basket is empty")
-            sale.lines = [line.model_copy() for line in lines]
-            await self._reprice(sale)
+            with self._all_or_nothing(sale):
+                sale.lines = [line.model_copy() for line in lines]
+                await self._reprice(sale)
             sale.state = "basket"
             sale.message = f"{len(lines)} line(s), amount due ¥{sale.amount_due_fen / 100:.2f}"
             return await self._changed(sale, "basket")
@@ -209,13 +215,9 @@ class Checkout:
                     "points can be spent only by a member identified by member code or confirmed phone: ask for the member code",
                     "使用积分请出示会员码",
                 )
-            before = sale.redeem_points
-            sale.redeem_points = points
-            try:
+            with self._all_or_nothing(sale):
+                sale.redeem_points = points
                 await self._reprice(sale)
-            except CheckoutError:
-                sale.redeem_points = before
-                raise
             sale.message = f"{points} points to spend" if points else "no points spent"
             return await self._changed(sale, "basket")
 
@@ -225,8 +227,9 @@ class Checkout:
             self._no_money_yet(sale, "take a coupon off")
             if not any(c.code == code for c in sale.coupons):
                 raise NotFound(f"coupon {code} is not on this sale")
-            sale.coupons = [c for c in sale.coupons if c.code != code]
-            await self._reprice(sale)
+            with self._all_or_nothing(sale):
+                sale.coupons = [c for c in sale.coupons if c.code != code]
+                await self._reprice(sale)
             sale.message = f"coupon {code} taken off"
             return await self._changed(sale, "basket")
 
@@ -399,7 +402,10 @@ class Checkout:
         if member is None:
             sale.message = "the payer is not a member yet"
             return await self._changed(sale, "member")
-        may_redeem = found.may_redeem or (sale.member is not None and sale.member.id == member.id and sale.member.may_redeem)
+        same = sale.member is not None and sale.member.id == member.id
+        may_redeem = found.may_redeem or (same and sale.member.may_redeem)
+        if not same:
+            sale.redeem_points = 0
         sale.member = SaleMember(
             id=member.id,
             display_name=member.display_name,
@@ -449,11 +455,7 @@ class Checkout:
             raise CouponRefused(str(exc), "优惠券不可用") from None
         sale.coupons.append(SaleCoupon(code=coupon.code, title=coupon.title))
         if sale.lines:
-            try:
-                await self._reprice(sale)
-            except CheckoutError:
-                sale.coupons.pop()
-                raise
+            await self._reprice(sale)
         sale.message = f"coupon {coupon.title} added"
         return await self._changed(sale, "basket")
 
@@ -468,10 +470,7 @@ class Checkout:
                 break
         else:
             sale.lines.append(SaleLine(sku=gtin, name=item.name, qty=1, unit_price_fen=item.price_fen, category=item.category))
-        try:
-            await self._reprice(sale)
-        except BasketRefused:
-            raise
+        await self._reprice(sale)
         sale.state = "basket"
         sale.message = f"{item.name} added"
         return await self._changed(sale, "basket")
@@ -635,7 +634,7 @@ class Checkout:
             payment.message = payment.message or f"payment {payment.state.lower()}: the customer was not charged"
             payment.message_zh = payment.message_zh or "支付未成功，请重试或换一种方式付款"
             sale.message = payment.message
-            if not sale.tenders and not sale.unsettled_payments:
+            if sale.is_open and not sale.tenders and not sale.unsettled_payments:
                 sale.state = "basket"
         return await self._changed(sale, "payment")
 
@@ -708,8 +707,13 @@ class Checkout:
         sale.message = f"paid ¥{sale.amount_due_fen / 100:.2f}" + (f", change ¥{sale.change_fen / 100:.2f}" if sale.change_fen else "")
         self._publish("paid", sale, sale.message)
         if self._print_receipt is not None:
-            sale.receipt_job_id = await self._print_receipt(receipt_of_record(record, self.settings), record.id, "receipt", bool(sale.change_fen) or any(t.kind == "cash" for t in sale.tenders))
-            sale.state = "receipt_queued"
+            cash = any(t.kind == "cash" for t in sale.tenders)
+            try:
+                sale.receipt_job_id = await self._print_receipt(receipt_of_record(record, self.settings), record.id, "receipt", cash)
+                sale.state = "receipt_queued"
+            except Exception:  # the sale is journaled; its receipt can be reprinted
+                log.exception("receipt could not be queued", extra={"transaction": record.id})
+                sale.message += "; the receipt could not be printed: reprint it from the transactions list"
         sale.state = "closed"
         await self._finish(sale)
         self._publish("closed", sale, sale.message)
@@ -725,7 +729,10 @@ class Checkout:
             "receipt_no": sale.receipt_no,
             "online": sale.online,
             "guide_id": sale.guide_id,
-            "lines": [line.model_dump() for line in sale.lines],
+            "lines": [
+                line.model_dump() | {"earns_points": line.category not in self.settings.points.excluded_categories}
+                for line in sale.lines
+            ],
             "tenders": [tender.model_dump(exclude_none=True) for tender in sale.tenders],
             "coupons": [coupon.model_dump() for coupon in sale.coupons],
             "subtotal_fen": pricing.subtotal_fen,
@@ -775,6 +782,17 @@ class Checkout:
         return f"{self.station_id}{day:%y%m%d}{count + 1:04d}"
 
     # --- helpers -------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _all_or_nothing(self, sale: Sale) -> Iterator[None]:
+        """A refused step leaves the sale as it was (basket, member, coupons, pricing)."""
+        before = sale.model_copy(deep=True)
+        try:
+            yield
+        except CheckoutError:
+            for name in Sale.model_fields:
+                setattr(sale, name, getattr(before, name))
+            raise
 
     def _open_sale(self, sale_id: str) -> Sale:
         sale = self.get(sale_id)

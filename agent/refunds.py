@@ -180,24 +180,32 @@ def _plan(sale: JournalRecord, earlier: list[JournalRecord], asked: Sequence[Ref
         raise RefundRefused("nothing is left to refund on this sale")
 
     goods_total = sum(line["amount_fen"] for line in sold)
-    lines, goods_before, goods_after = [], 0, 0
+    # Points were earned on the goods that earn them (not on excluded categories): they go back with those alone.
+    earning_total = sum(line["amount_fen"] for line in sold if line.get("earns_points", True))
+    lines, goods_before, goods_after, earning_before, earning_after = [], 0, 0, 0, 0
     for i, line in enumerate(sold):
         cum = lambda q, line=line: line["amount_fen"] * q // line["qty"]  # noqa: E731
         goods_before += cum(before[i])
         goods_after += cum(before[i] + wanted[i])
+        if line.get("earns_points", True):
+            earning_before += cum(before[i])
+            earning_after += cum(before[i] + wanted[i])
         if wanted[i]:
             amount = cum(before[i] + wanted[i]) - cum(before[i])
             lines.append({"line": i, "sku": line["sku"], "name": line["name"], "qty": wanted[i], "unit_price_fen": line["unit_price_fen"], "amount_fen": amount})
 
-    def share(total: int) -> int:
-        if goods_total == 0:
+    def share(total: int, after: int, before: int, whole: int) -> int:
+        """The part of `total` that goes with goods worth `after` in all, less what went with `before`."""
+        if whole == 0:
             return 0
-        return total * goods_after // goods_total - total * goods_before // goods_total
+        return total * after // whole - total * before // whole
 
-    points_value = share(sale.body.get("points_value_fen", 0))
+    points_value = share(sale.body.get("points_value_fen", 0), goods_after, goods_before, goods_total)
     money = (goods_after - goods_before) - points_value
     tenders = _allocate(sale, earlier, money)
-    return _Plan(lines, money, share(sale.points_earned), share(sale.points_redeemed), tenders)
+    earned = share(sale.points_earned, earning_after, earning_before, earning_total)
+    returned = share(sale.points_redeemed, goods_after, goods_before, goods_total)
+    return _Plan(lines, money, earned, returned, tenders)
 
 
 def _allocate(sale: JournalRecord, earlier: list[JournalRecord], money: int) -> list[dict]:

@@ -42,6 +42,7 @@ def new_tender(remaining_fen: int, kind: str, amount_fen: int | None, tendered_f
         if type(tendered) is not int or tendered < amount:
             raise TenderRefused(f"{tendered!r} fen handed over is less than the ¥{amount / 100:.2f} it should pay")
         return Tender(kind="cash", amount_fen=amount, tendered_fen=tendered, change_fen=tendered - amount)
+    reference = (reference or "").strip()
     if not reference:
         raise TenderRefused(f"a {kind} tender needs the terminal's reference (trace number) for refunds and reconciliation")
     return Tender(kind=kind, amount_fen=amount, tendered_fen=amount, reference=reference[:64])

@@ -56,8 +56,8 @@ class Identifier(WireModel):
 
 class Coupon(WireModel):
     """A coupon issued to one member: single use, valid from `valid_from` (inclusive) until `valid_until`
-    (exclusive). `amount_off`: `amount_off_fen` off when the basket reaches `threshold_fen`. `percent_off`:
-    `percent_off` % off, at most `cap_fen` when set."""
+    (exclusive), once the eligible goods reach `threshold_fen` (0: any basket). `amount_off`: `amount_off_fen`
+    off. `percent_off`: `percent_off` % off, at most `cap_fen` when set."""
 
     code: str = Field(min_length=1, max_length=32, examples=["CP0A1B2C3D4E"])
     title: str = Field(max_length=64, examples=["满100减10"])

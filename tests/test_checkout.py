@@ -278,3 +278,25 @@ def test_offline_points_redemption_is_capped_per_member_per_day(stack):
             assert "at most 100 points" in answer.json()["message"]  # 300 a day offline, 200 already spent
             stack.api.post(f"/v1/sessions/{session['id']}/cancel")
     assert spent == [200, 409]
+
+
+def test_a_refused_step_leaves_the_sale_as_it_was(stack):
+    owner = stack.add_member(card_no="8800000000033")
+    coupon = stack.add_coupon(owner, "满10减5", amount_off_fen=500, threshold_fen=1000)
+    stack.sync_now()
+    session = start_sale(stack)
+    sid = session["id"]
+    stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000033"})
+    with_coupon = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": coupon}).json()
+    small = {"lines": [{"sku": "1", "name": "口香糖", "qty": 1, "unit_price_fen": 300}]}
+    refused = stack.api.put(f"/v1/sessions/{sid}/basket", json=small)
+    assert refused.status_code == 409 and refused.json()["error"] == "coupon_not_usable"
+    after = stack.session(sid)
+    assert after["lines"] == with_coupon["lines"] and after["pricing"] == with_coupon["pricing"] and after["coupons"] == with_coupon["coupons"]
+
+    stack.api.post(f"/v1/sessions/{sid}/tenders", json={"kind": "code", "auth_code": wechat_code("12")})
+    late = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000033"})
+    assert late.status_code == 409 and "after payment has started" in late.json()["message"]
+    cancelled = stack.api.post(f"/v1/sessions/{sid}/cancel").json()
+    assert cancelled["state"] == "cancelled" and journal_count(stack) == 0
+    assert stack.wait_session(sid, lambda s: (s["payment"] or {}).get("state") == "REVERSED")["state"] == "cancelled"
