@@ -41,6 +41,9 @@ from central.payments.provider import (
     ProviderName,
     ProviderRejected,
     ProviderUnreachable,
+    RefundOrder,
+    RefundResult,
+    RefundStatus,
     Result,
     ReverseResult,
 )
@@ -313,6 +316,60 @@ TRADE_STATUSES: dict[str, Meaning] = {
 }
 
 
+@dataclass(frozen=True)
+class RefundMeaning:
+    status: RefundStatus
+    zh: str
+    en: str
+
+
+REFUNDED = RefundMeaning(RefundStatus.SUCCESS, "退款成功，款项已原路退回", "Refunded; the money went back the way it was paid")
+REFUND_CONFIRMING = RefundMeaning(RefundStatus.UNKNOWN, "正在向支付宝确认退款结果", "Confirming the refund with Alipay")
+REFUND_ACCEPTED = RefundMeaning(
+    RefundStatus.PROCESSING, "退款已受理，正在确认是否到账", "Refund accepted; confirming that the money moved"
+)
+_REFUND_FIX_CONFIG = RefundMeaning(
+    RefundStatus.FAILED, "退款请求被拒绝（商户配置错误），请联系管理员，或用其他方式退款",
+    "The refund was refused (merchant set-up); tell the store manager, or refund another way",
+)  # fmt: skip
+
+# sub_code of a 40004 answer to alipay.trade.refund. ACQ.SYSTEM_ERROR means "send the same out_request_no again";
+# a sub_code not listed is UNKNOWN too: queried, then sent again under the same out_request_no if Alipay lacks it.
+REFUND_SUB_CODES: dict[str, RefundMeaning] = {
+    "ACQ.SYSTEM_ERROR": REFUND_CONFIRMING,
+    "ACQ.SELLER_BALANCE_NOT_ENOUGH": RefundMeaning(
+        RefundStatus.FAILED, "商户支付宝账户余额不足，未退款；请充值后重新退款，或用其他方式退款",
+        "Not refunded: the merchant's Alipay balance is too low; top it up and refund again, or refund another way",
+    ),
+    "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL": RefundMeaning(
+        RefundStatus.FAILED, "退款金额超过可退金额，未退款", "Not refunded: more than what is left to refund"
+    ),
+    "ACQ.DISCORDANT_REPEAT_REQUEST": RefundMeaning(
+        RefundStatus.FAILED, "退款请求号已用于另一笔不同金额的退款，未退款",
+        "Not refunded: this refund number was used for a different refund",
+    ),
+    "ACQ.TRADE_NOT_EXIST": RefundMeaning(RefundStatus.FAILED, "支付宝无此交易，未退款", "Not refunded: Alipay has no such trade"),
+    "ACQ.TRADE_HAS_CLOSE": RefundMeaning(
+        RefundStatus.FAILED, "交易已关闭（已撤销或已全额退款），未退款", "Not refunded: the trade is closed (cancelled or fully refunded)"
+    ),
+    "ACQ.TRADE_STATUS_ERROR": RefundMeaning(
+        RefundStatus.FAILED, "交易状态不允许退款（未付款或已全额退款）", "Not refunded: the trade cannot be refunded (not paid, or fully refunded)"
+    ),
+    "ACQ.TRADE_HAS_FINISHED": RefundMeaning(
+        RefundStatus.FAILED, "交易已完结，超过退款期限，请用其他方式退款", "Not refunded: the trade is past Alipay's refund period; refund another way"
+    ),
+    "ACQ.REFUND_FEE_ERROR": RefundMeaning(RefundStatus.FAILED, "退款金额无效，未退款", "Not refunded: the amount is not valid"),
+    "ACQ.REASON_TRADE_REFUND_FEE_ERR": RefundMeaning(RefundStatus.FAILED, "退款金额无效，未退款", "Not refunded: the amount is not valid"),
+    "ACQ.BUYER_ERROR": RefundMeaning(
+        RefundStatus.FAILED, "买家账户状态异常，无法原路退回，请用其他方式退款", "Not refunded: the payer's account cannot receive it; refund another way"
+    ),
+    "ACQ.REASON_TRADE_BEEN_FREEZEN": RefundMeaning(
+        RefundStatus.FAILED, "交易已被冻结，暂不能退款", "Not refunded: the trade is frozen at Alipay"
+    ),
+    **{code: _REFUND_FIX_CONFIG for code in ("ACQ.INVALID_PARAMETER", "ACQ.ACCESS_FORBIDDEN", "ACQ.PARTNER_ERROR")},
+}  # fmt: skip
+
+
 # --- the client ----------------------------------------------------------------------------------------------
 
 
@@ -490,6 +547,72 @@ class AlipayClient:
     async def identify(self, auth_code: str) -> str | None:
         return None  # Alipay's bar-code flow names the buyer only in the answer to a charge
 
+    async def refund(self, order: RefundOrder) -> RefundResult:
+        """alipay.trade.refund with `out_request_no` = our out_refund_no (the same number again is the same
+        refund). `fund_change` Y: the money moved, SUCCESS; N (e.g. a repeat of a refund done before): PROCESSING
+        until the refund query confirms it."""
+        if order.amount_fen <= 0:
+            raise ValueError(f"refund amount must be positive fen, got {order.amount_fen}")
+        biz: dict[str, Any] = {
+            "out_trade_no": order.out_trade_no,
+            "refund_amount": fen_to_yuan(order.amount_fen),
+            "out_request_no": order.out_refund_no,
+        }
+        if order.reason:
+            biz["refund_reason"] = order.reason[:256]
+        node = await self._call("alipay.trade.refund", biz)
+        code, sub_code = _codes(node)
+        if code == "10000":
+            echoed = node.get("out_trade_no")
+            if echoed is not None and echoed != order.out_trade_no:
+                raise ProviderBadResponse(f"alipay.trade.refund: answer for out_trade_no {echoed!r}, asked about {order.out_trade_no!r}")
+            trade_no = node.get("trade_no") or None
+            if node.get("fund_change") == "Y":
+                try:
+                    at = parse_time(node["gmt_refund_pay"]) if node.get("gmt_refund_pay") else None
+                except ValueError as exc:
+                    raise ProviderBadResponse(f"alipay.trade.refund: bad gmt_refund_pay: {exc}") from exc
+                return _refund_result(REFUNDED, order.out_refund_no, "fund_change=Y", trade_no, order.amount_fen, at)
+            # refund_fee is the trade's refunded total, not this refund's: it is not this refund's amount.
+            return _refund_result(REFUND_ACCEPTED, order.out_refund_no, "fund_change=N", trade_no)
+        if code == "20000":
+            return _refund_result(REFUND_CONFIRMING, order.out_refund_no, sub_code or code)
+        if code == "40004":
+            found = REFUND_SUB_CODES.get(sub_code or "")
+            if found is None:
+                log.warning("alipay.trade.refund %s: unknown sub_code %s (%s); querying", order.out_refund_no, sub_code, node.get("sub_msg"))
+                found = REFUND_CONFIRMING
+            return _refund_result(found, order.out_refund_no, sub_code or code)
+        raise _rejected("alipay.trade.refund", node)
+
+    async def refund_query(self, out_trade_no: str, out_refund_no: str) -> RefundResult:
+        """alipay.trade.fastpay.refund.query: `refund_status` REFUND_SUCCESS is done; an answer without it means
+        Alipay did not get the refund, or refused it (sending the same out_request_no again then says why)."""
+        method = "alipay.trade.fastpay.refund.query"
+        biz = {"out_trade_no": out_trade_no, "out_request_no": out_refund_no, "query_options": ["gmt_refund_pay"]}
+        node = await self._call(method, biz)
+        code, sub_code = _codes(node)
+        if code == "10000":
+            echoed = node.get("out_request_no")
+            if echoed is not None and echoed != out_refund_no:
+                raise ProviderBadResponse(f"alipay {method}: answer for out_request_no {echoed!r}, asked about {out_refund_no!r}")
+            if node.get("refund_status") != "REFUND_SUCCESS":
+                return _refund_result(
+                    RefundMeaning(RefundStatus.NOT_FOUND, "支付宝无此退款", "Alipay has no such refund"), out_refund_no,
+                    str(node.get("refund_status") or "") or None,
+                )  # fmt: skip
+            try:
+                amount = yuan_to_fen(node["refund_amount"]) if node.get("refund_amount") is not None else None
+                at = parse_time(node["gmt_refund_pay"]) if node.get("gmt_refund_pay") else None
+            except ValueError as exc:
+                raise ProviderBadResponse(f"alipay {method}: bad amount or time: {exc}") from exc
+            return _refund_result(REFUNDED, out_refund_no, "REFUND_SUCCESS", node.get("trade_no") or None, amount, at)
+        if code == "40004" and sub_code == "ACQ.TRADE_NOT_EXIST":
+            return _refund_result(RefundMeaning(RefundStatus.NOT_FOUND, "支付宝无此交易", "Alipay has no such trade"), out_refund_no, sub_code)
+        if code == "20000" or (code == "40004" and sub_code == "ACQ.SYSTEM_ERROR"):
+            return _refund_result(REFUND_CONFIRMING, out_refund_no, sub_code or code)
+        raise _rejected(method, node)
+
     async def bill(self, day: date) -> list[BillRow]:
         """The day's trade bill: alipay.data.dataservice.bill.downloadurl.query gives a URL to a zip holding the
         GBK CSV "业务明细" (rows) and "业务明细(汇总)" (summary)."""
@@ -550,6 +673,16 @@ def gateway_url(base_url: str) -> str:
 
 def _result(meaning: Meaning, out_trade_no: str, code: str | None, trade_no: str | None = None) -> Result:
     return Result(meaning.outcome, out_trade_no, provider_trade_no=trade_no, code=code, reason_zh=meaning.zh, reason_en=meaning.en)
+
+
+def _refund_result(
+    meaning: RefundMeaning, out_refund_no: str, code: str | None, trade_no: str | None = None,
+    amount_fen: int | None = None, refunded_at: datetime | None = None,
+) -> RefundResult:  # fmt: skip
+    return RefundResult(
+        meaning.status, out_refund_no, provider_refund_no=trade_no, amount_fen=amount_fen, refunded_at=refunded_at,
+        code=code, reason_zh=meaning.zh, reason_en=meaning.en,
+    )  # fmt: skip
 
 
 def _codes(node: Mapping[str, Any]) -> tuple[str, str | None]:

@@ -4,6 +4,11 @@ A provider client speaks one protocol (WeChat Pay API v2 XML, Alipay OpenAPI wit
 settings: the real provider in production, a simulator (central/payments/simulators/) in the demo and tests.
 Clients translate the protocol's answers into the outcomes below and raise ProviderError subclasses for
 failures of the exchange itself; the gateway owns the state machine and never sees XML or JSON.
+
+Refunds (of a paid order, whole or in parts) have outcomes of their own (`RefundStatus`): both providers keep a
+refund by the merchant's refund number (WeChat `out_refund_no`, Alipay `out_request_no`), so sending the same
+refund again never refunds twice, and an exchange that failed is settled by `refund_query`, then by sending the
+same refund again if the provider never got it.
 """
 
 from __future__ import annotations
@@ -86,6 +91,38 @@ class BillRow:
     device: str | None = None  # optional: WeChat device_info (store-station), Alipay terminal_id; attributes a row to a store
 
 
+class RefundStatus(StrEnum):
+    SUCCESS = "SUCCESS"  # the money is back with the payer
+    PROCESSING = "PROCESSING"  # accepted, on its way (WeChat: minutes to days): query again
+    FAILED = "FAILED"  # definitely not refunded (refused, or closed at the provider): `reason_*` says why
+    UNKNOWN = "UNKNOWN"  # the provider could not say (SYSTEMERROR, ACQ.SYSTEM_ERROR): query, or send the same again
+    NOT_FOUND = "NOT_FOUND"  # the provider has no such refund (query only): it never arrived, send it again
+
+
+@dataclass(frozen=True)
+class RefundOrder:
+    """A refund to send: `amount_fen` of the paid order `out_trade_no` (which was `total_fen`) goes back to the
+    payer. `out_refund_no` names it at the provider; the same number again is the same refund."""
+
+    out_trade_no: str
+    out_refund_no: str  # <= 32 chars [A-Za-z0-9_-], unique per merchant
+    total_fen: int  # what the order was paid (WeChat wants it with every refund)
+    amount_fen: int  # > 0; this refund only, not the sum of the order's refunds
+    reason: str | None = None  # shown to the payer (WeChat refund_desc, Alipay refund_reason)
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    status: RefundStatus
+    out_refund_no: str
+    provider_refund_no: str | None = None  # WeChat refund_id / Alipay trade_no (Alipay gives refunds no number)
+    amount_fen: int | None = None  # this refund, as the provider states it
+    refunded_at: datetime | None = None  # aware UTC, when SUCCESS and the provider says when
+    code: str | None = None  # the provider's code or status (NOTENOUGH, REFUNDCLOSE, ACQ.SELLER_BALANCE_NOT_ENOUGH, ...)
+    reason_zh: str | None = None
+    reason_en: str | None = None
+
+
 class Provider(Protocol):
     name: ProviderName
 
@@ -100,3 +137,11 @@ class Provider(Protocol):
         ...
 
     async def bill(self, day: date) -> list[BillRow]: ...
+
+    async def refund(self, order: RefundOrder) -> RefundResult:
+        """Ask for a refund of a paid order. Sending the same `out_refund_no` again is the same refund."""
+        ...
+
+    async def refund_query(self, out_trade_no: str, out_refund_no: str) -> RefundResult:
+        """Where a refund stands; NOT_FOUND when the provider never got it."""
+        ...

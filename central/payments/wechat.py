@@ -1,4 +1,5 @@
-"""WeChat Pay API v2 (XML) for code payment: micropay, authcodetoopenid, orderquery, reverse, downloadbill.
+"""WeChat Pay API v2 (XML) for code payment: micropay, authcodetoopenid, orderquery, reverse, downloadbill, and
+refunds of paid orders: refund (secapi/pay/refund, with the merchant certificate) and refundquery.
 
 Written against WeChat's published v2 specification (pay.weixin.qq.com/wiki/doc/api/micropay.php), not an SDK:
 the one SDK for Python (wechatpy) never verifies the signature of an answer. Here every answer that carries
@@ -37,6 +38,9 @@ from central.payments.provider import (
     ProviderError,
     ProviderRejected,
     ProviderUnreachable,
+    RefundOrder,
+    RefundResult,
+    RefundStatus,
     Result,
     ReverseResult,
 )
@@ -203,6 +207,91 @@ TRADE_STATES: dict[str, Meaning] = {
 
 def meaning(err_code: str | None) -> Meaning:
     return ERROR_CODES.get(err_code or "", _CONFIRMING)
+
+
+# --- refunds --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefundMeaning:
+    status: RefundStatus
+    zh: str
+    en: str
+
+
+_REFUND_CONFIRMING = RefundMeaning(
+    RefundStatus.UNKNOWN, "正在向微信支付确认退款结果", "Confirming the refund with WeChat Pay"
+)
+_REFUND_ACCEPTED = RefundMeaning(
+    RefundStatus.PROCESSING, "退款已受理，款项将原路退回", "Refund accepted; the money goes back the way it was paid"
+)
+_REFUND_FIX_CONFIG = RefundMeaning(
+    RefundStatus.FAILED, "退款请求被拒绝（商户配置错误），请联系管理员，或用其他方式退款",
+    "The refund was refused (merchant set-up); tell the store manager, or refund another way",
+)  # fmt: skip
+
+# err_code of secapi/pay/refund (result_code FAIL). SYSTEMERROR and BIZERR_NEED_RETRY mean "call again with the
+# same parameters"; a code not listed is UNKNOWN too: the refund is then queried and, if WeChat never got it,
+# sent again under the same out_refund_no (which WeChat refunds once, however often it is sent).
+REFUND_ERROR_CODES: dict[str, RefundMeaning] = {
+    **{code: _REFUND_CONFIRMING for code in ("SYSTEMERROR", "BIZERR_NEED_RETRY", "FREQUENCY_LIMITED", "INVALID_REQ_TOO_MUCH", "ORDER_NOT_READY")},
+    "NOTENOUGH": RefundMeaning(
+        RefundStatus.FAILED, "商户可用退款余额不足，未退款；请充值后重新退款，或用其他方式退款",
+        "Not refunded: the merchant's refundable balance is too low; top it up and refund again, or refund another way",
+    ),
+    "TRADE_OVERDUE": RefundMeaning(
+        RefundStatus.FAILED, "订单已超过退款期限，未退款，请用其他方式退款",
+        "Not refunded: the order is past WeChat Pay's refund period; refund another way",
+    ),
+    "USER_ACCOUNT_ABNORMAL": RefundMeaning(
+        RefundStatus.FAILED, "顾客的微信账户异常（如已注销），无法原路退回，请用其他方式退款",
+        "Not refunded: the payer's WeChat account cannot receive it (closed?); refund another way",
+    ),
+    "ORDERNOTEXIST": RefundMeaning(RefundStatus.FAILED, "微信支付无此订单，未退款", "Not refunded: WeChat Pay has no such order"),
+    "INVALID_TRANSACTIONID": RefundMeaning(RefundStatus.FAILED, "微信支付无此订单，未退款", "Not refunded: WeChat Pay has no such order"),
+    "REFUND_FEE_MISMATCH": RefundMeaning(
+        RefundStatus.FAILED, "订单金额或退款金额与之前请求不一致，未退款",
+        "Not refunded: the amounts differ from an earlier request with this refund number",
+    ),
+    # Business refusals whose err_code_des says what is wrong (订单已全额退款, refund_fee大于可退金额, ...).
+    "INVALID_REQUEST": RefundMeaning(RefundStatus.FAILED, "微信支付拒绝了该退款", "WeChat Pay refused the refund"),
+    "ERROR": RefundMeaning(RefundStatus.FAILED, "微信支付拒绝了该退款", "WeChat Pay refused the refund"),
+    **{
+        code: _REFUND_FIX_CONFIG
+        for code in (
+            "PARAM_ERROR", "XML_FORMAT_ERROR", "REQUIRE_POST_METHOD", "SIGNERROR", "LACK_PARAMS", "NOT_UTF8",
+            "APPID_NOT_EXIST", "MCHID_NOT_EXIST", "APPID_MCHID_NOT_MATCH", "NOAUTH", "CERT_ERROR",
+        )
+    },
+}  # fmt: skip
+
+# refund_status_$n of refundquery. CHANGE: the money could not go back the way it came (the card was closed or
+# frozen); it waits at WeChat until someone routes it in the merchant platform, after which it reads SUCCESS.
+REFUND_STATUSES: dict[str, RefundMeaning] = {
+    "SUCCESS": RefundMeaning(RefundStatus.SUCCESS, "退款成功，款项已原路退回", "Refunded; the money went back the way it was paid"),
+    "PROCESSING": _REFUND_ACCEPTED,
+    "CHANGE": RefundMeaning(
+        RefundStatus.PROCESSING, "退款异常：原路退回失败（如银行卡已注销），请在微信支付商户平台手动处理此笔退款",
+        "The refund could not go back to the payer's card (closed?); handle it in the WeChat Pay merchant platform",
+    ),
+    "REFUNDCLOSE": RefundMeaning(
+        RefundStatus.FAILED, "退款已关闭，未退款，请用其他方式退款", "The refund was closed, nothing refunded; refund another way"
+    ),
+}  # fmt: skip
+
+
+def parse_refund_time(text: str | None) -> datetime | None:
+    """refund_success_time `yyyy-MM-dd HH:mm:ss` in Beijing time → aware UTC."""
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING).astimezone(UTC)
+    except ValueError:
+        raise ProviderBadResponse(f"refund_success_time {text!r} is not yyyy-MM-dd HH:mm:ss") from None
+
+
+def format_refund_time(at: datetime) -> str:
+    return at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # --- amounts and times ----------------------------------------------------------------------------------------
@@ -443,6 +532,70 @@ class WeChatPayClient:
         if code in ("AUTHCODEEXPIRE", "AUTH_CODE_INVALID", "AUTH_CODE_ERROR", "PARAM_ERROR"):
             return None  # the code cannot say who pays; the charge will say why it fails
         raise ProviderError(f"authcodetoopenid: {code or 'no err_code'} ({fields.get('err_code_des', '')})")
+
+    async def refund(self, order: RefundOrder) -> RefundResult:
+        """secapi/pay/refund (needs the merchant certificate). Success only says WeChat accepted the refund: it is
+        PROCESSING until refundquery says SUCCESS. `op_user_id` is left out (WeChat defaults it to the mch_id)."""
+        params = {
+            "out_trade_no": order.out_trade_no,
+            "out_refund_no": order.out_refund_no,
+            "total_fee": str(order.total_fen),
+            "refund_fee": str(order.amount_fen),
+            "refund_fee_type": "CNY",
+        }
+        if order.reason:
+            params["refund_desc"] = _truncate_utf8(order.reason, 80)
+        fields = await self._call("secapi/pay/refund", params, certificate=True)
+        if fields.get("result_code") == "SUCCESS":
+            for name, ours in (("out_trade_no", order.out_trade_no), ("out_refund_no", order.out_refund_no)):
+                if fields.get(name) and fields[name] != ours:
+                    raise ProviderBadResponse(f"refund: the answer is for {name} {fields[name]}, not {ours}")
+            return RefundResult(
+                RefundStatus.PROCESSING, order.out_refund_no, provider_refund_no=fields.get("refund_id") or None,
+                amount_fen=_int_field(fields, "refund_fee"), code="PROCESSING", reason_zh=_REFUND_ACCEPTED.zh,
+                reason_en=_REFUND_ACCEPTED.en,
+            )  # fmt: skip
+        code = fields.get("err_code") or None
+        found = REFUND_ERROR_CODES.get(code or "")
+        if found is None:
+            log.warning("refund %s: unknown err_code %s (%s); querying", order.out_refund_no, code, fields.get("err_code_des"))
+            found = _REFUND_CONFIRMING
+        zh = found.zh
+        if code in ("INVALID_REQUEST", "ERROR") and fields.get("err_code_des"):
+            zh = f"微信支付拒绝了该退款：{fields['err_code_des']}"
+        return RefundResult(found.status, order.out_refund_no, code=code, reason_zh=zh, reason_en=found.en)
+
+    async def refund_query(self, out_trade_no: str, out_refund_no: str) -> RefundResult:
+        """pay/refundquery by out_refund_no (WeChat looks it up by that number alone)."""
+        fields = await self._call("pay/refundquery", {"out_refund_no": out_refund_no})
+        if fields.get("result_code") != "SUCCESS":
+            code = fields.get("err_code") or None
+            if code == "REFUNDNOTEXIST":
+                return RefundResult(
+                    RefundStatus.NOT_FOUND, out_refund_no, code=code, reason_zh="微信支付无此退款", reason_en="WeChat Pay has no such refund"
+                )
+            return RefundResult(
+                RefundStatus.UNKNOWN, out_refund_no, code=code, reason_zh=_REFUND_CONFIRMING.zh, reason_en=_REFUND_CONFIRMING.en
+            )
+        if fields.get("out_trade_no") and fields["out_trade_no"] != out_trade_no:
+            raise ProviderBadResponse(f"refundquery: the answer is for order {fields['out_trade_no']}, not {out_trade_no}")
+        count = _int_field(fields, "refund_count") or 0
+        index = next((n for n in range(count) if fields.get(f"out_refund_no_{n}") == out_refund_no), None)
+        if index is None:
+            raise ProviderBadResponse(f"refundquery: the answer does not list refund {out_refund_no}")
+        status = fields.get(f"refund_status_{index}", "")
+        found = REFUND_STATUSES.get(status)
+        if found is None:
+            log.warning("refundquery %s: unknown refund_status %r", out_refund_no, status)
+            found = _REFUND_CONFIRMING
+        if status == "CHANGE":
+            log.warning("refund %s: WeChat could not pay it back (CHANGE); handle it in the merchant platform", out_refund_no)
+        return RefundResult(
+            found.status, out_refund_no, provider_refund_no=fields.get(f"refund_id_{index}") or None,
+            amount_fen=_int_field(fields, f"refund_fee_{index}"),
+            refunded_at=parse_refund_time(fields.get(f"refund_success_time_{index}")) if status == "SUCCESS" else None,
+            code=status or None, reason_zh=found.zh, reason_en=found.en,
+        )  # fmt: skip
 
     async def bill(self, day: date) -> list[BillRow]:
         params = {"bill_date": day.strftime("%Y%m%d"), "bill_type": "ALL"}

@@ -1,4 +1,4 @@
-"""A wire-level Alipay OpenAPI gateway for the demo and the tests: face-to-face code payment.
+"""A wire-level Alipay OpenAPI gateway for the demo and the tests: face-to-face code payment and refunds.
 
 It speaks what `openapi.alipay.com/gateway.do` speaks: a form POST of the common parameters and `biz_content`,
 whose RSA2 signature it checks with the merchant's public key (refusing like Alipay: 40001 missing argument,
@@ -25,6 +25,15 @@ The scenario is picked by the auth code's last two digits, on the WeChat simulat
 | 50 | paid, but the answer is held `slow_seconds` (past the client's timeout) | the query says TRADE_SUCCESS |
 | 51 | paid, but the answer is changed after signing | the query says TRADE_SUCCESS |
 | 52 | paid, but the answer is an HTML error page (HTTP 200) | the query says TRADE_SUCCESS |
+| 60 | paid | the first refund is made, but its answer is an HTML error page: the refund query knows it |
+| 61 | paid | the first refund answers 40004 ACQ.SYSTEM_ERROR and is not made; the same refund again is |
+| 62 | paid | every refund answers 40004 ACQ.SELLER_BALANCE_NOT_ENOUGH |
+
+Refunds (`alipay.trade.refund`, `alipay.trade.fastpay.refund.query`) of a paid trade are made at once
+(fund_change=Y; the query says REFUND_SUCCESS), keyed by (out_trade_no, out_request_no): the same request again
+answers fund_change=N and refunds nothing; the same out_request_no with another amount is
+ACQ.DISCORDANT_REPEAT_REQUEST; more than what is left is ACQ.REFUND_AMT_NOT_EQUAL_TOTAL; a trade refunded in
+full is TRADE_CLOSED. A refund nobody made: the query answers 10000 without refund_status, as Alipay does.
 
 An auth code is `PP CCCC ... SS`: prefix 25-30 (Alipay's; a WeChat code 10-15 is refused as
 ACQ.PAYMENT_AUTH_CODE_INVALID), four digits naming the simulated customer (buyer_user_id `208810000000CCCC`,
@@ -75,6 +84,8 @@ METHODS = (
     "alipay.trade.pay",
     "alipay.trade.query",
     "alipay.trade.cancel",
+    "alipay.trade.refund",
+    "alipay.trade.fastpay.refund.query",
     "alipay.data.dataservice.bill.downloadurl.query",
 )
 BILL_HEADER = [
@@ -87,6 +98,8 @@ _WECHAT_NAMES = {
     "micropay": "alipay.trade.pay",
     "orderquery": "alipay.trade.query",
     "reverse": "alipay.trade.cancel",
+    "refund": "alipay.trade.refund",
+    "refundquery": "alipay.trade.fastpay.refund.query",
     "downloadbill": "alipay.data.dataservice.bill.downloadurl.query",
 }
 _REQUIRED = (
@@ -126,6 +139,16 @@ class SimOrder:
     refund_no: str | None = None
     cancel_calls: int = 0
     cancel_action: str | None = None
+    refund_calls: int = 0
+
+
+@dataclass(frozen=True)
+class SimRefund:
+    out_trade_no: str
+    out_request_no: str
+    amount_fen: int
+    reason: str
+    refunded_at: datetime
 
 
 def _yuan(fen: int) -> str:
@@ -162,6 +185,7 @@ class AlipaySimulator:
         self.merchant_pid = merchant_pid
         self._lock = threading.Lock()
         self.orders: dict[str, SimOrder] = {}
+        self.refunds: dict[tuple[str, str], SimRefund] = {}  # by (out_trade_no, out_request_no)
         self.calls: list[tuple[str, str | None]] = []  # (method, out_trade_no) of every request that passed the checks
         self._used_codes: set[str] = set()
         self._faults: list[Fault] = []
@@ -198,6 +222,14 @@ class AlipaySimulator:
         with self._lock:
             found = self.orders.get(out_trade_no)
             return self._settled(found, self._now()) if found else None
+
+    def refunded_fen(self, out_trade_no: str) -> int:
+        """What the trade's refunds (through alipay.trade.refund) add up to."""
+        with self._lock:
+            return self._refunded(out_trade_no)
+
+    def _refunded(self, out_trade_no: str) -> int:
+        return sum(r.amount_fen for r in self.refunds.values() if r.out_trade_no == out_trade_no)
 
     def buyer_for(self, auth_code: str) -> str:
         """The buyer_user_id of the customer an auth code belongs to (digits 3-6), stable across codes."""
@@ -288,6 +320,10 @@ class AlipaySimulator:
             node, special = self._query(biz), None
         elif method == "alipay.trade.cancel":
             node, special = self._cancel(biz)
+        elif method == "alipay.trade.refund":
+            node, special = self._refund(biz)
+        elif method == "alipay.trade.fastpay.refund.query":
+            node, special = self._refund_query(biz), None
         else:
             node, special = self._bill_url(biz, str(request.base_url).rstrip("/")), None
         if special == "slow":
@@ -475,6 +511,69 @@ class AlipaySimulator:
         answer = {"code": "10000", "msg": "Success", "trade_no": order.trade_no, "out_trade_no": order.out_trade_no, "retry_flag": "N"}
         return answer | {"action": order.cancel_action or "close"}, None
 
+    def _refund(self, biz: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        amount_text = str(biz.get("refund_amount") or "")
+        try:
+            amount_fen = int(Decimal(amount_text) * 100) if _AMOUNT.match(amount_text) else 0
+        except InvalidOperation:
+            amount_fen = 0
+        if amount_fen <= 0:
+            return self._failure("ACQ.INVALID_PARAMETER", "参数无效：refund_amount 须大于 0"), None
+        with self._lock:
+            now = self._now()
+            order = self._find(biz, now)
+            if order is None:
+                return self._failure("ACQ.TRADE_NOT_EXIST", "交易不存在"), None
+            order = replace(order, refund_calls=order.refund_calls + 1)
+            self.orders[order.out_trade_no] = order
+            request_no = str(biz.get("out_request_no") or order.out_trade_no)  # none given: the trade's own number
+            if order.scenario == "61" and order.refund_calls == 1:
+                return self._failure("ACQ.SYSTEM_ERROR", "系统错误"), None
+            existing = self.refunds.get((order.out_trade_no, request_no))
+            if existing is not None:
+                if existing.amount_fen != amount_fen:
+                    return self._failure("ACQ.DISCORDANT_REPEAT_REQUEST", "请求信息不一致"), None
+                made, fund_change = existing, "N"  # the same refund again: answered, nothing moves twice
+            else:
+                if order.status == "TRADE_CLOSED":
+                    return self._failure("ACQ.TRADE_HAS_CLOSE", "交易已经关闭"), None
+                if order.status != "TRADE_SUCCESS":
+                    return self._failure("ACQ.TRADE_STATUS_ERROR", "交易状态不合法"), None
+                if order.scenario == "62":
+                    return self._failure("ACQ.SELLER_BALANCE_NOT_ENOUGH", "卖家余额不足"), None
+                if amount_fen > order.amount_fen - self._refunded(order.out_trade_no):
+                    return self._failure("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限"), None
+                made = SimRefund(order.out_trade_no, request_no, amount_fen, str(biz.get("refund_reason") or ""), now)
+                self.refunds[(order.out_trade_no, request_no)] = made
+                fund_change = "Y"
+                if self._refunded(order.out_trade_no) == order.amount_fen:
+                    order = replace(order, status="TRADE_CLOSED", closed_at=now)  # refunded in full
+                    self.orders[order.out_trade_no] = order
+            total = self._refunded(order.out_trade_no)
+        node = {
+            "code": "10000", "msg": "Success", "trade_no": order.trade_no, "out_trade_no": order.out_trade_no,
+            "buyer_logon_id": order.buyer_logon_id, "fund_change": fund_change, "refund_fee": _yuan(total),
+            "gmt_refund_pay": _wall(made.refunded_at), "buyer_user_id": order.buyer_user_id,
+        }  # fmt: skip
+        lost = order.scenario == "60" and order.refund_calls == 1
+        return node, "not_json" if lost else None
+
+    def _refund_query(self, biz: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            order = self._find(biz, self._now())
+            if order is None:
+                return self._failure("ACQ.TRADE_NOT_EXIST", "交易不存在")
+            request_no = str(biz.get("out_request_no") or order.out_trade_no)
+            refund = self.refunds.get((order.out_trade_no, request_no))
+        node: dict[str, Any] = {"code": "10000", "msg": "Success", "trade_no": order.trade_no, "out_trade_no": order.out_trade_no}
+        if refund is None:
+            return node  # Alipay's answer for a refund it never made: no refund fields
+        return node | {
+            "out_request_no": refund.out_request_no, "total_amount": _yuan(order.amount_fen),
+            "refund_amount": _yuan(refund.amount_fen), "refund_status": "REFUND_SUCCESS",
+            "gmt_refund_pay": _wall(refund.refunded_at),
+        }  # fmt: skip
+
     # --- the bill ---
 
     def _bill_url(self, biz: dict[str, Any], base_url: str) -> dict[str, Any]:
@@ -499,7 +598,17 @@ class AlipaySimulator:
         with self._lock:
             now = self._now()
             orders = [self._settled(o, now) for o in list(self.orders.values())]
+            refunds = list(self.refunds.values())
         rows: list[tuple[datetime, list[str]]] = []
+        by_trade = {o.out_trade_no: o for o in orders}
+        for r in refunds:
+            o = by_trade[r.out_trade_no]
+            if r.refunded_at.astimezone(CST).date() != day:
+                continue
+            base = [f"{o.trade_no}\t", f"{o.out_trade_no}\t"]
+            buyer = [o.store_id, "", "", o.terminal_id, o.buyer_logon_id]
+            money = [f"-{_yuan(r.amount_fen)}"] * 2 + ["0.00"] * 5 + [""] + ["0.00"] * 2 + [f"{r.out_request_no}\t"] + ["0.00"] * 2 + [""]
+            rows.append((r.refunded_at, [*base, "退款", o.subject, _wall(o.created_at), _wall(r.refunded_at), *buyer, *money]))
         for o in orders:
             base = [f"{o.trade_no}\t", f"{o.out_trade_no}\t"]
             buyer = [o.store_id, "", "", o.terminal_id, o.buyer_logon_id]

@@ -1,5 +1,6 @@
-"""A WeChat Pay API v2 simulator (micropay, authcodetoopenid, orderquery, reverse, downloadbill) plus the two
-official-account calls the member-card sync makes (cgi-bin/token, card/membercard/updateuser).
+"""A WeChat Pay API v2 simulator (micropay, authcodetoopenid, orderquery, reverse, refund, refundquery,
+downloadbill) plus the two official-account calls the member-card sync makes (cgi-bin/token,
+card/membercard/updateuser).
 
 It checks every request's signature with the protocol's algorithm (MD5 or HMAC-SHA256, as the request's
 `sign_type` says), answers in WeChat's XML with its own signature, keeps orders in memory and writes the
@@ -21,6 +22,17 @@ settlement bill from what it processed. The scenario is picked by the auth code'
 | 50 | paid at once, but the answer is held `slow_seconds` (past the client's timeout) | orderquery says SUCCESS |
 | 51 | paid, but the answer's signature is tampered with | orderquery says SUCCESS |
 | 52 | paid, but the answer is an HTML error page (HTTP 200) | orderquery says SUCCESS |
+| 60 | paid | the first refund is made, but its answer is an HTML error page (HTTP 200): refundquery knows it |
+| 61 | paid | the first refund answers SYSTEMERROR and is not made; the same refund sent again is |
+| 62 | paid | every refund answers NOTENOUGH (the merchant's balance cannot cover it) |
+
+Refunds (`secapi/pay/refund`, `pay/refundquery`) of a paid order: every refund is accepted as PROCESSING and
+settles (refundquery: SUCCESS) `refund_seconds` after it was made, on `clock`. The same out_refund_no again
+answers the same refund (never a second one; with other amounts: INVALID_REQUEST 订单金额或退款金额与之前请求不一致);
+more than what is left is INVALID_REQUEST "refund_fee大于可退金额", or "订单已全额退款" when nothing is left; an
+order that is not paid: ERROR; an unknown one: ORDERNOTEXIST. orderquery then says trade_state REFUND, and the
+bill of the day a refund settles carries a REFUND row for it. The simulator does not check the client
+certificate (it serves plain HTTP).
 
 An auth code is `PP CCCC ... SS`: prefix 10–15, then four digits naming the simulated customer (the same
 customer gets the same openid from every code), then anything, then the scenario. Codes are WeChat's 18 digits.
@@ -47,6 +59,7 @@ from central.payments.wechat import (
     BEIJING,
     SIGN_TYPES,
     fen_to_yuan,
+    format_refund_time,
     format_time_end,
     new_nonce,
     parse_xml,
@@ -84,6 +97,19 @@ class SimOrder:
     reversed_at: datetime | None = None
     paid_before_reverse: bool = False
     reverse_calls: int = 0
+    refund_calls: int = 0
+
+
+@dataclass
+class SimRefund:
+    out_refund_no: str
+    out_trade_no: str
+    refund_id: str
+    amount_fen: int
+    created_at: datetime
+    desc: str = ""
+    state: str = "PROCESSING"  # PROCESSING | SUCCESS
+    succeeded_at: datetime | None = None
 
 
 @dataclass
@@ -102,8 +128,10 @@ class WeChatSimulator:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     userpaying_seconds: float = 5.0
     slow_seconds: float = 3.0
+    refund_seconds: float = 1.0  # a refund is PROCESSING this long, then SUCCESS
     card_appsecret: str = "card-appsecret-of-the-simulator"
     orders: dict[str, SimOrder] = field(default_factory=dict)
+    refunds: dict[str, SimRefund] = field(default_factory=dict)  # by out_refund_no
     calls: list[tuple[str, str | None]] = field(default_factory=list)  # (endpoint, out_trade_no)
     card_calls: list[CardCall] = field(default_factory=list)
     card_failures: int = 0  # the next this many updateuser calls answer a system error
@@ -150,10 +178,42 @@ class WeChatSimulator:
             self.orders[out_trade_no] = order
         return order
 
-    def bill_text(self, day: date) -> str | None:
-        """The bill of a Beijing calendar day, or None when nothing was paid that day."""
+    def refunded_fen(self, out_trade_no: str) -> int:
+        """What the order's refunds add up to (made, settled or not)."""
         with self._lock:
-            lines, count, settled, fees = [], 0, 0, 0
+            return self._refunded(out_trade_no)
+
+    def _refunded(self, out_trade_no: str) -> int:
+        return sum(r.amount_fen for r in self.refunds.values() if r.out_trade_no == out_trade_no)
+
+    def refund(self, out_refund_no: str) -> SimRefund | None:
+        """A refund as it stands now (settled if its time has come)."""
+        with self._lock:
+            found = self.refunds.get(out_refund_no)
+            if found is not None:
+                self._advance_refund(found)
+            return found
+
+    def bill_text(self, day: date) -> str | None:
+        """The bill of a Beijing calendar day, or None when nothing was paid or refunded that day."""
+        with self._lock:
+            lines: list[tuple[datetime, str]] = []
+            count, settled, fees, refunded = 0, 0, 0, 0
+            for refund in self.refunds.values():
+                self._advance_refund(refund)
+                if refund.succeeded_at is None or refund.succeeded_at.astimezone(BEIJING).date() != day:
+                    continue
+                order = self.orders[refund.out_trade_no]
+                count += 1
+                refunded += refund.amount_fen
+                at = refund.succeeded_at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
+                fields = [
+                    at, self.appid, self.mch_id, "0", order.device_info, order.transaction_id, order.out_trade_no,
+                    order.openid, "MICROPAY", "REFUND", "OTHERS", "CNY", "0.00", "0.00", refund.refund_id,
+                    refund.out_refund_no, fen_to_yuan(refund.amount_fen), "0.00", "ORIGINAL", "SUCCESS", order.body, "",
+                    "0.00", "0.60%", "0.00", fen_to_yuan(refund.amount_fen), "",
+                ]  # fmt: skip
+                lines.append((refund.succeeded_at, "`" + ",`".join(fields)))
             for order in sorted(self.orders.values(), key=lambda o: o.paid_at or o.created_at):
                 self._advance(order)
                 if order.paid_at is None or order.paid_at.astimezone(BEIJING).date() != day:
@@ -175,11 +235,15 @@ class WeChatSimulator:
                     fen_to_yuan(order.amount_fen if status == "REVOKED" else 0), "0.00", "", "", order.body, "",
                     fen_to_yuan(fee), "0.60%", fen_to_yuan(order.amount_fen), "0.00", "",
                 ]  # fmt: skip
-                lines.append("`" + ",`".join(fields))
+                lines.append((order.paid_at, "`" + ",`".join(fields)))
         if not lines:
             return None
-        summary = [str(count), fen_to_yuan(settled), "0.00", "0.00", fen_to_yuan(fees), fen_to_yuan(settled), "0.00"]
-        return "\r\n".join([BILL_HEADER, *lines, BILL_SUMMARY_HEADER, "`" + ",`".join(summary)]) + "\r\n"
+        lines.sort(key=lambda line: line[0])
+        summary = [
+            str(count), fen_to_yuan(settled), fen_to_yuan(refunded), "0.00", fen_to_yuan(fees), fen_to_yuan(settled),
+            fen_to_yuan(refunded),
+        ]  # fmt: skip
+        return "\r\n".join([BILL_HEADER, *(line for _, line in lines), BILL_SUMMARY_HEADER, "`" + ",`".join(summary)]) + "\r\n"
 
     # -- the state of an order --
 
@@ -198,6 +262,12 @@ class WeChatSimulator:
             else:
                 order.state = PAYERROR
 
+    def _advance_refund(self, refund: SimRefund) -> None:
+        """Let the bank act: a refund settles `refund_seconds` after it was made."""
+        settles = refund.created_at + timedelta(seconds=self.refund_seconds)
+        if refund.state == "PROCESSING" and self.clock() >= settles:
+            refund.state, refund.succeeded_at = "SUCCESS", settles
+
     # -- the web app --
 
     def app(self) -> FastAPI:
@@ -214,6 +284,14 @@ class WeChatSimulator:
         @app.post("/secapi/pay/reverse")
         async def reverse(request: Request) -> Response:
             return await self._handle(request, "reverse", ("out_trade_no",))
+
+        @app.post("/secapi/pay/refund")
+        async def refund(request: Request) -> Response:
+            return await self._handle(request, "refund", ("out_trade_no", "out_refund_no", "total_fee", "refund_fee"))
+
+        @app.post("/pay/refundquery")
+        async def refundquery(request: Request) -> Response:
+            return await self._handle(request, "refundquery", ())
 
         @app.post("/tools/authcodetoopenid")
         async def authcodetoopenid(request: Request) -> Response:
@@ -269,7 +347,8 @@ class WeChatSimulator:
         if missing:
             return self._fail(f"缺少参数{missing[0]}")
         with self._lock:
-            self.calls.append((endpoint, params.get("out_trade_no")))
+            refund = self.refunds.get(params.get("out_refund_no", ""))
+            self.calls.append((endpoint, params.get("out_trade_no") or (refund.out_trade_no if refund else None)))
         handler = getattr(self, f"_{endpoint}")
         return await handler(params, sign_type)
 
@@ -335,7 +414,9 @@ class WeChatSimulator:
                 "trade_state": order.state,
                 "total_fee": str(order.amount_fen),
             }
-            if order.state == PAID:
+            if order.state == PAID and self._refunded(order.out_trade_no):
+                fields.update(self._paid_fields(order), trade_state="REFUND", trade_state_desc="订单发生过退款，退款详情请查询退款单")
+            elif order.state == PAID:
                 fields.update(self._paid_fields(order), trade_state_desc="支付成功")
             elif order.state == USERPAYING:
                 fields["trade_state_desc"] = "需要用户输入支付密码"
@@ -367,6 +448,88 @@ class WeChatSimulator:
                 order.paid_before_reverse = order.state == PAID
                 order.state, order.reversed_at = REVOKED, self.clock()
         return self._answer(sign_type, result_code="SUCCESS", recall="N")
+
+    async def _refund(self, params: dict[str, str], sign_type: str) -> Response:
+        out_trade_no, out_refund_no = params["out_trade_no"], params["out_refund_no"]
+        if not params["total_fee"].isdigit() or not params["refund_fee"].isdigit() or int(params["refund_fee"]) <= 0:
+            return self._answer(sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="total_fee和refund_fee必须为正整数")
+        if params.get("refund_fee_type", "CNY") != "CNY":
+            return self._answer(sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="退款货币种类须为CNY")
+        total, amount = int(params["total_fee"]), int(params["refund_fee"])
+        mismatch = "订单金额或退款金额与之前请求不一致，请核实后再试"
+
+        def refused(err_code: str, text: str) -> Response:
+            return self._answer(sign_type, result_code="FAIL", err_code=err_code, err_code_des=text)
+
+        with self._lock:
+            order = self.orders.get(out_trade_no)
+            if order is None:
+                return refused("ORDERNOTEXIST", "订单不存在")
+            self._advance(order)
+            order.refund_calls += 1
+            if order.scenario == "61" and order.refund_calls == 1:
+                return refused("SYSTEMERROR", "系统超时，请使用相同参数再次调用")
+            existing = self.refunds.get(out_refund_no)
+            if existing is not None:
+                if existing.out_trade_no != out_trade_no or existing.amount_fen != amount or total != order.amount_fen:
+                    return refused("INVALID_REQUEST", mismatch)
+                made = existing  # the same refund again: answered, never made twice
+            else:
+                if order.state != PAID:
+                    return refused("ERROR", "订单已撤销，不能退款" if order.state == REVOKED else "订单未支付，不能退款")
+                if total != order.amount_fen:
+                    return refused("INVALID_REQUEST", mismatch)
+                if order.scenario == "62":
+                    return refused("NOTENOUGH", "基本账户余额不足，请充值后重新发起")
+                left = order.amount_fen - self._refunded(out_trade_no)
+                if left <= 0:
+                    return refused("INVALID_REQUEST", "订单已全额退款")
+                if amount > left:
+                    return refused("INVALID_REQUEST", "refund_fee大于可退金额")
+                now = self.clock()
+                self._serial += 1
+                made = SimRefund(
+                    out_refund_no, out_trade_no, f"50{now.astimezone(BEIJING):%Y%m%d}{self._serial:016d}"[:32], amount, now,
+                    desc=params.get("refund_desc", ""),
+                )  # fmt: skip
+                self.refunds[out_refund_no] = made
+            lost = order.scenario == "60" and order.refund_calls == 1
+        if lost:
+            return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", media_type="text/html")
+        return self._answer(
+            sign_type, result_code="SUCCESS", transaction_id=order.transaction_id, out_trade_no=out_trade_no,
+            out_refund_no=out_refund_no, refund_id=made.refund_id, refund_fee=str(made.amount_fen),
+            settlement_refund_fee=str(made.amount_fen), total_fee=str(order.amount_fen), cash_fee=str(order.amount_fen),
+            cash_refund_fee=str(made.amount_fen), refund_channel="",
+        )  # fmt: skip
+
+    async def _refundquery(self, params: dict[str, str], sign_type: str) -> Response:
+        out_refund_no, out_trade_no = params.get("out_refund_no"), params.get("out_trade_no")
+        if not out_refund_no and not out_trade_no:
+            return self._answer(sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="缺少参数out_refund_no")
+        with self._lock:
+            if out_refund_no:
+                found = [self.refunds[out_refund_no]] if out_refund_no in self.refunds else []
+            else:
+                found = sorted((r for r in self.refunds.values() if r.out_trade_no == out_trade_no), key=lambda r: r.created_at)
+            if not found:
+                return self._answer(sign_type, result_code="FAIL", err_code="REFUNDNOTEXIST", err_code_des="not exist")
+            order = self.orders[found[0].out_trade_no]
+            fields = {
+                "transaction_id": order.transaction_id, "out_trade_no": order.out_trade_no,
+                "total_fee": str(order.amount_fen), "cash_fee": str(order.amount_fen), "refund_count": str(len(found)),
+            }  # fmt: skip
+            for n, refund in enumerate(found):
+                self._advance_refund(refund)
+                fields |= {
+                    f"out_refund_no_{n}": refund.out_refund_no, f"refund_id_{n}": refund.refund_id,
+                    f"refund_channel_{n}": "ORIGINAL", f"refund_fee_{n}": str(refund.amount_fen),
+                    f"refund_status_{n}": refund.state, f"refund_account_{n}": "REFUND_SOURCE_UNSETTLED_FUNDS",
+                    f"refund_recv_accout_{n}": "支付用户的零钱",
+                }  # fmt: skip
+                if refund.succeeded_at is not None:
+                    fields[f"refund_success_time_{n}"] = format_refund_time(refund.succeeded_at)
+        return self._answer(sign_type, result_code="SUCCESS", **fields)
 
     async def _authcodetoopenid(self, params: dict[str, str], sign_type: str) -> Response:
         code = params["auth_code"]
