@@ -209,10 +209,36 @@ class PaymentEvent(CentralModel, table=True):
     id: int | None = Field(default=None, sa_column=sa.Column(AutoId, primary_key=True, autoincrement=True))
     out_trade_no: str = Field(foreign_key="payment.out_trade_no", index=True, max_length=32)
     at: datetime = utc()
-    action: str = Field(max_length=16, description="charge, query, reverse, cancel, state")
+    action: str = Field(max_length=16, description="charge, query, reverse, cancel, state, refund, refund_query, refund_state")
     outcome: str = Field(max_length=24)
     code: str | None = Field(default=None, max_length=64)
     detail: str | None = Field(default=None, max_length=256)
+    out_refund_no: str | None = Field(default=None, max_length=32, description="the refund the event is about (migration 0003)")
+
+
+class PaymentRefund(CentralModel, table=True):
+    """A refund of a paid payment, one row per `out_refund_no` (the merchant's refund number at the provider, and
+    the store's idempotency key): PENDING (stored, being sent) → PROCESSING | SUCCESS | FAILED, PROCESSING →
+    SUCCESS | FAILED. The gateway follows every unfinished refund, and resumes them at start-up. PENDING is
+    PROCESSING on the wire. Refunds of one payment that are not FAILED never add up to more than was paid."""
+
+    __tablename__ = "payment_refund"
+    __table_args__ = (sa.Index("ix_payment_refund_state", "state"),)
+
+    out_refund_no: str = Field(primary_key=True, max_length=32)
+    out_trade_no: str = Field(foreign_key="payment.out_trade_no", index=True, max_length=32)
+    provider: str = Field(max_length=8)
+    amount_fen: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    reason: str | None = Field(default=None, max_length=80, description="the store's reason, shown to the payer")
+    state: str = Field(max_length=16)
+    code: str | None = Field(default=None, max_length=64, description="the provider's last code or status, or the gateway's cause")
+    reason_zh: str | None = Field(default=None, max_length=128)
+    reason_en: str | None = Field(default=None, max_length=256)
+    provider_refund_no: str | None = Field(default=None, max_length=64)
+    refunded_at: datetime | None = utc(nullable=True)
+    finished_at: datetime | None = utc(nullable=True)
+    created_at: datetime = utc()
+    updated_at: datetime = utc()
 
 
 class WechatMemberCard(CentralModel, table=True):

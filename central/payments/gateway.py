@@ -16,6 +16,19 @@ Rules that keep a customer from paying for nothing (WeChat's micropay guidance, 
   have landed, or the reverse would miss it), and is repeated until the provider confirms it (`recall`);
 - a second POST with the same `out_trade_no` answers the first payment: one charge at the provider, ever.
 
+Refunds of a paid payment (whole, or in parts that never add up to more than was paid) are rows of their own,
+keyed by the store's `out_refund_no`, which is also the refund's number at the provider:
+
+    POST .../refunds ─► PENDING ──refund──► SUCCESS (the money is back)
+                           │                FAILED (refused: reason zh/en)
+                           │                PROCESSING ─┐ refund_query, at growing intervals (poll … retry_max)
+                           │                            ├─► SUCCESS | FAILED
+                           │                            └─► NOT_FOUND: the provider never got it → send the same refund again
+                           └─ no answer, an error ──► PROCESSING (unknown), then as above
+
+The providers refund an `out_refund_no` once however often it is sent, so sending it again after a lost answer
+can never refund twice; a refund is only ever FAILED on the provider's definite word.
+
 Times come from an injectable clock and sleep, so tests can run the 5 s / 15 s / 30 s rules without waiting.
 Several central processes on one database would each resume the same payments: run one (see docs/PAYMENTS.md).
 """
@@ -38,16 +51,28 @@ import sqlalchemy as sa
 from central import contract, feed, identity
 from central.clock import utcnow
 from central.config import Settings
-from central.db import read_session, write_session
+from central.db import CentralSession, read_session, write_session
 from central.errors import Conflict, Invalid, NotFound, ProviderUnavailable
-from central.models import Payment, PaymentEvent
-from central.payments.provider import Charge, Outcome, Provider, ProviderError, ProviderRejected, Result
+from central.models import Payment, PaymentEvent, PaymentRefund
+from central.payments.provider import (
+    Charge,
+    Outcome,
+    Provider,
+    ProviderError,
+    ProviderRejected,
+    RefundOrder,
+    RefundResult,
+    RefundStatus,
+    Result,
+)
 
 log = logging.getLogger(__name__)
 
 WAITING = ("PENDING", "USERPAYING", "UNKNOWN")  # the outcome is still open
 ACTIVE = (*WAITING, "REVERSING")  # a task must be driving it
 FINAL = ("SUCCESS", "FAILED", "REVERSED")
+REFUND_OPEN = ("PENDING", "PROCESSING")  # a task follows it; PENDING is PROCESSING on the wire
+REFUND_FINAL = ("SUCCESS", "FAILED")
 
 # Payment codes by prefix (DESIGN §4): WeChat Pay 18 digits 10–15; Alipay 16–24 digits 25–30.
 CODE_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -71,6 +96,14 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "PENDING": ("正在等待支付结果", "Waiting for the payment service's answer"),
     "UNKNOWN": ("正在确认支付结果，请稍候", "Confirming the payment with the payment service; please wait"),
+}
+REFUND_REASONS: dict[str, tuple[str, str]] = {
+    "PENDING": ("正在提交退款", "Sending the refund to the payment service"),
+    "UNKNOWN": ("正在向支付服务确认退款结果", "Confirming the refund with the payment service"),
+    "REJECTED": (
+        "支付服务拒绝了该退款请求（未退款），请联系管理员，或用其他方式退款",
+        "The payment service refused the refund request (nothing refunded); tell the store manager, or refund another way",
+    ),
 }
 
 REVERSE_PAID_WITHIN = timedelta(hours=24)
@@ -128,7 +161,7 @@ class Gateway:
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Resume every unfinished payment (after a restart, or a crash); how many."""
+        """Resume every unfinished payment and refund (after a restart, or a crash); how many."""
         unfinished = await asyncio.to_thread(self._unfinished)
         for out_trade_no, provider in unfinished:
             if provider not in self.providers:
@@ -139,7 +172,15 @@ class Gateway:
             self._spawn(out_trade_no, None)
         if unfinished:
             log.info("resumed %d unfinished payments", len(unfinished))
-        return len(unfinished)
+        refunds = await asyncio.to_thread(self._unfinished_refunds)
+        for out_refund_no, provider in refunds:
+            if provider not in self.providers:
+                log.error("refund %s is unfinished but %s is not configured; it stays as it is until it is", out_refund_no, provider)
+                continue
+            self._spawn_refund(out_refund_no, send=False)  # it may have been sent: ask before sending again
+        if refunds:
+            log.info("resumed %d unfinished refunds", len(refunds))
+        return len(unfinished) + len(refunds)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -160,6 +201,10 @@ class Gateway:
         task = self._tasks.get(out_trade_no)
         if task is not None:
             await asyncio.shield(task)
+
+    async def settle_refund(self, out_refund_no: str) -> None:
+        """Wait until no task follows this refund (tests and the CLI)."""
+        await self.settle(_refund_key(out_refund_no))
 
     # --- what the routes call --------------------------------------------------------------------------------
 
@@ -277,15 +322,181 @@ class Gateway:
         if row.state == "SUCCESS" and self.clock() - (row.paid_at or row.charge_sent_at) > REVERSE_PAID_WITHIN:
             # Providers reverse a paid order only for a while (Alipay 24 h, WeChat 7 days); later is a refund.
             raise Conflict(
-                "this payment was made more than 24 hours ago; refund it at the provider instead", code="too_late_to_reverse"
+                "this payment was made more than 24 hours ago; refund it instead (POST .../refunds)", code="too_late_to_reverse"
             )
         changed = await asyncio.to_thread(
-            self._transition, out_trade_no, (*WAITING, "SUCCESS"), "REVERSING", "cancel", code="CANCELLED", cancel_requested=True
-        )
+            self._transition, out_trade_no, (*WAITING, "SUCCESS"), "REVERSING", "cancel", code="CANCELLED",
+            cancel_requested=True, unless_refunded=True,
+        )  # fmt: skip
         if changed:
             self._notify(out_trade_no)
             self._spawn(out_trade_no, None)  # a SUCCESS has no task any more; a waiting one keeps its own
+        elif row.state == "SUCCESS" and await asyncio.to_thread(self._refunded_fen, out_trade_no):
+            raise Conflict(
+                "part of this payment is refunded or being refunded; refund the rest instead of reversing it", code="refunded"
+            )
         return await self.get(store_id, out_trade_no)
+
+    # --- refunds -----------------------------------------------------------------------------------------------
+
+    async def refund(self, store_id: str, out_trade_no: str, request: contract.RefundRequest) -> tuple[contract.Refund, bool]:
+        """Refund part or all of a paid payment, or answer the refund this `out_refund_no` already is.
+        (refund, created). Answers once the provider's first answer is in, or after `answer` s as PROCESSING."""
+        row, created = await asyncio.to_thread(self._create_refund, store_id, out_trade_no, request, self.clock())
+        if created:
+            self._spawn_refund(request.out_refund_no, send=True)
+        if row.state == "PENDING" and self.timings.answer > 0:
+            return await self.wait_refund(store_id, out_trade_no, request.out_refund_no, self.timings.answer, since="PENDING"), created
+        return _wire_refund(row), created
+
+    async def get_refund(self, store_id: str, out_trade_no: str, out_refund_no: str) -> contract.Refund:
+        return _wire_refund(await self._refund_of(store_id, out_trade_no, out_refund_no))
+
+    async def wait_refund(
+        self, store_id: str, out_trade_no: str, out_refund_no: str, seconds: float, since: str | None = None
+    ) -> contract.Refund:
+        """The refund once its state differs from `since` (default: its state now), or after `seconds`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        key = _refund_key(out_refund_no)
+        while True:
+            event = self._event(key)  # taken before reading, so a change in between is not missed
+            row = await self._refund_of(store_id, out_trade_no, out_refund_no)
+            since = since or row.state
+            remaining = deadline - loop.time()
+            if row.state != since or row.state in REFUND_FINAL or remaining <= 0:
+                return _wire_refund(row)
+            try:
+                await asyncio.wait_for(event.wait(), min(remaining, 1.0))
+            except TimeoutError:
+                pass
+
+    async def _refund_of(self, store_id: str, out_trade_no: str, out_refund_no: str) -> sa.Row:
+        row = await asyncio.to_thread(self._load_refund, out_refund_no)
+        if row is None or row.out_trade_no != out_trade_no or row.store_id != store_id:
+            raise NotFound(f"no refund {out_refund_no} of payment {out_trade_no} at this store")
+        return row
+
+    def _spawn_refund(self, out_refund_no: str, *, send: bool) -> None:
+        key = _refund_key(out_refund_no)
+        if self._stopping or key in self._tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._drive_refund(out_refund_no, send), name=key)
+        self._tasks[key] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+
+    async def _drive_refund(self, out_refund_no: str, send: bool) -> None:
+        failures = 0
+        while True:
+            try:
+                if send:
+                    send = False
+                    await self._send_refund(out_refund_no)
+                await self._follow_refund(out_refund_no)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or the database: the state is persisted, so ask again a little later
+                failures += 1
+                log.exception("refund %s: unexpected error (try %d); continuing", out_refund_no, failures)
+                await self.sleep(min(self.timings.retry_max, self.timings.poll * failures))
+
+    async def _send_refund(self, out_refund_no: str) -> None:
+        """Send the refund (the first time, or again after the provider said it never got it)."""
+        row = await asyncio.to_thread(self._load_refund, out_refund_no)
+        if row is None or row.state in REFUND_FINAL:
+            return
+        otn = row.out_trade_no
+        order = RefundOrder(
+            out_trade_no=otn, out_refund_no=out_refund_no, total_fen=row.paid_fen, amount_fen=row.amount_fen,
+            reason=row.reason,
+        )  # fmt: skip
+        try:
+            result = await self.providers[row.provider].refund(order)
+        except ProviderRejected as exc:
+            # Refused before any processing. Not yet FAILED: the query decides (a refusal of a refund the provider
+            # holds all the same must not make the till pay the customer a second time).
+            await self._record(otn, "refund", "REJECTED", None, str(exc), out_refund_no=out_refund_no)
+            await self._move_refund(out_refund_no, REFUND_OPEN, "PROCESSING", "refund", code="REJECTED", reasons=REFUND_REASONS["UNKNOWN"])
+            return
+        except ProviderError as exc:
+            await self._record(otn, "refund", "ERROR", type(exc).__name__, str(exc), out_refund_no=out_refund_no)
+            await self._move_refund(
+                out_refund_no, ("PENDING",), "PROCESSING", "refund", code=type(exc).__name__, reasons=REFUND_REASONS["UNKNOWN"]
+            )
+            return
+        await self._apply_refund(row, result, "refund")
+
+    async def _follow_refund(self, out_refund_no: str) -> None:
+        """Query until the refund is final, at growing intervals (a WeChat refund to a bank card takes days)."""
+        tries = 0
+        key = _refund_key(out_refund_no)
+        while True:
+            row = await asyncio.to_thread(self._load_refund, out_refund_no)
+            if row is None or row.state in REFUND_FINAL:
+                return
+            tries += 1
+            await self._pause(key, self._backoff(tries))
+            row = await asyncio.to_thread(self._load_refund, out_refund_no)
+            if row.state in REFUND_FINAL:
+                return
+            try:
+                result = await self.providers[row.provider].refund_query(row.out_trade_no, out_refund_no)
+            except ProviderError as exc:
+                await self._record(row.out_trade_no, "refund_query", "ERROR", type(exc).__name__, str(exc), out_refund_no=out_refund_no)
+                if tries == 1 or tries % 10 == 0:
+                    log.warning("refund %s: query failed (%s), try %d; trying again", out_refund_no, exc, tries)
+                continue
+            if result.status is not RefundStatus.NOT_FOUND:
+                await self._apply_refund(row, result, "refund_query")
+                continue
+            await self._record(row.out_trade_no, "refund_query", "NOT_FOUND", result.code, None, out_refund_no=out_refund_no)
+            if row.code == "REJECTED":
+                # Refused before processing, and the provider holds no such refund: definitely not refunded.
+                await self._move_refund(
+                    out_refund_no, REFUND_OPEN, "FAILED", "refund_query", code="REJECTED", reasons=REFUND_REASONS["REJECTED"]
+                )
+            else:
+                # It never arrived (or the provider lost it): the same out_refund_no again, refunded at most once.
+                await self._send_refund(out_refund_no)
+
+    async def _apply_refund(self, row: sa.Row, result: RefundResult, action: str) -> None:
+        orn = row.out_refund_no
+        await self._record(row.out_trade_no, action, result.status.value, result.code, None, out_refund_no=orn)
+        if result.amount_fen is not None and result.amount_fen != row.amount_fen:
+            log.error("refund %s: %s reports %d fen, %d fen were asked", orn, row.provider, result.amount_fen, row.amount_fen)
+        reasons = (result.reason_zh, result.reason_en)
+        if result.status is RefundStatus.SUCCESS:
+            await self._move_refund(
+                orn, REFUND_OPEN, "SUCCESS", action, code=result.code, reasons=reasons, final=True,
+                provider_refund_no=result.provider_refund_no, refunded_at=result.refunded_at or self.clock(),
+            )  # fmt: skip
+        elif result.status is RefundStatus.FAILED:
+            await self._move_refund(
+                orn, REFUND_OPEN, "FAILED", action, code=result.code, reasons=reasons, final=True,
+                provider_refund_no=result.provider_refund_no,
+            )  # fmt: skip
+        elif result.status is RefundStatus.PROCESSING:
+            if row.state != "PROCESSING" or row.code != result.code or (result.provider_refund_no and not row.provider_refund_no):
+                await self._move_refund(
+                    orn, REFUND_OPEN, "PROCESSING", action, code=result.code, reasons=reasons,
+                    provider_refund_no=result.provider_refund_no,
+                )  # fmt: skip
+        elif row.state == "PENDING":  # UNKNOWN: ask again later
+            await self._move_refund(orn, ("PENDING",), "PROCESSING", action, code=result.code, reasons=REFUND_REASONS["UNKNOWN"])
+
+    async def _move_refund(
+        self, out_refund_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
+        reasons: tuple[str | None, str | None] | None = None, final: bool = False, provider_refund_no: str | None = None,
+        refunded_at: datetime | None = None,
+    ) -> bool:  # fmt: skip
+        changed = await asyncio.to_thread(
+            self._refund_transition, out_refund_no, allowed, state, action, code=code, reasons=reasons, final=final,
+            provider_refund_no=provider_refund_no, refunded_at=refunded_at,
+        )  # fmt: skip
+        if changed:
+            self._notify(_refund_key(out_refund_no))
+        return changed
 
     # --- the state machine -----------------------------------------------------------------------------------
 
@@ -463,8 +674,10 @@ class Gateway:
             self._notify(out_trade_no)
         return changed
 
-    async def _record(self, out_trade_no: str, action: str, outcome: str, code: str | None, detail: str | None) -> None:
-        await asyncio.to_thread(self._event_row, out_trade_no, action, outcome, code, detail)
+    async def _record(
+        self, out_trade_no: str, action: str, outcome: str, code: str | None, detail: str | None, *, out_refund_no: str | None = None
+    ) -> None:
+        await asyncio.to_thread(self._event_row, out_trade_no, action, outcome, code, detail, out_refund_no)
 
     # --- the database (blocking; called through asyncio.to_thread) --------------------------------------------
 
@@ -549,9 +762,10 @@ class Gateway:
     def _transition(
         self, out_trade_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
         reasons: tuple[str | None, str | None] | None = None, final: bool = False, cancel_requested: bool | None = None,
-        detail: str | None = None,
+        detail: str | None = None, unless_refunded: bool = False,
     ) -> bool:  # fmt: skip
-        """Move a payment to `state` if it is in one of `allowed` (atomically: a cancel and an answer can race)."""
+        """Move a payment to `state` if it is in one of `allowed` (atomically: a cancel and an answer can race).
+        `unless_refunded`: not if any of its refunds is not FAILED (checked under the payment's row lock)."""
         now = self.clock()
         zh, en = reasons if reasons and reasons[0] else REASONS.get(code or "", REASONS.get(state, (None, None)))
         values: dict[str, Any] = {
@@ -567,6 +781,11 @@ class Gateway:
             values["cancel_requested"] = cancel_requested
         table = Payment.__table__
         with write_session(self.engine) as session:
+            if unless_refunded:
+                session.execute(sa.select(table.c.out_trade_no).where(table.c.out_trade_no == out_trade_no).with_for_update())
+                if self._refunded_fen(out_trade_no, session):
+                    session.rollback()
+                    return False
             done = session.execute(
                 sa.update(table).where(table.c.out_trade_no == out_trade_no, table.c.state.in_(allowed)).values(**values)
             ).rowcount
@@ -639,7 +858,9 @@ class Gateway:
             session.commit()
         log.info("payment %s → SUCCESS", out_trade_no)
 
-    def _event_row(self, out_trade_no: str, action: str, outcome: str, code: str | None, detail: str | None) -> None:
+    def _event_row(
+        self, out_trade_no: str, action: str, outcome: str, code: str | None, detail: str | None, out_refund_no: str | None = None
+    ) -> None:
         with write_session(self.engine) as session:
             session.execute(
                 sa.insert(PaymentEvent.__table__).values(
@@ -649,9 +870,147 @@ class Gateway:
                     outcome=outcome[:24],
                     code=(code or None) and code[:64],
                     detail=_clip(detail),
+                    out_refund_no=out_refund_no,
                 )
             )
             session.commit()
+
+    # --- refunds in the database ---
+
+    def _unfinished_refunds(self) -> list[tuple[str, str]]:
+        table = PaymentRefund.__table__
+        with read_session(self.engine) as session:
+            return [
+                (r.out_refund_no, r.provider)
+                for r in session.execute(
+                    sa.select(table.c.out_refund_no, table.c.provider).where(table.c.state.in_(REFUND_OPEN)).order_by(table.c.created_at)
+                )
+            ]
+
+    def _load_refund(self, out_refund_no: str) -> sa.Row | None:
+        """The refund, with its payment's `store_id` and `paid_fen` (what the payment was paid)."""
+        refunds, payments = PaymentRefund.__table__, Payment.__table__
+        with read_session(self.engine) as session:
+            return session.execute(
+                sa.select(
+                    refunds,
+                    payments.c.store_id,
+                    sa.func.coalesce(payments.c.paid_amount_fen, payments.c.amount_fen).label("paid_fen"),
+                )
+                .join(payments, payments.c.out_trade_no == refunds.c.out_trade_no)
+                .where(refunds.c.out_refund_no == out_refund_no)
+            ).first()
+
+    def _refunded_fen(self, out_trade_no: str, session: CentralSession | None = None) -> int:
+        """What the payment's refunds that are not FAILED add up to (refunded, or being refunded)."""
+        table = PaymentRefund.__table__
+        query = sa.select(sa.func.coalesce(sa.func.sum(table.c.amount_fen), 0)).where(
+            table.c.out_trade_no == out_trade_no, table.c.state != "FAILED"
+        )
+        if session is not None:
+            return int(session.execute(query).scalar_one())
+        with read_session(self.engine) as own:
+            return int(own.execute(query).scalar_one())
+
+    def _create_refund(
+        self, store_id: str, out_trade_no: str, request: contract.RefundRequest, now: datetime
+    ) -> tuple[sa.Row, bool]:
+        payments, refunds = Payment.__table__, PaymentRefund.__table__
+        with write_session(self.engine) as session:
+            # Locked (PostgreSQL; SQLite's writers queue anyway): two refunds of one payment are summed one after
+            # the other, and a reverse cannot slip in between.
+            payment = session.execute(
+                sa.select(payments).where(payments.c.out_trade_no == out_trade_no).with_for_update()
+            ).first()
+            if payment is None or payment.store_id != store_id:
+                raise NotFound(f"no payment {out_trade_no} at this store")
+            existing = session.execute(
+                sa.select(refunds.c.out_refund_no).where(refunds.c.out_refund_no == request.out_refund_no)
+            ).first()
+            if existing is not None:
+                session.rollback()
+                return self._replay_refund(store_id, out_trade_no, request), False
+            if payment.state != "SUCCESS":
+                raise Conflict(f"payment {out_trade_no} is {payment.state}, not paid: there is nothing to refund", code="not_paid")
+            if payment.provider not in self.providers:
+                raise Invalid(
+                    f"{PROVIDER_LABELS.get(payment.provider, payment.provider)} is not configured any more; cannot refund",
+                    code="provider_not_configured",
+                )
+            paid = payment.paid_amount_fen if payment.paid_amount_fen is not None else payment.amount_fen
+            taken = self._refunded_fen(out_trade_no, session)
+            if taken + request.amount_fen > paid:
+                raise Conflict(
+                    f"refunds of payment {out_trade_no} would add up to more than was paid: {paid} fen paid, {taken} fen "
+                    f"refunded or being refunded, {paid - taken} fen left",
+                    code="refund_exceeds_payment",
+                )  # fmt: skip
+            zh, en = REFUND_REASONS["PENDING"]
+            session.execute(
+                sa.insert(refunds).values(
+                    out_refund_no=request.out_refund_no, out_trade_no=out_trade_no, provider=payment.provider,
+                    amount_fen=request.amount_fen, reason=request.reason, state="PENDING", reason_zh=zh, reason_en=en,
+                    created_at=now, updated_at=now,
+                )  # fmt: skip
+            )
+            session.execute(
+                sa.insert(PaymentEvent.__table__).values(
+                    out_trade_no=out_trade_no, at=now, action="refund_state", outcome="PENDING", out_refund_no=request.out_refund_no
+                )
+            )
+            try:
+                session.commit()
+            except sa.exc.IntegrityError:
+                session.rollback()  # the same out_refund_no, sent twice at once: the other one won
+                return self._replay_refund(store_id, out_trade_no, request), False
+        log.info("refund %s of payment %s: %d fen", request.out_refund_no, out_trade_no, request.amount_fen)
+        return self._load_refund(request.out_refund_no), True
+
+    def _replay_refund(self, store_id: str, out_trade_no: str, request: contract.RefundRequest) -> sa.Row:
+        """The refund this `out_refund_no` already is, if it is this request's (else 409)."""
+        row = self._load_refund(request.out_refund_no)
+        if row.out_trade_no != out_trade_no or row.store_id != store_id or row.amount_fen != request.amount_fen:
+            raise Conflict(
+                f"refund number {request.out_refund_no} was used for another refund (other payment or amount); "
+                "a new refund needs a new out_refund_no"
+            )
+        return row
+
+    def _refund_transition(
+        self, out_refund_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
+        reasons: tuple[str | None, str | None] | None = None, final: bool = False, provider_refund_no: str | None = None,
+        refunded_at: datetime | None = None,
+    ) -> bool:  # fmt: skip
+        """Move a refund to `state` if it is in one of `allowed`, with its audit event, atomically."""
+        now = self.clock()
+        zh, en = reasons if reasons and reasons[0] else (None, None)
+        values: dict[str, Any] = {
+            "state": state, "updated_at": now, "code": code and code[:64], "reason_zh": zh and zh[:128],
+            "reason_en": en and en[:256],
+        }  # fmt: skip
+        if provider_refund_no:
+            values["provider_refund_no"] = provider_refund_no[:64]
+        if refunded_at is not None:
+            values["refunded_at"] = refunded_at
+        if final:
+            values["finished_at"] = now
+        table = PaymentRefund.__table__
+        with write_session(self.engine) as session:
+            otn = session.execute(sa.select(table.c.out_trade_no).where(table.c.out_refund_no == out_refund_no)).scalar_one_or_none()
+            done = session.execute(
+                sa.update(table).where(table.c.out_refund_no == out_refund_no, table.c.state.in_(allowed)).values(**values)
+            ).rowcount
+            if done:
+                session.execute(
+                    sa.insert(PaymentEvent.__table__).values(
+                        out_trade_no=otn, at=now, action="refund_state", outcome=state, code=code and code[:64],
+                        out_refund_no=out_refund_no,
+                    )  # fmt: skip
+                )
+            session.commit()
+        if done:
+            log.info("refund %s → %s (%s)", out_refund_no, state, code or action)
+        return bool(done)
 
     def _member_of(self, kind: str, payer_id: str) -> contract.MemberChange | None:
         with read_session(self.engine) as session:
@@ -661,6 +1020,20 @@ class Gateway:
 
 def _clip(text: str | None) -> str | None:
     return None if text is None else text[:256]
+
+
+def _refund_key(out_refund_no: str) -> str:
+    """A refund's key among the gateway's tasks and events (an out_trade_no never holds a colon)."""
+    return f"refund:{out_refund_no}"
+
+
+def _wire_refund(row: sa.Row) -> contract.Refund:
+    return contract.Refund(
+        out_refund_no=row.out_refund_no, out_trade_no=row.out_trade_no, provider=row.provider,
+        state="PROCESSING" if row.state == "PENDING" else row.state, final=row.state in REFUND_FINAL,
+        amount_fen=row.amount_fen, provider_refund_no=row.provider_refund_no, code=row.code, reason_zh=row.reason_zh,
+        reason_en=row.reason_en, created_at=row.created_at, updated_at=row.updated_at, refunded_at=row.refunded_at,
+    )  # fmt: skip
 
 
 def _wire(row: sa.Row, gateway: Gateway) -> contract.Payment:

@@ -9,6 +9,10 @@ The bill is the provider's truth about money that moved. Each of its orders is m
 - `missing_from_bill`: central has it paid, the bill does not (not on it, or shown reversed).
 - `amount_mismatch`: both have it paid, for different amounts.
 
+Refund rows are not matched against central's refunds. An order with only refund rows on the day (a refund of
+an earlier day's payment) is left out; an order whose refund rows give back all it was charged, and that central
+does not have paid, counts as given back (that is how Alipay books the cancel of a paid trade).
+
 The day is the provider's: a Beijing (UTC+8) calendar day, by payment time. Every run replaces the previous
 result for that provider and day, so it can run again once a late bill is complete. Works for any provider
 whose client returns `BillRow`s (WeChat's downloadbill; Alipay's bill where its client provides it).
@@ -56,6 +60,7 @@ def check(engine: sa.Engine, name: str, day: date, rows: list[BillRow], now: dat
     bill: dict[str, list[BillRow]] = defaultdict(list)
     for row in rows:
         bill[row.out_trade_no].append(row)
+    bill = {otn: lines for otn, lines in bill.items() if any(line.status != "REFUND" for line in lines)}
     start, end = day_bounds(day)
     table = Payment.__table__
     issues: list[contract.BillIssue] = []
@@ -108,8 +113,9 @@ def check(engine: sa.Engine, name: str, day: date, rows: list[BillRow], now: dat
             payment = known.get(otn)
             paid = [line for line in lines if line.status == "SUCCESS"]
             reversed_ = any(line.status == "REVOKED" for line in lines)
-            charged = bool(paid) and not reversed_
             billed = sum(line.amount_fen for line in paid) if paid else None
+            given_back = billed is not None and sum(line.amount_fen for line in lines if line.status == "REFUND") >= billed
+            charged = bool(paid) and not reversed_ and not (given_back and (payment is None or payment.state != "SUCCESS"))
             first = lines[0]
             if charged and (payment is None or payment.state != "SUCCESS"):
                 where = "central has no such payment" if payment is None else f"central has it {payment.state}"

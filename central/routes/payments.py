@@ -1,4 +1,4 @@
-"""Code payments: identify the payer before charging, charge, follow, reverse (docs/PAYMENTS.md).
+"""Code payments: identify the payer before charging, charge, follow, reverse, refund (docs/PAYMENTS.md).
 
 Handlers are async: they wait on the gateway's tasks (which run in this process's event loop) without holding a
 worker thread, so a long-poll costs nothing while it waits.
@@ -35,6 +35,10 @@ def get_gateway(request: Request) -> Gateway:
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 OutTradeNo = Annotated[str, Path(pattern=contract.OUT_TRADE_NO_PATTERN)]
+OutRefundNo = Annotated[str, Path(pattern=contract.OUT_TRADE_NO_PATTERN)]
+Wait = Annotated[
+    float, Query(ge=0, le=MAX_WAIT_SECONDS, description="wait up to this many seconds for the state to change")
+]
 
 
 @router.post("/identify", responses={502: {"model": contract.ErrorBody}})
@@ -65,9 +69,7 @@ async def get_payment(
     out_trade_no: OutTradeNo,
     store: CurrentStore,
     gateway: GatewayDep,
-    wait: Annotated[
-        float, Query(ge=0, le=MAX_WAIT_SECONDS, description="wait up to this many seconds for the state to change")
-    ] = 0,
+    wait: Wait = 0,
 ) -> contract.Payment:
     """A payment of this store. With `wait`, the answer comes as soon as its state changes (or after `wait`
     seconds with the state unchanged)."""
@@ -80,5 +82,44 @@ async def get_payment(
 async def reverse(out_trade_no: OutTradeNo, store: CurrentStore, gateway: GatewayDep) -> contract.Payment:
     """Give up on a payment (or take back a paid one): central reverses it at the provider, no earlier than 15 s
     after the charge and until the provider confirms. Answers REVERSING at once (treat as not paid), then
-    REVERSED. A payment that already failed is answered as it is."""
+    REVERSED. A payment that already failed is answered as it is. A payment with refunds is not reversed (409
+    `refunded`): refund the rest instead."""
     return await gateway.cancel(store, out_trade_no)
+
+
+@router.post(
+    "/{out_trade_no}/refunds",
+    status_code=201,
+    responses={
+        200: {"model": contract.Refund, "description": "this out_refund_no was sent before: its refund"},
+        404: {"model": contract.ErrorBody},
+        409: {
+            "model": contract.ErrorBody,
+            "description": "`not_paid`: the payment is not SUCCESS · `refund_exceeds_payment`: with the refunds before "
+            "(those not FAILED) it adds up to more than was paid · `conflict`: this out_refund_no is another refund",
+        },
+    },
+)
+async def refund(
+    out_trade_no: OutTradeNo, request: contract.RefundRequest, response: Response, store: CurrentStore, gateway: GatewayDep
+) -> contract.Refund:
+    """Give back part or all of a paid payment, through the provider it was paid with. Answers with the
+    provider's first answer: SUCCESS, FAILED (with a reason), or PROCESSING (WeChat always: the money is on its
+    way; central follows it), then `GET .../refunds/{out_refund_no}?wait=`. The same request again answers the
+    same refund (200, `Idempotent-Replayed: true`) and never refunds twice."""
+    answer, created = await gateway.refund(store, out_trade_no, request)
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return answer
+
+
+@router.get("/{out_trade_no}/refunds/{out_refund_no}", responses={404: {"model": contract.ErrorBody}})
+async def get_refund(
+    out_trade_no: OutTradeNo, out_refund_no: OutRefundNo, store: CurrentStore, gateway: GatewayDep, wait: Wait = 0
+) -> contract.Refund:
+    """A refund of a payment of this store. With `wait`, the answer comes as soon as its state changes (or after
+    `wait` seconds with the state unchanged)."""
+    if wait > 0:
+        return await gateway.wait_refund(store, out_trade_no, out_refund_no, wait)
+    return await gateway.get_refund(store, out_trade_no, out_refund_no)
