@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -69,6 +70,7 @@ def paying(central_factory, wechat):
     store = server.add_store("S1")
     with server.client(store) as client:
         yield server, client
+    server.stop()  # and wait: no refund is left being followed against a database that goes away
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,7 @@ def alipaying(central_factory, alipay, tmp_path):
     store = server.add_store("S1")
     with server.client(store) as client:
         yield server, client
+    server.stop()
 
 
 def alipay_code(scenario: str) -> str:
@@ -214,6 +217,16 @@ def test_more_than_what_is_left_is_refused_before_anything_is_sent(paying, wecha
     assert refund(client, otn, 1.5).status_code == 422  # a float is no amount of fen
     assert refund(client, otn, 1, "has spaces!").status_code == 422
     assert refund(client, otn, 400).status_code == 201 and wechat.count("refund") == 2
+
+
+def test_two_refunds_at_the_same_moment_never_add_up_to_more_than_was_paid(paying, wechat):
+    server, client = paying
+    otn = paid(client, code("00"), 1000)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda n: refund(client, otn, 600, f"{new_orn()}x{n}"), range(4)))
+    assert sorted(a.status_code for a in answers) == [201, 409, 409, 409]
+    assert {a.json().get("error") for a in answers if a.status_code == 409} == {"refund_exceeds_payment"}
+    assert wechat.count("refund") == 1 and wechat.refunded_fen(otn) == 600
 
 
 def test_a_payment_that_is_not_paid_cannot_be_refunded(paying, wechat, sim_clock):
