@@ -33,6 +33,7 @@ const ui = {
   seenFailures: new Set(), // out_trade_no of failed payments the shopper has dismissed
   cancelledHere: new Set(), // out_trade_no of payments the shopper cancelled on this screen
   refusal: null, // the last step the agent refused: { session_id, zh, en }
+  finished: new Set(), // ids of sales seen paid or cancelled
   screen: "starting",
   screenSince: Date.now(),
   lastActivity: Date.now(),
@@ -50,10 +51,13 @@ function show(session) {
   const old = ui.session;
   if (old && old.id === session.id && (session.version ?? 0) < (old.version ?? 0)) return old;
   if (session.id === ui.dismissed && !OPEN_STATES.has(session.state)) return session; // late news of a finished sale
+  if (ui.finished.has(session.id) && OPEN_STATES.has(session.state)) return old; // paid or cancelled is final
+  if (!OPEN_STATES.has(session.state)) ui.finished.add(session.id);
   if (!old || old.id !== session.id) ui.dismissed = null;
+  const news = !old || old.id !== session.id || (session.version ?? 0) > (old.version ?? 0);
   ui.session = session;
   if (session.member) ui.phone = null;
-  touch();
+  if (news) touch(); // something happened in the sale: it is not abandoned
   render();
   return session;
 }
@@ -447,7 +451,9 @@ api.follow("/v1/events", EVENT_TYPES, onEvent, (up) => {
   document.body.dataset.live = String(up);
   if (up) resync(); // what happened while the stream was not connected
 });
+// The event stream is the fast path; this slow look catches anything it dropped.
+setInterval(() => { if (!ui.locked) resync(); }, 3000);
 refreshStation();
 setInterval(refreshStation, 10_000);
-setInterval(tick, 1000);
+setInterval(tick, 250);
 start();

@@ -20,7 +20,7 @@ const UNAUTHORIZED = {
   message_zh: "此屏幕需要本机的 API 令牌",
 };
 
-const till = { session: null, locked: false };
+const till = { session: null, locked: false, finished: new Set(), listStale: false };
 
 // --- messages ------------------------------------------------------------------------------------------------
 
@@ -58,6 +58,8 @@ function show(session) {
   if (!session?.id) return session;
   const old = till.session;
   if (old && old.id === session.id && (session.version ?? 0) < (old.version ?? 0)) return old;
+  if (till.finished.has(session.id) && OPEN_STATES.has(session.state)) return old; // paid or cancelled is final
+  if (!OPEN_STATES.has(session.state)) till.finished.add(session.id);
   till.session = session;
   renderSale();
   return session;
@@ -298,7 +300,14 @@ function timeOf(iso) {
   return Number.isNaN(at.getTime()) ? "" : at.toLocaleTimeString("zh-CN", { hour12: false });
 }
 
-async function refreshTransactions() {
+/** `auto`: after an event. An open refund confirmation is left alone then, and the list catches up once it
+ *  is closed. */
+async function refreshTransactions({ auto = false } = {}) {
+  if (auto && $("transactions").querySelector("tr.confirm")) {
+    till.listStale = true;
+    return;
+  }
+  till.listStale = false;
   const transactions = await attempt(() => api.get("/v1/transactions?limit=15"));
   if (!Array.isArray(transactions)) return;
   const body = $("transactions");
@@ -342,7 +351,7 @@ function askRefund(t, tr) {
     h("span", {}, `整单退款 ${t.receipt_no ?? t.id}：${yuan(t.total_fen)} — Refund the whole sale? `),
     reason,
     h("button", { type: "button", className: "danger", onclick: () => refund(t, reason.value.trim(), confirm) }, "确认退款 Confirm refund"),
-    h("button", { type: "button", className: "plain", onclick: () => confirm.remove() }, "返回 Back"),
+    h("button", { type: "button", className: "plain", onclick: () => closeConfirm(confirm) }, "返回 Back"),
   ));
   tr.after(confirm);
   reason.focus();
@@ -356,12 +365,20 @@ async function refund(t, reason, confirmRow) {
     say({ message: `Refunded ${yuan(record?.total_fen ?? t.total_fen)} (refund receipt ${no})`, message_zh: "退款完成" }, "info");
     return true;
   });
-  if (!done) for (const button of confirmRow.querySelectorAll("button")) button.disabled = false;
-  else confirmRow.remove();
+  if (!done) {
+    for (const button of confirmRow.querySelectorAll("button")) button.disabled = false;
+    return;
+  }
+  confirmRow.remove();
   refreshTransactions();
 }
 
-$("recent-refresh").addEventListener("click", refreshTransactions);
+function closeConfirm(row) {
+  row.remove();
+  if (till.listStale) refreshTransactions();
+}
+
+$("recent-refresh").addEventListener("click", () => refreshTransactions());
 
 // --- status, events, start -----------------------------------------------------------------------------------
 
@@ -400,7 +417,7 @@ async function refreshStatus() {
 function onEvent(type, data) {
   if (data.session) show(data.session);
   if (type === "message") say({ message: data.message, message_zh: data.message_zh, code: data.error });
-  if (type === "paid" || type === "closed" || type === "cancelled") refreshTransactions();
+  if (type === "paid" || type === "closed" || type === "cancelled") refreshTransactions({ auto: true });
 }
 
 async function resync() {
@@ -427,6 +444,8 @@ api.follow("/v1/events", EVENT_TYPES, onEvent, (up) => {
   document.body.dataset.live = String(up);
   if (up) resync(); // what happened while the stream was not connected
 });
+// The event stream is the fast path; this slow look catches anything it dropped.
+setInterval(() => { if (!till.locked) resync(); }, 3000);
 refreshStatus();
 setInterval(refreshStatus, 5000);
 start();
