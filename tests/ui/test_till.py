@@ -1,0 +1,125 @@
+"""The cashier's till screen in a real browser, against a whole store: agent, central, WeChat Pay simulator."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from tests.checkout_stack import Stack
+
+BASKET = [
+    {"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 2, "unit_price_fen": 1290},
+    {"sku": "6920202888883", "name": "方便面", "qty": 1, "unit_price_fen": 450},
+]  # ¥30.30
+
+
+def open_till(page: Page, stack: Stack) -> None:
+    page.goto(f"{stack.url}/till/#token={stack.token}")
+    expect(page.locator("body")).to_have_attribute("data-live", "true")
+    expect(page.locator("#status-online")).to_contain_text("在线 Online")
+
+
+def set_basket(stack: Stack, session_id: str) -> dict:
+    answer = stack.api.put(f"/v1/sessions/{session_id}/basket", json={"lines": BASKET})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def cash_sale(stack: Stack) -> dict:
+    """A sale rung up and paid in cash through the API, as the store's POS software would."""
+    session = stack.open_session()
+    set_basket(stack, session["id"])
+    answer = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_cash_sale_shows_the_change_large(page: Page, stack: Stack) -> None:
+    open_till(page, stack)
+    expect(page.locator("#sale-empty")).to_be_visible()
+
+    page.locator("#new-sale").click()
+    expect(page.locator("#sale-state")).to_have_text("新交易 New")
+    session = stack.api.get("/v1/sessions/current").json()
+    set_basket(stack, session["id"])  # the POS sends the basket
+    expect(page.locator("#sale-lines")).to_contain_text("方便面")
+    expect(page.locator("#remaining")).to_have_text("¥30.30")
+
+    page.locator("#cash").fill("50")
+    page.locator("#cash-form button[type=submit]").click()
+    change = page.locator("#change")
+    expect(change).to_be_visible()
+    expect(change).to_have_text("¥19.70")
+    assert float(change.evaluate("node => getComputedStyle(node).fontSize").removesuffix("px")) >= 40
+    expect(page.locator("#sale-state")).to_have_text("已完成 Done")
+    expect(page.locator("#sale-tenders")).to_contain_text("现金 Cash")
+    receipt_no = stack.api.get(f"/v1/sessions/{session['id']}").json()["receipt_no"]
+    expect(page.locator("#sale-receipt")).to_contain_text(receipt_no)
+    expect(page.locator("#transactions")).to_contain_text(receipt_no)
+
+
+def test_an_unknown_code_shows_the_agents_message(page: Page, stack: Stack) -> None:
+    open_till(page, stack)
+    page.locator("#code").fill("hello-not-a-code")
+    page.locator("#code-form button[type=submit]").click()
+
+    message = page.locator("#message")
+    expect(message).to_be_visible()
+    expect(message).to_have_attribute("data-code", "unknown_code")
+    session = stack.api.get("/v1/sessions/current").json()
+    refused = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": "hello-not-a-code"})
+    assert refused.status_code == 422
+    expect(message).to_contain_text(refused.json()["message"])
+    expect(message).to_contain_text(refused.json()["message_zh"])
+
+
+def test_refusals_are_shown_to_the_cashier(page: Page, stack: Stack) -> None:
+    session = stack.open_session()
+    set_basket(stack, session["id"])
+    open_till(page, stack)
+    expect(page.locator("#remaining")).to_have_text("¥30.30")
+
+    page.locator("#cash").fill("abc")
+    page.locator("#cash-form button[type=submit]").click()
+    expect(page.locator("#message")).to_contain_text("Enter the cash handed over")
+
+    page.locator("#card-amount").fill("99")  # more than is left: only cash may exceed it
+    page.locator("#card-reference").fill("TRACE0001")
+    page.locator("#card-form button[type=submit]").click()
+    refused = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "card", "amount_fen": 9900, "reference": "TRACE0001"})
+    assert 400 <= refused.status_code < 500
+    expect(page.locator("#message")).to_have_class(re.compile(r"\berror\b"))
+    expect(page.locator("#message")).to_contain_text(refused.json()["message"])
+    expect(page.locator("#remaining")).to_have_text("¥30.30")
+
+
+def test_refund_a_sale_from_the_recent_transactions(page: Page, stack: Stack) -> None:
+    sale = cash_sale(stack)
+    open_till(page, stack)
+    row = page.locator(f'#transactions tr[data-receipt="{sale["receipt_no"]}"]')
+    expect(row).to_contain_text("销售 Sale")
+    expect(row).to_contain_text("¥30.30")
+
+    row.get_by_role("button", name="退款 Refund").click()
+    page.get_by_role("button", name="确认退款 Confirm refund").click()
+    expect(page.locator("#message")).to_contain_text("退款完成")
+    expect(page.locator("#message")).to_contain_text("Refunded ¥30.30")
+    refund = page.locator('#transactions tr[data-kind="refund"]')
+    expect(refund).to_contain_text(sale["receipt_no"])
+    expect(refund).to_contain_text("-¥30.30")
+
+    # Everything is refunded now: a second refund is refused, and the cashier is told why.
+    row.get_by_role("button", name="退款 Refund").click()
+    page.get_by_role("button", name="确认退款 Confirm refund").click()
+    expect(page.locator("#message")).to_have_attribute("data-code", "refund_refused")
+    expect(page.locator("#message")).to_contain_text("nothing is left to refund")
+
+
+def test_reprint_from_the_recent_transactions(page: Page, stack: Stack) -> None:
+    sale = cash_sale(stack)
+    open_till(page, stack)
+    row = page.locator(f'#transactions tr[data-receipt="{sale["receipt_no"]}"]')
+    row.get_by_role("button", name="重打 Reprint").click()
+    expect(page.locator("#message")).to_contain_text("已重打小票")
+    expect(page.locator("#message")).to_contain_text(sale["receipt_no"])
