@@ -85,7 +85,7 @@ def test_member_scans_then_pays_by_code_and_sees_points_and_receipt_number(page:
 
 def test_customer_confirms_on_the_phone_then_paid(page: Page, stack_factory) -> None:
     stack = stack_factory(kind="kiosk")
-    open_kiosk(page, stack, final=1)
+    open_kiosk(page, stack, final=0.5)
     stack.scan(WATER["sku"])  # the kiosk prices it from its catalog
     expect(page.locator("#lines")).to_contain_text("矿泉水 550ml")
 
@@ -105,7 +105,7 @@ def test_customer_confirms_on_the_phone_then_paid(page: Page, stack_factory) -> 
 
 def test_shopper_cancels_while_the_phone_waits(page: Page, stack_factory) -> None:
     stack = stack_factory(kind="kiosk")
-    open_kiosk(page, stack, final=1)
+    open_kiosk(page, stack, final=0.5)
     stack.scan(WATER["sku"])
     expect(page.locator("#pay-prompt")).to_be_visible()
 
@@ -188,7 +188,7 @@ def test_offline_banner_when_central_is_down(page: Page, stack_factory) -> None:
 
 def test_abandoned_sale_is_cancelled_after_the_idle_timeout(page: Page, stack_factory) -> None:
     stack = stack_factory(kind="kiosk")
-    open_kiosk(page, stack, idle=1, final=1)
+    open_kiosk(page, stack, idle=1, final=0.5)
     stack.scan(WATER["sku"])
     expect(page.locator("#lines")).to_contain_text("矿泉水 550ml")
 

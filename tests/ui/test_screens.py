@@ -52,9 +52,12 @@ def test_chinese_text_is_drawn_with_real_glyphs(page: Page, stack_factory) -> No
     text = heading.text_content()
 
     box = page.evaluate(
-        """(node) => { const range = document.createRange(); range.selectNodeContents(node);
-                       const r = range.getBoundingClientRect();
-                       return {x: r.x, y: r.y, width: r.width, height: r.height, em: parseFloat(getComputedStyle(node).fontSize)}; }""",
+        """(node) => {
+             const range = document.createRange();
+             range.selectNodeContents(node);
+             const r = range.getBoundingClientRect();
+             return {x: r.x, y: r.y, width: r.width, height: r.height, em: parseFloat(getComputedStyle(node).fontSize)};
+           }""",
         heading.element_handle(),
     )
     fonts = _fonts_drawing(page, "#screen-idle h2 .zh")

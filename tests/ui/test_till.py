@@ -35,12 +35,18 @@ def cash_sale(stack: Stack) -> dict:
     return answer.json()
 
 
-def test_cash_sale_shows_the_change_large(page: Page, stack: Stack) -> None:
+def test_member_card_typed_then_cash_with_the_change_shown_large(page: Page, stack: Stack) -> None:
+    stack.add_member(points=120, display_name="赵*六", card_no="8800123456789")
     open_till(page, stack)
     expect(page.locator("#sale-empty")).to_be_visible()
 
     page.locator("#new-sale").click()
     expect(page.locator("#sale-state")).to_have_text("新交易 New")
+    page.locator("#code").fill("8800123456789")  # the customer's card, typed
+    page.locator("#code-form button[type=submit]").click()
+    expect(page.locator("#sale-member")).to_contain_text("赵*六")
+    expect(page.locator("#sale-member")).to_contain_text("积分 120")
+    expect(page.locator("#code")).to_be_empty()
     session = stack.api.get("/v1/sessions/current").json()
     set_basket(stack, session["id"])  # the POS sends the basket
     expect(page.locator("#sale-lines")).to_contain_text("方便面")
@@ -87,19 +93,24 @@ def test_refusals_are_shown_to_the_cashier(page: Page, stack: Stack) -> None:
     page.locator("#card-amount").fill("99")  # more than is left: only cash may exceed it
     page.locator("#card-reference").fill("TRACE0001")
     page.locator("#card-form button[type=submit]").click()
-    refused = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "card", "amount_fen": 9900, "reference": "TRACE0001"})
+    card = {"kind": "card", "amount_fen": 9900, "reference": "TRACE0001"}
+    refused = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json=card)
     assert 400 <= refused.status_code < 500
     expect(page.locator("#message")).to_have_class(re.compile(r"\berror\b"))
     expect(page.locator("#message")).to_contain_text(refused.json()["message"])
     expect(page.locator("#remaining")).to_have_text("¥30.30")
 
 
-def test_refund_a_sale_from_the_recent_transactions(page: Page, stack: Stack) -> None:
+def test_reprint_and_refund_from_the_recent_transactions(page: Page, stack: Stack) -> None:
     sale = cash_sale(stack)
     open_till(page, stack)
     row = page.locator(f'#transactions tr[data-receipt="{sale["receipt_no"]}"]')
     expect(row).to_contain_text("销售 Sale")
     expect(row).to_contain_text("¥30.30")
+
+    row.get_by_role("button", name="重打 Reprint").click()
+    expect(page.locator("#message")).to_contain_text("已重打小票")
+    expect(page.locator("#message")).to_contain_text(sale["receipt_no"])
 
     row.get_by_role("button", name="退款 Refund").click()
     page.get_by_role("button", name="确认退款 Confirm refund").click()
@@ -114,12 +125,3 @@ def test_refund_a_sale_from_the_recent_transactions(page: Page, stack: Stack) ->
     page.get_by_role("button", name="确认退款 Confirm refund").click()
     expect(page.locator("#message")).to_have_attribute("data-code", "refund_refused")
     expect(page.locator("#message")).to_contain_text("nothing is left to refund")
-
-
-def test_reprint_from_the_recent_transactions(page: Page, stack: Stack) -> None:
-    sale = cash_sale(stack)
-    open_till(page, stack)
-    row = page.locator(f'#transactions tr[data-receipt="{sale["receipt_no"]}"]')
-    row.get_by_role("button", name="重打 Reprint").click()
-    expect(page.locator("#message")).to_contain_text("已重打小票")
-    expect(page.locator("#message")).to_contain_text(sale["receipt_no"])

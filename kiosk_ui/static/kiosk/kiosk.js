@@ -2,6 +2,8 @@
 // screen at a time: idle → (phone keypad) → sale → waiting for the phone → success / failure / cancelled.
 // What is on screen is decided from the sale as the agent last described it (`screenName`), plus the few
 // things only this screen knows: the keypad, a failed payment the shopper has seen, a sale that timed out.
+// Open it as /kiosk/#token=<api.token>; `&final=10` (seconds on the success and cancelled screens) and
+// `&idle=120` (seconds before an untouched sale is cancelled) may follow.
 import { Api, EVENT_TYPES, OPEN_STATES, PAID_STATES, bilingual, h, readFragment, yuan } from "./api.js";
 
 const { token, options } = readFragment();
@@ -17,7 +19,7 @@ const NOTICE_S = 8;
 const IN_PROGRESS = new Set(["sending", "PENDING", "USERPAYING", "UNKNOWN", "REVERSING"]);
 const FAILED = new Set(["FAILED", "REVERSED"]);
 const TIERS = {
-  regular: ["普通会员", "Member"], member: ["普通会员", "Member"], silver: ["银卡会员", "Silver"],
+  normal: ["会员", "Member"], regular: ["会员", "Member"], member: ["会员", "Member"], silver: ["银卡会员", "Silver"],
   gold: ["金卡会员", "Gold"], platinum: ["白金会员", "Platinum"], diamond: ["钻石会员", "Diamond"],
 };
 
@@ -34,6 +36,7 @@ const ui = {
   cancelledHere: new Set(), // out_trade_no of payments the shopper cancelled on this screen
   refusal: null, // the last step the agent refused: { session_id, zh, en }
   finished: new Set(), // ids of sales seen paid or cancelled
+  timedOut: null, // id of the sale this screen cancelled after IDLE_S without activity
   screen: "starting",
   screenSince: Date.now(),
   lastActivity: Date.now(),
@@ -231,8 +234,8 @@ function renderSuccess(s) {
 
 function renderCancelled(s) {
   const reason = $("cancelled-reason");
-  if (ui.timedOut === s.id) reason.replaceChildren(bilingual("长时间无操作，交易已自动取消", "Cancelled after a while without activity"));
-  else reason.replaceChildren();
+  const timedOut = ui.timedOut === s.id;
+  reason.replaceChildren(timedOut ? bilingual("长时间无操作，交易已自动取消", "Cancelled after a while without activity") : "");
 }
 
 // --- actions -------------------------------------------------------------------------------------------------

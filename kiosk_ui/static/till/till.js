@@ -11,7 +11,9 @@ const STATES = {
   idle: "新交易 New", member: "会员 Member", basket: "待付款 To pay", tender: "收款中 Paying", paid: "已付款 Paid",
   receipt_queued: "已付款 Paid", closed: "已完成 Done", cancelled: "已取消 Cancelled",
 };
-const TENDERS = { cash: "现金 Cash", wechat: "微信支付 WeChat Pay", alipay: "支付宝 Alipay", card: "银行卡 Card", other: "其他 Other" };
+const TENDERS = {
+  cash: "现金 Cash", wechat: "微信支付 WeChat Pay", alipay: "支付宝 Alipay", card: "银行卡 Card", other: "其他 Other",
+};
 const KINDS = { sale: "销售 Sale", refund: "退款 Refund", void: "作废 Void" };
 const VIA = { member_code: "会员码 member code", card: "会员卡 card", phone: "手机号 phone", payment_code: "付款码 payment code" };
 const WAITING = new Set(["sending", "PENDING", "USERPAYING", "UNKNOWN", "REVERSING"]);
@@ -19,6 +21,9 @@ const UNAUTHORIZED = {
   message: "This screen needs the station's API token: open it as /till/#token=… with the station's api.token.",
   message_zh: "此屏幕需要本机的 API 令牌",
 };
+
+/** A step refused here, before asking the agent: shown like the agent's own refusals. */
+const refused = (message, messageZh) => Object.assign(new Error(message), { messageZh });
 
 const till = { session: null, locked: false, finished: new Set(), listStale: false };
 
@@ -80,7 +85,7 @@ async function ensureSale() {
 
 function requireSale() {
   const session = openSale();
-  if (!session) throw Object.assign(new Error("No sale is open: scan the customer's code or press New sale first."), { messageZh: "没有进行中的交易" });
+  if (!session) throw refused("No sale is open: scan the customer's code or press New sale first.", "没有进行中的交易");
   return session;
 }
 
@@ -229,14 +234,14 @@ form("phone-form", async () => {
 form("points-form", async () => {
   const session = requireSale();
   const points = Number($("points").value);
-  if (!Number.isInteger(points) || points < 0) throw Object.assign(new Error("Points must be a whole number, 0 or more."), { messageZh: "积分须为整数" });
+  if (!Number.isInteger(points) || points < 0) throw refused("Points must be a whole number, 0 or more.", "积分须为整数");
   stepDone(await api.put(path(session, "/redemption"), { points }));
 });
 
 form("cash-form", async () => {
   const session = requireSale();
   const tendered = parseYuan($("cash").value);
-  if (tendered === null || tendered <= 0) throw Object.assign(new Error("Enter the cash handed over in yuan, e.g. 100 or 100.50."), { messageZh: "请输入收到的现金金额" });
+  if (tendered === null || tendered <= 0) throw refused("Enter the cash handed over in yuan, e.g. 100 or 100.50.", "请输入收到的现金金额");
   const after = await api.post(path(session, "/tenders"), { kind: "cash", tendered_fen: tendered });
   $("cash").value = "";
   stepDone(after);
@@ -246,7 +251,7 @@ form("card-form", async () => {
   const session = requireSale();
   const typed = $("card-amount").value.trim();
   const amount = typed ? parseYuan(typed) : session.remaining_fen;
-  if (amount === null || !(amount > 0)) throw Object.assign(new Error("Enter the amount paid on the terminal in yuan, e.g. 12.50."), { messageZh: "请输入金额" });
+  if (amount === null || !(amount > 0)) throw refused("Enter the amount paid on the terminal in yuan, e.g. 12.50.", "请输入金额");
   const reference = $("card-reference").value.trim() || null;
   const after = await api.post(path(session, "/tenders"), { kind: $("card-kind").value, amount_fen: amount, reference });
   $("card-amount").value = "";
@@ -323,7 +328,9 @@ function transactionRow(t) {
   const receipt = t.receipt_no ?? t.id.slice(0, 8);
   const actions = h("td", { className: "actions" },
     h("button", { type: "button", className: "plain", onclick: () => reprint(t) }, "重打 Reprint"),
-    t.kind === "sale" ? h("button", { type: "button", className: "plain danger", onclick: (event) => askRefund(t, event.target.closest("tr")) }, "退款 Refund") : "",
+    t.kind === "sale"
+      ? h("button", { type: "button", className: "plain danger", onclick: (event) => askRefund(t, event.target.closest("tr")) }, "退款 Refund")
+      : "",
   );
   const original = t.body?.original_receipt_no ? h("span", { className: "sku" }, ` ← ${t.body.original_receipt_no}`) : "";
   return h("tr", { dataset: { id: t.id, receipt: receipt, kind: t.kind } },
