@@ -106,7 +106,7 @@ def seed_demo(config_path: Path, members: int, seed: int) -> None:
         raise click.UsageError('seed-demo creates a store with a public token; it runs only with environment = "development"')
     engine = _engine(settings)
     try:
-        report = run(engine, settings.key_bytes(), members, seed)
+        report = run(engine, settings.key_bytes(), members, seed, payer_appid=settings.wechat_appid or None)
     finally:
         engine.dispose()
     store = f"store {DEMO_STORE_ID} added" if report.store_added else f"store {DEMO_STORE_ID} present"

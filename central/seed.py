@@ -16,6 +16,7 @@ from central.clock import utcnow
 from central.db import read_session, write_session
 from central.identity import ID_ALPHABET, openid_kind
 from central.models import Coupon, LedgerEntry, Member, MemberIdentifier, Store
+from central.payments.simulators.wechat import customer_openid
 from central.pii import InvalidPhoneNumber, hash_e164, mask_e164, mask_name, normalize_cn_mobile
 
 # Public demo values: the demo agent (config/demo.toml, Makefile) uses the same.
@@ -66,7 +67,12 @@ class SeedReport:
     store_added: bool
 
 
-def demo_member(seed: int, n: int, phone_key: bytes, today: datetime) -> DemoMember:
+# Members 1-9 pay with the WeChat Pay simulator's customers 0001-0009 (`13 0001 ...` auth codes), so the demo
+# shows pay-as-member with one scan.
+DEMO_PAYERS = 9
+
+
+def demo_member(seed: int, n: int, phone_key: bytes, today: datetime, payer_appid: str | None = None) -> DemoMember:
     """Member number `n` (1-based) of the demo population for `seed`."""
     rng = random.Random(f"pos-central demo {seed} {n}")
     member_id = "M" + "".join(rng.choices(ID_ALPHABET, k=11))
@@ -89,6 +95,11 @@ def demo_member(seed: int, n: int, phone_key: bytes, today: datetime) -> DemoMem
         member.identifiers.append((openid_kind(MINI_PROGRAM_APPID), _wechat_id(rng)))
     if has_unionid and rng.random() < 0.5:
         member.identifiers.append((openid_kind(OFFICIAL_ACCOUNT_APPID), _wechat_id(rng)))
+
+    if payer_appid is not None and n <= DEMO_PAYERS:
+        kind = openid_kind(payer_appid)
+        member.identifiers = [(k, v) for k, v in member.identifiers if k != kind]
+        member.identifiers.append((kind, customer_openid(payer_appid, f"{n:04d}")))
 
     for _ in range(rng.choices((0, 1, 2), weights=(65, 25, 10))[0]):
         title, kind, amount, percent, threshold, cap, offline = rng.choice(COUPONS)
@@ -119,9 +130,10 @@ def _wechat_id(rng: random.Random) -> str:
 
 def seed_demo(
     engine: sa.Engine, phone_key: bytes, members: int, seed: int = 1, store_id: str = DEMO_STORE_ID,
-    store_token: str = DEMO_STORE_TOKEN, now: datetime | None = None,
+    store_token: str = DEMO_STORE_TOKEN, now: datetime | None = None, payer_appid: str | None = None,
 ) -> SeedReport:  # fmt: skip
-    """Add the demo store (if missing) and demo members 1..`members` that are not there yet."""
+    """Add the demo store (if missing) and demo members 1..`members` that are not there yet. With `payer_appid`
+    (the WeChat Pay appid central charges with), members 1-9 are the payment simulator's customers 0001-0009."""
     now = now or utcnow()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     store_added = False
@@ -132,7 +144,7 @@ def seed_demo(
             store_added = True
     added = 0
     for start in range(1, members + 1, CHUNK):
-        batch = [demo_member(seed, n, phone_key, today) for n in range(start, min(start + CHUNK, members + 1))]
+        batch = [demo_member(seed, n, phone_key, today, payer_appid) for n in range(start, min(start + CHUNK, members + 1))]
         added += _insert(engine, batch, now)
     with read_session(engine) as session:
         total = session.execute(sa.select(sa.func.count()).select_from(Member).where(Member.deleted.is_(False))).scalar_one()

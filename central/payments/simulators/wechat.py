@@ -77,6 +77,12 @@ BILL_HEADER = (
 BILL_SUMMARY_HEADER = "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额"
 
 
+def customer_openid(appid: str, customer: str) -> str:
+    """The openid (of `appid`) of simulated customer `customer`, the four digits after an auth code's prefix."""
+    digest = hashlib.sha256(f"{appid}/{customer}".encode()).digest()
+    return "o" + base64.urlsafe_b64encode(digest).decode()[:27]
+
+
 def scenario_of(auth_code: str) -> str:
     return auth_code[-2:]
 
@@ -147,8 +153,7 @@ class WeChatSimulator:
 
     def openid_for(self, auth_code: str) -> str:
         """The openid of the customer an auth code belongs to (digits 3–6), stable across codes."""
-        digest = hashlib.sha256(f"{self.appid}/{auth_code[2:6]}".encode()).digest()
-        return "o" + base64.urlsafe_b64encode(digest).decode()[:27]
+        return customer_openid(self.appid, auth_code[2:6])
 
     def add_order(
         self,
