@@ -81,3 +81,15 @@ def _fonts_drawing(page: Page, selector: str) -> list[dict]:
     root = cdp.send("DOM.getDocument")["root"]["nodeId"]
     node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
     return cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+
+
+def test_data_is_shown_as_text_never_as_markup(page: Page, stack: Stack) -> None:
+    name = '<img src=x onerror="window.pwned=1">'
+    session = stack.open_session()
+    line = {"sku": "X1", "name": name, "qty": 1, "unit_price_fen": 100}
+    answer = stack.api.put(f"/v1/sessions/{session['id']}/basket", json={"lines": [line]})
+    assert answer.status_code == 200, answer.text
+    page.goto(f"{stack.url}/till/#token={stack.token}")
+    expect(page.locator("#sale-lines")).to_contain_text(name)
+    expect(page.locator("#sale-lines img")).to_have_count(0)
+    assert page.evaluate("window.pwned") is None
