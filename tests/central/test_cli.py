@@ -162,3 +162,15 @@ class socket_closed_port:
 def test_help_and_version(args, capsys):
     code, out, _ = run(capsys, *args)
     assert code == 0 and out
+
+
+def test_demo_members_one_to_nine_are_the_payment_simulators_customers():
+    from central.payments.simulators.wechat import customer_openid
+
+    appid = OFFICIAL_ACCOUNT_APPID
+    first = demo_member(1, 1, PHONE_KEY.encode(), datetime.now(UTC), payer_appid=appid)
+    tenth = demo_member(1, 10, PHONE_KEY.encode(), datetime.now(UTC), payer_appid=appid)
+    assert (f"openid:{appid}", customer_openid(appid, "0001")) in first.identifiers
+    assert [k for k, _ in first.identifiers].count(f"openid:{appid}") == 1
+    assert (f"openid:{appid}", customer_openid(appid, "0010")) not in tenth.identifiers
+    assert first.id == demo_member(1, 1, PHONE_KEY.encode(), datetime.now(UTC)).id  # the same person as before
