@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from agent.central_client import CentralClient, CentralError
+from agent.central_client import CentralClient, CentralError, CentralNotReached
 from agent.checkout import CheckoutError, NotFound, Offline, PaymentFailed
 from agent.connectivity import Connectivity
 from agent.db import reader
@@ -110,8 +110,14 @@ class Refunds:
                         answer = await self.client.refund_payment(
                             tender["out_trade_no"], RefundRequest(out_refund_no=tender["out_refund_no"], amount_fen=tender["amount_fen"], reason=reason)
                         )
+                    except CentralNotReached as exc:
+                        raise Offline(f"the {tender['kind']} refund could not be sent: {exc}; try again later", "网络中断，暂时无法原路退款，请稍后再试") from None
                     except CentralError as exc:
-                        raise PaymentFailed(f"the {tender['kind']} refund did not go through: {exc}", "原路退款失败，请稍后再试") from None
+                        # Sent, answer lost: the same refund asked again is the same out_refund_no, never a second one.
+                        raise PaymentFailed(
+                            f"the {tender['kind']} refund's answer did not arrive ({exc}): ask for the same refund again to finish it",
+                            "退款结果未知，请稍后重试同一笔退款",
+                        ) from None
                     if answer.state == "FAILED":
                         raise PaymentFailed(f"the {tender['kind']} refund was refused: {answer.reason_en or answer.code}", answer.reason_zh)
                     tender["state"] = answer.state
