@@ -25,6 +25,7 @@ from agent.db import reader, schema_revision
 from agent.ids import new_transaction_id
 from agent.print_queue import JobNotFound, JobStateError, JobView
 from agent.receipts import test_page
+from agent.sync import reached_central
 from drivers.simulated import SimulatedPrinter, SimulatedScanner
 
 STATIC = Path(__file__).resolve().parent.parent / "kiosk_ui" / "static"
@@ -203,11 +204,13 @@ async def sync_now(state: StateDep) -> dict[str, Any]:
     reports = {}
     for name, health, run in (("pushed", sync.push_health, sync.push), ("pulled", sync.pull_health, sync.pull)):
         try:
-            reports[name] = asdict(await run())
+            report = await run()
         except CentralError as exc:
             health.failed(exc)  # the till's view of central follows what it just saw
             raise HTTPException(503, f"central cannot be reached or refused: {exc}") from None
-        health.succeeded()
+        if reached_central(report):
+            health.succeeded()
+        reports[name] = asdict(report)
     return reports
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from agent import pii
-from agent.benefits import BadBasket, CouponNotUsable, Redemption, RedemptionRefused, Tier, check_coupon, price
+from agent.benefits import BadBasket, CouponNotUsable, Redemption, RedemptionRefused, Tier, check_coupon, max_redeemable, price
 from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralRejected
 from agent.clock import business_day, to_storage, utcnow
 from agent.codes import Classification, CodeRules, Kind, classify
@@ -510,7 +510,10 @@ class Checkout:
         offs = dict(pricing.coupon_discounts)
         for sale_coupon in sale.coupons:
             sale_coupon.amount_off_fen = offs.get(sale_coupon.code, 0)
-        sale.pricing = PricingView.of(pricing)
+        most = 0
+        if redemption is not None and redemption.may_redeem:
+            most = max_redeemable(rules, pricing.subtotal_fen - pricing.discount_fen, redemption)
+        sale.pricing = PricingView.of(pricing, most)
 
     def _offline_redeem_left(self, member_id: str) -> int:
         """The offline cap minus points this member spent at this till today while it was offline."""
@@ -586,7 +589,7 @@ class Checkout:
             raise Offline(payment.message, OFFLINE_ZH) from None
         except CentralRejected as exc:
             payment.state = "FAILED"
-            payment.message = str(exc)
+            payment.message, payment.message_zh = str(exc), "支付失败，请重试或换一种方式付款"
             await self._payment_answer(sale, payment, None, follow=False, known=True)
             raise PaymentFailed(f"central refused the payment: {exc}", "支付失败，请重试或换一种方式付款") from None
         except CentralError as exc:

@@ -55,6 +55,9 @@ class EventHub:
         while True:
             async with self._changed:
                 await self._changed.wait_for(lambda: self.last_id > seen)
+            # Up to the events there were when this batch was taken: those published while it is being sent
+            # come in the next batch.
+            upto = self.last_id
             for event in self.since(seen, session_id):
                 yield event
-            seen = self.last_id
+            seen = upto

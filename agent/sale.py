@@ -85,9 +85,10 @@ class PricingView(BaseModel):
     points_value_fen: int
     amount_due_fen: int
     points_earned: int
+    max_redeemable_points: int = Field(0, description="the most points this basket takes from this member now")
 
     @classmethod
-    def of(cls, pricing: Pricing) -> PricingView:
+    def of(cls, pricing: Pricing, max_redeemable_points: int = 0) -> PricingView:
         coupons = sum(fen for _, fen in pricing.coupon_discounts)
         return cls(
             subtotal_fen=pricing.subtotal_fen,
@@ -98,6 +99,7 @@ class PricingView(BaseModel):
             points_value_fen=pricing.points_value_fen,
             amount_due_fen=pricing.amount_due_fen,
             points_earned=pricing.points_earned,
+            max_redeemable_points=max_redeemable_points,
         )
 
 

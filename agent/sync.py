@@ -82,6 +82,11 @@ class PushReport:
     balances: int = 0
 
 
+def reached_central(report: PushReport | PullReport) -> bool:
+    """Whether the job spoke to central: a push with nothing to send did not, and says nothing of the WAN."""
+    return not isinstance(report, PushReport) or report.sent > 0
+
+
 @dataclass(frozen=True)
 class PullReport:
     pages: int = 0
@@ -127,7 +132,8 @@ class Sync:
         except CentralError as exc:
             health.failed(exc)
             return None
-        health.succeeded()
+        if reached_central(report):
+            health.succeeded()
         return report
 
     # --- push --------------------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ def test_member_code_allows_points_and_a_payment_code_alone_does_not(stack):
     session = start_sale(stack)
     by_code = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": stack.member_code(member)}).json()
     assert by_code["member"]["via"] == "member_code" and by_code["member"]["may_redeem"]
+    assert by_code["pricing"]["max_redeemable_points"] == 800  # the balance, under the 50% cap of 2052
     # 50% of the basket after discounts is the cap: (4190 - 85) // 2 = 2052 points at 1 fen each.
     too_many = stack.api.put(f"/v1/sessions/{session['id']}/redemption", json={"points": 900})
     assert too_many.status_code == 409 and too_many.json()["error"] == "redemption_refused"
