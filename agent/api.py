@@ -356,6 +356,7 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
     app.mount("/console", StaticFiles(directory=STATIC / "console", html=True), name="console")
     app.mount("/kiosk", StaticFiles(directory=STATIC / "kiosk", html=True), name="kiosk")
     app.mount("/till", StaticFiles(directory=STATIC / "till", html=True), name="till")
+    app.mount("/shared", StaticFiles(directory=STATIC / "shared"), name="shared")  # what both screens use
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

@@ -1,9 +1,8 @@
-"""What both screens share: the token, the Chinese text as drawn, and one copy of the API module."""
+"""What both screens share: the token, and the Chinese text as drawn."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +11,6 @@ from playwright.sync_api import Page, expect
 
 from tests.checkout_stack import Stack
 
-STATIC = Path(__file__).resolve().parents[2] / "kiosk_ui" / "static"
-
-
-def test_both_screens_carry_the_same_api_module() -> None:
-    assert (STATIC / "kiosk" / "api.js").read_bytes() == (STATIC / "till" / "api.js").read_bytes()
 
 
 def test_without_the_token_the_screens_say_what_they_need(page: Page, stack: Stack) -> None:

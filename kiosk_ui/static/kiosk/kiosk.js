@@ -4,7 +4,7 @@
 // things only this screen knows: the keypad, a failed payment the shopper has seen, a sale that timed out.
 // Open it as /kiosk/#token=<api.token>; `&final=10` (seconds on the success and cancelled screens) and
 // `&idle=120` (seconds before an untouched sale is cancelled) may follow.
-import { Api, EVENT_TYPES, OPEN_STATES, PAID_STATES, bilingual, h, readFragment, yuan } from "./api.js";
+import { Api, EVENT_TYPES, OPEN_STATES, PAID_STATES, bilingual, h, readFragment, yuan } from "/shared/api.js";
 
 const { token, options } = readFragment();
 const api = new Api(token);

@@ -1,7 +1,7 @@
 // The cashier's till screen: the sale in progress (live over server-sent events), codes typed or scanned,
 // member by phone, cash / card / other tenders, cancel, recent transactions with reprint and refund, and the
 // station's status. Every refusal from the agent is shown in the message area, never swallowed.
-import { Api, EVENT_TYPES, OPEN_STATES, h, parseYuan, readFragment, yuan } from "./api.js";
+import { Api, EVENT_TYPES, OPEN_STATES, h, parseYuan, readFragment, yuan } from "/shared/api.js";
 
 const { token } = readFragment();
 const api = new Api(token);

@@ -1,6 +1,6 @@
 // The local API as the kiosk and till screens use it: the station's token, JSON calls and their errors, the
 // server-sent event stream, money, and building DOM from data without ever parsing it as HTML.
-// kiosk/api.js and till/api.js are the same file (tests/ui checks it): each screen is served on its own.
+// Served at /shared/api.js for both screens.
 
 const TOKEN_KEY = "pos-edge-api-token";
 
