@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python bench/member_cache.py
 	$(BIN)/python bench/camera_decode.py
 	$(BIN)/python bench/sync.py
+	$(BIN)/python bench/checkout.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .hypothesis
