@@ -397,7 +397,7 @@ class Checkout:
             return await self._add_product(sale, code.value)
         raise UnknownCode(f"{kind.value} codes are not used at checkout")
 
-    async def _identified(self, sale: Sale, found: Identification) -> Sale:
+    async def _identified(self, sale: Sale, found: Identification, save: bool = True) -> Sale:
         member = found.member
         if member is None:
             sale.message = "the payer is not a member yet"
@@ -425,7 +425,7 @@ class Checkout:
             await self._reprice(sale)
         via = {"member_code": "member code", "card": "card", "phone": "phone number", "payment_code": "payment code"}[found.via]
         sale.message = f"member {member.display_name} ({member.tier or 'no tier'}) identified by {via}"
-        return await self._changed(sale, "member")
+        return await self._changed(sale, "member", save)
 
     async def _identify_payer(self, sale: Sale, code: Classification) -> Sale:
         """A payment code before the basket: who is the customer? (It is charged only once the basket is set.)"""
@@ -558,7 +558,7 @@ class Checkout:
                 log.warning("payer identification failed; charging without member benefits", extra={"error": str(exc)})
             else:
                 if found.member is not None:
-                    await self._identified(sale, found)
+                    await self._identified(sale, found, save=False)  # saved with the payment, next
         elif not await self.connectivity.online():
             raise Offline(OFFLINE_EN, OFFLINE_ZH)
         self._ready_to_pay(sale)
@@ -702,7 +702,8 @@ class Checkout:
         """Paid in full: journal (with its outbox row), then the receipt, then close."""
         sale.online = await self.connectivity.online()
         sale.receipt_no = await asyncio.to_thread(self._next_receipt_no)
-        record = await asyncio.to_thread(self.journal.append, self._sale_entry(sale))
+        drop_open = lambda connection: connection.exec_driver_sql("DELETE FROM open_sale WHERE id = ?", (sale.id,))  # noqa: E731
+        record = await asyncio.to_thread(self.journal.append, self._sale_entry(sale), drop_open)
         if sale.coupons:
             await asyncio.to_thread(self.members.mark_coupons_used, [c.code for c in sale.coupons], record.created_at)
         sale.state = "paid"
@@ -718,7 +719,7 @@ class Checkout:
                 log.exception("receipt could not be queued", extra={"transaction": record.id})
                 sale.message += "; the receipt could not be printed: reprint it from the transactions list"
         sale.state = "closed"
-        await self._finish(sale)
+        await self._finish(sale, on_disk=False)  # dropped with the journal row
         self._publish("closed", sale, sale.message)
         self._push_soon()
         return sale
@@ -828,16 +829,18 @@ class Checkout:
                 "本店暂不支持该付款方式",
             )
 
-    async def _changed(self, sale: Sale, event: str) -> Sale:
+    async def _changed(self, sale: Sale, event: str, save: bool = True) -> Sale:
         sale.version += 1
-        await self._save(sale)
+        if save:
+            await self._save(sale)
         self._publish(event, sale, sale.message)
         return sale
 
-    async def _finish(self, sale: Sale) -> None:
-        """The sale left the open states: off disk and into the short memory of closed sales."""
+    async def _finish(self, sale: Sale, on_disk: bool = True) -> None:
+        """The sale left the open states: off disk (unless already) and into the short memory of closed sales."""
         sale.version += 1
-        await asyncio.to_thread(self._delete_open, sale.id)
+        if on_disk:
+            await asyncio.to_thread(self._delete_open, sale.id)
         if self.current is sale:
             self.current = None
         self._closed[sale.id] = sale

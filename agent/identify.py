@@ -8,6 +8,7 @@ id learnt from a payment code (WeChat forbids it), identifies the member for pri
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -65,7 +66,8 @@ class Identifier:
         result = await self.client.identify_payer(auth_code)
         member = None
         if result.member is not None:
-            self.cache.apply([to_cache_change(result.member)])
+            # Off the event loop: a cache write waits for the disk.
+            await asyncio.to_thread(self.cache.apply, [to_cache_change(result.member)])
             member = self.cache.get(result.member.member_id)
         return Identification(member, "payment_code", may_redeem=False, from_central=True)
 
@@ -79,6 +81,6 @@ class Identifier:
             except CentralError:
                 change = None  # the cache already said no; a failing central is not the customer's problem
             if change is not None:
-                self.cache.apply([to_cache_change(change)])
+                await asyncio.to_thread(self.cache.apply, [to_cache_change(change)])
                 return Identification(self.cache.get(change.member_id), via, may_redeem, from_central=True)
         raise MemberNotFound(f"no member with this {'card' if kind == 'card_no' else 'phone number'}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -107,9 +107,10 @@ class Journal:
         self.zone = zone
         self.cutoff_hour = cutoff_hour
 
-    def append(self, entry: JournalEntry) -> JournalRecord:
+    def append(self, entry: JournalEntry, also: Callable[[sa.Connection], None] | None = None) -> JournalRecord:
         """Journal one transaction and queue it for central, atomically. Appending the same id again returns
-        the row already written, so a retry after a crash cannot journal a sale twice."""
+        the row already written, so a retry after a crash cannot journal a sale twice. `also` runs in the same
+        transaction (the checkout drops its saved open sale there: one commit, and never both or neither)."""
         _check(entry)
         at = entry.created_at or utcnow()
         row = {
@@ -142,6 +143,8 @@ class Journal:
                 "INSERT INTO outbox (journal_id, status, attempts, created_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?)",
                 (row["id"], row["created_at"], row["created_at"]),
             )
+            if also is not None:
+                also(connection)
             written = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).one()
         return _record(written)
 

@@ -14,15 +14,10 @@ directly to central with the store's token, plus one bare round trip to the agen
 call, standing for the local HTTP hop. The agent's own part is agent minus baseline.
 
 At a till's pace: before each timed step the agent has finished with the sale before (its receipt printed, the
-sale pushed to central), as when the next customer steps up. On this machine that background work is not what a
-store's would be: the simulated printer draws a PNG preview of every receipt (~130 ms of CPU) and central
-handles the push in this very process. `--back-to-back` starts the next step at once instead, so both overlap it.
+sale pushed to central), as when the next customer steps up; central handles the push in this very process.
+`--back-to-back` starts the next step at once instead, so both overlap it.
 
-The preview is drawn on the agent's print thread as soon as the receipt is queued, while the scan's answer is
-still on its way, and holds the interpreter lock for most of its ~130 ms: `--no-preview` replaces it with
-nothing, to see the agent's own part without the simulator's drawing (a real printer's thread only waits on I/O).
-
-    python bench/checkout.py [--sales 1000] [--quick] [--back-to-back] [--no-preview] [--separate-process]
+    python bench/checkout.py [--sales 1000] [--quick] [--back-to-back] [--separate-process]
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ from pathlib import Path
 
 import httpx
 
-import drivers.simulated
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/ is not an installed package; the stack lives there
@@ -153,16 +147,11 @@ def main() -> None:
     parser.add_argument("--sales", type=int, default=1000, help="timed sales, half as member (default 1000)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 50 sales")
     parser.add_argument("--back-to-back", action="store_true", help="do not wait for the last sale's receipt and push")
-    parser.add_argument("--no-preview", action="store_true", help="the simulated printer draws no PNG preview")
     parser.add_argument("--separate-process", action="store_true", help="run the agent as `pos-edge run`, its own process")
     args = parser.parse_args()
     sales = 50 if args.quick else args.sales
     if sales < 2:
         parser.error("--sales must be at least 2")
-    if args.no_preview:
-        if args.separate_process:
-            parser.error("--no-preview works on the agent in this process only")
-        drivers.simulated.render_preview = lambda elements, path, width_dots=576: Path(path)
 
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp), separate_process=args.separate_process)
@@ -231,7 +220,7 @@ def run(stack: Stack, sales: int, args: argparse.Namespace) -> None:
     pace = "back to back"
     if not args.back_to_back:
         pace = "at a till's pace (each step after the last sale's receipt printed and push done)"
-    printer = "simulated printer " + ("without PNG previews" if args.no_preview else "drawing a PNG preview of each receipt")
+    printer = "simulated printer (keeps the bytes; previews drawn on request)"
     print(f"scan-to-paid through the agent's API: {sales} sales ({len(agent[True].scan)} as member, "
           f"{len(agent[False].scan)} without), {pace}; agent {where}, {printer}")  # fmt: skip
     load_after = os.getloadavg()[0]

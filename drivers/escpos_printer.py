@@ -398,9 +398,10 @@ class _Renderer:
     def qr(self, payload: str, size: int) -> None:
         code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=1)
         code.add_data(payload)
-        code.make(fit=True)
+        # Only the size is needed here: best_fit picks the version without drawing the 8 mask patterns (make does).
+        modules = code.best_fit() * 4 + 17
         # Shrink the modules rather than let the printer drop a QR code wider than the paper.
-        size = max(1, min(size, 16, self.dots // (code.modules_count + 8)))
+        size = max(1, min(size, 16, self.dots // (modules + 8)))
         native = self.profile.native_qr and bool(self.escpos.supports("qrCode"))
         self.p.set(align="center", bold=False, custom_size=True, width=1, height=1)
         if native:

@@ -45,10 +45,12 @@ class SimulatedScanner(ScannerReader):
 
 
 class SimulatedPrinter(PrinterConnection):
-    """`sim://NAME`: a printer that keeps each job's bytes in a folder next to a PNG preview of the paper.
+    """`sim://NAME`: a printer that keeps each job's bytes in a folder, and draws a PNG preview of the paper when
+    one is asked for.
 
     The preview is drawn from the bytes themselves (decoded as a printer would read them), so it shows what a real
-    printer would have printed. `paper_out` lets the demo and tests take the paper away.
+    printer would have printed. It is drawn on request, not while printing: drawing takes ~130 ms of CPU, which a
+    real printer's thread never spends. `paper_out` lets the demo and tests take the paper away.
     """
 
     def __init__(
@@ -81,10 +83,7 @@ class SimulatedPrinter(PrinterConnection):
         data, self._buffer = self._buffer, None
         if not data or self._abort:
             return
-        path = self.job_path(bytes(data))
-        path.with_suffix(".bin").write_bytes(data)
-        elements = decode(bytes(data), codec=self.codec, escpos_profile=self.escpos_profile)
-        render_preview(elements, path.with_suffix(".png"), width_dots=self.width_dots)
+        self.job_path(bytes(data)).with_suffix(".bin").write_bytes(data)
 
     def job_path(self, data: bytes) -> Path:
         """Where the job with these bytes is kept (without suffix): time-ordered, named by the bytes' hash."""
@@ -92,9 +91,16 @@ class SimulatedPrinter(PrinterConnection):
         return self.folder / f"{stamp}-{job_digest(data)}"
 
     def preview_of(self, data: bytes) -> Path | None:
-        """The PNG preview of a job printed with these bytes, if there is one."""
-        found = sorted(self.folder.glob(f"*-{job_digest(data)}.png"))
-        return found[-1] if found else None
+        """The PNG preview of a job printed with these bytes (drawn now if it was not yet), or None if no job
+        with these bytes was printed."""
+        printed = sorted(self.folder.glob(f"*-{job_digest(data)}.bin"))
+        if not printed:
+            return None
+        path = printed[-1].with_suffix(".png")
+        if not path.exists():
+            elements = decode(data, codec=self.codec, escpos_profile=self.escpos_profile)
+            render_preview(elements, path, width_dots=self.width_dots)
+        return path
 
 
 def job_digest(data: bytes) -> str:
