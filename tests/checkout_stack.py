@@ -38,9 +38,10 @@ APPID, MCH_ID, WECHAT_KEY = "wx5f3c9a1e7b2d4068", "1900000109", "8f14e45fceea167
 API_TOKEN = "test-api-token-0123456789"
 PHONE_KEY = "test-phone-hash-key-0123456789"
 STORE = "S1"
-# Central's payment timings, shrunk so a USERPAYING customer or a reversal takes a fraction of a second.
+# Central's payment timings, shrunk so a USERPAYING customer or a reversal takes a fraction of a second; its own
+# give-up limit stays long so a loaded machine never turns a slow confirmation into a reversal.
 FAST_PAYMENTS = dict(
-    payments_poll_seconds=0.05, payments_limit_seconds=3.0, payments_reverse_not_before_seconds=0.2,
+    payments_poll_seconds=0.05, payments_limit_seconds=20.0, payments_reverse_not_before_seconds=0.2,
     payments_answer_seconds=2.0, payments_retry_max_seconds=0.1, wechat_timeout_seconds=1.0,
 )  # fmt: skip
 
