@@ -8,8 +8,13 @@ from tests.test_checkout import BASKET, journal_count, start_sale
 
 
 def central_payment(stack, out_trade_no: str) -> dict:
-    with stack.central.client(stack.store) as client:
-        return client.get(f"/v1/payments/{out_trade_no}", params={"wait": 5}).json()
+    """The payment at central once it is final (central follows it whether the till lives or not)."""
+    with stack.central.client(stack.store, timeout=20) as client:
+        for _ in range(6):
+            payment = client.get(f"/v1/payments/{out_trade_no}", params={"wait": 5}).json()
+            if payment["final"]:
+                break
+    return payment
 
 
 def test_lost_answer_is_resolved_by_asking_central_not_by_charging_again(stack):
