@@ -1,5 +1,5 @@
 """The payment gateway end to end: the real central service (SQLite and PostgreSQL) against the WeChat Pay
-simulator, both over HTTP on 127.0.0.1. The gateway's timings are shrunk by settings (poll 0.05 s, limit 1 s,
+simulator, both over HTTP on 127.0.0.1. The gateway's timings are shrunk by settings (poll 0.05 s, limit 3 s,
 reverse not before 0.3 s); test_payments_timing.py runs the real 5/15/30 s on a fake clock."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from central.payments.simulators.wechat import WeChatSimulator
 APPID, MCH_ID, KEY = "wx5f3c9a1e7b2d4068", "1900000109", "8f14e45fceea167a5a36dedd4bea2543"
 NOT_BEFORE = 0.3
 FAST = dict(
-    payments_poll_seconds=0.05, payments_limit_seconds=1.0, payments_reverse_not_before_seconds=NOT_BEFORE,
+    payments_poll_seconds=0.05, payments_limit_seconds=3.0, payments_reverse_not_before_seconds=NOT_BEFORE,
     payments_answer_seconds=2.0, payments_retry_max_seconds=0.1, wechat_timeout_seconds=0.4,
 )  # fmt: skip
 _serial = itertools.count(1)
@@ -203,7 +203,7 @@ def test_a_paid_payment_taken_back_by_the_till_is_reversed(paying, sim):
     ("scenario", "fault"), [("50", "ProviderUnreachable"), ("51", "ProviderBadResponse"), ("52", "ProviderBadResponse")]
 )
 def test_a_lost_or_bad_answer_after_the_charge_is_settled_by_query_never_a_second_charge(central_factory, sim, scenario, fault):
-    # The till's limit is long here: on a loaded machine the 1 s of FAST could pass before the query, and the
+    # The give-up limit is long here: on a loaded machine FAST's could pass before the query, and the
     # gateway would then (rightly) reverse instead of settling, which is another test's subject.
     server = central_factory(
         wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **(FAST | {"payments_limit_seconds": 30.0})
