@@ -153,6 +153,14 @@ class Checkout:
         async with self._lock:
             return await self._open()
 
+    async def look(self, sale_id: str) -> Sale:
+        """The sale as a screen asks for it: an open sale's online flag is brought up to date (the network may
+        have come back since its last step), from the till's cached view of central."""
+        sale = self.get(sale_id)
+        if sale.is_open:
+            sale.online = await self.connectivity.online()
+        return sale
+
     def get(self, sale_id: str) -> Sale:
         if self.current is not None and self.current.id == sale_id:
             return self.current

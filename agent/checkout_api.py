@@ -89,12 +89,12 @@ async def open_session(checkout: CheckoutDep) -> Session:
 async def current_session(checkout: CheckoutDep) -> Session:
     if checkout.current is None:
         raise NotFound("no sale is open at this station")
-    return checkout.current.view()
+    return (await checkout.look(checkout.current.id)).view()
 
 
 @sessions_router.get("/{session_id}")
 async def get_session(session_id: str, checkout: CheckoutDep) -> Session:
-    return checkout.get(session_id).view()
+    return (await checkout.look(session_id)).view()
 
 
 @sessions_router.post("/{session_id}/codes")

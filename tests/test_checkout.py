@@ -301,3 +301,14 @@ def test_a_refused_step_leaves_the_sale_as_it_was(stack):
     cancelled = stack.api.post(f"/v1/sessions/{sid}/cancel").json()
     assert cancelled["state"] == "cancelled" and journal_count(stack) == 0
     assert stack.wait_session(sid, lambda s: (s["payment"] or {}).get("state") == "REVERSED")["state"] == "cancelled"
+
+
+def test_an_open_sale_shows_the_network_coming_back(stack):
+    stack.central.stop()
+    assert stack.api.post("/v1/sync").status_code == 503
+    session = stack.open_session()
+    assert session["online"] is False
+    stack.central.start()
+    assert stack.api.post("/v1/sync").status_code == 200
+    assert stack.session(session["id"])["online"] is True
+    assert stack.api.get("/v1/sessions/current").json()["online"] is True
