@@ -20,7 +20,7 @@ from agent import __version__
 from agent.central_client import CentralError
 from agent.checkout import CheckoutError
 from agent.checkout_api import checkout_router, sessions_router
-from agent.clock import utcnow
+from agent.clock import from_storage, utcnow
 from agent.db import reader, schema_revision
 from agent.ids import new_transaction_id
 from agent.print_queue import JobNotFound, JobStateError, JobView
@@ -161,7 +161,7 @@ async def status(state: StateDep) -> AgentStatus:
     checkout = None
     if state.checkout is not None:
         printer = state.devices.printer.status if state.devices and state.devices.printer else None
-        lag = None if oldest is None else int((utcnow() - datetime.fromisoformat(oldest)).total_seconds())
+        lag = None if oldest is None else int((utcnow() - from_storage(oldest)).total_seconds())
         checkout = CheckoutStatus(
             online=await state.checkout.connectivity.online(),
             open_session=state.checkout.current.id if state.checkout.current else None,

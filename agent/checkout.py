@@ -412,7 +412,7 @@ class Checkout:
             return await self._changed(sale, "member")
         same = sale.member is not None and sale.member.id == member.id
         may_redeem = found.may_redeem or (same and sale.member.may_redeem)
-        if not same:
+        if not (same and may_redeem):
             sale.redeem_points = 0
         sale.member = SaleMember(
             id=member.id,
@@ -423,11 +423,9 @@ class Checkout:
             via=found.via,
             may_redeem=may_redeem,
         )
-        if not may_redeem:
-            sale.redeem_points = 0
         # Coupons of another member leave with the member they belonged to.
         sale.coupons = [c for c in sale.coupons if self._coupon_owner(c.code) in (None, member.id)]
-        if sale.state in ("idle",):
+        if sale.state == "idle":
             sale.state = "member"
         if sale.lines:
             await self._reprice(sale)
@@ -593,12 +591,12 @@ class Checkout:
             self.connectivity.saw(False)
             payment.state = "FAILED"
             payment.message, payment.message_zh = f"{OFFLINE_EN} ({exc})", OFFLINE_ZH
-            await self._payment_answer(sale, payment, None, follow=False, known=True)
+            await self._settle(sale, payment, follow=False)
             raise Offline(payment.message, OFFLINE_ZH) from None
         except CentralRejected as exc:
             payment.state = "FAILED"
             payment.message, payment.message_zh = str(exc), "支付失败，请重试或换一种方式付款"
-            await self._payment_answer(sale, payment, None, follow=False, known=True)
+            await self._settle(sale, payment, follow=False)
             raise PaymentFailed(f"central refused the payment: {exc}", "支付失败，请重试或换一种方式付款") from None
         except CentralError as exc:
             # It may or may not have been charged: find out, never charge again.
@@ -609,12 +607,9 @@ class Checkout:
             return await self._changed(sale, "payment")
         return await self._payment_answer(sale, payment, answer, follow=True)
 
-    async def _payment_answer(self, sale: Sale, payment: CodePayment, answer, follow: bool, known: bool = False) -> Sale:
-        """Apply what central says of a payment (None: central never received it; `known`: the caller already
-        set the payment's final state and message)."""
-        if known:
-            pass
-        elif answer is None:
+    async def _payment_answer(self, sale: Sale, payment: CodePayment, answer, follow: bool) -> Sale:
+        """Apply what central says of a payment (None: central never received it), then act on it."""
+        if answer is None:
             payment.state = "FAILED"
             payment.message = "central never received this payment: the customer was not charged"
         else:
@@ -623,6 +618,10 @@ class Checkout:
             payment.provider_trade_no = answer.provider_trade_no
             payment.message_zh = answer.reason_zh
             payment.message = answer.reason_en
+        return await self._settle(sale, payment, follow)
+
+    async def _settle(self, sale: Sale, payment: CodePayment, follow: bool) -> Sale:
+        """Act on the payment's state: a tender when paid, follow it while open, back to the basket when not paid."""
         if payment.state == "SUCCESS" and not payment.cancel_requested:
             sale.tenders.append(
                 Tender(kind=payment.provider, amount_fen=payment.amount_fen, tendered_fen=payment.amount_fen,

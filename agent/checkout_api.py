@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, StrictInt
 
 from agent import pii
 from agent.checkout import Checkout, NotFound, record_view
+from agent.db import reader
 from agent.identify import MemberNotFound
 from agent.member_cache import PhoneLookupUnavailable
 from agent.refunds import RefundLine, Refunds
@@ -189,8 +190,6 @@ async def list_transactions(
     """This station's journaled transactions, newest first."""
 
     def read() -> list[dict[str, Any]]:
-        from agent.db import reader
-
         with reader(checkout.engine) as connection:
             ids = connection.exec_driver_sql(
                 "SELECT id FROM journal WHERE station_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",

@@ -29,18 +29,15 @@ class EventHub:
     def __init__(self, keep: int = 500):
         self._events: deque[Event] = deque(maxlen=keep)
         self._next_id = 1
-        self._changed = asyncio.Condition()
+        self._published = asyncio.Event()  # set, then replaced, at each publish: wakes every follower once
 
     def publish(self, type: str, session_id: str | None, message: str | None = None, **data: Any) -> Event:
         event = Event(self._next_id, type, session_id, message, data)
         self._next_id += 1
         self._events.append(event)
-        asyncio.get_running_loop().create_task(self._wake())
+        self._published.set()
+        self._published = asyncio.Event()
         return event
-
-    async def _wake(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     def since(self, last_id: int, session_id: str | None = None) -> list[Event]:
         return [e for e in self._events if e.id > last_id and (session_id is None or e.session_id == session_id)]
@@ -53,8 +50,9 @@ class EventHub:
         """Events after `last_id` (None: only new ones), then each new one as it comes, until cancelled."""
         seen = self.last_id if last_id is None else last_id
         while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.last_id > seen)
+            if self.last_id <= seen:
+                await self._published.wait()
+                continue
             # Up to the events there were when this batch was taken: those published while it is being sent
             # come in the next batch.
             upto = self.last_id

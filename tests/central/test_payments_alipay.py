@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -22,10 +24,11 @@ def rsa_keys():
     return generate_rsa_keypair(), generate_rsa_keypair()
 
 
-@pytest.fixture
-def alipay(rsa_keys):
+def serve_alipay(rsa_keys, **options) -> Iterator[AlipaySimulator]:
+    """An Alipay simulator on 127.0.0.1 for the duration of a fixture (`yield from` it); `.keys` holds the
+    merchant's private key and Alipay's public key, as central's settings want them."""
     (merchant_private, merchant_public), (alipay_private, alipay_public) = rsa_keys
-    simulator = AlipaySimulator(merchant_public, alipay_private, app_id=APP_ID, userpaying_seconds=0.2, slow_seconds=0.7)
+    simulator = AlipaySimulator(merchant_public, alipay_private, app_id=APP_ID, **options)
     served = serve_in_thread(simulator.app())
     simulator.url = served.url
     simulator.keys = (merchant_private, alipay_public)
@@ -33,16 +36,26 @@ def alipay(rsa_keys):
     served.stop()
 
 
-@pytest.fixture
-def paying(central_factory, alipay, tmp_path):
+def alipay_central(central_factory, alipay: AlipaySimulator, tmp_path: Path):
+    """A central service with Alipay pointed at the simulator, its gateway's timings shrunk."""
     merchant_private, alipay_public = alipay.keys
     (tmp_path / "app_private.pem").write_text(merchant_private)
     (tmp_path / "alipay_public.pem").write_text(alipay_public)
     fast = {k: v for k, v in FAST.items() if not k.startswith("wechat_")}
-    server = central_factory(
+    return central_factory(
         alipay_base_url=alipay.url, alipay_app_id=APP_ID, alipay_private_key_path=tmp_path / "app_private.pem",
         alipay_public_key_path=tmp_path / "alipay_public.pem", alipay_timeout_seconds=0.4, **fast,
     )  # fmt: skip
+
+
+@pytest.fixture
+def alipay(rsa_keys):
+    yield from serve_alipay(rsa_keys, userpaying_seconds=0.2, slow_seconds=0.7)
+
+
+@pytest.fixture
+def paying(central_factory, alipay, tmp_path):
+    server = alipay_central(central_factory, alipay, tmp_path)
     store = server.add_store("S1")
     with server.client(store) as client:
         yield server, client

@@ -25,15 +25,14 @@ from central.payments.provider import (
 )
 from central.payments.reconcile import check
 from central.payments.simulators import serve_in_thread
-from central.payments.simulators.alipay import AlipaySimulator, generate_rsa_keypair
 from central.payments.simulators.wechat import WeChatSimulator
 from central.payments.wechat import BEIJING, parse_bill
 from tests.central.plugin import central_settings
 from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, events, follow, new_otn, pay
+from tests.central.test_payments_alipay import alipay_central, rsa_keys, serve_alipay  # noqa: F401 - rsa_keys is a fixture
 from tests.central.test_payments_timing import REQUEST, ScriptedProvider, VirtualClock, engine  # noqa: F401 - a fixture
 
 REFUND_SECONDS = 60.0  # how long the WeChat simulator keeps a refund PROCESSING, on its own clock
-ALIPAY_APP_ID = "2021000000000001"
 
 
 class SimClock:
@@ -73,32 +72,14 @@ def paying(central_factory, wechat):
     server.stop()  # and wait: no refund is left being followed against a database that goes away
 
 
-@pytest.fixture(scope="module")
-def rsa_keys():
-    return generate_rsa_keypair(), generate_rsa_keypair()
-
-
 @pytest.fixture
 def alipay(rsa_keys, sim_clock):
-    (merchant_private, merchant_public), (alipay_private, alipay_public) = rsa_keys
-    simulator = AlipaySimulator(merchant_public, alipay_private, app_id=ALIPAY_APP_ID, clock=sim_clock)
-    served = serve_in_thread(simulator.app())
-    simulator.url = served.url
-    simulator.keys = (merchant_private, alipay_public)
-    yield simulator
-    served.stop()
+    yield from serve_alipay(rsa_keys, clock=sim_clock)
 
 
 @pytest.fixture
 def alipaying(central_factory, alipay, tmp_path):
-    merchant_private, alipay_public = alipay.keys
-    (tmp_path / "app_private.pem").write_text(merchant_private)
-    (tmp_path / "alipay_public.pem").write_text(alipay_public)
-    fast = {k: v for k, v in FAST.items() if not k.startswith("wechat_")}
-    server = central_factory(
-        alipay_base_url=alipay.url, alipay_app_id=ALIPAY_APP_ID, alipay_private_key_path=tmp_path / "app_private.pem",
-        alipay_public_key_path=tmp_path / "alipay_public.pem", alipay_timeout_seconds=0.4, **fast,
-    )  # fmt: skip
+    server = alipay_central(central_factory, alipay, tmp_path)
     store = server.add_store("S1")
     with server.client(store) as client:
         yield server, client
