@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder as jsonable
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -343,10 +342,12 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        # Where and why only, never the input: a body may hold NaN or 1e999 (valid JSON to Python's parser),
+        # which no JSON answer can carry, or a payment code that must not be echoed.
+        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"] if part != "body")
-        return _error(422, "invalid_request", f"{where}: {first['msg']}" if where else first["msg"], details=jsonable(errors))
+        return _error(422, "invalid_request", f"{where}: {first['msg']}" if where else first["msg"], details=details)
 
     app.include_router(status_router)
     app.include_router(devices_router)

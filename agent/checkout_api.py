@@ -185,7 +185,8 @@ async def lookup_member(
 async def list_transactions(
     checkout: CheckoutDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    before: Annotated[int | None, Query(description="seq to page back from")] = None,
+    # Bounded to SQLite's integers: a larger number cannot be bound to the query.
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="seq to page back from")] = None,
 ) -> list[dict[str, Any]]:
     """This station's journaled transactions, newest first."""
 
