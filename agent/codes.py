@@ -79,6 +79,9 @@ def validate_pattern(pattern: object) -> str | None:
             f"is not a valid regular expression ({exc.msg} at position {exc.pos}); check brackets and escapes, "
             "and prefer TOML literal strings ('...') so backslashes arrive as written"
         )
+    except (OverflowError, RecursionError):
+        # What re raises instead of re.error for a count over its limit (a{4294967295}) or very deep nesting.
+        return "is too big for the regular-expression engine (a repeat count in the billions, or groups nested hundreds deep); write it smaller"
     if compiled.fullmatch(""):
         return "matches an empty scan: require at least one character, e.g. '16[0-9]{16}' rather than '[0-9]*'"
     return None
