@@ -46,7 +46,7 @@ class StoreSettings(Section):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder ("America"), a long name
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
@@ -251,6 +251,13 @@ class ApiSettings(Section):
 class StorageSettings(Section):
     database: Path = Field(Path("/var/lib/pos-edge/agent.db"), examples=["/var/lib/pos-edge/agent.db"])
 
+    @field_validator("database")
+    @classmethod
+    def _no_nul(cls, value: Path) -> Path:
+        if "\x00" in str(value):  # no file system takes it; os calls would raise ValueError
+            raise ValueError("must not contain a NUL character")
+        return value
+
 
 class PrivacySettings(Section):
     phone_hash_key: SecretStr | None = Field(
@@ -334,6 +341,10 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(path, [f"not valid TOML: {exc}"]) from None
 
+    # Settings(**data) would take pydantic-settings' own arguments (_env_prefix, _secrets_dir, ...) from the file.
+    reserved = [f"{key}: unknown key; known keys here: {', '.join(Settings.model_fields)}" for key in data if key.startswith("_")]
+    if reserved:
+        raise SettingsError(path, reserved)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
