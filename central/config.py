@@ -10,6 +10,7 @@ import difflib
 import os
 import tomllib
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,10 @@ class Settings(BaseSettings):
     )
     wechat_key_path: Path | None = Field(None, examples=["/etc/pos-central/apiclient_key.pem"], description="its private key")
     wechat_timeout_seconds: float = Field(10.0, gt=0, le=120, examples=[10.0], description="per request to WeChat Pay")
+    wechat_spbill_create_ip: IPv4Address = Field(
+        IPv4Address("127.0.0.1"), examples=["203.0.113.10"],
+        description="micropay's spbill_create_ip: the public IPv4 address central reaches WeChat Pay from",
+    )  # fmt: skip
     wechat_card_api_base_url: str | None = Field(
         None, examples=["https://api.weixin.qq.com"], description="official-account API for member-card points sync"
     )

@@ -278,6 +278,7 @@ class Gateway:
             charge = Charge(
                 out_trade_no=request.out_trade_no, auth_code=request.auth_code, amount_fen=request.amount_fen,
                 description=request.description or "门店消费", store_id=store_id, station_id=request.station_id,
+                expires_at=now + timedelta(seconds=self.timings.limit),  # the provider closes it when we give up
             )  # fmt: skip
             self._spawn(request.out_trade_no, charge)
         if row.state == "PENDING" and self.timings.answer > 0:

@@ -55,7 +55,10 @@ class Charge:
     description: str  # shown to the payer, e.g. "演示门店 消费"
     store_id: str
     station_id: str  # WeChat device_info = f"{store_id}-{station_id}"
-    client_ip: str = "127.0.0.1"
+    # Aware UTC: central gives up on the charge then (the payment limit after it was sent). The client asks the
+    # provider to refuse or close the order from then on (WeChat time_expire, Alipay time_expire/timeout_express),
+    # no earlier than the provider allows; None sends no expiry.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

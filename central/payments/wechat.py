@@ -7,7 +7,9 @@ the one SDK for Python (wechatpy) never verifies the signature of an answer. Her
 
 Signing (安全规范): every non-empty parameter except `sign`, sorted by name (ASCII), joined as `k=v&k=v`, then
 `&key=<API key>`; MD5 or HMAC-SHA256 (keyed with the API key) of that text, as uppercase hex. An answer is signed
-with the same algorithm as its request. The settlement bill (downloadbill) is plain text and is not signed by
+with the same algorithm as its request. `tools/authcodetoopenid` is always signed MD5 and sent without `sign_type`,
+whatever the setting: its API page lists no `sign_type` and a `sign` of at most 32 characters, and WeChat refuses a
+64-character HMAC-SHA256 sign there. The settlement bill (downloadbill) is plain text and is not signed by
 WeChat; it is only as trustworthy as the TLS connection it came over.
 """
 
@@ -16,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
 import ssl
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -55,6 +58,13 @@ SIGN_TYPES: tuple[SignType, ...] = ("MD5", "HMAC-SHA256")
 # WeChat's times (time_end, bill rows) are Beijing time; China has kept UTC+8 without DST since 1991.
 BEIJING = timezone(timedelta(hours=8), "CST")
 AUTH_CODE_PATTERN = re.compile(r"^1[0-5]\d{16}$")
+# Calls whose API page lists no sign_type and a sign of at most 32 characters: signed MD5, sent without sign_type.
+MD5_ONLY_PATHS = frozenset({"tools/authcodetoopenid"})
+# micropay's time_expire: WeChat refuses an order that expires less than a minute after it arrives ("time_expire时间
+# 过短，刷卡至少1分钟"). The allowance covers the way there and a clock a few seconds apart from WeChat's; an order
+# that arrives later than that is refused, so it cannot be paid after central gave up on it.
+MICROPAY_SHORTEST_EXPIRY = timedelta(minutes=1)
+EXPIRY_ALLOWANCE = timedelta(seconds=10)
 
 
 # --- signing and the XML envelope ----------------------------------------------------------------------------
@@ -327,6 +337,12 @@ def format_time_end(at: datetime) -> str:
     return at.astimezone(BEIJING).strftime("%Y%m%d%H%M%S")
 
 
+def format_time_expire(at: datetime) -> str:
+    """micropay's `time_expire`: `yyyyMMddHHmmss` in Beijing time, rounded up to the whole second (never before `at`)."""
+    whole = at.replace(microsecond=0)
+    return format_time_end(whole if whole == at else whole + timedelta(seconds=1))
+
+
 def _int_field(fields: Mapping[str, str], name: str) -> int | None:
     value = fields.get(name)
     if not value:
@@ -429,9 +445,19 @@ class WeChatPayClient:
         cert_path: Path | None = None,
         key_path: Path | None = None,
         timeout: float = 10.0,
+        spbill_create_ip: str = "127.0.0.1",
+        clock: Callable[[], datetime] | None = None,
     ):
         if sign_type not in SIGN_TYPES:
             raise ValueError(f"sign_type must be one of {', '.join(SIGN_TYPES)}")
+        try:
+            ipaddress.IPv4Address(spbill_create_ip)
+        except ValueError:
+            raise ValueError(
+                f"spbill_create_ip must be an IPv4 address (central's own, as WeChat Pay sees it), not {spbill_create_ip!r}"
+            ) from None
+        self.spbill_create_ip = spbill_create_ip
+        self._clock = clock or (lambda: datetime.now(UTC))
         self.base_url = base_url.rstrip("/")
         self.appid = appid
         self.mch_id = mch_id
@@ -459,6 +485,7 @@ class WeChatPayClient:
             cert_path=settings.wechat_cert_path,
             key_path=settings.wechat_key_path,
             timeout=settings.wechat_timeout_seconds,
+            spbill_create_ip=str(settings.wechat_spbill_create_ip),
         )
 
     @property
@@ -474,10 +501,14 @@ class WeChatPayClient:
             "out_trade_no": charge.out_trade_no,
             "total_fee": str(charge.amount_fen),
             "fee_type": "CNY",
-            "spbill_create_ip": charge.client_ip,
+            "spbill_create_ip": self.spbill_create_ip,
             "auth_code": charge.auth_code,
             "device_info": f"{charge.store_id}-{charge.station_id}"[:32],
         }
+        if charge.expires_at is not None:
+            # Refused on arrival, or closed while the customer confirms, once central has given up on it.
+            shortest = self._clock() + MICROPAY_SHORTEST_EXPIRY + EXPIRY_ALLOWANCE
+            params["time_expire"] = format_time_expire(max(charge.expires_at, shortest))
         fields = await self._call("pay/micropay", params)
         if fields.get("result_code") == "SUCCESS":
             return self._paid(fields, charge.out_trade_no)
@@ -631,15 +662,15 @@ class WeChatPayClient:
         self._clients[certificate] = (loop, client)
         return client
 
+    def _sign_type_of(self, path: str) -> SignType:
+        return "MD5" if path in MD5_ONLY_PATHS else self.sign_type
+
     async def _send(self, path: str, params: Mapping[str, str], *, certificate: bool = False) -> httpx.Response:
-        signed: dict[str, str] = {
-            "appid": self.appid,
-            "mch_id": self.mch_id,
-            "nonce_str": new_nonce(),
-            "sign_type": self.sign_type,
-            **params,
-        }
-        signed["sign"] = sign(signed, self._key, self.sign_type)
+        signed: dict[str, str] = {"appid": self.appid, "mch_id": self.mch_id, "nonce_str": new_nonce()}
+        if path not in MD5_ONLY_PATHS:
+            signed["sign_type"] = self.sign_type
+        signed |= params
+        signed["sign"] = sign(signed, self._key, self._sign_type_of(path))
         url = f"{self.base_url}/{path}"
         try:
             response = await self._http(certificate).post(
@@ -662,7 +693,7 @@ class WeChatPayClient:
             raise ProviderRejected(f"{path}: {fields.get('return_msg') or 'refused without a message'}")
         if return_code != "SUCCESS":
             raise ProviderBadResponse(f"{path}: no return_code in the answer")
-        if not signature_ok(fields, self._key, self.sign_type):
+        if not signature_ok(fields, self._key, self._sign_type_of(path)):
             raise ProviderBadResponse(
                 f"{path}: the answer's signature does not verify" if fields.get("sign") else f"{path}: the answer is not signed"
             )

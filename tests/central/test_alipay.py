@@ -497,3 +497,59 @@ def test_a_wrong_key_file_names_the_setting(keys: SimpleNamespace, tmp_path: Pat
     )  # fmt: skip
     with pytest.raises(ValueError, match="Alipay's public key.*alipay_public_key_path"):
         AlipayClient(settings)
+
+
+# --- the charge's expiry: time_expire and timeout_express -----------------------------------------------------
+
+
+def expiring(code: str, out_trade_no: str, after: timedelta) -> Charge:
+    """A charge central gives up on `after` its sending (the gateway's payment limit); the client's clock is T0."""
+    return Charge(out_trade_no, code, 1230, "演示门店 消费", "SH001", "T01", expires_at=T0 + after)
+
+
+def test_trade_pay_carries_the_expiry_no_shorter_than_alipay_allows(client: AlipayClient, sim: AlipaySimulator) -> None:
+    # The gateway's 30 s limit is under Alipay's shortest (1 minute): time_expire is a minute and the allowance
+    # ahead, timeout_express 1m.
+    assert run(client.charge(expiring(auth_code("00"), "E1", timedelta(seconds=30)))).outcome is Outcome.SUCCESS
+    assert (sim.order("E1").time_expire, sim.order("E1").timeout_express) == ("2024-05-01 12:01:10", "1m")
+    # A longer limit is sent as it is, in Shanghai time; timeout_express in whole minutes, rounded up.
+    assert run(client.charge(expiring(auth_code("00"), "E2", timedelta(minutes=4, seconds=1)))).outcome is Outcome.SUCCESS
+    assert (sim.order("E2").time_expire, sim.order("E2").timeout_express) == ("2024-05-01 12:04:01", "5m")
+    # A charge without an expiry sends neither.
+    assert run(client.charge(charge(auth_code("00"), "E3"))).outcome is Outcome.SUCCESS
+    assert (sim.order("E3").time_expire, sim.order("E3").timeout_express) == (None, None)
+
+
+def test_a_trade_pay_that_arrives_after_its_expiry_is_closed_not_paid(client: AlipayClient, sim: AlipaySimulator) -> None:
+    sim.advance(71)  # the request reaches Alipay after its time_expire (sent at T0, expiring T0 + 70 s)
+    late = run(client.charge(expiring(auth_code("00"), "E4", timedelta(seconds=30))))
+    assert (late.outcome, late.code) == (Outcome.REVERSED, "ACQ.TRADE_HAS_CLOSE")
+    assert run(client.query("E4")).outcome is Outcome.REVERSED and sim.order("E4").paid_at is None
+
+
+def test_a_trade_still_waiting_for_the_customer_is_closed_at_its_expiry(client: AlipayClient, sim: AlipaySimulator) -> None:
+    assert run(client.charge(expiring(auth_code("12"), "E5", timedelta(seconds=90)))).outcome is Outcome.USERPAYING
+    sim.advance(89)
+    assert run(client.query("E5")).outcome is Outcome.USERPAYING
+    sim.advance(1)
+    closed = run(client.query("E5"))
+    assert (closed.outcome, closed.code) == (Outcome.REVERSED, "TRADE_CLOSED")
+    assert run(client.reverse("E5")).done  # the gateway's reverse of it still ends well
+
+
+def test_timeout_express_alone_counts_from_the_trade_and_must_be_1m_to_15d(client: AlipayClient, sim: AlipaySimulator) -> None:
+    def pay(out_trade_no: str, scenario: str, **extra: str) -> dict[str, Any]:
+        biz = {
+            "out_trade_no": out_trade_no, "scene": "bar_code", "auth_code": auth_code(scenario), "subject": "演示门店 消费",
+            "total_amount": "12.30", **extra,
+        }  # fmt: skip
+        return run(client._call("alipay.trade.pay", biz))
+
+    for bad in ("0m", "16d", "1.5h", "90s"):
+        refused = pay(f"E6{bad}", "12", timeout_express=bad)
+        assert (refused["code"], refused["sub_code"]) == ("40004", "ACQ.INVALID_PARAMETER")
+    assert pay("E7", "12", timeout_express="2m")["code"] == "10003"
+    sim.advance(119)
+    assert run(client.query("E7")).outcome is Outcome.USERPAYING
+    sim.advance(1)
+    assert run(client.query("E7")).outcome is Outcome.REVERSED

@@ -7,10 +7,10 @@ import asyncio
 import hashlib
 import hmac
 import socket
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 
 from central.payments.provider import Charge, Outcome, ProviderBadResponse, ProviderRejected, ProviderUnreachable
 from central.payments.simulators import serve_in_thread
@@ -326,3 +326,181 @@ def test_downloadbill_from_what_the_simulator_processed():
         served.stop()
     assert sorted((r.out_trade_no, r.status, r.amount_fen) for r in rows) == [("WD1", "SUCCESS", 1990), ("WD3", "REVOKED", 100)]
     assert empty == []
+
+
+# --- authcodetoopenid: MD5 without sign_type, whatever the setting ------------------------------------------------
+
+
+def raw_call(url: str, params: dict[str, str]) -> dict[str, str]:
+    """POST a hand-made request to a WeChat-shaped server; its answer's fields."""
+    import httpx
+
+    with httpx.Client(trust_env=False, timeout=5) as http:
+        return parse_xml(http.post(url, content=to_xml(params)).content)
+
+
+def test_the_simulator_takes_authcodetoopenid_signed_md5_only_as_wechat_does(simulator):
+    base = {"appid": APPID, "mch_id": MCH_ID, "nonce_str": "n" * 32, "auth_code": code("00", customer="0077")}
+    url = f"{simulator.url}/tools/authcodetoopenid"
+    hmac_signed = {**base, "sign_type": "HMAC-SHA256"}
+    md5_with_type = {**base, "sign_type": "MD5"}
+    for refused in (hmac_signed, md5_with_type, base):
+        signed = {**refused, "sign": sign(refused, KEY, refused.get("sign_type", "HMAC-SHA256"))}
+        if refused is base:  # no sign_type, but a 64-character HMAC-SHA256 sign
+            assert len(signed["sign"]) == 64
+        assert raw_call(url, signed) == {"return_code": "FAIL", "return_msg": "签名错误"}
+    answer = raw_call(url, {**base, "sign": sign(base, KEY, "MD5")})
+    assert answer["return_code"] == answer["result_code"] == "SUCCESS"
+    assert answer["openid"] == simulator.openid_for(base["auth_code"]) and signature_ok(answer, KEY, "MD5")
+
+
+@pytest.mark.parametrize("sign_type", ["MD5", "HMAC-SHA256"])
+def test_identify_works_with_either_sign_type_setting(simulator, sign_type):
+    async def go():
+        wechat = client(simulator, sign_type=sign_type)
+        try:
+            return await wechat.identify(code("00", customer="0078"))
+        finally:
+            await wechat.aclose()
+
+    assert run(go()) == simulator.openid_for(code("00", customer="0078"))
+
+
+def test_authcodetoopenid_goes_out_md5_without_sign_type_and_its_answer_is_checked_md5():
+    seen: list[dict[str, str]] = []
+    answers: list[str] = []
+    app = FastAPI()
+
+    @app.post("/tools/authcodetoopenid")
+    async def authcodetoopenid(request: Request) -> Response:
+        seen.append(parse_xml(await request.body()))
+        fields = {"return_code": "SUCCESS", "appid": APPID, "mch_id": MCH_ID, "nonce_str": "n2", "result_code": "SUCCESS", "openid": "oPAYER"}
+        return Response(to_xml({**fields, "sign": sign(fields, KEY, answers.pop(0))}), media_type="text/xml")
+
+    served = serve_in_thread(app)
+
+    async def go():
+        wechat = WeChatPayClient(base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=KEY, sign_type="HMAC-SHA256")
+        try:
+            answers.append("MD5")
+            payer = await wechat.identify("134567890123456789")
+            answers.append("HMAC-SHA256")  # the answer of an MD5 call signed otherwise does not verify
+            with pytest.raises(ProviderBadResponse, match="signature does not verify"):
+                await wechat.identify("134567890123456789")
+            return payer
+        finally:
+            await wechat.aclose()
+
+    try:
+        assert run(go()) == "oPAYER"
+    finally:
+        served.stop()
+    request = seen[0]
+    assert "sign_type" not in request and len(request["sign"]) == 32
+    assert request["sign"] == sign(request, KEY, "MD5")
+
+
+# --- micropay: spbill_create_ip and time_expire -------------------------------------------------------------------
+
+
+class SimClock:
+    """The simulator's clock: still, until the test moves it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+T0 = datetime(2026, 11, 23, 2, 0, 0, 250000, tzinfo=UTC)  # 10:00:00.25 in Beijing
+
+
+@pytest.fixture
+def timed():
+    """A simulator and a client on one still clock (T0) that the test moves."""
+    clock = SimClock(T0)
+    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=clock, userpaying_seconds=120)
+    served = serve_in_thread(sim.app())
+    sim.url, sim.clock_ = served.url, clock
+    yield sim, WeChatPayClient(base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=lambda: T0, timeout=2)
+    served.stop()
+
+
+def expiring(out_trade_no: str, auth_code: str, after: timedelta) -> Charge:
+    return Charge(out_trade_no, auth_code, 1234, "演示门店-消费", "S1", "T01", expires_at=T0 + after)
+
+
+def test_micropay_sends_central_s_address_as_spbill_create_ip(simulator):
+    async def go(wechat, out_trade_no):
+        try:
+            return await wechat.charge(charge(out_trade_no, code("00")))
+        finally:
+            await wechat.aclose()
+
+    assert run(go(client(simulator, spbill_create_ip="203.0.113.7"), "WIP1")).outcome is Outcome.SUCCESS
+    assert simulator.orders["WIP1"].spbill_create_ip == "203.0.113.7"
+    assert run(go(client(simulator), "WIP2")).outcome is Outcome.SUCCESS  # not set: 127.0.0.1
+    assert simulator.orders["WIP2"].spbill_create_ip == "127.0.0.1"
+    for bad in ("::1", "203.0.113", "localhost"):
+        with pytest.raises(ValueError, match="IPv4"):
+            client(simulator, spbill_create_ip=bad)
+
+
+def test_micropay_sends_time_expire_no_shorter_than_wechat_allows(timed):
+    sim, wechat = timed
+
+    async def go():
+        try:
+            first = await wechat.charge(expiring("WT1", code("00"), timedelta(seconds=30)))
+            second = await wechat.charge(expiring("WT2", code("00"), timedelta(minutes=5)))
+            third = await wechat.charge(charge("WT3", code("00")))
+            return first, second, third
+        finally:
+            await wechat.aclose()
+
+    assert [r.outcome for r in run(go())] == [Outcome.SUCCESS] * 3
+    # 30 s is under micropay's shortest (a minute after it arrives): a minute and the allowance, rounded up.
+    assert sim.orders["WT1"].expires_at == datetime(2026, 11, 23, 10, 1, 11, tzinfo=BEIJING)
+    assert sim.orders["WT2"].expires_at == datetime(2026, 11, 23, 10, 5, 1, tzinfo=BEIJING)
+    assert sim.orders["WT3"].expires_at is None  # no expiry given, none sent
+
+
+def test_a_micropay_that_arrives_after_its_expiry_is_refused_and_never_charged(timed):
+    sim, wechat = timed
+    sim.clock_.advance(11)  # it reaches WeChat 11 s after it was sent: less than a minute of its expiry is left
+
+    async def go():
+        try:
+            with pytest.raises(ProviderRejected, match="time_expire时间过短"):
+                await wechat.charge(expiring("WT4", code("00"), timedelta(seconds=30)))
+            return await wechat.query("WT4")
+        finally:
+            await wechat.aclose()
+
+    assert run(go()).outcome is Outcome.NOT_FOUND and "WT4" not in sim.orders
+
+
+def test_an_order_still_waiting_when_its_expiry_passes_is_closed(timed):
+    sim, wechat = timed
+
+    async def go(step):
+        try:
+            return await step()
+        finally:
+            await wechat.aclose()
+
+    # 10: the customer would confirm after 120 s; 12: never. Both orders expire at T0 + 90 s.
+    for otn, scenario in (("WT10", "10"), ("WT12", "12")):
+        assert run(go(lambda: wechat.charge(expiring(otn, code(scenario), timedelta(seconds=90))))).outcome is Outcome.USERPAYING
+    sim.clock_.advance(89)
+    assert run(go(lambda: wechat.query("WT12"))).outcome is Outcome.USERPAYING
+    sim.clock_.advance(61)  # past the expiry, and past the time the customer of WT10 would have confirmed
+    for otn in ("WT10", "WT12"):
+        closed = run(go(lambda: wechat.query(otn)))
+        assert (closed.outcome, closed.code) == (Outcome.REVERSED, "CLOSED")
+    assert sim.bill_text(T0.astimezone(BEIJING).date()) is None  # nothing was paid
+    assert run(go(lambda: wechat.reverse("WT12"))).done

@@ -42,6 +42,12 @@ ACQ.TRADE_HAS_SUCCESS / ACQ.TRADE_HAS_CLOSE / 10003, or ACQ.CONTEXT_INCONSISTENT
 differ. A paid trade can be cancelled (refunded) within 24 h. `single_use_codes=True` refuses a code used before,
 as Alipay does (off by default, like the WeChat simulator).
 
+A trade.pay's expiry is enforced: `time_expire` (absolute, Shanghai "yyyy-MM-dd HH:mm:ss"; Alipay prefers it) or
+else `timeout_express` (1m to 15d, or 1c: midnight, counted from the trade's creation). A trade.pay that arrives
+after its time_expire is answered 40004 ACQ.TRADE_HAS_CLOSE (the trade is recorded closed, never paid); a trade
+still waiting for the customer when its expiry passes is closed (query: TRADE_CLOSED). A malformed or out-of-range
+value is 40004 ACQ.INVALID_PARAMETER.
+
 Faults on any call: `inject("bad_signature" | "tampered_body" | "unsigned" | "not_json")` spoils the next answer
 after the request was processed. Time is `clock()` plus what `advance(seconds)` added: no real waits but 50's.
 
@@ -77,6 +83,8 @@ CST = timezone(timedelta(hours=8))  # Alipay's wall clock (Asia/Shanghai, no DST
 _TIME = "%Y-%m-%d %H:%M:%S"
 _ALIPAY_AUTH_CODE = re.compile(r"^(2[5-9]|30)\d{14,22}$")
 _AMOUNT = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
+_TIMEOUT_EXPRESS = re.compile(r"^([1-9]\d*)([mhd])$")
+_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 _MAX_AMOUNT_FEN = 100_000_000 * 100  # Alipay's limit: 100 000 000.00 yuan
 
 Fault = Literal["bad_signature", "tampered_body", "unsigned", "not_json"]
@@ -140,6 +148,9 @@ class SimOrder:
     cancel_calls: int = 0
     cancel_action: str | None = None
     refund_calls: int = 0
+    expires_at: datetime | None = None  # from time_expire or timeout_express: closed if still unpaid then
+    time_expire: str | None = None  # as the request gave them
+    timeout_express: str | None = None
 
 
 @dataclass(frozen=True)
@@ -379,16 +390,41 @@ class AlipaySimulator:
         return {"code": "40004", "msg": "Business Failed", "sub_code": sub_code, "sub_msg": sub_msg}
 
     def _settled(self, order: SimOrder, now: datetime) -> SimOrder:
-        """Let the simulated customer act: scenarios 10/11 finish `userpaying_seconds` after the charge."""
-        if order.status == "WAIT_BUYER_PAY" and order.scenario in ("10", "11"):
-            finished = order.created_at + timedelta(seconds=self.userpaying_seconds)
-            if now >= finished:
-                if order.scenario == "10":
-                    order = replace(order, status="TRADE_SUCCESS", paid_at=finished)
-                else:
-                    order = replace(order, status="TRADE_CLOSED", closed_at=finished)
-                self.orders[order.out_trade_no] = order
+        """Let the simulated customer act: scenarios 10/11 finish `userpaying_seconds` after the charge; a trade
+        still waiting when its expiry passes is closed."""
+        if order.status != "WAIT_BUYER_PAY":
+            return order
+        finished = order.created_at + timedelta(seconds=self.userpaying_seconds) if order.scenario in ("10", "11") else None
+        if order.expires_at is not None and now >= order.expires_at and (finished is None or finished > order.expires_at):
+            order = replace(order, status="TRADE_CLOSED", closed_at=order.expires_at)
+        elif finished is not None and now >= finished:
+            if order.scenario == "10":
+                order = replace(order, status="TRADE_SUCCESS", paid_at=finished)
+            else:
+                order = replace(order, status="TRADE_CLOSED", closed_at=finished)
+        else:
+            return order
+        self.orders[order.out_trade_no] = order
         return order
+
+    @staticmethod
+    def _expiry(biz: dict[str, Any], now: datetime) -> datetime | None:
+        """When a trade created now closes unless paid: time_expire if given, else timeout_express (ValueError when
+        either is malformed or out of range)."""
+        if biz.get("time_expire"):
+            return datetime.strptime(str(biz["time_expire"]), _TIME).replace(tzinfo=CST)
+        express = str(biz.get("timeout_express") or "")
+        if not express:
+            return None
+        if express == "1c":  # today: closed at midnight, Shanghai time
+            return datetime.combine(now.astimezone(CST).date() + timedelta(days=1), datetime.min.time(), CST)
+        found = _TIMEOUT_EXPRESS.match(express)
+        if found is None:
+            raise ValueError(express)
+        span = int(found.group(1)) * _UNITS[found.group(2)]
+        if not timedelta(minutes=1) <= span <= timedelta(days=15):
+            raise ValueError(express)
+        return now + span
 
     def _trade_no(self, now: datetime) -> str:
         # yyyyMMdd + 22001 + 15 digits: the shape of Alipay's 28-digit trade numbers.
@@ -411,6 +447,10 @@ class AlipaySimulator:
         scenario = auth_code[-2:]
         with self._lock:
             now = self._now()
+            try:
+                expires_at = self._expiry(biz, now)
+            except ValueError:
+                return self._failure("ACQ.INVALID_PARAMETER", "参数无效：time_expire 须为 yyyy-MM-dd HH:mm:ss，timeout_express 须在 1m～15d 之间"), None
             existing = self.orders.get(out_trade_no)
             if existing is not None:
                 existing = self._settled(existing, now)
@@ -429,14 +469,20 @@ class AlipaySimulator:
                 return self._failure("ACQ.BUYER_BALANCE_NOT_ENOUGH", "买家余额不足"), None
             self._used_codes.add(auth_code)
             waiting = scenario in _WAITING
+            late = expires_at is not None and now >= expires_at  # arrived after the merchant's expiry
             order = SimOrder(
                 out_trade_no=out_trade_no, trade_no=self._trade_no(now), auth_code=auth_code, amount_fen=amount_fen,
                 subject=str(biz.get("subject")), store_id=str(biz.get("store_id") or ""),
                 terminal_id=str(biz.get("terminal_id") or ""), scenario=scenario, buyer_user_id=self.buyer_for(auth_code),
                 buyer_logon_id=f"13{auth_code[2:4]}****{auth_code[2:6]}", created_at=now,
                 status="WAIT_BUYER_PAY" if waiting else "TRADE_SUCCESS", paid_at=None if waiting else now,
+                expires_at=expires_at, time_expire=biz.get("time_expire"), timeout_express=biz.get("timeout_express"),
             )  # fmt: skip
+            if late:
+                order = replace(order, status="TRADE_CLOSED", paid_at=None, closed_at=now)
             self.orders[out_trade_no] = order
+        if late:
+            return self._failure("ACQ.TRADE_HAS_CLOSE", "交易已经关闭"), None
         if waiting:
             return self._trade_node("10003", " order success pay inprocess", order), None
         if scenario == "20":

@@ -4,7 +4,14 @@ card/membercard/updateuser).
 
 It checks every request's signature with the protocol's algorithm (MD5 or HMAC-SHA256, as the request's
 `sign_type` says), answers in WeChat's XML with its own signature, keeps orders in memory and writes the
-settlement bill from what it processed. The scenario is picked by the auth code's last two digits:
+settlement bill from what it processed. As WeChat does, it refuses an authcodetoopenid request that carries a
+`sign_type` or a sign that is not a 32-character MD5 (return_code FAIL, 签名错误): that call is signed MD5 only.
+
+A micropay's `time_expire` (yyyyMMddHHmmss, Beijing time) is enforced: one less than a minute after the request
+arrives, or already past, is refused with WeChat's own answer (return_code FAIL, "time_expire时间过短，刷卡至少1分钟，
+其他5分钟"), and an order still waiting for the customer when it passes is closed (orderquery: trade_state CLOSED).
+
+The scenario is picked by the auth code's last two digits:
 
 | ends in | micropay answers | then |
 |---|---|---|
@@ -43,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -68,7 +76,10 @@ from central.payments.wechat import (
     to_xml,
 )
 
-PAID, USERPAYING, PAYERROR, REVOKED = "SUCCESS", "USERPAYING", "PAYERROR", "REVOKED"
+PAID, USERPAYING, PAYERROR, REVOKED, CLOSED = "SUCCESS", "USERPAYING", "PAYERROR", "REVOKED", "CLOSED"
+MD5_SIGN = re.compile(r"^[0-9A-Fa-f]{32}$")
+SHORTEST_EXPIRY = timedelta(minutes=1)  # a micropay's time_expire is at least this far after it arrives
+TIME_EXPIRE_TOO_SHORT = "time_expire时间过短，刷卡至少1分钟，其他5分钟"
 BILL_HEADER = (
     "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,"
     "应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,"
@@ -104,6 +115,8 @@ class SimOrder:
     paid_before_reverse: bool = False
     reverse_calls: int = 0
     refund_calls: int = 0
+    expires_at: datetime | None = None  # the request's time_expire
+    spbill_create_ip: str = ""
 
 
 @dataclass
@@ -257,11 +270,17 @@ class WeChatSimulator:
         return f"4200{at.astimezone(BEIJING):%Y%m%d}{self._serial:014d}"[:28]
 
     def _advance(self, order: SimOrder) -> None:
-        """Let the simulated customer act: scenarios 10/11 finish after `userpaying_seconds`."""
-        if order.state != USERPAYING or order.scenario not in ("10", "11"):
+        """Let the simulated customer act: scenarios 10/11 finish after `userpaying_seconds`; an order still waiting
+        when its time_expire passes is closed."""
+        if order.state != USERPAYING:
             return
+        now = self.clock()
         finished = order.created_at + timedelta(seconds=self.userpaying_seconds)
-        if self.clock() >= finished:
+        if order.expires_at is not None and now >= order.expires_at:
+            if order.scenario not in ("10", "11") or finished > order.expires_at:
+                order.state = CLOSED
+                return
+        if order.scenario in ("10", "11") and now >= finished:
             if order.scenario == "10":
                 order.state, order.paid_at = PAID, finished
             else:
@@ -340,6 +359,8 @@ class WeChatSimulator:
         except ProviderBadResponse:
             return self._fail("XML格式错误")
         sign_type = params.get("sign_type") or "MD5"
+        if endpoint == "authcodetoopenid" and ("sign_type" in params or not MD5_SIGN.match(params.get("sign", ""))):
+            return self._fail("签名错误")  # its API takes no sign_type and a sign of at most 32 characters: MD5
         if sign_type not in SIGN_TYPES:
             return self._fail("签名类型错误")
         if params.get("appid") != self.appid or params.get("mch_id") != self.mch_id:
@@ -368,6 +389,14 @@ class WeChatSimulator:
         amount = int(params["total_fee"])
         scenario = scenario_of(code)
         now = self.clock()
+        expires_at = None
+        if params.get("time_expire"):
+            try:
+                expires_at = datetime.strptime(params["time_expire"], "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
+            except ValueError:
+                return self._fail("time_expire格式错误，应为yyyyMMddHHmmss")
+            if expires_at - now < SHORTEST_EXPIRY:  # already past, or too close: refused before any processing
+                return self._fail(TIME_EXPIRE_TOO_SHORT)
         with self._lock:
             existing = self.orders.get(out_trade_no)
             if existing is not None:
@@ -376,7 +405,9 @@ class WeChatSimulator:
                     return self._answer(
                         sign_type, result_code="FAIL", err_code="OUT_TRADE_NO_USED", err_code_des="商户订单号重复"
                     )
-                fail = {PAID: "ORDERPAID", REVOKED: "ORDERREVERSED", PAYERROR: "TRADE_ERROR"}.get(existing.state, "USERPAYING")
+                fail = {PAID: "ORDERPAID", REVOKED: "ORDERREVERSED", PAYERROR: "TRADE_ERROR", CLOSED: "ORDERCLOSED"}.get(
+                    existing.state, "USERPAYING"
+                )
                 return self._answer(sign_type, result_code="FAIL", err_code=fail, err_code_des="订单已存在")
             refusal = {
                 "30": ("AUTHCODEEXPIRE", "二维码已过期，请用户在微信上刷新后再试"),
@@ -389,6 +420,7 @@ class WeChatSimulator:
             order = SimOrder(
                 out_trade_no, code, amount, params["body"], params.get("device_info", ""), self.openid_for(code), scenario,
                 now, USERPAYING if waiting else PAID, self._transaction_id(now), paid_at=None if waiting else now,
+                expires_at=expires_at, spbill_create_ip=params["spbill_create_ip"],
             )  # fmt: skip
             self.orders[out_trade_no] = order
         if waiting:
@@ -427,6 +459,8 @@ class WeChatSimulator:
                 fields["trade_state_desc"] = "需要用户输入支付密码"
             elif order.state == PAYERROR:
                 fields["trade_state_desc"] = "用户取消支付"
+            elif order.state == CLOSED:
+                fields["trade_state_desc"] = "订单已关闭"
             else:
                 fields["trade_state_desc"] = "已撤销"
         return self._answer(sign_type, result_code="SUCCESS", **fields)
@@ -449,7 +483,7 @@ class WeChatSimulator:
                 return Response("upstream error", status_code=500, media_type="text/plain")
             if order.scenario == "41" and calls == 2:
                 return self._answer(sign_type, result_code="FAIL", err_code="SYSTEMERROR", err_code_des="系统错误", recall="N")
-            if order.state != REVOKED:
+            if order.state not in (REVOKED, CLOSED):
                 order.paid_before_reverse = order.state == PAID
                 order.state, order.reversed_at = REVOKED, self.clock()
         return self._answer(sign_type, result_code="SUCCESS", recall="N")
