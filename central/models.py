@@ -195,6 +195,9 @@ class Payment(CentralModel, table=True):
     paid_amount_fen: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
     cancel_requested: bool = False
     charge_sent_at: datetime = utc()
+    # When the provider's answer to the charge came (or its error, or the timeout); no reverse within 15 s of it.
+    # None: no answer recorded (central stopped while the charge was out). Migration 0004.
+    charge_answered_at: datetime | None = utc(nullable=True)
     paid_at: datetime | None = utc(nullable=True)
     finished_at: datetime | None = utc(nullable=True)
     created_at: datetime = utc()

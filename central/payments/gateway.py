@@ -536,23 +536,30 @@ class Gateway:
                 await self.sleep(min(self.timings.retry_max, self.timings.poll * failures))
 
     async def _charge(self, charge: Charge) -> None:
-        # Stamped right before sending (the 15 s and the limit count from here); a payment cancelled before it
-        # was sent is never sent.
+        # Stamped right before sending (the limit counts from here); a payment cancelled before it was sent is
+        # never sent.
         row = await asyncio.to_thread(self._stamp_sent, charge.out_trade_no)
         if row is None:
             return
         provider = self.providers[row.provider]
         try:
-            result = await provider.charge(charge)
-        except ProviderRejected as exc:
+            result: Result | ProviderError = await provider.charge(charge)
+        except ProviderError as exc:
+            result = exc
+        # The 15 s before a reverse count from here, whatever came back (answer, error, timeout): a charge held up
+        # behind a burst's database writes and signing has landed by then.
+        await asyncio.to_thread(self._stamp_sent, charge.out_trade_no, answered_at=self.clock())
+        if isinstance(result, ProviderRejected):
             # Refused before processing: nothing was charged, but close the order anyway (after the 15 s) so
             # that nothing can ever be charged on it.
-            await self._record(charge.out_trade_no, "charge", "REJECTED", None, str(exc))
-            await self._move(charge.out_trade_no, ("PENDING",), "REVERSING", "charge", code="REJECTED", detail=str(exc))
+            await self._record(charge.out_trade_no, "charge", "REJECTED", None, str(result))
+            await self._move(charge.out_trade_no, ("PENDING",), "REVERSING", "charge", code="REJECTED", detail=str(result))
             return
-        except ProviderError as exc:
-            await self._record(charge.out_trade_no, "charge", "ERROR", type(exc).__name__, str(exc))
-            await self._move(charge.out_trade_no, ("PENDING",), "UNKNOWN", "charge", code=type(exc).__name__, detail=str(exc))
+        if isinstance(result, ProviderError):
+            await self._record(charge.out_trade_no, "charge", "ERROR", type(result).__name__, str(result))
+            await self._move(
+                charge.out_trade_no, ("PENDING",), "UNKNOWN", "charge", code=type(result).__name__, detail=str(result)
+            )
             return
         await self._apply(row, result, "charge", ("PENDING",))
 
@@ -606,7 +613,10 @@ class Gateway:
 
     async def _reverse(self, row: sa.Row, provider: Provider) -> None:
         otn = row.out_trade_no
-        not_before = row.charge_sent_at + timedelta(seconds=self.timings.reverse_not_before)
+        # Counted from the charge's answer; without one (central stopped while the charge was out), from now, the
+        # moment the reverse is decided: the charge may still be on its way.
+        since = row.charge_answered_at or self.clock()
+        not_before = since + timedelta(seconds=self.timings.reverse_not_before)
         wait = (not_before - self.clock()).total_seconds()
         if wait > 0:
             await self.sleep(wait)
@@ -746,9 +756,19 @@ class Gateway:
                 return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), False
             return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), True
 
-    def _stamp_sent(self, out_trade_no: str) -> sa.Row | None:
-        """Set `charge_sent_at` to now if the payment is still PENDING; the row then, or None."""
+    def _stamp_sent(self, out_trade_no: str, *, answered_at: datetime | None = None) -> sa.Row | None:
+        """Set `charge_sent_at` to now if the payment is still PENDING; the row then, or None. With `answered_at`:
+        record when the charge's answer (or error, or timeout) came instead, whatever the state is now."""
         table = Payment.__table__
+        if answered_at is not None:
+            with write_session(self.engine) as session:
+                session.execute(
+                    sa.update(table)
+                    .where(table.c.out_trade_no == out_trade_no, table.c.charge_answered_at.is_(None))
+                    .values(charge_answered_at=answered_at)
+                )
+                session.commit()
+            return None
         with write_session(self.engine) as session:
             done = session.execute(
                 sa.update(table)

@@ -13,7 +13,7 @@ from central import contract
 from central.clock import utcnow
 from central.db import open_database, write_session
 from central.payments.gateway import Gateway, Timings
-from central.payments.provider import Charge, Outcome, ProviderUnreachable, Result, ReverseResult
+from central.payments.provider import Charge, Outcome, ProviderRejected, ProviderUnreachable, Result, ReverseResult
 from central.stores import add_store
 from tests.central.plugin import central_settings
 
@@ -82,13 +82,19 @@ class ScriptedProvider:
         charge: Callable[[], Result],
         query: Callable[[float], Result],
         reverses: list[ReverseResult | Exception],
+        charge_takes: float = 0,
     ):
         self.clock = clock
         self._charge, self._query, self._reverses = charge, query, list(reverses)
+        self.charge_takes = charge_takes  # virtual seconds before the charge's answer (or error) comes back
         self.calls: list[tuple[str, float]] = []
+        self.charges: list[Charge] = []
 
     async def charge(self, charge: Charge) -> Result:
         self.calls.append(("charge", self.clock.seconds))
+        self.charges.append(charge)
+        if self.charge_takes:
+            await self.clock.sleep(self.charge_takes)
         return self._charge()
 
     async def query(self, out_trade_no: str) -> Result:
@@ -225,3 +231,66 @@ def test_a_paid_payment_is_reversed_on_request_only_within_24_hours(engine):
 
     provider, state = run(engine, lambda c: ScriptedProvider(c, paid, lambda t: paid(), [DONE]), scenario)
     assert provider.calls == [("charge", 0)] and state == "SUCCESS"
+
+
+# --- the 15 s count from the charge's answer -------------------------------------------------------------------
+
+
+def cancel_at(seconds: float):
+    async def scenario(gateway, clock):
+        await gateway.pay("S1", REQUEST)
+        await clock.run_until(seconds, gateway)
+        assert (await gateway.cancel("S1", "O1")).state == "REVERSING"
+        await clock.run_until(120, gateway)
+
+    return scenario
+
+
+def test_a_charge_answered_after_4_s_and_cancelled_meanwhile_is_reversed_15_s_after_its_answer(engine):
+    # A burst: the charge left at 0 s, its answer came at 4 s; the till cancelled at 1 s.
+    provider, state = run(
+        engine, lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), [DONE], charge_takes=4), cancel_at(1)
+    )
+    assert provider.calls == [("charge", 0), ("reverse", 19)] and state == "REVERSED"
+
+
+def test_a_charge_refused_after_5_s_is_reversed_15_s_after_the_refusal(engine):
+    def refused() -> Result:
+        raise ProviderRejected("pay/micropay: 系统繁忙")
+
+    provider, state = run(engine, lambda c: ScriptedProvider(c, refused, lambda t: userpaying(), [DONE], charge_takes=5), pay_and_run)
+    assert provider.calls == [("charge", 0), ("reverse", 20)] and state == "REVERSED"
+
+
+def test_a_charge_that_timed_out_after_10_s_is_reversed_15_s_after_the_timeout(engine):
+    def lost() -> Result:
+        raise ProviderUnreachable("no answer within 10 s")
+
+    provider, state = run(
+        engine,
+        lambda c: ScriptedProvider(c, lost, lambda t: Result(Outcome.NOT_FOUND, "O1"), [DONE], charge_takes=10),
+        cancel_at(11),
+    )
+    assert provider.calls == [("charge", 0), ("reverse", 25)] and state == "REVERSED"
+
+
+def test_without_a_recorded_answer_the_15_s_count_from_when_the_reverse_is_decided(engine):
+    # The charge is out when the process dies at 7 s: no answer was recorded.
+    provider, state = run(
+        engine, lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), [DONE], charge_takes=60),
+        lambda gateway, clock: pay_and_run(gateway, clock, until=7),
+    )  # fmt: skip
+    assert provider.calls == [("charge", 0)] and state == "PENDING"
+
+    async def second(gateway, clock):
+        clock.now = T0 + timedelta(seconds=40)  # back after the limit: the reverse is decided now, sent 15 s later
+        assert await gateway.start() == 1
+        await clock.run_until(120, gateway)
+
+    provider, state = run(engine, lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), [DONE]), second)
+    assert provider.calls == [("reverse", 55)] and state == "REVERSED"
+
+
+def test_the_charge_expires_when_the_gateway_gives_up(engine):
+    provider, _ = run(engine, lambda c: ScriptedProvider(c, paid, lambda t: paid(), [DONE]), lambda g, c: pay_and_run(g, c, until=1))
+    assert provider.charges[0].expires_at == T0 + timedelta(seconds=30)  # the payment limit after the charge
