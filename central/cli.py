@@ -276,6 +276,44 @@ def payments_reconcile(config_path: Path, day, chosen: str) -> None:
             click.echo(f"  {issue.kind}  {issue.out_trade_no}  {amounts}: {issue.detail}")
 
 
+@payments.command("orphans")
+@CONFIG_OPTION
+@click.option("--day", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="The payments' day (China time), YYYY-MM-DD.")
+@click.option("--store", "store_id", help="Only this store (default: every store with code payments that day).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per store and line.")
+def payments_orphans(config_path: Path, day, store_id: str | None, as_json: bool) -> None:
+    """Match DAY's code payments to the sales the stores pushed: print the orphan charges (a customer charged with
+    no sale, or for a sale cancelled whose reversal never happened) and the sales whose payment disagrees. Only
+    reports: the running service refunds orphans itself when payments_orphan_refund is set."""
+    import json
+
+    from central.payments.orphans import Rules, check_day, stores_to_check
+
+    settings = _settings(config_path)
+    engine = _engine(settings)
+    now = utcnow()
+    try:
+        with read_session(engine) as session:
+            stores = [store_id] if store_id else [s for s, _ in stores_to_check(session, [day.date()])]
+            checks = [(s, check_day(session, s, day.date(), now, Rules.from_settings(settings))) for s in stores]
+    finally:
+        engine.dispose()
+    for store, check in checks:
+        if as_json:
+            click.echo(json.dumps({"store_id": store, **check.model_dump(mode="json")}, ensure_ascii=False))
+            continue
+        paid = ", ".join(f"{name} {p.count} paid {p.paid_fen} fen" for name, p in check.paid.items()) or "no code payments paid"
+        click.echo(
+            f"store {store} {check.day}: {paid}; {check.matched} matched, {check.awaiting} awaiting, "
+            f"{len(check.problems)} to settle"
+        )
+        for problem in check.problems:
+            refund = f" [refund {problem.out_refund_no} {problem.refund_state}]" if problem.out_refund_no else ""
+            click.echo(f"  {problem.kind}  {problem.out_trade_no}  {problem.amount_fen} fen{refund}: {problem.reason}")
+    if not checks and not as_json:
+        click.echo(f"{day.date()}: no code payments")
+
+
 @cli.group()
 def simulate() -> None:
     """Payment provider simulators for the demo and for trying a set-up (never for real money)."""

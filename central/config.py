@@ -96,6 +96,20 @@ class Settings(BaseSettings):
     payments_retry_max_seconds: float = Field(
         60.0, gt=0, le=3600, examples=[60.0], description="longest pause between two tries of a failing reverse"
     )
+    # Payments reconciliation (central/payments/orphans.py): a paid payment no sale holds is an orphan charge.
+    payments_orphan_grace_seconds: float = Field(
+        3600.0, ge=0, le=7 * 86400, examples=[3600.0], description="how long after a payment before it may be declared an orphan"
+    )
+    payments_orphan_clock_margin_seconds: float = Field(
+        300.0, ge=0, le=86400, examples=[300.0],
+        description="a till's row counts as after a payment only when its till clock says this much later",
+    )  # fmt: skip
+    payments_orphan_refund: bool = Field(
+        False, examples=[False], description="refund orphan charges automatically (else they are reported for a person)"
+    )
+    payments_orphan_check_seconds: float = Field(
+        600.0, ge=0, le=86400, examples=[600.0], description="how often the service checks the last days; 0: never"
+    )
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -267,6 +267,9 @@ class DaySummary(WireModel):
     points_redeemed: int
     digest: str
     transactions: list[TransactionAmount] = Field(description="sorted by id")
+    payments: PaymentsCheck | None = Field(
+        None, description="the day's code payments and those that match no sale (null from a central that does not check)"
+    )
 
 
 # --- member-code keys ----------------------------------------------------------------------------------------
@@ -445,3 +448,60 @@ class PaymentDay(WireModel):
     counts: dict[str, int]
     bill_checks: list[BillCheck] = Field(description="one per provider whose bill for the day was checked")
     issues: list[BillIssue]
+    check: PaymentsCheck | None = Field(None, description="which of the store's payments match no sale (all its stations)")
+
+
+# --- payments reconciliation: every code payment belongs to a sale or to a recorded void ------------------------
+
+PaymentProblemKind = Literal["orphan_charge", "orphan_after_void", "tender_not_paid", "amount_mismatch"]
+
+
+class PaymentProblem(WireModel):
+    """A code payment and the store's sales that do not agree (docs/PAYMENTS.md, "Payments reconciliation").
+
+    - `orphan_charge`: the customer was charged (SUCCESS at central, or on the provider's bill) and no sale the
+      store pushed holds this `out_trade_no`: they paid for nothing.
+    - `orphan_after_void`: only a void holds it (the sale was cancelled after payment) and it is still paid: the
+      reversal never happened.
+    - `tender_not_paid`: a sale counts it as paid; central has it not paid, or never saw it.
+    - `amount_mismatch`: a sale's tender and the payment differ in amount.
+
+    An orphan is declared only after the grace period and once the station has pushed later rows (so a store whose
+    WAN was down is never taken for one). `out_refund_no`/`refund_state`: the refund that gives the money back (the
+    automatic one, or any that covers it), when there is one; `refunded_fen`: what the payment's refunds that are
+    not FAILED add up to."""
+
+    kind: PaymentProblemKind
+    out_trade_no: str
+    provider: str = Field(description="wechat or alipay (the tender's kind for a payment central never saw)")
+    station_id: str | None = Field(None, description="null when neither central nor a sale knows the station")
+    amount_fen: int = Field(description="what the customer was charged, or the payment's amount")
+    tender_fen: int | None = Field(None, description="what the sale's tenders count for it")
+    payment_state: PaymentState | None = Field(None, description="central's state; null when central never saw it")
+    source: Literal["central", "bill"] = Field(description="central's payment table, or the provider's bill")
+    transaction_id: str | None = Field(None, description="the sale or void that holds it")
+    out_refund_no: str | None = None
+    refund_state: RefundState | None = None
+    refunded_fen: int = 0
+    reason: str = Field(description="for a person: what happened and what to do")
+
+
+class ProviderPayments(WireModel):
+    count: int = Field(description="code payments paid (SUCCESS)")
+    paid_fen: int = Field(description="their sum")
+
+
+class PaymentsCheck(WireModel):
+    """The code payments of a day (China time, by creation, as `PaymentDay`) against the sales the store pushed.
+    `paid`: payments in SUCCESS per provider. `matched`: paid payments a sale holds. `awaiting`: paid payments no
+    sale holds yet, still within `grace_seconds` or not yet passed by the station's pushed rows: not orphans (yet).
+    `problems`: orphans and mismatches. With `station_id` only that station's payments and sales (and orphans
+    whose station nobody knows)."""
+
+    day: date
+    checked_at: AwareDatetime
+    grace_seconds: int
+    paid: dict[str, ProviderPayments]
+    matched: int
+    awaiting: int
+    problems: list[PaymentProblem]

@@ -23,6 +23,7 @@ from central.db import write_session
 from central.errors import CentralError, Unauthorized
 from central.payments.cards import CardSync
 from central.payments.gateway import Gateway
+from central.payments.orphans import OrphanWatch
 from central.payments.providers import build_providers
 from central.routes import keys as keys_routes
 from central.routes import members, payments, stores, transactions
@@ -48,14 +49,17 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
         # Payments run as tasks in this loop; unfinished ones are resumed from the database.
         gateway = Gateway(settings, engine, app.state.payment_providers, **app.state.payment_options)
         card_sync = CardSync.from_settings(settings, engine)
+        orphan_watch = OrphanWatch.from_settings(settings, engine, gateway)  # payments no sale holds (orphans.py)
         await gateway.start()
         if card_sync is not None:
             card_sync.start()
-        app.state.gateway, app.state.card_sync = gateway, card_sync
+        orphan_watch.start()
+        app.state.gateway, app.state.card_sync, app.state.orphan_watch = gateway, card_sync, orphan_watch
         try:
             yield
         finally:
-            app.state.gateway = app.state.card_sync = None
+            app.state.gateway = app.state.card_sync = app.state.orphan_watch = None
+            await orphan_watch.stop()
             if card_sync is not None:
                 await card_sync.stop()
             await gateway.stop()
@@ -65,7 +69,7 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
     app.state.engine = engine
     app.state.payment_providers = build_providers(settings)
     app.state.payment_options = {}  # tests: Gateway keyword arguments (clock, sleep, timings)
-    app.state.gateway = app.state.card_sync = None
+    app.state.gateway = app.state.card_sync = app.state.orphan_watch = None
     for router in (members.router, transactions.router, stores.router, keys_routes.router, payments.router):
         app.include_router(router, prefix=contract.API_PREFIX, responses=_ERRORS)
 

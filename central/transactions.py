@@ -163,7 +163,11 @@ def digest(rows: Sequence[tuple[str, int]]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def day_summary(session: Session, store_id: str, business_day: date, station_id: str | None = None) -> contract.DaySummary:
+def day_summary(
+    session: Session, store_id: str, business_day: date, station_id: str | None = None,
+    payments: contract.PaymentsCheck | None = None,
+) -> contract.DaySummary:  # fmt: skip
+    """The summary of a store's (or station's) business day; `payments`, the check of its code payments, goes with it."""
     table = Transaction.__table__
     query = sa.select(
         table.c.id, table.c.station_id, table.c.kind, table.c.total_fen, table.c.points_earned, table.c.points_redeemed, table.c.body
@@ -193,4 +197,5 @@ def day_summary(session: Session, store_id: str, business_day: date, station_id:
             )  # fmt: skip
             for row in rows
         ],
+        payments=payments,
     )

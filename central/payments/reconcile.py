@@ -198,8 +198,9 @@ def _store_of(device: str | None, stores: set[str]) -> str | None:
     return candidate if candidate in stores else None
 
 
-def payment_day(session, store_id: str, day: date) -> contract.PaymentDay:
-    """The store's payments of a (China) day and the issues the bill checks found for it."""
+def payment_day(session, store_id: str, day: date, check: contract.PaymentsCheck | None = None) -> contract.PaymentDay:
+    """The store's payments of a (China) day, the issues the bill checks found for it, and `check`, which of them
+    match no sale (central/payments/orphans.py)."""
     start, end = day_bounds(day)
     table = Payment.__table__
     counts: dict[str, int] = {}
@@ -239,5 +240,5 @@ def payment_day(session, store_id: str, day: date) -> contract.PaymentDay:
     ]
     return contract.PaymentDay(
         store_id=store_id, business_day=day, paid_fen=dict(sorted(paid.items())), counts=dict(sorted(counts.items())),
-        bill_checks=bill_checks, issues=issues,
+        bill_checks=bill_checks, issues=issues, check=check,
     )  # fmt: skip

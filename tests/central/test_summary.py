@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import date
+from datetime import date, datetime
 
 from central import contract
+from central.payments.reconcile import CHINA
+from central.payments.simulators import serve_in_thread
+from central.payments.simulators.wechat import WeChatSimulator
 from tests.central.rows import journal_row
+from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, pay
 
 
 def independent_digest(rows: list[dict]) -> str:
@@ -48,3 +52,27 @@ def test_another_stores_summary_is_forbidden(central):
     with central.client(s2) as client:
         answer = client.get("/v1/stores/S1/days/2026-11-23/summary")
     assert answer.status_code == 403 and answer.json()["error"] == "forbidden"
+
+
+
+def test_the_summary_carries_the_days_code_payments(central_factory):
+    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY)
+    served = serve_in_thread(sim.app())
+    try:
+        server = central_factory(wechat_base_url=served.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST)
+        with server.client(server.add_store("S1")) as client:
+            payment = pay(client, code("00"), 2500).json()
+            day = datetime.fromisoformat(payment["created_at"]).astimezone(CHINA).date()  # payments count China days
+            tender = {"kind": "wechat", "amount_fen": 2500, "out_trade_no": payment["out_trade_no"]}
+            client.post("/v1/transactions:batch", json={"transactions": [journal_row(2500, business_day=day, tenders=[tender])]}).raise_for_status()
+            answer = client.get(f"/v1/stores/S1/days/{day}/summary").json()
+            other_till = client.get(f"/v1/stores/S1/days/{day}/summary", params={"station_id": "K01"}).json()
+    finally:
+        served.stop()
+    payments = answer["payments"]
+    assert payments["paid"] == {"wechat": {"count": 1, "paid_fen": 2500}} and answer["tenders"] == {"wechat": 2500}
+    assert (payments["day"], payments["matched"], payments["awaiting"], payments["problems"]) == (day.isoformat(), 1, 0, [])
+    assert (other_till["payments"]["paid"], other_till["payments"]["matched"]) == ({}, 0)
+    # An agent reading a central that does not check payments gets no `payments`, and still reads the summary.
+    older = {name: value for name, value in answer.items() if name != "payments"}
+    assert contract.DaySummary.model_validate(older).payments is None
