@@ -226,7 +226,8 @@ def sync_now(config_path: Path) -> None:
 @click.option("--day", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Business day, YYYY-MM-DD.")
 @click.option("--json", "as_json", is_flag=True)
 def reconcile(config_path: Path, day, as_json: bool) -> None:
-    """Compare this station's business day with central's; exit 0 only when they match."""
+    """Compare this station's business day with central's, transactions and code payments (a customer charged
+    with no sale, a sale whose payment central does not have paid); exit 0 only when everything matches."""
     import asyncio
 
     from agent.central_client import CentralClient, CentralError
@@ -264,6 +265,13 @@ def reconcile(config_path: Path, day, as_json: bool) -> None:
                 click.echo(f"  {label}: {', '.join(ids)}")
         for mismatch in result.mismatched:
             click.echo(f"  {mismatch.id}: {mismatch.field} store {mismatch.store} central {mismatch.central}")
+        if result.payments_checked:
+            paid = ", ".join(f"{name} {p['count']} paid {p['paid_fen']} fen" for name, p in result.payments_paid.items())
+            waiting = f"; {result.payments_awaiting} paid with no sale yet (within central's grace)" if result.payments_awaiting else ""
+            click.echo(f"  code payments: {paid or 'none paid'}{waiting}")
+        for problem in result.payment_problems:
+            refund = f" [refund {problem.out_refund_no}: {problem.refund_state}]" if problem.out_refund_no else ""
+            click.echo(f"  payment {problem.kind} {problem.out_trade_no} {problem.provider} {problem.amount_fen} fen{refund}: {problem.reason}")
     sys.exit(0 if result.matched else 1)
 
 

@@ -1,9 +1,12 @@
-"""Day-end reconciliation: does central hold exactly the transactions this station journaled for a business day?
+"""Day-end reconciliation: does central hold exactly the transactions this station journaled for a business day,
+and does every code payment of the day belong to a sale?
 
 The store's side is computed from the journal with the same digest central uses (central/contract.py,
 DaySummary): SHA-256 over "id:total_fen" lines sorted by id. What central lacks is queued again (unless the
 row was rejected, which needs a person); what central has that the store lacks, and rows whose amounts or points
-differ, are reported.
+differ, are reported. Central's summary also carries its check of the station's code payments (`payments`): a
+customer charged with no sale holding the payment (an orphan charge), a void whose payment is still paid, a sale
+whose payment central does not have paid, an amount that differs — each reported, and the day is not matched.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sqlalchemy as sa
 from agent.central_client import CentralClient
 from agent.clock import to_storage, utcnow
 from agent.db import reader
-from central.contract import DaySummary
+from central.contract import DaySummary, PaymentsCheck
 
 COMPARED = ("total_fen", "points_earned", "points_redeemed")
 
@@ -33,6 +36,22 @@ class Mismatch:
     field: str
     store: int
     central: int
+
+
+@dataclass(frozen=True)
+class PaymentIssue:
+    """A code payment that does not add up with the sales (contract.PaymentProblem): what, which, how much, why."""
+
+    kind: str
+    out_trade_no: str
+    provider: str
+    amount_fen: int
+    reason: str
+    tender_fen: int | None = None
+    payment_state: str | None = None
+    transaction_id: str | None = None
+    out_refund_no: str | None = None
+    refund_state: str | None = None
 
 
 @dataclass
@@ -51,10 +70,19 @@ class Reconciliation:
     rejected: list[str] = field(default_factory=list)
     missing_at_store: list[str] = field(default_factory=list)
     mismatched: list[Mismatch] = field(default_factory=list)
+    payments_checked: bool = False  # false against a central that does not check payments
+    payments_paid: dict[str, dict[str, int]] = field(default_factory=dict)  # provider -> {count, paid_fen}
+    payments_awaiting: int = 0  # paid, no sale yet, still within central's grace: not a problem (yet)
+    payment_problems: list[PaymentIssue] = field(default_factory=list)
 
     @property
     def matched(self) -> bool:
-        return self.store_digest == self.central_digest and not self.mismatched and not self.missing_at_store
+        return (
+            self.store_digest == self.central_digest
+            and not self.mismatched
+            and not self.missing_at_store
+            and not self.payment_problems
+        )
 
     def as_dict(self) -> dict:
         return {**asdict(self), "business_day": self.business_day.isoformat(), "matched": self.matched}
@@ -85,6 +113,8 @@ def compare_and_requeue(engine: sa.Engine, station_id: str, business_day: date, 
         central_digest=central.digest,
         missing_at_store=sorted(set(theirs) - set(store)),
     )
+    if central.payments is not None:
+        _take_payments(result, central.payments)
     for transaction_id in sorted(set(store) - set(theirs)):
         result.missing_at_central.append(transaction_id)
         status = store[transaction_id].status
@@ -104,3 +134,17 @@ def compare_and_requeue(engine: sa.Engine, station_id: str, business_day: date, 
                 [(transaction_id, now, now) for transaction_id in result.requeued],
             )
     return result
+
+
+def _take_payments(result: Reconciliation, check: PaymentsCheck) -> None:
+    result.payments_checked = True
+    result.payments_paid = {name: {"count": p.count, "paid_fen": p.paid_fen} for name, p in check.paid.items()}
+    result.payments_awaiting = check.awaiting
+    result.payment_problems = [
+        PaymentIssue(
+            kind=p.kind, out_trade_no=p.out_trade_no, provider=p.provider, amount_fen=p.amount_fen, reason=p.reason,
+            tender_fen=p.tender_fen, payment_state=p.payment_state, transaction_id=p.transaction_id,
+            out_refund_no=p.out_refund_no, refund_state=p.refund_state,
+        )  # fmt: skip
+        for p in check.problems
+    ]

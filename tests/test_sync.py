@@ -332,3 +332,61 @@ def test_the_running_agent_syncs_on_its_schedule(central, store, engine, db_path
     finally:
         agent.terminate()
         agent.wait(timeout=15)
+
+
+def test_reconcile_reports_a_customer_charged_with_no_sale(central_factory, engine, db_path, tmp_path):
+    """A payment made at central that no sale holds (the till never learnt it was paid) is reported by the
+    station's reconciliation once central's grace is over and the station has pushed past it; exit 1."""
+    from datetime import timedelta
+
+    from agent.clock import utcnow
+    from central.payments.reconcile import CHINA
+    from central.payments.simulators import serve_in_thread
+    from central.payments.simulators.wechat import WeChatSimulator
+    from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, pay
+
+    simulator = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY)
+    served = serve_in_thread(simulator.app())
+    try:
+        central = central_factory(wechat_base_url=served.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST)
+        store = central.add_store("SH001")
+        with central.client(store) as client:
+            sold, planted = pay(client, code("00"), 1500).json(), pay(client, code("00"), 2000).json()
+        assert sold["state"] == planted["state"] == "SUCCESS"
+        journal = Journal(engine, "T01", SHANGHAI, 4)
+        now = utcnow()
+        tender = {"kind": "wechat", "amount_fen": 1500, "tendered_fen": 1500, "out_trade_no": sold["out_trade_no"]}
+        journal.append(JournalEntry(kind="sale", total_fen=1500, body={"lines": [], "tenders": [tender]}, created_at=now))
+        cash = lambda fen: {"lines": [], "tenders": [{"kind": "cash", "amount_fen": fen, "tendered_fen": fen}]}  # noqa: E731
+        journal.append(JournalEntry(kind="sale", total_fen=300, body=cash(300)))  # the next sale, seconds later
+        sync = make_sync(engine, central, store)
+        run(sync.push())
+        day = datetime.fromisoformat(planted["created_at"]).astimezone(CHINA).date()
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[store]\nid = "SH001"\nname = "徐汇店"\n[station]\nid = "T01"\n[central]\nurl = "{central.url}"\ntoken = "{store.token}"\n'
+            f'[storage]\ndatabase = "{db_path}"\n'
+        )
+        config.chmod(0o600)
+
+        # Past central's grace period, but the station has pushed nothing journaled well after it: not an orphan (yet).
+        central.set_now(now + timedelta(hours=2))
+        early = run(reconcile(engine, sync.client, "T01", day))
+        assert early.payment_problems == [] and early.payments_awaiting == 1 and early.payments_paid == {"wechat": {"count": 2, "paid_fen": 3500}}
+        journal.append(JournalEntry(kind="sale", total_fen=400, body=cash(400), created_at=now + timedelta(minutes=10)))
+        run(sync.push())
+        result = run(reconcile(engine, sync.client, "T01", day))
+        run(sync.client.aclose())
+        [orphan] = result.payment_problems
+        assert not result.matched and (orphan.kind, orphan.out_trade_no, orphan.amount_fen) == ("orphan_charge", planted["out_trade_no"], 2000)
+
+        as_json = pos_edge(config, "reconcile", "--day", day.isoformat(), "--json")
+        assert as_json.returncode == 1, as_json.stderr
+        report = json.loads(as_json.stdout)
+        assert report["matched"] is False and [p["out_trade_no"] for p in report["payment_problems"]] == [planted["out_trade_no"]]
+        text = pos_edge(config, "reconcile", "--day", day.isoformat())
+        assert text.returncode == 1 and "DIFFERENT" in text.stdout
+        assert f"payment orphan_charge {planted['out_trade_no']} wechat 2000 fen: the customer was charged 2000 fen" in text.stdout
+        assert "code payments: wechat 2 paid 3500 fen" in text.stdout
+    finally:
+        served.stop()
