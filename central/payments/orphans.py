@@ -389,21 +389,34 @@ class _Chain:
         self.store_id = store_id
         self.station_id = station_id
         self.since = since
-        table = Transaction.__table__
-        self.rows = session.execute(
-            sa.select(table.c.kind, table.c.created_at, table.c.received_at, table.c.prev_hash, table.c.hash)
-            .where(table.c.store_id == store_id, table.c.station_id == station_id, table.c.business_day >= since)
-            .order_by(table.c.created_at)
-        ).all()
-        self.by_hash = {row.hash: row for row in self.rows}
+        self.rows: list[sa.Row] = []
+        self.by_hash: dict[str, sa.Row] = {}
         self.complete: dict[str, bool] = {GENESIS: True}  # hash -> every row up to and including it is at central
+        # The days around the payment first (the later row is nearly always there), the rest only when needed.
+        self._load(since, since + timedelta(days=2))
+        self._loaded_all = False
+
+    def _load(self, first: date, last: date | None) -> None:
+        table = Transaction.__table__
+        query = sa.select(table.c.kind, table.c.created_at, table.c.received_at, table.c.prev_hash, table.c.hash).where(
+            table.c.store_id == self.store_id, table.c.station_id == self.station_id, table.c.business_day >= first
+        )
+        if last is not None:
+            query = query.where(table.c.business_day <= last)
+        rows = self.session.execute(query).all()
+        self.rows = sorted([*self.rows, *rows], key=lambda row: row.created_at)
+        self.by_hash.update((row.hash, row) for row in rows)
 
     def pushed_past(self, settled: datetime, margin: timedelta) -> bool:
-        for row in self.rows:
-            if row.kind in ("sale", "void") and row.created_at >= settled + margin and row.received_at >= settled:
-                if self._complete(row):
-                    return True
-        return False
+        while True:
+            for row in self.rows:
+                if row.kind in ("sale", "void") and row.created_at >= settled + margin and row.received_at >= settled:
+                    if self._complete(row):
+                        return True
+            if self._loaded_all:
+                return False
+            self._load(self.since + timedelta(days=3), None)
+            self._loaded_all = True
 
     def _complete(self, row) -> bool:
         path: list[str] = []
