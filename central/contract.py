@@ -350,6 +350,20 @@ class Payment(WireModel):
     paid_at: AwareDatetime | None = None
 
 
+class PaymentVoid(WireModel):
+    """`POST /v1/payments/{out_trade_no}/void`: the till gives up this payment, whatever central knows of it.
+
+    Idempotent, and final in one call: a payment central holds is reversed (as `.../reverse`); an `out_trade_no`
+    central has never seen is recorded as given up (`FAILED`, code `VOIDED`), so a `POST /v1/payments` with it
+    that arrives later — a request the till lost the answer to, still on its way — is refused (409
+    `payment_voided`) and never charged. This is how a till that cannot tell whether its charge left the store
+    makes sure it did not. The body describes the payment for the record."""
+
+    provider: PaymentProvider
+    amount_fen: StrictInt = Field(gt=0)
+    station_id: str = Field(pattern=ID_PATTERN, examples=["T01"])
+
+
 RefundState = Literal["PROCESSING", "SUCCESS", "FAILED"]
 
 

@@ -96,7 +96,13 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "PENDING": ("正在等待支付结果", "Waiting for the payment service's answer"),
     "UNKNOWN": ("正在确认支付结果，请稍候", "Confirming the payment with the payment service; please wait"),
+    "VOIDED": (
+        "收银台已放弃该笔支付，未扣款，请重新出示付款码",
+        "Given up at the till before the payment reached central; nothing was charged",
+    ),
 }
+# The code of a payment the till gave up before central received its request (`Gateway.void`).
+VOIDED = "VOIDED"
 REFUND_REASONS: dict[str, tuple[str, str]] = {
     "PENDING": ("正在提交退款", "Sending the refund to the payment service"),
     "UNKNOWN": ("正在向支付服务确认退款结果", "Confirming the refund with the payment service"),
@@ -269,6 +275,13 @@ class Gateway:
         if not created:
             if row.store_id != store_id:
                 raise Conflict("this out_trade_no is another store's payment; use a new one", code="out_trade_no_taken")
+            if row.code == VOIDED and row.request_hash == "":
+                # The till gave this number up before it arrived here (a late copy of a request whose answer it
+                # lost): refused, so it can never be charged.
+                raise Conflict(
+                    "the till gave up this payment before it reached central; nothing was charged: scan a new payment code",
+                    code="payment_voided",
+                )
             if row.request_hash != fingerprint:
                 raise Conflict(
                     "this out_trade_no was used for a different payment (other code, amount or till); a new auth code needs a new out_trade_no",
@@ -337,6 +350,18 @@ class Gateway:
                 "part of this payment is refunded or being refunded; refund the rest instead of reversing it", code="refunded"
             )
         return await self.get(store_id, out_trade_no)
+
+    async def void(self, store_id: str, out_trade_no: str, request: contract.PaymentVoid) -> contract.Payment:
+        """The till gives this payment up, whether central has seen it or not (`contract.PaymentVoid`): a payment
+        central holds is reversed like `cancel`; an unknown number is recorded as given up, which refuses the
+        charge should its request still arrive. Either way the answer is final on "not charged", or REVERSING."""
+        row, created = await asyncio.to_thread(self._create_void, store_id, out_trade_no, request, self.clock())
+        if row.store_id != store_id:
+            raise NotFound(f"no payment {out_trade_no} at this store")
+        if created:
+            self._notify(out_trade_no)
+            return _wire(row, self)
+        return await self.cancel(store_id, out_trade_no)
 
     # --- refunds -----------------------------------------------------------------------------------------------
 
@@ -755,6 +780,36 @@ class Gateway:
                 session.rollback()  # the same out_trade_no, sent twice at once: the other one won
                 return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), False
             return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), True
+
+    def _create_void(
+        self, store_id: str, out_trade_no: str, request: contract.PaymentVoid, now: datetime
+    ) -> tuple[sa.Row, bool]:
+        """The payment row of this number, or a new one recording it as given up before central saw it. The
+        primary key decides a race with the payment's own late request: whichever is inserted first stands."""
+        table = Payment.__table__
+        with write_session(self.engine) as session:
+            existing = session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
+            if existing is not None:
+                return existing, False
+            zh, en = REASONS[VOIDED]
+            session.execute(
+                sa.insert(table).values(
+                    out_trade_no=out_trade_no, store_id=store_id, station_id=request.station_id, provider=request.provider,
+                    amount_fen=request.amount_fen, description="", member_id=None, request_hash="", state="FAILED",
+                    code=VOIDED, reason_zh=zh, reason_en=en, cancel_requested=True, charge_sent_at=now, finished_at=now,
+                    created_at=now, updated_at=now,
+                )  # fmt: skip
+            )
+            session.execute(
+                sa.insert(PaymentEvent.__table__).values(out_trade_no=out_trade_no, at=now, action="void", outcome="FAILED", code=VOIDED)
+            )
+            try:
+                session.commit()
+            except sa.exc.IntegrityError:
+                session.rollback()  # the payment's own request was stored at the same moment: it stands
+                return session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first(), False
+            log.info("payment %s voided before central received it", out_trade_no)
+            return session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first(), True
 
     def _stamp_sent(self, out_trade_no: str, *, answered_at: datetime | None = None) -> sa.Row | None:
         """Set `charge_sent_at` to now if the payment is still PENDING; the row then, or None. With `answered_at`:

@@ -87,6 +87,17 @@ async def reverse(out_trade_no: OutTradeNo, store: CurrentStore, gateway: Gatewa
     return await gateway.cancel(store, out_trade_no)
 
 
+@router.post("/{out_trade_no}/void", responses={404: {"model": contract.ErrorBody}, 409: {"model": contract.ErrorBody}})
+async def void(
+    out_trade_no: OutTradeNo, request: contract.PaymentVoid, store: CurrentStore, gateway: GatewayDep
+) -> contract.Payment:
+    """Give up a payment whether central has seen it or not — what a till does when it cannot tell whether its
+    charge left the store. A payment central holds is reversed as by `.../reverse` (REVERSING, then REVERSED); a
+    number central has never seen is recorded as given up (FAILED, code `VOIDED`) and a `POST /v1/payments` with
+    it arriving later is refused (409 `payment_voided`), so it is never charged. Safe to send again."""
+    return await gateway.void(store, out_trade_no, request)
+
+
 @router.post(
     "/{out_trade_no}/refunds",
     status_code=201,
