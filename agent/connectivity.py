@@ -1,20 +1,33 @@
 """Is central reachable right now? Answered in a fraction of a second, in front of a customer.
 
-Recent sync results decide first: a push or pull that succeeded in the last `fresh_s` seconds means online, and
-one that failed more recently than any success means offline. Otherwise a probe with a short timeout
-(`offline.probe_timeout_s`) asks, and its answer is kept for `fresh_s` seconds so a queue of customers does not
-pay for one probe each. Never a 10 s request timeout at the till.
+The newest recent result decides (recent: in the last `fresh_s` seconds), from the sync jobs, the till's own
+requests and a short probe:
+- a success means online;
+- a definite failure means offline: a connection central refused or that could not be made (the request never
+  left the store), or a failed probe;
+- one lost answer (a reset, a timeout, a 5xx, a failed sync run) is only a suspicion, never a verdict: a probe
+  with a short timeout (`offline.probe_timeout_s`) settles it, and its answer stands until something newer comes.
+  A real outage is still seen at the first failure plus one probe — at once when connections are refused, within
+  the probe's timeout when packets vanish — while a single lost answer no longer turns code payment off.
+With no recent result at all, a probe asks; its answer is kept for `fresh_s` seconds so a queue of customers does
+not pay for one probe each. Never a 10 s request timeout at the till.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from agent.central_client import CentralClient
 from agent.clock import utcnow
 from agent.sync import JobHealth
+
+
+class Result(NamedTuple):
+    at: datetime
+    reachable: bool
+    definite: bool  # False: a failure that one lost answer could explain
 
 
 @dataclass
@@ -23,32 +36,33 @@ class Connectivity:
     jobs: tuple[JobHealth, ...]
     probe_timeout_s: float = 1.0
     fresh_s: float = 10.0
-    _probed_at: float = field(default=-1e9, init=False)
-    _probed_online: bool = field(default=False, init=False)
-    _seen: tuple[datetime, bool] | None = field(default=None, init=False)
+    _seen: Result | None = field(default=None, init=False)
+    _probed: Result | None = field(default=None, init=False)
 
     def saw(self, reachable: bool) -> None:
-        """What a request at the till just found: it outranks older sync results (a failed payment request must
-        not be followed by another customer waiting for the same timeout)."""
-        self._seen = (utcnow(), reachable)
+        """What a request at the till just found for certain: central answered, or no connection could be made.
+        It outranks older results (the next customer must not wait for the same timeout)."""
+        self._seen = Result(utcnow(), reachable, definite=True)
+
+    def suspect(self) -> None:
+        """A request at the till lost its answer: central may be away, or one packet was."""
+        self._seen = Result(utcnow(), False, definite=False)
 
     async def online(self) -> bool:
-        now = utcnow()
-        verdict = self._from_jobs(now)
-        if verdict is not None:
-            return verdict
-        if time.monotonic() - self._probed_at < self.fresh_s:
-            return self._probed_online
-        self._probed_online = await self.client.probe(self.probe_timeout_s)
-        self._probed_at = time.monotonic()
-        return self._probed_online
+        latest = self._latest(utcnow())
+        if latest is None or not (latest.reachable or latest.definite):
+            return await self._probe()
+        return latest.reachable
 
-    def _from_jobs(self, now: datetime) -> bool | None:
-        """What the sync jobs' latest results say, when they are recent enough to trust."""
+    def _latest(self, now: datetime) -> Result | None:
         fresh = timedelta(seconds=self.fresh_s)
-        results = [(job.last_success, True) for job in self.jobs if job.last_success]
-        results += [(job.last_failure_at, False) for job in self.jobs if job.unreachable and job.last_failure_at]
-        if self._seen is not None:
-            results.append(self._seen)
-        recent = [result for result in results if now - result[0] < fresh]
-        return max(recent)[1] if recent else None
+        results = [Result(job.last_success, True, True) for job in self.jobs if job.last_success]
+        results += [Result(job.last_failure_at, False, False) for job in self.jobs if job.unreachable and job.last_failure_at]
+        results += [result for result in (self._seen, self._probed) if result is not None]
+        recent = [result for result in results if now - result.at < fresh]
+        return max(recent, key=lambda result: (result.at, result.definite)) if recent else None
+
+    async def _probe(self) -> bool:
+        reachable = await self.client.probe(self.probe_timeout_s)
+        self._probed = Result(utcnow(), reachable, definite=True)
+        return reachable
