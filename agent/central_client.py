@@ -29,6 +29,7 @@ from central.contract import (
     MemberLookup,
     Payment,
     PaymentRequest,
+    PaymentVoid,
     PublicKeys,
     Refund,
     RefundRequest,
@@ -153,8 +154,9 @@ class CentralClient:
         return await self._call("POST", "/payments", Payment, json=request.model_dump(mode="json", exclude_none=True))
 
     async def payment(self, out_trade_no: str, wait_s: float = 0) -> Payment | None:
-        """A payment as central knows it (after waiting up to `wait_s` for a change), or None if central never
-        received it: then it was never charged."""
+        """A payment as central knows it (after waiting up to `wait_s` for a change), or None when central has not
+        seen it — yet: a request still on its way may arrive after this answer, so None never means "not charged".
+        Only `void_payment` settles a payment central has not seen."""
         params = {"wait": wait_s} if wait_s else None
         timeout = httpx.Timeout(self._client.timeout.read + wait_s, connect=self._client.timeout.connect)
         try:
@@ -164,18 +166,18 @@ class CentralClient:
                 return None
             raise
 
-    async def reverse_payment(self, out_trade_no: str) -> Payment | None:
-        """Give up a payment (or take back a paid one); None if central never received it."""
-        try:
-            return await self._call("POST", f"/payments/{out_trade_no}/reverse", Payment)
-        except CentralRejected as exc:
-            if exc.status == 404:
-                return None
-            raise
+    async def void_payment(self, out_trade_no: str, request: PaymentVoid) -> Payment:
+        """Give up a payment whether central has seen it or not: the answer is final on "not charged" (FAILED,
+        REVERSED) or REVERSING (being taken back). Safe to send again."""
+        return await self._call("POST", f"/payments/{out_trade_no}/void", Payment, json=request.model_dump(mode="json"))
 
     async def refund_payment(self, out_trade_no: str, request: RefundRequest) -> Refund:
         """Give back part or all of a paid payment; the same out_refund_no again is the same refund."""
         return await self._call("POST", f"/payments/{out_trade_no}/refunds", Refund, json=request.model_dump(mode="json", exclude_none=True))
+
+    async def refund(self, out_trade_no: str, out_refund_no: str) -> Refund:
+        """A refund as central knows it."""
+        return await self._call("GET", f"/payments/{out_trade_no}/refunds/{out_refund_no}", Refund)
 
     async def probe(self, timeout: float) -> bool:
         """A quick "is central there?" for deciding online/offline in front of a customer."""

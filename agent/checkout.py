@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -39,11 +39,10 @@ from agent.ids import uuid7
 from agent.journal import Journal, JournalEntry, JournalRecord
 from agent.member_cache import CachedCoupon, MemberCache, PhoneLookupUnavailable
 from agent.member_code import MemberCodeError
-from agent.receipts import Receipt
+from agent.receipt_printing import ReceiptPrinting
 from agent.sale import CodePayment, PricingView, Sale, SaleCoupon, SaleLine, SaleMember, Tender, TenderRefused, new_tender
-from agent.sale_receipts import receipt_of_record
 from agent.settings import Settings
-from central.contract import PaymentRequest
+from central.contract import Payment, PaymentRequest, PaymentVoid
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ class Checkout:
         connectivity: Connectivity,
         client: CentralClient,
         events: EventHub,
-        print_receipt: Callable[[Receipt, str, str, bool], Awaitable[str | None]] | None = None,
+        receipts: ReceiptPrinting | None = None,
         push_soon: Callable[[], None] | None = None,
     ):
         self.settings = settings
@@ -137,7 +136,7 @@ class Checkout:
         self.connectivity = connectivity
         self.client = client
         self.events = events
-        self._print_receipt = print_receipt
+        self._receipts = receipts
         self._push_soon = push_soon or (lambda: None)
         self.rules: CodeRules = settings.codes.rules()
         self.station_id = settings.station.id
@@ -145,6 +144,9 @@ class Checkout:
         self._closed: OrderedDict[str, Sale] = OrderedDict()
         self._lock = asyncio.Lock()
         self._followers: dict[str, asyncio.Task] = {}
+        # Code payments' requests, held in memory (never on disk: they carry the auth code) while their outcome is
+        # open, so one central has not seen can be sent again under its own number.
+        self._requests: dict[str, PaymentRequest] = {}
         self._catalog = {item.gtin: item for item in settings.checkout.catalog}
 
     # --- sessions ------------------------------------------------------------------------------------------
@@ -269,7 +271,7 @@ class Checkout:
             if not waiting:
                 raise NotNow("no code payment is in progress")
             for payment in waiting:
-                await self._reverse(sale, payment)
+                await self._give_up(sale, payment)
             sale.message = "code payment cancelled: being reversed"
             return await self._changed(sale, "payment")
 
@@ -280,7 +282,7 @@ class Checkout:
             void = self._void_entry(sale) if sale.tenders else None  # what was taken, before it is given back
             for payment in sale.payments:
                 if payment.state not in ("REVERSED", "FAILED") and not payment.cancel_requested:
-                    await self._reverse(sale, payment)
+                    await self._give_up(sale, payment)
             if void is not None:
                 await asyncio.to_thread(self.journal.append, void)
             sale.state = "cancelled"
@@ -332,18 +334,24 @@ class Checkout:
             if await asyncio.to_thread(self.journal.get, sale.id) is not None:
                 await asyncio.to_thread(self._delete_open, sale.id)  # journaled just before the stop
                 continue
-            if self.current is not None:
-                log.warning("more than one open sale found; keeping the newest", extra={"sale": sale.id})
-            self.current = sale
-            sale.message = "sale restored after a restart"
+            if not sale.is_open:  # cancelled, with a payment still being given up: finish that, in the background
+                self._closed[sale.id] = sale
+            else:
+                if self.current is not None:
+                    log.warning("more than one open sale found; keeping the newest", extra={"sale": sale.id})
+                self.current = sale
+                sale.message = "sale restored after a restart"
             for payment in sale.unsettled_payments:
-                if payment.state == "sending":
+                if payment.state == "sending":  # it may have left: only central's word, or a void, settles it
                     payment.state = "UNKNOWN"
                 payment.message = "checking how this payment ended"
                 self._follow(sale, payment)
-            log.info("open sale restored", extra={"sale": sale.id, "state": sale.state, "payments": len(sale.unsettled_payments)})
+            log.info("sale restored", extra={"sale": sale.id, "state": sale.state, "payments": len(sale.unsettled_payments)})
             await self._save(sale)
-            self._publish("opened", sale, sale.message)
+            if sale.is_open and sale.tenders and not sale.unsettled_payments and sale.remaining_fen == 0:
+                await self._complete(sale)  # paid in full when the agent stopped, but not journaled yet
+            elif sale.is_open:
+                self._publish("opened", sale, sale.message)
 
     async def close(self) -> None:
         for task in list(self._followers.values()):
@@ -584,6 +592,7 @@ class Checkout:
             member_id=sale.member.id if sale.member else None,
             provider=provider,
         )
+        self._requests[payment.out_trade_no] = request  # held while the outcome is open: sending it again is safe
         try:
             answer = await self.client.pay(request)
         except CentralNotReached as exc:
@@ -594,12 +603,14 @@ class Checkout:
             await self._settle(sale, payment, follow=False)
             raise Offline(payment.message, OFFLINE_ZH) from None
         except CentralRejected as exc:
+            # Central's own refusal (its error body says why): it created no payment under this number.
             payment.state = "FAILED"
             payment.message, payment.message_zh = str(exc), "支付失败，请重试或换一种方式付款"
             await self._settle(sale, payment, follow=False)
             raise PaymentFailed(f"central refused the payment: {exc}", "支付失败，请重试或换一种方式付款") from None
         except CentralError as exc:
-            # It may or may not have been charged: find out, never charge again.
+            # It may or may not have been charged: find out, never charge under another number.
+            self.connectivity.suspect()
             payment.state = "UNKNOWN"
             payment.message = f"no answer from central ({exc}); checking how the payment ended — do not take it again"
             payment.message_zh = "正在确认支付结果，请稍候"
@@ -607,21 +618,19 @@ class Checkout:
             return await self._changed(sale, "payment")
         return await self._payment_answer(sale, payment, answer, follow=True)
 
-    async def _payment_answer(self, sale: Sale, payment: CodePayment, answer, follow: bool) -> Sale:
-        """Apply what central says of a payment (None: central never received it), then act on it."""
-        if answer is None:
-            payment.state = "FAILED"
-            payment.message = "central never received this payment: the customer was not charged"
-        else:
-            self.connectivity.saw(True)
-            payment.state = answer.state
-            payment.provider_trade_no = answer.provider_trade_no
-            payment.message_zh = answer.reason_zh
-            payment.message = answer.reason_en
+    async def _payment_answer(self, sale: Sale, payment: CodePayment, answer: Payment, follow: bool) -> Sale:
+        """Apply what central says of a payment, then act on it."""
+        self.connectivity.saw(True)
+        payment.state = answer.state
+        payment.provider_trade_no = answer.provider_trade_no
+        payment.message_zh = answer.reason_zh
+        payment.message = answer.reason_en
         return await self._settle(sale, payment, follow)
 
     async def _settle(self, sale: Sale, payment: CodePayment, follow: bool) -> Sale:
         """Act on the payment's state: a tender when paid, follow it while open, back to the basket when not paid."""
+        if payment.final:
+            self._requests.pop(payment.out_trade_no, None)
         if payment.state == "SUCCESS" and not payment.cancel_requested:
             sale.tenders.append(
                 Tender(kind=payment.provider, amount_fen=payment.amount_fen, tendered_fen=payment.amount_fen,
@@ -631,7 +640,8 @@ class Checkout:
             sale.message = f"{payment.provider} ¥{payment.amount_fen / 100:.2f} paid"
             return await self._after_tender(sale)
         if payment.state == "SUCCESS":  # paid after the cashier gave up: central takes it back
-            await self._reverse(sale, payment)
+            payment.void_answered = False
+            await self._give_up(sale, payment)
         elif payment.state == "USERPAYING":
             payment.message, payment.message_zh = "waiting for the customer to confirm on the phone", "请在手机上确认支付"
             if follow:
@@ -650,55 +660,84 @@ class Checkout:
 
     def _follow(self, sale: Sale, payment: CodePayment) -> None:
         if payment.out_trade_no not in self._followers:
-            task = asyncio.get_running_loop().create_task(self._follow_payment(sale.id, payment.out_trade_no))
+            task = asyncio.get_running_loop().create_task(self._follow_payment(sale, payment))
             self._followers[payment.out_trade_no] = task
             task.add_done_callback(lambda _: self._followers.pop(payment.out_trade_no, None))
 
-    async def _follow_payment(self, sale_id: str, out_trade_no: str) -> None:
-        """Ask central until the payment is final; past the till's limit, reverse it."""
-        limit = timedelta(seconds=self.settings.checkout.code_payment_limit_s)
-        while True:
-            sale = self._sale_of(sale_id)
-            payment = next((p for p in sale.payments if p.out_trade_no == out_trade_no), None) if sale else None
-            if payment is None or payment.final:
-                return
-            try:
-                if utcnow() - payment.created_at > limit and not payment.cancel_requested:
-                    async with self._lock:
-                        payment.message = "the customer did not confirm in time"
-                        await self._reverse(sale, payment)
-                        await self._changed(sale, "payment")
-                answer = await self.client.payment(out_trade_no, wait_s=PAYMENT_WAIT_S)
-            except CentralError as exc:
-                log.warning("payment outcome not known yet", extra={"out_trade_no": out_trade_no, "error": str(exc)})
-                await asyncio.sleep(RESOLVE_RETRY_S)
-                continue
-            async with self._lock:
-                if payment.final:
-                    return
-                if answer is not None and answer.state == payment.state and not answer.final:
-                    continue
-                await self._payment_answer(sale, payment, answer, follow=False)
+    async def _follow_payment(self, sale: Sale, payment: CodePayment) -> None:
+        """Ask central until the payment is final; past the till's limit, give it up.
 
-    async def _reverse(self, sale: Sale, payment: CodePayment) -> None:
-        """Ask central to take the payment back; until it says so, the payment counts as not paid."""
-        payment.cancel_requested = True
-        was_paid = payment.state == "SUCCESS"
+        Central not knowing the payment is no answer: its request may still be on its way. While the till holds
+        the request it sends it again (the same out_trade_no is one payment at central, ever); without it (after a
+        restart), or once the till gave up, it voids the number, which central records even unseen — so a late
+        copy of the charge is refused, and "not charged" is a fact, not a guess."""
+        limit = timedelta(seconds=self.settings.checkout.code_payment_limit_s)
+        out_trade_no = payment.out_trade_no
         try:
-            answer = await self.client.reverse_payment(payment.out_trade_no)
+            while not payment.final:
+                try:
+                    if payment.cancel_requested and not payment.void_answered:
+                        answer = await self.client.void_payment(out_trade_no, self._void_of(payment))
+                        payment.void_answered = True
+                    elif utcnow() - payment.created_at > limit and not payment.cancel_requested:
+                        async with self._lock:
+                            payment.message = "the customer did not confirm in time"
+                            await self._give_up(sale, payment)
+                            await self._changed(sale, "payment")
+                        continue
+                    else:
+                        answer = await self.client.payment(out_trade_no, wait_s=PAYMENT_WAIT_S)
+                        if answer is None:
+                            answer = await self._send_again(payment)
+                except CentralError as exc:
+                    log.warning("payment outcome not known yet", extra={"out_trade_no": out_trade_no, "error": str(exc)})
+                    await asyncio.sleep(RESOLVE_RETRY_S)
+                    continue
+                if answer is None:
+                    continue
+                async with self._lock:
+                    if payment.final or (answer.state == payment.state and not answer.final):
+                        continue
+                    await self._payment_answer(sale, payment, answer, follow=False)
+        finally:
+            self._requests.pop(out_trade_no, None)
+
+    async def _send_again(self, payment: CodePayment) -> Payment | None:
+        """Central has not seen this payment: send the held request again, or, without one, give the number up
+        (the follower then voids it). None when there is no answer to apply yet."""
+        request = self._requests.get(payment.out_trade_no)
+        if request is not None and not payment.cancel_requested:
+            try:
+                return await self.client.pay(request)
+            except CentralRejected as exc:
+                log.warning("payment sent again was refused; voiding it", extra={"out_trade_no": payment.out_trade_no, "error": str(exc)})
+        self._requests.pop(payment.out_trade_no, None)
+        payment.cancel_requested = True  # voided at the top of the follower's next turn
+        return None
+
+    async def _give_up(self, sale: Sale, payment: CodePayment) -> None:
+        """The till gives the payment up: central voids it (reversed if it holds it, refused for good if its request
+        has not arrived); until central says so, the payment counts as not paid and is followed."""
+        payment.cancel_requested = True
+        self._requests.pop(payment.out_trade_no, None)
+        if payment.state == "SUCCESS":
+            sale.tenders = [t for t in sale.tenders if t.out_trade_no != payment.out_trade_no]
+        try:
+            answer = await self.client.void_payment(payment.out_trade_no, self._void_of(payment))
         except CentralError as exc:
-            payment.message = f"reversal requested; central not reached yet ({exc}), retrying"
+            payment.message = f"cancel requested; central not reached yet ({exc}), retrying"
             self._follow(sale, payment)
             return
-        if answer is None:
-            payment.state = "REVERSED"
-        else:
-            payment.state = answer.state if answer.state != "SUCCESS" else "REVERSING"
-        if was_paid:
-            sale.tenders = [t for t in sale.tenders if t.out_trade_no != payment.out_trade_no]
+        payment.void_answered = True
+        payment.state = answer.state if answer.state != "SUCCESS" else "REVERSING"
         payment.message, payment.message_zh = "payment cancelled: the customer is not charged", "支付已撤销"
         if not payment.final:
             self._follow(sale, payment)
+        elif sale.is_open and not sale.tenders and not sale.unsettled_payments:
+            sale.state = "basket"
+
+    def _void_of(self, payment: CodePayment) -> PaymentVoid:
+        return PaymentVoid(provider=payment.provider, amount_fen=payment.amount_fen, station_id=self.station_id)
 
     async def _after_tender(self, sale: Sale) -> Sale:
         if sale.remaining_fen > 0 or sale.unsettled_payments:
@@ -706,30 +745,42 @@ class Checkout:
         return await self._complete(sale)
 
     async def _complete(self, sale: Sale) -> Sale:
-        """Paid in full: journal (with its outbox row), then the receipt, then close."""
+        """Paid in full: journal it with its outbox row, its receipt's print job and its coupons used, dropping its
+        saved copy, in one transaction; then tell the screens, and close."""
         sale.online = await self.connectivity.online()
         sale.receipt_no = await asyncio.to_thread(self._next_receipt_no)
-        drop_open = lambda connection: connection.exec_driver_sql("DELETE FROM open_sale WHERE id = ?", (sale.id,))  # noqa: E731
-        record = await asyncio.to_thread(self.journal.append, self._sale_entry(sale), drop_open)
-        if sale.coupons:
-            await asyncio.to_thread(self.members.mark_coupons_used, [c.code for c in sale.coupons], record.created_at)
+        cash = any(t.kind == "cash" for t in sale.tenders)
+
+        def within(connection: sa.Connection, record: JournalRecord) -> None:
+            connection.exec_driver_sql("DELETE FROM open_sale WHERE id = ?", (sale.id,))
+            self.members.mark_coupons_used([c.code for c in sale.coupons], record.created_at, connection)
+            sale.receipt_job_id = self._queue_receipt(connection, record, cash)
+
+        record = await asyncio.to_thread(self.journal.append, self._sale_entry(sale), within)
         sale.state = "paid"
         sale.transaction_id = record.id
         sale.message = f"paid ¥{sale.amount_due_fen / 100:.2f}" + (f", change ¥{sale.change_fen / 100:.2f}" if sale.change_fen else "")
         self._publish("paid", sale, sale.message)
-        if self._print_receipt is not None:
-            cash = any(t.kind == "cash" for t in sale.tenders)
-            try:
-                sale.receipt_job_id = await self._print_receipt(receipt_of_record(record, self.settings), record.id, "receipt", cash)
-                sale.state = "receipt_queued"
-            except Exception:  # the sale is journaled; its receipt can be reprinted
-                log.exception("receipt could not be queued", extra={"transaction": record.id})
+        if self._receipts is not None:
+            self._receipts.wake()
+            if sale.receipt_job_id is None:
                 sale.message += "; the receipt could not be printed: reprint it from the transactions list"
         sale.state = "closed"
         await self._finish(sale, on_disk=False)  # dropped with the journal row
         self._publish("closed", sale, sale.message)
         self._push_soon()
         return sale
+
+    def _queue_receipt(self, connection: sa.Connection, record: JournalRecord, open_drawer: bool) -> str | None:
+        """The receipt's print job, in the journal row's transaction; None without a printer, or if it could not be
+        rendered (a bug must not undo a paid sale: the receipt can be reprinted)."""
+        if self._receipts is None:
+            return None
+        try:
+            return self._receipts.queue_in(connection, record, "receipt", open_drawer)
+        except Exception:
+            log.exception("receipt could not be queued", extra={"transaction": record.id})
+            return None
 
     # --- journal rows --------------------------------------------------------------------------------------
 
@@ -796,13 +847,15 @@ class Checkout:
 
     @contextmanager
     def _all_or_nothing(self, sale: Sale) -> Iterator[None]:
-        """A refused step leaves the sale as it was (basket, member, coupons, pricing)."""
+        """A refused step leaves the sale as it was (basket, member, coupons, pricing). Its code payments are left
+        alone: no refusable step changes them, and their followers hold them by reference."""
         before = sale.model_copy(deep=True)
         try:
             yield
         except CheckoutError:
             for name in Sale.model_fields:
-                setattr(sale, name, getattr(before, name))
+                if name != "payments":
+                    setattr(sale, name, getattr(before, name))
             raise
 
     def _open_sale(self, sale_id: str) -> Sale:
@@ -844,10 +897,11 @@ class Checkout:
         return sale
 
     async def _finish(self, sale: Sale, on_disk: bool = True) -> None:
-        """The sale left the open states: off disk (unless already) and into the short memory of closed sales."""
+        """The sale left the open states: off disk (unless already, or while a payment of it is being given up)
+        and into the short memory of closed sales."""
         sale.version += 1
         if on_disk:
-            await asyncio.to_thread(self._delete_open, sale.id)
+            await self._save(sale)
         if self.current is sale:
             self.current = None
         self._closed[sale.id] = sale
@@ -858,8 +912,12 @@ class Checkout:
         self.events.publish(type, sale.id if sale else None, message, session=sale.view() if sale else None, **data)
 
     async def _save(self, sale: Sale) -> None:
-        if sale.is_open:  # a closed sale lives in the journal, not here
+        """An open sale is kept on disk; so is a cancelled one until its code payments are settled (a restart then
+        goes on giving them up). A journaled sale lives in the journal, not here."""
+        if sale.is_open or sale.unsettled_payments:
             await asyncio.to_thread(self._write_open, sale)
+        elif sale.state == "cancelled":
+            await asyncio.to_thread(self._delete_open, sale.id)
 
     def _write_open(self, sale: Sale) -> None:
         now = to_storage(utcnow())

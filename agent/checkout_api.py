@@ -16,7 +16,6 @@ from agent.identify import MemberNotFound
 from agent.member_cache import PhoneLookupUnavailable
 from agent.refunds import RefundLine, Refunds
 from agent.sale import SaleLine
-from agent.sale_receipts import receipt_of_record
 
 
 def get_checkout(request: Request) -> Checkout:
@@ -213,7 +212,7 @@ async def get_transaction(reference: str, refunds: RefundsDep) -> dict[str, Any]
 async def reprint(reference: str, request: Request, refunds: RefundsDep) -> dict[str, Any]:
     state = request.app.state.agent
     record = await asyncio.to_thread(refunds.find, reference)
-    job_id = await state.print_receipt(receipt_of_record(record, state.settings, reprint=True), record.id, "reprint", False)
+    job_id = None if state.receipts is None else await state.receipts.reprint(record)
     return {"transaction_id": record.id, "receipt_job_id": job_id}
 
 

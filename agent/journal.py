@@ -107,10 +107,11 @@ class Journal:
         self.zone = zone
         self.cutoff_hour = cutoff_hour
 
-    def append(self, entry: JournalEntry, also: Callable[[sa.Connection], None] | None = None) -> JournalRecord:
+    def append(self, entry: JournalEntry, also: Callable[[sa.Connection, JournalRecord], None] | None = None) -> JournalRecord:
         """Journal one transaction and queue it for central, atomically. Appending the same id again returns
         the row already written, so a retry after a crash cannot journal a sale twice. `also` runs in the same
-        transaction (the checkout drops its saved open sale there: one commit, and never both or neither)."""
+        transaction with the row written (the checkout drops its saved open sale and queues the receipt there:
+        one commit, and never some without the others)."""
         _check(entry)
         at = entry.created_at or utcnow()
         row = {
@@ -143,10 +144,10 @@ class Journal:
                 "INSERT INTO outbox (journal_id, status, attempts, created_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?)",
                 (row["id"], row["created_at"], row["created_at"]),
             )
+            record = _record(connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).one())
             if also is not None:
-                also(connection)
-            written = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).one()
-        return _record(written)
+                also(connection, record)
+        return record
 
     def get(self, transaction_id: str) -> JournalRecord | None:
         with reader(self.engine) as connection:

@@ -174,11 +174,16 @@ class MemberCache:
             row = connection.exec_driver_sql(f"SELECT {_COUPON_COLUMNS}, member_id FROM coupon WHERE code = ?", (code,)).first()
         return None if row is None else (row[11], _coupon(row))
 
-    def mark_coupons_used(self, codes: Sequence[str], at: datetime) -> None:
-        """Coupons used at this till stay used here until central's feed says so too."""
-        if codes:
-            with self.engine.begin() as connection:
-                connection.exec_driver_sql("UPDATE coupon SET used_at = ? WHERE code = ? AND used_at IS NULL", [(to_storage(at), code) for code in codes])
+    def mark_coupons_used(self, codes: Sequence[str], at: datetime, connection: sa.Connection | None = None) -> None:
+        """Coupons used at this till stay used here until central's feed says so too. With `connection`, inside
+        the caller's transaction (the sale's journal row)."""
+        if not codes:
+            return
+        if connection is None:
+            with self.engine.begin() as own:
+                self.mark_coupons_used(codes, at, own)
+            return
+        connection.exec_driver_sql("UPDATE coupon SET used_at = ? WHERE code = ? AND used_at IS NULL", [(to_storage(at), code) for code in codes])
 
     def lookup(self, kind: str, value: str) -> CachedMember | None:
         """The member holding identifier (kind, value), in one indexed query."""

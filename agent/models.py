@@ -168,3 +168,17 @@ class OpenSale(SQLModel, table=True):
     body: str
     created_at: datetime = Field(sa_column=utc_column())
     updated_at: datetime = Field(sa_column=utc_column())
+
+
+class PendingRefund(SQLModel, table=True):
+    """A refund with a code part, written before that part is sent and dropped in the transaction that journals
+    it: a lost answer or a crash finishes the same refund under the same refund numbers. One per sale at most."""
+
+    __tablename__ = "pending_refund"
+    __table_args__ = (sa.Index("ix_pending_refund_sale", "sale_id", unique=True),)
+
+    id: str = Field(primary_key=True)
+    sale_id: str
+    body: str
+    created_at: datetime = Field(sa_column=utc_column())
+    updated_at: datetime = Field(sa_column=utc_column())

@@ -81,6 +81,19 @@ def _view(row: sa.Row) -> JobView:
     return JobView(**values)
 
 
+def insert_job(connection: sa.Connection, printer_id: str, job_id: str, data: bytes, purpose: str, journal_id: str | None = None) -> None:
+    """Queue a job inside the caller's transaction — a receipt with its journal row, so a paid sale never lacks
+    its receipt. An id already queued or printed is left as it is."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown print purpose {purpose!r}")
+    now = to_storage(utcnow())
+    connection.exec_driver_sql(
+        "INSERT INTO print_job (id, printer_id, journal_id, purpose, data, status, attempts, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (job_id, printer_id, journal_id, purpose, data, now, now),
+    )
+
+
 class PrintQueue:
     def __init__(
         self,
@@ -109,17 +122,14 @@ class PrintQueue:
 
     def enqueue(self, job_id: str, data: bytes, purpose: str = "receipt", journal_id: str | None = None) -> JobView:
         """Queue a job; a job id already queued or printed is returned as it is, never queued twice."""
-        if purpose not in PURPOSES:
-            raise ValueError(f"unknown print purpose {purpose!r}")
-        now = to_storage(utcnow())
         with self.engine.begin() as connection:
-            connection.exec_driver_sql(
-                "INSERT INTO print_job (id, printer_id, journal_id, purpose, data, status, attempts, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (job_id, self.printer_id, journal_id, purpose, data, now, now),
-            )
+            insert_job(connection, self.printer_id, job_id, data, purpose, journal_id)
         self._notify()
         return self.job(job_id)
+
+    def wake(self) -> None:
+        """A job was queued in someone else's transaction (`insert_job`): look for it now."""
+        self._notify()
 
     def job(self, job_id: str) -> JobView:
         with reader(self.engine) as connection:

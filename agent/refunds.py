@@ -7,40 +7,82 @@ points spent on it returned; the money refunded is the goods' value less the val
 
 Money goes back the way it came: code payments first (through central, to the payer's wallet), then card and
 other tenders (the cashier returns them on the terminal, named on the refund receipt), then cash from the drawer.
+
+A refund with a code part is written down (`pending_refund`) before its first part is sent, each part under an
+`out_refund_no` that follows from the sale and the refund's place among its refunds. An answer that does not come
+leaves it pending, never failed: the till finishes it in the background (and at its next start), asking again
+under the same numbers — central and the providers refund a number once — and a refund asked for again while
+one is pending finishes that one first. Only central's word settles a part: refunded, being refunded, or refused.
+The refund is journaled with its receipt's print job, dropping the pending row, in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 
-from agent.central_client import CentralClient, CentralError, CentralNotReached
+from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralRejected
 from agent.checkout import CheckoutError, NotFound, Offline, PaymentFailed
+from agent.clock import to_storage, utcnow
 from agent.connectivity import Connectivity
 from agent.db import reader
 from agent.ids import uuid7
 from agent.journal import Journal, JournalEntry, JournalRecord
 from agent.member_cache import MemberCache
-from agent.receipts import Receipt
-from agent.sale_receipts import receipt_of_record
+from agent.receipt_printing import ReceiptPrinting
 from agent.settings import Settings
-from central.contract import RefundRequest
+from central.contract import Refund, RefundRequest
+
+log = logging.getLogger(__name__)
 
 # The order money goes back in.
 REFUND_ORDER = ("wechat", "alipay", "card", "other", "cash")
+CODE_KINDS = ("wechat", "alipay")
+# Between tries to finish a pending refund in the background: first, growing to at most.
+RETRY_FIRST_S, RETRY_MAX_S = 3.0, 60.0
+
+OFFLINE_ZH = "网络中断，暂时无法原路退款，请稍后再试"
 
 
 class RefundRefused(CheckoutError):
     code = "refund_refused"
 
 
+class RefundInProgress(CheckoutError):
+    """Sent, answer not back: the till finishes it by itself; asking for the same refund again shows it."""
+
+    status, code = 409, "refund_in_progress"
+
+
 @dataclass(frozen=True)
 class RefundLine:
     line: int  # index in the sale's lines
     qty: int
+
+
+class PendingRefund(BaseModel):
+    """A refund decided and (partly) sent through central, not journaled yet."""
+
+    id: str  # the refund's transaction id once journaled
+    sale_id: str
+    asked: list[tuple[int, int]] | None  # the lines asked for (None: all that was left): the same request is this refund
+    reason: str | None
+    ordinal: int  # its place among the sale's refunds
+    lines: list[dict]
+    money_fen: int
+    points_taken_back: int
+    points_returned: int
+    tenders: list[dict]  # a code part also holds out_refund_no, `sent` (it may have left) and central's `state`
+    created_at: datetime
+
+    def code_parts(self) -> list[dict]:
+        return [t for t in self.tenders if t["kind"] in CODE_KINDS]
 
 
 class Refunds:
@@ -52,7 +94,7 @@ class Refunds:
         members: MemberCache,
         client: CentralClient,
         connectivity: Connectivity,
-        print_receipt: Callable[[Receipt, str, str, bool], Awaitable[str | None]] | None = None,
+        receipts: ReceiptPrinting | None = None,
         push_soon: Callable[[], None] | None = None,
     ):
         self.settings = settings
@@ -61,9 +103,10 @@ class Refunds:
         self.members = members
         self.client = client
         self.connectivity = connectivity
-        self._print_receipt = print_receipt
+        self._receipts = receipts
         self._push_soon = push_soon or (lambda: None)
         self._lock = asyncio.Lock()
+        self._followers: dict[str, asyncio.Task] = {}
 
     def find(self, reference: str) -> JournalRecord:
         """A transaction by its id or its receipt number (the barcode on the receipt)."""
@@ -87,71 +130,206 @@ class Refunds:
 
     async def refund(self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None) -> tuple[JournalRecord, str | None]:
         """Refund and journal; the refund's journal row and its receipt's print job id."""
+        asked = None if lines is None else sorted((item.line, item.qty) for item in lines)
         async with self._lock:
             sale = await asyncio.to_thread(self.find, reference)
             if sale.kind != "sale":
                 raise RefundRefused(f"transaction {reference} is a {sale.kind}, not a sale: only sales can be refunded")
+            pending = await asyncio.to_thread(self._pending_of, sale.id)
+            if pending is not None:  # sent before, its answer lost: finish it first, never send another
+                record = await self._finish(sale, pending)
+                if pending.asked == asked:
+                    return record, self._job_of(record)
             earlier = await asyncio.to_thread(self.refunds_of, sale.id)
             plan = _plan(sale, earlier, lines)
-            if any(t["kind"] in ("wechat", "alipay") for t in plan.tenders) and not await self.connectivity.online():
-                raise Offline(
-                    "this sale was paid by code: its refund goes through central, which cannot be reached now; try again later",
-                    "网络中断，暂时无法原路退款，请稍后再试",
-                )
-            refund_id = uuid7()
-            tenders = []
-            for i, tender in enumerate(plan.tenders):
-                tender = dict(tender)
-                if tender["kind"] in ("wechat", "alipay"):
-                    # Named by the sale and the refund's place among its refunds, not at random: if the till dies
-                    # after central refunded but before the journal row, asking again is the same refund.
-                    tender["out_refund_no"] = f"{sale.id.replace('-', '')[:25]}R{len(earlier) + 1:03d}{i:03d}"
-                    try:
-                        answer = await self.client.refund_payment(
-                            tender["out_trade_no"], RefundRequest(out_refund_no=tender["out_refund_no"], amount_fen=tender["amount_fen"], reason=reason)
-                        )
-                    except CentralNotReached as exc:
-                        raise Offline(f"the {tender['kind']} refund could not be sent: {exc}; try again later", "网络中断，暂时无法原路退款，请稍后再试") from None
-                    except CentralError as exc:
-                        # Sent, answer lost: the same refund asked again is the same out_refund_no, never a second one.
-                        raise PaymentFailed(
-                            f"the {tender['kind']} refund's answer did not arrive ({exc}): ask for the same refund again to finish it",
-                            "退款结果未知，请稍后重试同一笔退款",
-                        ) from None
-                    if answer.state == "FAILED":
-                        raise PaymentFailed(f"the {tender['kind']} refund was refused: {answer.reason_en or answer.code}", answer.reason_zh)
-                    tender["state"] = answer.state
-                tenders.append(tender)
-            member = self.members.get(sale.member_id) if sale.member_id else None
-            body = {
-                "original_id": sale.id,
-                "original_receipt_no": sale.body.get("receipt_no"),
-                "receipt_no": f"R{sale.body.get('receipt_no') or sale.id[:8]}-{len(earlier) + 1}",
-                "reason": reason,
-                "online": await self.connectivity.online(),
-                "lines": plan.lines,
-                "tenders": tenders,
-                "coupons": [],
-                "subtotal_fen": sum(line["amount_fen"] for line in plan.lines),
-                "member": sale.body.get("member"),
-                "points_balance": None if member is None else member.points - plan.points_taken_back + plan.points_returned,
-            }
-            entry = JournalEntry(
-                kind="refund",
-                id=str(refund_id),
-                total_fen=plan.money_fen,
-                body=body,
-                member_id=sale.member_id,
-                points_earned=plan.points_taken_back,
-                points_redeemed=plan.points_returned,
-            )
-            record = await asyncio.to_thread(self.journal.append, entry)
-        job_id = None
-        if self._print_receipt is not None:
-            cash = any(t["kind"] == "cash" for t in tenders)
-            job_id = await self._print_receipt(receipt_of_record(record, self.settings), record.id, "refund", cash)
+            if any(t["kind"] in CODE_KINDS for t in plan.tenders) and not await self.connectivity.online():
+                raise Offline("this sale was paid by code: its refund goes through central, which cannot be reached now; try again later", OFFLINE_ZH)
+            pending = _pending(sale, len(earlier) + 1, asked, reason, plan)
+            if pending.code_parts():
+                await asyncio.to_thread(self._save_pending, pending)  # on disk before anything is sent
+            record = await self._finish(sale, pending)
+        return record, self._job_of(record)
+
+    async def recover(self) -> None:
+        """After a start: finish the refunds whose answers a stop cut off."""
+        for sale_id in await asyncio.to_thread(self._pending_sales):
+            log.info("pending refund found; finishing it", extra={"sale": sale_id})
+            self._follow(sale_id, first_wait=0.0)
+
+    async def close(self) -> None:
+        for task in list(self._followers.values()):
+            task.cancel()
+        await asyncio.gather(*self._followers.values(), return_exceptions=True)
+
+    # --- finishing a refund --------------------------------------------------------------------------------
+
+    async def _finish(self, sale: JournalRecord, pending: PendingRefund) -> JournalRecord:
+        """Send what central has not answered yet, then journal. Raises, leaving it pending, while an answer is
+        missing; drops it when nothing could have been refunded."""
+        parts = pending.code_parts()
+        for part in parts:
+            if part.get("state") is not None:
+                continue
+            try:
+                answer = await self._send(part, pending.reason)
+            except CentralNotReached as exc:
+                if not any(p.get("sent") for p in parts):  # nothing ever left the store: nothing refunded
+                    await asyncio.to_thread(self._drop_pending, pending.id)
+                    raise Offline(f"the {part['kind']} refund could not be sent: {exc}; try again later", OFFLINE_ZH) from None
+                self._follow(sale.id)
+                raise self._in_progress(part, exc) from None
+            except CentralRejected as exc:  # central's own refusal: no refund under this number
+                part["sent"], part["state"], part["refused"] = True, "FAILED", str(exc)
+            except CentralError as exc:
+                part["sent"] = True
+                await asyncio.to_thread(self._save_pending, pending)
+                self._follow(sale.id)
+                raise self._in_progress(part, exc) from None
+            else:
+                part["sent"], part["state"] = True, answer.state
+                if answer.state == "FAILED":
+                    part["refused"] = answer.reason_en or answer.code or "refused by the provider"
+            if parts:
+                await asyncio.to_thread(self._save_pending, pending)
+        refused = [p for p in parts if p["state"] == "FAILED"]
+        if refused and len(refused) == len(parts):
+            await asyncio.to_thread(self._drop_pending, pending.id)
+            first = refused[0]
+            raise PaymentFailed(f"the {first['kind']} refund was refused: {first['refused']}", "原路退款失败，请换一种方式退款")
+        for part in refused:  # another code part was refunded: this one goes back in cash, so the refund is whole
+            part["instead_of"], part["kind"] = part["kind"], "cash"
+        record = await asyncio.to_thread(self._journal, sale, pending, await self.connectivity.online())
+        if self._receipts is not None:
+            self._receipts.wake()
         self._push_soon()
-        return record, job_id
+        return record
+
+    async def _send(self, part: dict, reason: str | None) -> Refund:
+        request = RefundRequest(out_refund_no=part["out_refund_no"], amount_fen=part["amount_fen"], reason=reason)
+        try:
+            return await self.client.refund_payment(part["out_trade_no"], request)
+        except CentralRejected as exc:
+            if exc.status != 409 or exc.code != "conflict":
+                raise
+        # Central holds a refund under this number already: this one (then it is the answer), or another.
+        existing = await self.client.refund(part["out_trade_no"], part["out_refund_no"])
+        if existing.amount_fen != part["amount_fen"]:
+            raise RefundRefused(
+                f"refund number {part['out_refund_no']} is already a refund of ¥{existing.amount_fen / 100:.2f} at central "
+                f"({existing.state}), not of ¥{part['amount_fen'] / 100:.2f}: a refund this till has no record of; tell the manager",
+                "该退款单号已被使用，请联系店长",
+            )
+        return existing
+
+    def _in_progress(self, part: dict, exc: Exception) -> RefundInProgress:
+        return RefundInProgress(
+            f"the {part['kind']} refund was sent but its answer has not come ({exc}): the till finishes it by itself, "
+            "under the same refund number (never a second refund); ask for the same refund again to see it done",
+            "退款处理中，请稍后查看，请勿重复退款",
+        )
+
+    def _follow(self, sale_id: str, first_wait: float = RETRY_FIRST_S) -> None:
+        if sale_id not in self._followers:
+            task = asyncio.get_running_loop().create_task(self._follow_pending(sale_id, first_wait))
+            self._followers[sale_id] = task
+            task.add_done_callback(lambda _: self._followers.pop(sale_id, None))
+
+    async def _follow_pending(self, sale_id: str, wait: float) -> None:
+        """Finish a pending refund in the background, trying again at growing intervals until central answers."""
+        while True:
+            await asyncio.sleep(wait)
+            wait = min(RETRY_MAX_S, max(RETRY_FIRST_S, wait * 2))
+            async with self._lock:
+                pending = await asyncio.to_thread(self._pending_of, sale_id)
+                if pending is None:
+                    return
+                sale = await asyncio.to_thread(self.journal.get, sale_id)
+                try:
+                    record = await self._finish(sale, pending)
+                except (RefundInProgress, Offline):
+                    continue
+                except CheckoutError as exc:
+                    log.warning("pending refund ended without a refund", extra={"sale": sale_id, "error": exc.message})
+                    return
+            log.info("pending refund finished", extra={"sale": sale_id, "refund": record.id, "total_fen": record.total_fen})
+            return
+
+    # --- the database ----------------------------------------------------------------------------------------
+
+    def _journal(self, sale: JournalRecord, pending: PendingRefund, online: bool) -> JournalRecord:
+        """The refund's journal row, its receipt's print job and the end of its pending row: one transaction."""
+        member = self.members.get(sale.member_id) if sale.member_id else None
+        tenders = [{k: v for k, v in t.items() if k != "sent"} for t in pending.tenders]
+        body = {
+            "original_id": sale.id,
+            "original_receipt_no": sale.body.get("receipt_no"),
+            "receipt_no": f"R{sale.body.get('receipt_no') or sale.id[:8]}-{pending.ordinal}",
+            "reason": pending.reason,
+            "online": online,
+            "lines": pending.lines,
+            "tenders": tenders,
+            "coupons": [],
+            "subtotal_fen": sum(line["amount_fen"] for line in pending.lines),
+            "member": sale.body.get("member"),
+            "points_balance": None if member is None else member.points - pending.points_taken_back + pending.points_returned,
+        }
+        entry = JournalEntry(
+            kind="refund", id=pending.id, total_fen=pending.money_fen, body=body, member_id=sale.member_id,
+            points_earned=pending.points_taken_back, points_redeemed=pending.points_returned,
+        )  # fmt: skip
+        cash = any(t["kind"] == "cash" for t in tenders)
+
+        def within(connection: sa.Connection, record: JournalRecord) -> None:
+            connection.exec_driver_sql("DELETE FROM pending_refund WHERE id = ?", (pending.id,))
+            if self._receipts is not None:
+                try:
+                    self._receipts.queue_in(connection, record, "refund", cash)
+                except Exception:  # a bug must not undo a refund made: its receipt can be reprinted
+                    log.exception("refund receipt could not be queued", extra={"transaction": record.id})
+
+        return self.journal.append(entry, within)
+
+    def _job_of(self, record: JournalRecord) -> str | None:
+        return None if self._receipts is None else f"{record.id}-refund"
+
+    def _pending_of(self, sale_id: str) -> PendingRefund | None:
+        with reader(self.engine) as connection:
+            body = connection.exec_driver_sql("SELECT body FROM pending_refund WHERE sale_id = ?", (sale_id,)).scalar()
+        return None if body is None else PendingRefund.model_validate_json(body)
+
+    def _pending_sales(self) -> list[str]:
+        with reader(self.engine) as connection:
+            return connection.exec_driver_sql("SELECT sale_id FROM pending_refund ORDER BY created_at").scalars().all()
+
+    def _save_pending(self, pending: PendingRefund) -> None:
+        now = to_storage(utcnow())
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO pending_refund (id, sale_id, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                (pending.id, pending.sale_id, pending.model_dump_json(), to_storage(pending.created_at), now),
+            )
+
+    def _drop_pending(self, refund_id: str) -> None:
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM pending_refund WHERE id = ?", (refund_id,))
+
+
+def _pending(sale: JournalRecord, ordinal: int, asked: list[tuple[int, int]] | None, reason: str | None, plan: _Plan) -> PendingRefund:
+    tenders = []
+    for i, tender in enumerate(plan.tenders):
+        tender = dict(tender)
+        if tender["kind"] in CODE_KINDS:
+            # Named by the sale and the refund's place among its refunds, not at random: asking again after a lost
+            # answer or a crash is the same refund at central and at the provider.
+            tender["out_refund_no"] = f"{sale.id.replace('-', '')[:25]}R{ordinal:03d}{i:03d}"
+            tender["sent"] = False
+        tenders.append(tender)
+    return PendingRefund(
+        id=str(uuid7()), sale_id=sale.id, asked=asked, reason=reason, ordinal=ordinal, lines=plan.lines,
+        money_fen=plan.money_fen, points_taken_back=plan.points_taken_back, points_returned=plan.points_returned,
+        tenders=tenders, created_at=utcnow(),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

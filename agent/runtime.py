@@ -23,11 +23,10 @@ from agent.db import open_database, schema_revision
 from agent.devices import StationDevices
 from agent.events import EventHub
 from agent.identify import Identifier
-from agent.ids import uuid7
 from agent.journal import Journal
 from agent.member_cache import MemberCache
 from agent.member_code_gate import MemberCodeGate
-from agent.receipts import Receipt, layout
+from agent.receipt_printing import ReceiptPrinting
 from agent.refunds import Refunds
 from agent.scans import ScanRouter
 from agent.scheduler import build_scheduler
@@ -56,17 +55,7 @@ class AgentState:
     sync: Sync | None = None
     checkout: Checkout | None = None
     refunds: Refunds | None = None
-
-    async def print_receipt(self, receipt: Receipt, journal_id: str, purpose: str, open_drawer: bool) -> str | None:
-        """Queue a receipt; the job id says what it is, so the same receipt is never queued twice (a reprint is
-        a new job). None when the station has no printer."""
-        if self.devices is None or self.devices.printer is None:
-            return None
-        job_id = f"{journal_id}-{purpose}" if purpose != "reprint" else f"{journal_id}-reprint-{uuid7().hex[:8]}"
-        document = layout(receipt, self.devices.columns, self.settings.store.zone, open_drawer=open_drawer)
-        data = await asyncio.to_thread(self.devices.render, document)
-        job = await asyncio.to_thread(self.devices.printer.enqueue, job_id, data, purpose, journal_id)
-        return job.id
+    receipts: ReceiptPrinting | None = None  # None: the station has no printer
 
 
 def open_state(settings: Settings) -> AgentState:
@@ -96,6 +85,9 @@ def open_sync(settings: Settings, state: AgentState) -> Sync:
 def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
     """The station's checkout and refunds, sharing the sync's client and its view of whether central is up."""
     client = state.sync.client
+    devices = state.devices
+    if settings.devices.printer is not None:
+        state.receipts = ReceiptPrinting(settings, devices.render, devices.columns, lambda: devices.printer)
     connectivity = Connectivity(client, (state.sync.push_health, state.sync.pull_health), probe_timeout_s=settings.offline.probe_timeout_s)
     identifier = Identifier(state.members, state.member_codes, client, connectivity.online)
 
@@ -106,11 +98,11 @@ def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
 
     state.checkout = Checkout(
         settings, state.engine, state.members, state.journal, identifier, connectivity, client, EventHub(),
-        print_receipt=state.print_receipt, push_soon=push_soon,
+        receipts=state.receipts, push_soon=push_soon,
     )  # fmt: skip
     state.refunds = Refunds(
         settings, state.engine, state.journal, state.members, client, connectivity,
-        print_receipt=state.print_receipt, push_soon=push_soon,
+        receipts=state.receipts, push_soon=push_soon,
     )  # fmt: skip
     state.scans.subscribe(state.checkout.on_scan)
 
@@ -130,6 +122,7 @@ def build_app(settings: Settings) -> FastAPI:
             if state.devices.printer is not None:
                 state.devices.printer.on_printed = state.checkout.on_printed_threadsafe(asyncio.get_running_loop())
             await state.checkout.recover()
+            await state.refunds.recover()
             if settings.central.token.get_secret_value():
                 scheduler.start()
             else:
@@ -150,6 +143,7 @@ def build_app(settings: Settings) -> FastAPI:
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             await state.checkout.close()
+            await state.refunds.close()
             await state.sync.client.aclose()
             await asyncio.to_thread(state.devices.stop, PRINT_DEADLINE_S)
             state.engine.dispose()

@@ -123,7 +123,8 @@ class CodePayment(BaseModel):
     amount_fen: int
     created_at: datetime
     provider_trade_no: str | None = None
-    cancel_requested: bool = False
+    cancel_requested: bool = False  # the till gave it up: central is asked to void it
+    void_answered: bool = False  # central has recorded the give-up (it answered the void)
     message: str | None = None
     message_zh: str | None = None
 

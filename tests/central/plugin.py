@@ -169,15 +169,38 @@ class InjectedFault(Exception):
     """Raised inside the server to cut a connection: uvicorn closes it without finishing the answer."""
 
 
+class Held:
+    """Requests taken by `Faults.hold`: their answers were lost at once; each is handled when released."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.statuses: list[int] = []  # what central answered each one, once handled
+        self._handled = threading.Condition()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def wait_handled(self, count: int, within: float = 15) -> list[int]:
+        with self._handled:
+            assert self._handled.wait_for(lambda: len(self.statuses) >= count, within), f"{len(self.statuses)} of {count} handled"
+        return list(self.statuses)
+
+    def _record(self, status: int) -> None:
+        with self._handled:
+            self.statuses.append(status)
+            self._handled.notify_all()
+
+
 @dataclass
 class _Rule:
     method: str | None
     path: str
     times: int
-    action: str  # "drop" or "respond"
+    action: str  # "drop", "respond" or "hold"
     status: int = 500
     body: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    held: Held | None = None
 
 
 class Faults:
@@ -187,11 +210,15 @@ class Faults:
       after the status line, so the client never gets the answer.
     - `respond(path, status, body, headers)`: answer this instead, without reaching the service (500, 429 with
       Retry-After, 200 with a body that is not JSON, ...).
-    `path` matches the start of the URL path; `hits` counts requests per path that reached the wrapper.
+    - `hold(path)`: the request is read whole and the connection cut at once (the client never hears), and it is
+      handled only when the test releases it — a request still on its way when the client asks about it.
+    `path` matches the start of the URL path (for `hold`, the whole path); `hits` counts requests per path that
+    reached the wrapper.
     """
 
     def __init__(self, app: Any):
         self.app = app
+        self._later: set[asyncio.Task] = set()
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
         self.hits: dict[str, int] = {}
@@ -209,6 +236,12 @@ class Faults:
         with self._lock:
             self._rules.append(_Rule(method, path, times, "respond", status, raw, pairs))
 
+    def hold(self, path: str, *, times: int = 1, method: str | None = None) -> Held:
+        held = Held()
+        with self._lock:
+            self._rules.append(_Rule(method, path, times, "hold", held=held))
+        return held
+
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
@@ -217,7 +250,8 @@ class Faults:
         with self._lock:
             self.hits[path] = self.hits.get(path, 0) + 1
             for rule in self._rules:
-                if path.startswith(rule.path) and rule.method in (None, method):
+                matches = path == rule.path if rule.action == "hold" else path.startswith(rule.path)
+                if matches and rule.method in (None, method):
                     rule.times -= 1
                     if rule.times <= 0:
                         self._rules.remove(rule)
@@ -228,6 +262,18 @@ class Faults:
         rule = self._take(scope["method"], scope["path"]) if scope["type"] == "http" else None
         if rule is None:
             await self.app(scope, receive, send)
+        elif rule.action == "hold":
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            task = asyncio.get_running_loop().create_task(self._handle_later(scope, body, rule.held))
+            self._later.add(task)
+            task.add_done_callback(self._later.discard)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+            raise InjectedFault(f"fault injected: {scope['path']} held, its answer lost")
         elif rule.action == "respond":
             headers = [(b"content-length", str(len(rule.body)).encode()), (b"content-type", b"application/json"), *rule.headers]
             await send({"type": "http.response.start", "status": rule.status, "headers": headers})
@@ -241,6 +287,28 @@ class Faults:
             await self.app(scope, receive, keep)
             await send(messages[0])  # the status line and headers, then nothing
             raise InjectedFault(f"fault injected: answer to {scope['path']} dropped after it was handled")
+
+
+    async def _handle_later(self, scope: dict, body: bytes, held: Held) -> None:
+        while not held.released.is_set():
+            await asyncio.sleep(0.01)
+        delivered = False
+        statuses: list[int] = []
+
+        async def receive() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # the client is long gone; nothing more comes
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await self.app(scope, receive, send)
+        held._record(statuses[0])
 
 
 class CentralServer:

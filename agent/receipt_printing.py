@@ -1,0 +1,54 @@
+"""Receipts onto the station's print queue: laid out for its paper, rendered for its printer, queued under a job id
+that says what it is (`<transaction>-receipt`, `-refund`), so the same receipt is never queued twice.
+
+A sale's or refund's receipt is queued in the same SQLite transaction as its journal row (`queue_in`): a till that
+dies right after "paid" still has the receipt waiting when it comes back. A reprint is a job of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from agent.ids import uuid7
+from agent.journal import JournalRecord
+from agent.print_queue import PrintQueue, insert_job
+from agent.receipts import Receipt, layout
+from agent.sale_receipts import receipt_of_record
+from agent.settings import Settings
+from drivers.document import Document
+
+
+class ReceiptPrinting:
+    def __init__(self, settings: Settings, render: Callable[[Document], bytes], columns: int, queue: Callable[[], PrintQueue | None]):
+        self.settings = settings
+        self._render = render
+        self._columns = columns
+        self._queue = queue  # the running queue, once the devices are started
+
+    def queue_in(self, connection: sa.Connection, record: JournalRecord, purpose: str, open_drawer: bool) -> str:
+        """Queue the receipt of a journal row being written, in that row's transaction; the job id."""
+        job_id = f"{record.id}-{purpose}"
+        data = self._bytes(receipt_of_record(record, self.settings), open_drawer)
+        insert_job(connection, self.settings.devices.printer.id, job_id, data, purpose, record.id)
+        return job_id
+
+    def wake(self) -> None:
+        """After the commit of `queue_in`: the printer looks for the job now."""
+        queue = self._queue()
+        if queue is not None:
+            queue.wake()
+
+    async def reprint(self, record: JournalRecord) -> str | None:
+        """A copy of a journaled receipt, marked as such: a new job each time. None while the printer is not running."""
+        queue = self._queue()
+        if queue is None:
+            return None
+        data = await asyncio.to_thread(self._bytes, receipt_of_record(record, self.settings, reprint=True), False)
+        job = await asyncio.to_thread(queue.enqueue, f"{record.id}-reprint-{uuid7().hex[:8]}", data, "reprint", record.id)
+        return job.id
+
+    def _bytes(self, receipt: Receipt, open_drawer: bool) -> bytes:
+        return self._render(layout(receipt, self._columns, self.settings.store.zone, open_drawer=open_drawer))
