@@ -12,9 +12,11 @@ in the central process and resumed at start-up.
 Rules that keep a customer from paying for nothing (WeChat's micropay guidance, DESIGN §8):
 - an answer that is not a definite failure is never taken as one: the gateway asks again with the same
   `out_trade_no` (query), and never charges again under a new number;
-- a reverse is sent no earlier than `reverse_not_before` s after the charge was sent (an in-flight charge must
-  have landed, or the reverse would miss it), and is repeated until the provider confirms it (`recall`);
-- a second POST with the same `out_trade_no` answers the first payment: one charge at the provider, ever.
+- a reverse is sent no earlier than `reverse_not_before` s after the charge's answer came back (an in-flight
+  charge must have landed, or the reverse would miss it), and is repeated until the provider confirms it (`recall`);
+- a second POST with the same `out_trade_no` answers the first payment: one charge at the provider, ever;
+- a till that gives up a number central has not seen voids it: the number is recorded as given up and its late
+  POST refused, so it is never charged (`void`).
 
 Refunds of a paid payment (whole, or in parts that never add up to more than was paid) are rows of their own,
 keyed by the store's `out_refund_no`, which is also the refund's number at the provider:
