@@ -58,7 +58,8 @@ def build_scheduler(settings: Settings, sync: Sync) -> AsyncIOScheduler:
             level,
             "reconciliation",
             extra={"day": day.isoformat(), "matched": result.matched, "missing_at_central": len(result.missing_at_central),
-                   "requeued": len(result.requeued), "missing_at_store": len(result.missing_at_store), "mismatched": len(result.mismatched)},
+                   "requeued": len(result.requeued), "missing_at_store": len(result.missing_at_store), "mismatched": len(result.mismatched),
+                   "payment_problems": len(result.payment_problems)},
         )  # fmt: skip
 
     scheduler.add_job(
