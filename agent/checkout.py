@@ -331,9 +331,13 @@ class Checkout:
         rows = await asyncio.to_thread(self._load_open)
         for body in rows:
             sale = Sale.model_validate_json(body)
-            if await asyncio.to_thread(self.journal.get, sale.id) is not None:
-                await asyncio.to_thread(self._delete_open, sale.id)  # journaled just before the stop
-                continue
+            journaled = await asyncio.to_thread(self.journal.get, sale.id)
+            if journaled is not None:
+                if journaled.kind == "void" and sale.unsettled_payments:
+                    sale.state = "cancelled"  # cancelled just before the stop, a payment of it still being given up
+                else:
+                    await asyncio.to_thread(self._delete_open, sale.id)  # journaled just before the stop
+                    continue
             if not sale.is_open:  # cancelled, with a payment still being given up: finish that, in the background
                 self._closed[sale.id] = sale
             else:
@@ -569,6 +573,7 @@ class Checkout:
                 self.connectivity.saw(False)
                 raise Offline(f"{OFFLINE_EN} ({exc})", OFFLINE_ZH) from None
             except CentralError as exc:
+                self.connectivity.suspect()
                 log.warning("payer identification failed; charging without member benefits", extra={"error": str(exc)})
             else:
                 if found.member is not None:
