@@ -28,6 +28,9 @@ API_PREFIX = "/v1"
 
 # Most rows one `POST /v1/transactions:batch` may carry; a bigger batch is refused whole with 413.
 MAX_BATCH_SIZE = 1000
+# The largest amount (fen) or number of points a request may carry: the largest integer every JSON reader holds
+# exactly (2^53 - 1), well inside the 64-bit integers the databases store. More is refused, never a 500.
+MAX_AMOUNT = 2**53 - 1
 
 IDENTIFIER_KIND_PATTERN = r"^(unionid|card_no|phone_hash|openid:[A-Za-z0-9_-]{1,64})$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,16}$"  # store, station and member ids (a member id goes into member codes)
@@ -151,14 +154,14 @@ class Tender(WireModel):
     model_config = ConfigDict(extra="allow")  # provider references etc. are kept as sent
 
     kind: TenderKind
-    amount_fen: StrictInt
+    amount_fen: StrictInt = Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)
 
 
 class CouponUse(WireModel):
     model_config = ConfigDict(extra="allow")
 
     code: str = Field(min_length=1, max_length=32)
-    amount_off_fen: StrictInt = 0
+    amount_off_fen: StrictInt = Field(0, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
 
 
 class TransactionBody(WireModel):
@@ -183,9 +186,9 @@ class TransactionIn(WireModel):
     business_day: date
     created_at: AwareDatetime
     member_id: str | None = Field(None, pattern=ID_PATTERN)
-    total_fen: StrictInt
-    points_earned: StrictInt = 0
-    points_redeemed: StrictInt = 0
+    total_fen: StrictInt = Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)
+    points_earned: StrictInt = Field(0, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
+    points_redeemed: StrictInt = Field(0, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
     body: TransactionBody
     prev_hash: str = Field(pattern=HASH_PATTERN)
     hash: str = Field(pattern=HASH_PATTERN)
@@ -320,7 +323,7 @@ class PaymentRequest(WireModel):
 
     out_trade_no: str = Field(pattern=OUT_TRADE_NO_PATTERN, examples=["DEMO01T0120261123000042"])
     auth_code: str = Field(min_length=1, max_length=64, examples=["134567890123456789"])
-    amount_fen: StrictInt = Field(gt=0, description="what the customer pays, in fen; more than 0")
+    amount_fen: StrictInt = Field(gt=0, le=MAX_AMOUNT, description="what the customer pays, in fen; more than 0")
     station_id: str = Field(pattern=ID_PATTERN, examples=["T01"])
     description: str | None = Field(None, max_length=64, description="shown to the payer", examples=["演示门店 消费"])
     member_id: str | None = Field(None, pattern=ID_PATTERN)
@@ -360,7 +363,7 @@ class PaymentVoid(WireModel):
     makes sure it did not. The body describes the payment for the record."""
 
     provider: PaymentProvider
-    amount_fen: StrictInt = Field(gt=0)
+    amount_fen: StrictInt = Field(gt=0, le=MAX_AMOUNT)
     station_id: str = Field(pattern=ID_PATTERN, examples=["T01"])
 
 
@@ -375,7 +378,7 @@ class RefundRequest(WireModel):
     (409 `refund_exceeds_payment`); a payment that is not paid cannot be refunded (409 `not_paid`)."""
 
     out_refund_no: str = Field(pattern=OUT_TRADE_NO_PATTERN, examples=["R0196f0c2a1b27c3d8e9f0a1b2c3d4e5"])
-    amount_fen: StrictInt = Field(gt=0, description="what goes back to the payer, in fen")
+    amount_fen: StrictInt = Field(gt=0, le=MAX_AMOUNT, description="what goes back to the payer, in fen")
     reason: str | None = Field(None, max_length=80, examples=["顾客退货"])
 
 

@@ -93,7 +93,8 @@ def parse_cursor(cursor: str | None) -> int:
     """Cursors are opaque to clients; today they are the decimal version of the last change delivered."""
     if cursor is None or cursor == "":
         return 0
-    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19:
+    # Versions are 64-bit database integers: a larger number cannot even be compared with one (SQLite raises).
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 19 or int(cursor) >= 2**63:
         raise InvalidCursor("cursor is not one this service handed out; start again without a cursor")
     return int(cursor)
 
