@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 TITLE = "POS central identity & card service"
 DESCRIPTION = (
-    "Reference central service for the POS Edge Agent (DESIGN §5). Every /v1 request carries "
+    "Reference central service for the POS Edge Agent (docs/ARCHITECTURE.md). Every /v1 request carries "
     "`Authorization: Bearer <store token>` and `X-Store-Id`. Models: `central/contract.py`."
 )
 _ERRORS = {status: {"model": contract.ErrorBody} for status in (400, 401, 403, 422)}
