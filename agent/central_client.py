@@ -1,4 +1,4 @@
-"""The agent's client of the central service (DESIGN §5), on httpx.
+"""The agent's client of the central service (docs/ARCHITECTURE.md, "The central API"), on httpx.
 
 Errors are translated at this edge into one small tree, so callers act on what they can act on: the WAN is
 down (CentralUnreachable), central said no to this request (CentralRejected), central is in trouble and may say

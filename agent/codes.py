@@ -1,4 +1,4 @@
-"""Classification of raw scanner text: pure and table-driven (DESIGN.md section 4).
+"""Classification of raw scanner text: pure and table-driven (docs/ARCHITECTURE.md, "Conventions").
 
 One table (`_CLASSIFIERS`) decides the order; the first kind that matches wins, and a scan that matches
 nothing is `unknown`, never guessed. Member codes are only checked syntactically here: verifying them needs

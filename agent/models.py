@@ -1,4 +1,4 @@
-"""The agent's tables (DESIGN §6). The schema itself is owned by the migrations in `agent/migrations`;
+"""The agent's tables (docs/storage.md). The schema itself is owned by the migrations in `agent/migrations`;
 these classes describe the head revision and a test keeps the two in agreement.
 """
 

@@ -1,4 +1,5 @@
-"""Receipts: what the paper says, laid out once for the paper's width, whatever the printer (DESIGN §3 step 8).
+"""Receipts: what the paper says, laid out once for the paper's width, whatever the printer (step 8 of the
+checkout in docs/ARCHITECTURE.md).
 
 A `Receipt` is the printer-agnostic model of one sale or refund; `layout` turns it into a `drivers.document.Document`
 of already-broken lines for a paper of 32 (58 mm) or 48 (80 mm) columns, which a driver renders to its bytes.

@@ -1,4 +1,5 @@
-"""The wire contract between store agents and the central service (DESIGN §5), as pure pydantic models.
+"""The wire contract between store agents and the central service, as pure pydantic models (docs/ARCHITECTURE.md,
+"The central API").
 
 Both sides import this module: `central` to serve it, the agent's client to call it. It holds no logic, no
 database and no web framework, so a merchant's own central service can speak it too (the same contract is

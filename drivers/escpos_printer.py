@@ -1,7 +1,7 @@
 """ESC/POS receipt printers: a Document rendered once to bytes, and thin connections that send a job's bytes.
 
 Rendering builds the job on python-escpos 3.1's `Dummy` printer with its commands, and works around what 3.1
-gets wrong for Chinese (DESIGN §8):
+gets wrong for Chinese (docs/ARCHITECTURE.md, "Choices, and what the field taught"):
 
 - Text with non-ASCII characters goes out as raw bytes: double-byte characters inside FS & ... FS . (the printer's
   Chinese mode) in the profile's codec (GB18030, GBK or Big5); narrow non-ASCII such as ¥ as one byte of code

@@ -1,4 +1,4 @@
-"""Every device is named by one URL, the same in settings and on the command line (DESIGN §7).
+"""Every device is named by one URL, the same in settings and on the command line (docs/devices.md).
 
     serial:///dev/serial/by-id/usb-...?baudrate=9600    hid://0c2e:0b61            camera:0
     camera:///path/clip.mp4                              tcp://192.168.1.50:9100    usb://04b8:0202

@@ -9,7 +9,7 @@ in the central process and resumed at start-up.
                             │                            └─► `limit` s after the charge: REVERSING
       till cancels (or the provider refused the request) ──► REVERSING ──reverse, retried until confirmed──► REVERSED
 
-Rules that keep a customer from paying for nothing (WeChat's micropay guidance, DESIGN §8):
+Rules that keep a customer from paying for nothing (WeChat's micropay guidance; docs/PAYMENTS.md):
 - an answer that is not a definite failure is never taken as one: the gateway asks again with the same
   `out_trade_no` (query), and never charges again under a new number;
 - a reverse is sent no earlier than `reverse_not_before` s after the charge's answer came back (an in-flight
@@ -76,7 +76,7 @@ FINAL = ("SUCCESS", "FAILED", "REVERSED")
 REFUND_OPEN = ("PENDING", "PROCESSING")  # a task follows it; PENDING is PROCESSING on the wire
 REFUND_FINAL = ("SUCCESS", "FAILED")
 
-# Payment codes by prefix (DESIGN §4): WeChat Pay 18 digits 10–15; Alipay 16–24 digits 25–30.
+# Payment codes by prefix (docs/ARCHITECTURE.md): WeChat Pay 18 digits 10–15; Alipay 16–24 digits 25–30.
 CODE_PATTERNS: dict[str, re.Pattern[str]] = {
     "wechat": re.compile(r"^1[0-5]\d{16}$"),
     "alipay": re.compile(r"^(2[5-9]|30)\d{14,22}$"),
