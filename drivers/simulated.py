@@ -5,7 +5,9 @@ each job's bytes in a folder with a PNG preview of the paper.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
+import stat
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,7 +71,10 @@ class SimulatedPrinter(PrinterConnection):
         return cls(url, **options)
 
     def open(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # Receipts show members' names, points and totals: the agent's user's alone, whatever the umask.
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(self.folder.stat().st_mode) & 0o077:
+            self.folder.chmod(0o700)
         self._buffer = bytearray()
 
     def status(self, timeout: float | None = None) -> PrinterStatus:
@@ -83,7 +88,9 @@ class SimulatedPrinter(PrinterConnection):
         data, self._buffer = self._buffer, None
         if not data or self._abort:
             return
-        self.job_path(bytes(data)).with_suffix(".bin").write_bytes(data)
+        fd = os.open(self.job_path(bytes(data)).with_suffix(".bin"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
 
     def job_path(self, data: bytes) -> Path:
         """Where the job with these bytes is kept (without suffix): time-ordered, named by the bytes' hash."""
@@ -100,6 +107,7 @@ class SimulatedPrinter(PrinterConnection):
         if not path.exists():
             elements = decode(data, codec=self.codec, escpos_profile=self.escpos_profile)
             render_preview(elements, path, width_dots=self.width_dots)
+            path.chmod(0o600)  # inside the private folder, so never readable by others even before this
         return path
 
 
