@@ -39,6 +39,8 @@ log = logging.getLogger("central.cli")
 
 def _settings(path: Path) -> Settings:
     loaded: LoadedSettings = load_settings(path)
+    for warning in loaded.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     return loaded.settings
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import tomllib
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -188,6 +190,7 @@ class SettingsError(Exception):
 class LoadedSettings:
     settings: Settings
     path: Path
+    warnings: tuple[str, ...] = ()
 
 
 def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
@@ -212,7 +215,22 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
         value = getattr(settings, key)
         if value is not None and not value.is_absolute():
             update[key] = (path.parent / value).resolve()
-    return LoadedSettings(settings.model_copy(update=update), path)
+    warnings = () if settings.environment == "development" else _secrets_others_can_read(path, data)
+    return LoadedSettings(settings.model_copy(update=update), path, warnings)
+
+
+def _secrets_others_can_read(path: Path, data: dict[str, Any]) -> tuple[str, ...]:
+    """A warning per secret written in a settings file anyone on the machine can read (as the agent warns).
+    Not in development, whose files hold the public demo secrets (config/central-demo.toml)."""
+    if not path.stat().st_mode & stat.S_IROTH:
+        return ()
+    secret = [name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation) and data.get(name)]
+    if isinstance(data.get("database_url"), str) and urlsplit(data["database_url"]).password:
+        secret.insert(0, "database_url")  # its password
+    return tuple(
+        f"{key} is written in a file anyone on this machine can read; run `chmod 600 {path}` or set {ENV_PREFIX}{key.upper()} instead"
+        for key in secret
+    )
 
 
 PATH_KEYS = ("wechat_cert_path", "wechat_key_path", "alipay_private_key_path", "alipay_public_key_path")
