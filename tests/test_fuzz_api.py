@@ -27,6 +27,8 @@ from schemathesis import GenerationMode
 
 from tests.checkout_stack import API_TOKEN, Stack
 
+# Schemathesis draws from `random` inside its strategies; Hypothesis deprecates that, nothing to act on here.
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 # The 5xx the local API documents (docs/checkout.md, Errors); any other is a bug.
 DOCUMENTED_5XX = {502: {"payment_failed"}, 503: {"offline"}}
