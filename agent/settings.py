@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import stat
 import tomllib
 import typing
@@ -20,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as EnvironmentValueError
 
 from agent.codes import CodeRules, validate_pattern
 
@@ -349,6 +351,13 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise SettingsError(path, [_describe(error) for error in exc.errors()]) from None
+    except EnvironmentValueError as exc:  # a list or table in the environment that is not JSON
+        found = re.search(r'field "([^"]+)"', str(exc))
+        key = found.group(1) if found else "(environment)"
+        raise SettingsError(path, [
+            f"{key}: a value set in the environment ({ENV_PREFIX}{key.upper()}...) is not valid JSON; lists and "
+            f"tables there are JSON, e.g. {ENV_PREFIX}CODES__CARD_PATTERNS='[\"16[0-9]{{16}}\"]'"
+        ]) from None
 
     database = settings.storage.database
     if not database.is_absolute():

@@ -203,3 +203,20 @@ def test_an_unknown_key_is_refused_by_name(where, key, new):
 @example("a = 1\na = 2\n")
 def test_any_file_gives_settings_or_a_settings_error(text):
     check(text, set(Settings.model_fields))
+
+
+# Environment variables override the file; lists and tables there are JSON, which a person may get wrong.
+ENV_NAMES = [ENV_PREFIX + "__".join(str(step).upper() for step in path) for path in KEY_PATHS if not any(isinstance(step, int) for step in path)]
+
+
+@FAST
+@given(st.sampled_from(ENV_NAMES), st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40))
+@example("POS_EDGE_DEVICES", "{")  # not JSON: pydantic-settings' own SettingsError escaped as a traceback
+@example("POS_EDGE_CODES__CARD_PATTERNS", "16[0-9]{16}")
+@example("POS_EDGE_POINTS__TIERS", "[1")
+def test_any_environment_value_gives_settings_or_an_error_naming_a_key(name, text):
+    os.environ[name] = text
+    try:
+        check(tomli_w.dumps(EXAMPLE), set(Settings.model_fields))
+    finally:
+        del os.environ[name]
