@@ -28,11 +28,13 @@ import pytest
 from fastapi.routing import iter_route_contexts
 
 from agent.member_code import HEADER_LEN, SIGNATURE_LEN, parse_member_code
+from agent.settings import load_settings
 from central.member_code import generate_signing_key, sign_member_code
 from tests.checkout_stack import API_TOKEN, APPID, Stack, wechat_code
 
 # Open without a token, on purpose: liveness, the static screens (they take the token from the URL fragment),
 # the home page's redirect to the console, and the API's own description.
+ROOT = Path(__file__).resolve().parents[1]
 OPEN_PATHS = {"/healthz", "/", "/console", "/kiosk", "/till", "/shared", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 PHONE = "13812345678"
 UNIONID = "oUnion-9f8e7d6c5b4a39281706"
@@ -223,3 +225,22 @@ def test_member_codes_replayed_or_forged_are_refused_at_the_till_with_what_to_do
         assert body["message_zh"] == "会员码无效或已使用，请刷新会员码", (name, body)
         assert code not in refused.text, name  # a bearer secret is never echoed
         assert stack.session(sid)["member"] is None, name  # identifies nobody
+
+
+# --- the shipped settings hold no secret ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["example.toml", "demo.toml"])
+def test_the_shipped_settings_hold_no_secret_so_a_copy_anyone_can_read_draws_no_warning(name, tmp_path, monkeypatch):
+    """Secrets go in the environment (docs/checkout.md): the files a store starts from carry none, so copying one
+    with the usual mode 0644 exposes nothing. A secret in such a file is warned about (tests/test_settings.py)."""
+    for variable in [v for v in os.environ if v.startswith("POS_EDGE_")]:
+        monkeypatch.delenv(variable)
+    copy = tmp_path / name
+    copy.write_bytes((ROOT / "config" / name).read_bytes())
+    copy.chmod(0o644)
+    loaded = load_settings(copy)
+    assert loaded.warnings == ()
+    settings = loaded.settings
+    assert not settings.central.token.get_secret_value() and not settings.api.token.get_secret_value()
+    assert settings.privacy.phone_hash_key is None

@@ -120,6 +120,14 @@ def test_the_command_line_prints_the_warning(tmp_path, monkeypatch):
     assert PHONE_HASH_KEY not in result.output + result.stderr
 
 
+def test_the_shipped_example_holds_no_secret_so_a_copy_anyone_can_read_draws_no_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("POS_CENTRAL_PHONE_HASH_KEY", PHONE_HASH_KEY)  # where the example says it belongs
+    copy = tmp_path / "central.toml"
+    copy.write_bytes((Path(__file__).resolve().parents[2] / "config" / "central-example.toml").read_bytes())
+    copy.chmod(0o644)
+    assert load_settings(copy).warnings == ()
+
+
 # --- the database is central's user's alone ------------------------------------------------------------------
 
 
