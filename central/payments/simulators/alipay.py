@@ -234,6 +234,15 @@ class AlipaySimulator:
             found = self.orders.get(out_trade_no)
             return self._settled(found, self._now()) if found else None
 
+    def records(self) -> dict[str, list[dict[str, Any]]]:
+        """Every trade and refund as it stands now (read-only), for runs that follow money end to end."""
+        from dataclasses import asdict
+
+        with self._lock:
+            now = self._now()
+            orders = [self._settled(o, now) for o in list(self.orders.values())]
+            return {"orders": [asdict(o) for o in orders], "refunds": [asdict(r) for r in self.refunds.values()]}
+
     def refunded_fen(self, out_trade_no: str) -> int:
         """What the trade's refunds (through alipay.trade.refund) add up to."""
         with self._lock:
@@ -272,6 +281,10 @@ class AlipaySimulator:
         @app.api_route("/gateway.do", methods=["GET", "POST"])
         async def gateway(request: Request) -> Response:
             return await self._gateway(request)
+
+        @app.get("/_sim/records")
+        async def records() -> dict[str, list[dict[str, Any]]]:
+            return self.records()  # the simulator's own ledger, for checks (not an Alipay API)
 
         @app.get("/downloadBillFile.resource")
         async def download(fileId: str = "") -> Response:  # Alipay's parameter name

@@ -212,6 +212,17 @@ class WeChatSimulator:
                 self._advance_refund(found)
             return found
 
+    def records(self) -> dict[str, list[dict[str, Any]]]:
+        """Every order and refund as it stands now (read-only), for runs that follow money end to end."""
+        from dataclasses import asdict
+
+        with self._lock:
+            for order in self.orders.values():
+                self._advance(order)
+            for refund in self.refunds.values():
+                self._advance_refund(refund)
+            return {"orders": [asdict(o) for o in self.orders.values()], "refunds": [asdict(r) for r in self.refunds.values()]}
+
     def bill_text(self, day: date) -> str | None:
         """The bill of a Beijing calendar day, or None when nothing was paid or refunded that day."""
         with self._lock:
@@ -333,6 +344,10 @@ class WeChatSimulator:
             with self._lock:
                 self._tokens.add(issued)
             return JSONResponse({"access_token": issued, "expires_in": 7200})
+
+        @app.get("/_sim/records")
+        async def records() -> dict[str, list[dict[str, Any]]]:
+            return self.records()  # the simulator's own ledger, for checks (not a WeChat API)
 
         @app.post("/card/membercard/updateuser")
         async def updateuser(request: Request, access_token: str = "") -> JSONResponse:
