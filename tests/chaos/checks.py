@@ -31,13 +31,11 @@ KINDS = {
     "outbox_not_drained": "journal rows still waiting for central (or rejected) after the drain",
     "payments_not_final": "payments or refunds still in progress at central after the drain",
     "reconcile_different": "`pos-edge reconcile` does not match for a business day",
-    "reconcile_payment_orphans": "`pos-edge reconcile` reports payments without a sale",
+    "reconcile_payment_problems": "`pos-edge reconcile` reports code payments that do not add up with the sales",
     "secret_leaked": "an auth code, token or phone number in a log line, receipt or unhashed database column",
     "agent_answered_5xx": "the agent answered 500 to a request of the driver",
     "run_failed": "a process would not start again, or the run itself failed",
 }
-OPEN_PAYMENT_STATES = ("PENDING", "USERPAYING", "UNKNOWN", "REVERSING")
-OPEN_REFUND_STATES = ("PENDING", "PROCESSING")
 CODE_TENDERS = ("wechat", "alipay")
 
 
@@ -72,14 +70,13 @@ def read_only(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def open_at_central(central_db: Path) -> list[str]:
-    """Payments and refunds central still drives (not final yet)."""
+    """Payments and refunds central still drives: not in a state the gateway itself calls final."""
+    from central.payments.gateway import FINAL, REFUND_FINAL
+
     with read_only(central_db) as db:
-        payments = db.execute(
-            f"SELECT out_trade_no, state FROM payment WHERE state IN ({','.join('?' * len(OPEN_PAYMENT_STATES))})", OPEN_PAYMENT_STATES
-        ).fetchall()
+        payments = db.execute(f"SELECT out_trade_no, state FROM payment WHERE state NOT IN ({','.join('?' * len(FINAL))})", FINAL).fetchall()
         refunds = db.execute(
-            f"SELECT out_refund_no, state FROM payment_refund WHERE state IN ({','.join('?' * len(OPEN_REFUND_STATES))})",
-            OPEN_REFUND_STATES,
+            f"SELECT out_refund_no, state FROM payment_refund WHERE state NOT IN ({','.join('?' * len(REFUND_FINAL))})", REFUND_FINAL
         ).fetchall()
     return [f"payment {r[0]} {r[1]}" for r in payments] + [f"refund {r[0]} {r[1]}" for r in refunds]
 
@@ -296,19 +293,24 @@ def check_reconcile(stack: Stack, journal: list[JournalRow], findings: Findings)
         except ValueError:
             findings.add("reconcile_different", f"{day}: exit {done.returncode}, no JSON: {(done.stderr or done.stdout).strip()[:300]}")
             continue
-        if done.returncode != 0 or not result.get("matched"):
-            lists = {k: v for k, v in result.items() if isinstance(v, list) and v}
-            findings.add("reconcile_different", f"{day} station {STATION_ID}: {json.dumps(lists, ensure_ascii=False)[:400]}")
-        for key, value in _orphan_reports(result):
-            findings.add("reconcile_payment_orphans", f"{day} {key}: {json.dumps(value, ensure_ascii=False)[:300]}")
+        payments = dict(_payment_reports(result))
+        for key, value in payments.items():
+            for problem in value:
+                findings.add("reconcile_payment_problems", f"{day} {key}: {json.dumps(problem, ensure_ascii=False)[:300]}")
+        differences = {k: v for k, v in result.items() if isinstance(v, list) and v and k not in payments}
+        if (done.returncode != 0 or not result.get("matched")) and (differences or not payments or
+                                                                     result.get("store_digest") != result.get("central_digest")):  # fmt: skip
+            findings.add("reconcile_different", f"{day} station {STATION_ID}: {json.dumps(differences, ensure_ascii=False)[:400]}")
+        findings.figures.setdefault("reconcile_checks_payments", result.get("payments_checked", False))
 
 
-def _orphan_reports(result: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
-    """Non-empty lists the reconciliation names as orphans (payments without a sale), wherever they sit."""
+def _payment_reports(result: dict, prefix: str = "") -> Iterator[tuple[str, list]]:
+    """Non-empty lists in which the reconciliation reports code payments that do not add up with the sales
+    (`payment_problems`, or orphans), wherever they sit."""
     for key, value in result.items():
         if isinstance(value, dict):
-            yield from _orphan_reports(value, f"{prefix}{key}.")
-        elif isinstance(value, list) and value and "orphan" in key.lower():
+            yield from _payment_reports(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and ("orphan" in key.lower() or "payment_problem" in key.lower()):
             yield prefix + key, value
 
 

@@ -60,6 +60,7 @@ def table(results: list[SeedResult]) -> str:
     row("  of which SIGKILL", [r.central_kills for r in results])
     row("time to drain (s)", [f"{r.drain_s:.1f}" if r.drain_s is not None else "never" for r in results],
         f"max {max((r.drain_s for r in results if r.drain_s is not None), default=0):.1f}")  # fmt: skip
+    row("  then waited for late repairs (s)", [round(r.late_s) for r in results])
     row("seconds (selling / all)", [f"{r.drive_s:.0f}/{r.seconds:.0f}" for r in results],
         f"{sum(r.drive_s for r in results):.0f}/{sum(r.seconds for r in results):.0f}")  # fmt: skip
     for kind in KINDS:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.chaos.checks import Findings, check_all, open_at_central, read_only
+from tests.chaos.checks import Findings, check_all, check_money, journal_rows, open_at_central, provider_orders, read_only
 from tests.chaos.disruptions import Disruptions, Pace
 from tests.chaos.driver import Driver
 from tests.chaos.stack import Stack
@@ -28,6 +28,7 @@ RATES = {"reset_before": 0.02, "reset_after_forward": 0.02, "reset_after_answer"
 MONEY_RATES = {"reset_before": 0.05, "reset_after_forward": 0.10, "reset_after_answer": 0.04, "delay": 0.06, "blackhole": 0.01}
 QUIET_S = 5.0  # the drained state must hold this long unchanged
 DRAIN_LIMIT_S = 150.0
+LATE_S = 60.0  # how long a money difference found after the drain may take to be repaired before it counts
 
 
 @dataclass
@@ -48,6 +49,7 @@ class SeedResult:
     offline_refusals_central_up: int = 0
     drive_s: float = 0.0
     drain_s: float | None = None
+    late_s: float = 0.0  # waited after the drain for money differences that might still be repaired
     seconds: float = 0.0
 
 
@@ -74,6 +76,7 @@ def run_seed(seed: int, folder: Path, drive_s: float, pace: Pace = Pace(), say=p
         result.drive_s = time.monotonic() - selling
         say(f"seed {seed}: {len(driver.sales)} sales, {len(driver.refunds)} refunds; draining")
         result.drain_s = drain(stack, driver, disruptions, result.findings, say)
+        result.late_s = wait_for_late_repairs(stack, driver, say)
         for error in disruptions.errors:
             result.findings.add("run_failed", f"disruption: {error}")
         check_all(stack, driver, result.findings)
@@ -148,6 +151,25 @@ def drain(stack: Stack, driver: Driver, disruptions: Disruptions, findings: Find
     took = drained_at - started
     say(f"drained in {took:.1f} s")
     return took
+
+
+def wait_for_late_repairs(stack: Stack, driver: Driver, say=print) -> float:
+    """Seconds waited for money differences to go away. The till may be about to repair one (a payment to give
+    up after a retry interval, a refund to finish): a difference is only reported once it outlasted LATE_S."""
+    started = time.monotonic()
+    while True:
+        trial = Findings()
+        check_money(driver, journal_rows(stack.agent_db), provider_orders(stack.sim_records("wechat"), stack.sim_records("alipay")), trial)
+        waited = time.monotonic() - started
+        if not trial.violations or waited >= LATE_S:
+            if waited > 0.5:
+                say(f"waited {waited:.0f} s for late repairs; {len(trial.violations)} money difference(s) left")
+            return waited
+        try:
+            driver.api.post("/v1/sync")
+        except httpx.TransportError:
+            stack.start_agent()
+        time.sleep(2.0)
 
 
 def _money_state(stack: Stack) -> str:

@@ -136,6 +136,20 @@ alipay_public_key_path = "{alipay_public_key}"
 """
 
 
+# Central's payments reconciliation, where this central has it: a paid payment no sale holds is declared an orphan
+# charge seconds after the drain rather than an hour later, so that `pos-edge reconcile` reports it in the run.
+ORPHAN_CHECK = """
+payments_orphan_grace_seconds = 5.0
+payments_orphan_clock_margin_seconds = 1.0
+"""
+
+
+def _with_orphan_check(template: str) -> str:
+    from central.config import Settings
+
+    return template + ORPHAN_CHECK if "payments_orphan_grace_seconds" in Settings.model_fields else template
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -206,7 +220,7 @@ class Stack:
             self._write_private(self.dir / name, text)
         self._write_private(
             self.central_config,
-            CENTRAL_TOML.format(
+            _with_orphan_check(CENTRAL_TOML).format(
                 database=self.central_db, phone_key=self.secrets.phone_key, port=self.central_port, wechat_port=self.wechat_port,
                 appid=WECHAT_APPID, mch_id=WECHAT_MCH_ID, wechat_key=self.secrets.wechat_key, alipay_port=self.alipay_port,
                 alipay_app_id=ALIPAY_APP_ID, alipay_private_key=self.dir / "merchant_private.pem",
