@@ -30,6 +30,7 @@ KINDS = {
     "receipt_missing": "a journaled sale or refund without exactly one receipt printed or waiting for a person",
     "outbox_not_drained": "journal rows still waiting for central (or rejected) after the drain",
     "payments_not_final": "payments or refunds still in progress at central after the drain",
+    "till_work_unfinished": "sales, refunds or receipts still in progress at the till after the drain",
     "reconcile_different": "`pos-edge reconcile` does not match for a business day",
     "reconcile_payment_problems": "`pos-edge reconcile` reports code payments that do not add up with the sales",
     "secret_leaked": "an auth code, token or phone number in a log line, receipt or unhashed database column",
