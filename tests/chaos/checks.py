@@ -162,6 +162,10 @@ def check_all(stack: Stack, driver: Driver, findings: Findings) -> None:
     findings.figures["check_seconds"] = timings
     for error in driver.server_errors:
         findings.add("agent_answered_5xx", error)
+    payer_sales = [(s, row) for s in driver.sales if s.payer and s.outcome == "told_paid" for row in journal if row.id == s.transaction_id]
+    findings.figures["payer_identified"] = (
+        sum(1 for s, row in payer_sales if row.member_id == stack.payer_members.get(s.payer)), len(payer_sales)
+    )
 
 
 def check_told(stack: Stack, driver: Driver, journal: list[JournalRow], findings: Findings) -> None:

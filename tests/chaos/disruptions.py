@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from dataclasses import dataclass
 
 from tests.chaos.stack import Stack
@@ -16,6 +17,7 @@ class Pace:
     agent_kill_every_s: float = 45.0  # mean time between background kills of the agent
     money_kill_chance: float = 0.06  # chance that a money step (tender, refund) is followed by a kill
     money_kill_within_s: tuple[float, float] = (0.15, 1.0)  # ... within the first (half the time) or the second
+    kill_gap_s: float = 5.0  # at least this long between two kills of the agent (the till must get some work done)
     central_stop_every_s: float = 30.0  # mean time between central stops
     central_down_s: tuple[float, float] = (2.0, 6.0)
     central_kill_share: float = 0.25  # of central stops that are SIGKILL rather than SIGTERM
@@ -31,6 +33,7 @@ class Disruptions:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []  # a process that would not start again
+        self._last_kill = float("-inf")
 
     def start(self) -> None:
         for name, loop in (("agent-killer", self._kill_agent_now_and_then), ("central-bouncer", self._bounce_central_now_and_then)):
@@ -73,7 +76,11 @@ class Disruptions:
             self._kill_and_restart_agent()
 
     def _kill_and_restart_agent(self) -> None:
-        if self._stopping.is_set() or not self.stack.kill_agent():
+        with self._rng_lock:
+            if self._stopping.is_set() or time.monotonic() - self._last_kill < self.pace.kill_gap_s:
+                return
+            self._last_kill = time.monotonic()
+        if not self.stack.kill_agent():
             return
         self._stopping.wait(self._uniform(0.2, 1.0))
         self.stack.start_agent()

@@ -84,6 +84,7 @@ class SaleRecord:
     amount_due_fen: int | None = None
     offline: bool = False  # paid while the till was offline
     coupon: str | None = None
+    payer: str | None = None  # pay-as-member: the simulated customer, whose member should be on the sale
     answers_lost: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -119,6 +120,7 @@ class Driver:
         self.server_errors: list[str] = []  # 5xx answers the API does not document
         self.offline_refusals = 0  # code payments refused as offline
         self.offline_refusals_central_up = 0  # ... while central was running
+        self.bad_inputs = 0  # requests with bad values sent (NaN, Infinity, 1e999, a seq past 2^63)
         self._by_session: dict[str, SaleRecord] = {}
         self._used_coupons: set[str] = set()
         self._codes = 0
@@ -161,9 +163,12 @@ class Driver:
 
     # --- the API -----------------------------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, body: Any = None) -> Answer:
+    def _call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Answer:
         try:
-            response = self.api.request(method, path, json=body)
+            if raw is not None:
+                response = self.api.request(method, path, content=raw, headers={"Content-Type": "application/json"})
+            else:
+                response = self.api.request(method, path, json=body)
         except httpx.TransportError as exc:
             raise AgentLost(f"{method} {path}: {type(exc).__name__}") from exc
         try:
@@ -216,6 +221,8 @@ class Driver:
         session = opened.body
         sale.session_id = session["id"]
         self._by_session[sale.session_id] = sale
+        if self.rng.random() < 0.05:
+            self._bad_input(sale)
         kind = sale.kind
         member = None
         if kind in ("coupon", "redeem", "phone") or (kind == "cash" and self.rng.random() < 0.4):
@@ -240,7 +247,9 @@ class Driver:
         elif kind == "alipay":
             session = self._pay_code(sale, self._alipay_code(self.rng.choice(ALIPAY)))
         elif kind == "pay_as_member":
-            session = self._pay_code(sale, self._wechat_code(self.rng.choice(PAYING), payer=True))
+            code = self._wechat_code(self.rng.choice(PAYING), payer=True)
+            sale.payer = code[2:6]
+            session = self._pay_code(sale, code)
         else:  # coupon, redeem, phone: a code (any customer's) or cash
             if self.rng.random() < 0.7:
                 code = self._wechat_code(self.rng.choice(PAYING)) if self.rng.random() < 0.6 else self._alipay_code("00")
@@ -248,6 +257,20 @@ class Driver:
             else:
                 session = self._pay_cash(sale)
         self._after_payment(sale, session)
+
+    def _bad_input(self, sale: SaleRecord) -> None:
+        """What a buggy POS might send: valid JSON the API must refuse with a 4xx (a 5xx is a violation)."""
+        method, path, raw = self.rng.choice((
+            ("PUT", f"/v1/sessions/{sale.session_id}/basket", b'{"lines": [{"sku": "1", "name": "x", "qty": 1, "unit_price_fen": NaN}]}'),
+            ("POST", f"/v1/sessions/{sale.session_id}/tenders", b'{"kind": "cash", "tendered_fen": 1e999}'),
+            ("PUT", f"/v1/sessions/{sale.session_id}/redemption", b'{"points": Infinity}'),
+            ("POST", "/v1/refunds", b'{"transaction": "x", "lines": [{"line": -Infinity, "qty": 1}]}'),
+            ("GET", "/v1/transactions?before=9223372036854775808", None),
+        ))  # fmt: skip
+        self.bad_inputs += 1
+        answer = self._call(method, path, raw=raw) if raw is not None else self._call(method, path)
+        if not 400 <= answer.status < 500 and not (method == "GET" and answer.status == 200):
+            sale.notes.append(f"bad input {method} {path.split('?')[0]}: {answer.status}")
 
     def _identify(self, sale: SaleRecord, member, how: str) -> dict | None:
         if how == "phone":

@@ -41,6 +41,9 @@ def table(results: list[SeedResult]) -> str:
         row(f"  {kind} (told paid / all)", [f"{c['told_paid']}/{sum(c.values())}" for c in counts],
             f"{sum(c['told_paid'] for c in counts)}/{sum(sum(c.values()) for c in counts)}")  # fmt: skip
     row("told paid", told)
+    payers = [r.findings.figures.get("payer_identified", (0, 0)) for r in results]
+    row("  pay-as-member with the payer's member on the sale", [f"{a}/{b}" for a, b in payers],
+        f"{sum(a for a, _ in payers)}/{sum(b for _, b in payers)}")  # fmt: skip
     row("  of which offline (cash)", [r.offline_paid for r in results])
     for outcome, label in (("journaled_untold", "answer lost, found journaled"), ("lost", "answer lost, nothing journaled"),
                            ("cancelled", "cancelled"), ("abandoned", "abandoned (could not end)")):  # fmt: skip
@@ -50,6 +53,7 @@ def table(results: list[SeedResult]) -> str:
     row("  refund answers lost (502 or agent gone)", [r.refund_answers_lost for r in results])
     row("code payments refused as offline", [r.offline_refusals for r in results])
     row("  ... while central was running", [r.offline_refusals_central_up for r in results])
+    row("requests with bad values (NaN, 1e999, ...)", [r.bad_inputs for r in results])
     row("requests through the proxy", [r.faults.get("requests", 0) for r in results])
     for fault in FAULTS:
         row(f"fault {fault}", [r.faults.get(fault, 0) for r in results])

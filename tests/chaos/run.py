@@ -47,6 +47,7 @@ class SeedResult:
     offline_paid: int = 0
     offline_refusals: int = 0
     offline_refusals_central_up: int = 0
+    bad_inputs: int = 0
     drive_s: float = 0.0
     drain_s: float | None = None
     late_s: float = 0.0  # waited after the drain for money differences that might still be repaired
@@ -99,6 +100,7 @@ def run_seed(seed: int, folder: Path, drive_s: float, pace: Pace = Pace(), say=p
             result.refund_answers_lost = sum(refund.answers_lost for refund in driver.refunds)
             result.offline_refusals = driver.offline_refusals
             result.offline_refusals_central_up = driver.offline_refusals_central_up
+            result.bad_inputs = driver.bad_inputs
         result.seconds = time.monotonic() - started
     return result
 
