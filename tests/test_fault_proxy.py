@@ -40,7 +40,7 @@ class Upstream:
             if not message.get("more_body"):
                 break
         if scope["path"].endswith("/slow"):
-            await asyncio.sleep(0.5)  # central at work
+            await asyncio.sleep(1.0)  # central at work
         with self._changed:
             self.handled.append((scope["method"], scope["path"], body))
             count = len(self.handled)
@@ -114,7 +114,7 @@ def test_reset_after_forward_the_upstream_handles_it_and_the_client_hears_nothin
             client.post("/v1/payments/slow", json={"n": n})
         heard_after.append(time.monotonic() - started)
     assert app.wait_handled(6) == [("POST", "/v1/payments/slow", f'{{"n":{n}}}'.encode()) for n in range(6)]
-    assert min(heard_after) < 0.5 <= max(heard_after)  # reset while central worked, and after it answered
+    assert min(heard_after) < 1.0 <= max(heard_after)  # reset while central worked, and after it answered
     assert proxy.counts()["reset_after_forward"] == 6
     assert proxy.route_counts() == {("reset_after_forward", "POST /v1/payments/slow"): 6}
 

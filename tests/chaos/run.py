@@ -25,7 +25,7 @@ from tests.chaos.stack import Stack
 
 # Fault rates per request: background traffic (pushes, pulls, probes, long-polls) and requests that move money.
 RATES = {"reset_before": 0.02, "reset_after_forward": 0.02, "reset_after_answer": 0.02, "delay": 0.03, "blackhole": 0.003}
-MONEY_RATES = {"reset_before": 0.05, "reset_after_forward": 0.10, "reset_after_answer": 0.04, "delay": 0.06, "blackhole": 0.01}
+MONEY_RATES = {"reset_before": 0.04, "reset_after_forward": 0.12, "reset_after_answer": 0.04, "delay": 0.06, "blackhole": 0.01}
 QUIET_S = 5.0  # the drained state must hold this long unchanged
 DRAIN_LIMIT_S = 150.0
 LATE_S = 45.0  # how long a money difference found after the drain may take to be repaired before it counts
