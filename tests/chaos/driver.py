@@ -150,6 +150,9 @@ class Driver:
         again here: finishing them is the till's job.)"""
         self._clear_open()
 
+    def close(self) -> None:
+        self.api.close()
+
     def records(self) -> dict:
         """What the driver did and was told, for the run's folder (auth codes left out: they are secrets)."""
         sales = [{k: v for k, v in asdict(sale).items() if k != "auth_codes"} | {"out_trade_nos": sorted(sale.out_trade_nos)}

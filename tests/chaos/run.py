@@ -92,6 +92,7 @@ def run_seed(seed: int, folder: Path, drive_s: float, pace: Pace = Pace(), say=p
         stack.close()
         result.agent_kills, result.central_stops, result.central_kills = stack.agent_kills, stack.central_stops, stack.central_kills
         if driver is not None:
+            driver.close()
             (folder / "driver.json").write_text(json.dumps(driver.records(), ensure_ascii=False, indent=1), encoding="utf-8")
             for sale in driver.sales:
                 result.sales.setdefault(sale.kind, Counter())[sale.outcome] += 1
