@@ -180,12 +180,19 @@ class CentralClient:
         return await self._call("GET", f"/payments/{out_trade_no}/refunds/{out_refund_no}", Refund)
 
     async def probe(self, timeout: float) -> bool:
-        """A quick "is central there?" for deciding online/offline in front of a customer."""
-        try:
-            response = await self._client.get("/keys/member-code", timeout=timeout)
-        except httpx.HTTPError:
-            return False
-        return response.status_code < 500
+        """A quick "is central there?" for deciding online/offline in front of a customer. A connection refused or
+        a timeout says no; a connection reset mid-answer may be one lost packet, so it asks once more."""
+        for last in (False, True):
+            try:
+                response = await self._client.get("/keys/member-code", timeout=timeout)
+            except (httpx.ConnectError, httpx.TimeoutException):
+                return False
+            except httpx.HTTPError:
+                if last:
+                    return False
+                continue
+            return response.status_code < 500
+        return False
 
     # --- one request -----------------------------------------------------------------------------------------
 

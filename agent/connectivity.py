@@ -9,12 +9,15 @@ requests and a short probe:
   with a short timeout (`offline.probe_timeout_s`) settles it, and its answer stands until something newer comes.
   A real outage is still seen at the first failure plus one probe — at once when connections are refused, within
   the probe's timeout when packets vanish — while a single lost answer no longer turns code payment off.
-With no recent result at all, a probe asks; its answer is kept for `fresh_s` seconds so a queue of customers does
-not pay for one probe each. Never a 10 s request timeout at the till.
+With no recent result at all, a probe asks. A success is trusted for `fresh_s` seconds, so a queue of customers does
+not pay for one probe each; a failure only for `recheck_s` seconds, so the till is back within a few seconds of
+central (while the WAN stays down, a customer pays at most one probe's timeout every few seconds for it). Never a
+10 s request timeout at the till.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -36,23 +39,28 @@ class Connectivity:
     jobs: tuple[JobHealth, ...]
     probe_timeout_s: float = 1.0
     fresh_s: float = 10.0
+    recheck_s: float = 3.0
+    clock: Callable[[], datetime] = utcnow
     _seen: Result | None = field(default=None, init=False)
     _probed: Result | None = field(default=None, init=False)
 
     def saw(self, reachable: bool) -> None:
         """What a request at the till just found for certain: central answered, or no connection could be made.
         It outranks older results (the next customer must not wait for the same timeout)."""
-        self._seen = Result(utcnow(), reachable, definite=True)
+        self._seen = Result(self.clock(), reachable, definite=True)
 
     def suspect(self) -> None:
         """A request at the till lost its answer: central may be away, or one packet was."""
-        self._seen = Result(utcnow(), False, definite=False)
+        self._seen = Result(self.clock(), False, definite=False)
 
     async def online(self) -> bool:
-        latest = self._latest(utcnow())
-        if latest is None or not (latest.reachable or latest.definite):
-            return await self._probe()
-        return latest.reachable
+        now = self.clock()
+        latest = self._latest(now)
+        if latest is not None and latest.reachable:
+            return True
+        if latest is not None and latest.definite and now - latest.at < timedelta(seconds=self.recheck_s):
+            return False
+        return await self._probe()  # nothing recent, a suspicion, or an offline verdict due for a recheck
 
     def _latest(self, now: datetime) -> Result | None:
         fresh = timedelta(seconds=self.fresh_s)
@@ -64,5 +72,5 @@ class Connectivity:
 
     async def _probe(self) -> bool:
         reachable = await self.client.probe(self.probe_timeout_s)
-        self._probed = Result(utcnow(), reachable, definite=True)
+        self._probed = Result(self.clock(), reachable, definite=True)
         return reachable

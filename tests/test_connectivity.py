@@ -51,3 +51,49 @@ def test_without_recent_results_a_short_probe_answers_and_is_remembered(central,
     later = Connectivity(CentralClient(CentralSettings(url=central.url, token=SecretStr("t")), "SH001"), (stale,), probe_timeout_s=0.5)
     assert loop.run_until_complete(later.online()) is False
     loop.run_until_complete(later.client.aclose())
+
+
+class Clock:
+    def __init__(self):
+        self.now = utcnow()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def test_one_lost_answer_is_settled_by_a_probe_not_taken_for_an_outage(central, loop):
+    push = JobHealth("push")
+    link = connectivity(central, [push])
+    push.succeeded()
+    push.failed(CentralUnreachable("the answer to one push was lost"))  # central itself is fine
+    assert loop.run_until_complete(link.online()) is True
+    link.suspect()  # the till's own request lost its answer
+    assert loop.run_until_complete(link.online()) is True
+    loop.run_until_complete(link.client.aclose())
+
+
+def test_a_connection_that_could_not_be_made_is_offline_at_once_and_rechecked_soon(central, loop):
+    clock = Clock()
+    link = connectivity(central, [])
+    link.clock = clock
+    central.stop()
+    link.saw(False)  # a payment's connection was refused: no probe needed to know
+    assert loop.run_until_complete(link.online()) is False
+    central.start()
+    clock.advance(link.recheck_s - 0.1)
+    assert loop.run_until_complete(link.online()) is False  # the verdict stands a few seconds, not a probe per customer
+    clock.advance(0.2)
+    assert loop.run_until_complete(link.online()) is True  # rechecked: central is back
+    loop.run_until_complete(link.client.aclose())
+
+
+def test_a_failed_sync_confirmed_by_a_failed_probe_is_an_outage(central, loop):
+    pull = JobHealth("pull")
+    link = connectivity(central, [pull])
+    central.stop()
+    pull.failed(CentralUnreachable("down"))
+    assert loop.run_until_complete(link.online()) is False
+    loop.run_until_complete(link.client.aclose())
