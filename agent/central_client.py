@@ -51,6 +51,10 @@ class CentralNotReached(CentralUnreachable):
     """No connection could be made: the request never left the store, so nothing was done at central."""
 
 
+class CentralTimedOut(CentralUnreachable):
+    """The request went out and no answer came within the timeout."""
+
+
 class CentralRejected(CentralError):
     """Central refused this request (4xx other than 429): sending it again unchanged will not help."""
 
@@ -202,7 +206,7 @@ class CentralClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise CentralNotReached(f"cannot reach central {self.base_url}: {exc or type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:
-            raise CentralUnreachable(f"central {self.base_url} did not answer {method} {path} in time ({type(exc).__name__})") from exc
+            raise CentralTimedOut(f"central {self.base_url} did not answer {method} {path} in time ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise CentralUnreachable(f"cannot reach central {self.base_url}: {exc or type(exc).__name__}") from exc
         if response.status_code == 429 or response.status_code >= 500:

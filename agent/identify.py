@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.central_client import CentralClient, CentralError
+from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralServerError, CentralTimedOut, CentralUnreachable
 from agent.member_cache import CachedMember, MemberCache
 from agent.member_code_gate import MemberCodeGate
 from agent.sync import to_cache_change
@@ -63,7 +63,13 @@ class Identifier:
         """Pay-as-member: ask central who is about to pay, before charging. Never allows spending points."""
         if not await self._online():
             raise CentralNeeded("code payment needs the network, which is down: please pay in cash or by card")
-        result = await self.client.identify_payer(auth_code)
+        try:
+            result = await self.client.identify_payer(auth_code)
+        except (CentralNotReached, CentralTimedOut):
+            raise
+        except (CentralUnreachable, CentralServerError):
+            # A reset or a 5xx: asking charges nothing, so ask once more rather than charge without the benefits.
+            result = await self.client.identify_payer(auth_code)
         member = None
         if result.member is not None:
             # Off the event loop: a cache write waits for the disk.

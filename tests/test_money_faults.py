@@ -198,3 +198,13 @@ def test_an_outage_is_still_seen_at_once(stack):
     assert session["online"] is False
     refused = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": wechat_code("00")})
     assert refused.status_code == 503 and refused.json()["error"] == "offline"
+
+
+def test_a_lost_answer_to_who_pays_is_asked_again_so_the_member_keeps_the_benefits(stack):
+    code = wechat_code("00", customer="0042")
+    member = stack.add_member(points=100, tier="gold", payer=code)
+    session = start_sale(stack)
+    stack.central.faults.drop_response("/v1/payments/identify", method="POST")  # asked, answer lost
+    done = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": code}).json()
+    assert done["state"] == "closed" and done["member"]["id"] == member
+    assert done["pricing"]["tier_discount_fen"] > 0 and stack.wechat.count("micropay") == 1
