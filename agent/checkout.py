@@ -869,12 +869,6 @@ class Checkout:
             raise NotNow(f"session {sale_id} is {sale.state}: nothing more can be done in it")
         return sale
 
-    def _sale_of(self, sale_id: str) -> Sale | None:
-        try:
-            return self.get(sale_id)
-        except NotFound:
-            return None
-
     def _no_money_yet(self, sale: Sale, what: str) -> None:
         if sale.money_taken or sale.unsettled_payments:
             raise NotNow(f"cannot {what} after payment has started: cancel the sale to start again")

@@ -189,8 +189,7 @@ class Refunds:
                 part["sent"], part["state"] = True, answer.state
                 if answer.state == "FAILED":
                     part["refused"] = answer.reason_en or answer.code or "refused by the provider"
-            if parts:
-                await asyncio.to_thread(self._save_pending, pending)
+            await asyncio.to_thread(self._save_pending, pending)
         refused = [p for p in parts if p["state"] == "FAILED"]
         if refused and len(refused) == len(parts):
             await asyncio.to_thread(self._drop_pending, pending.id)
