@@ -15,6 +15,7 @@ import pytest
 
 from central.payments.simulators import serve_in_thread
 from tests.chaos.proxy import FAULTS, ProxyThread
+from tests.central.plugin import read_body
 
 
 class Upstream:
@@ -33,12 +34,7 @@ class Upstream:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["path"].endswith("/slow"):
             await asyncio.sleep(1.0)  # central at work
         with self._changed:

@@ -143,6 +143,26 @@ def fuzz_each_operation(schema, headers: dict[str, str], examples: int, check) -
     return failures
 
 
+def checked_workflow(schema, headers: dict[str, str], check, seen: Counter, failures: list[str]):
+    """A schemathesis state machine over `schema` that sends `headers`, counts each (operation, status) in `seen`
+    and records a failed `check` in `failures` (kept: Hypothesis' replay of a failing scenario may not reach the
+    server the same way)."""
+
+    class Workflow(schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"headers": headers, "timeout": 15}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            seen[(f"{case.method} {case.operation.path}", response.status_code)] += 1
+            try:
+                check(response, f"{case.method} {case.formatted_path}")
+            except AssertionError as exc:
+                failures.append(f"{exc}\n  body sent: {case.body!r}"[:800])
+                raise
+
+    return Workflow
+
+
 def run_workflow(workflow, failures: list[str], scenarios: int, steps: int) -> None:
     """Run a schemathesis state machine for about `scenarios` scenarios; a server error recorded in `failures`
     fails the test.
@@ -178,21 +198,11 @@ def test_no_operation_answers_a_server_error(agent_schema):
 
 def test_sales_driven_by_links_never_answer_a_server_error(store: Stack, agent_schema):
     seen: Counter[tuple[str, int]] = Counter()
-    failures: list[str] = []  # kept: Hypothesis' replay of a failing scenario may not reach the server the same way
-
+    failures: list[str] = []
     # The checkout's operations only: the printer's and devices' are covered above and would dilute the scenarios.
-    class Workflow(agent_schema.include(tag="checkout").as_state_machine()):
-        def get_call_kwargs(self, case):
-            return {"headers": AUTH, "timeout": 15}
+    checked = checked_workflow(agent_schema.include(tag="checkout"), AUTH, assert_no_server_error, seen, failures)
 
-        def validate_response(self, response, case, additional_checks=None, **kwargs):
-            seen[(f"{case.method} {case.operation.path}", response.status_code)] += 1
-            try:
-                assert_no_server_error(response, f"{case.method} {case.formatted_path}")
-            except AssertionError as exc:
-                failures.append(f"{exc}\n  body sent: {case.body!r}"[:800])
-                raise
-
+    class Workflow(checked):
         def teardown(self):
             # One sale at a time per station: leave none open for the next scenario.
             current = store.api.get("/v1/sessions/current")

@@ -165,6 +165,16 @@ class StoreCredentials:
         return {"Authorization": f"Bearer {self.token}", "X-Store-Id": self.store_id}
 
 
+async def read_body(receive: Callable) -> bytes:
+    """An ASGI request's whole body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 class InjectedFault(Exception):
     """Raised inside the server to cut a connection: uvicorn closes it without finishing the answer."""
 
@@ -263,12 +273,7 @@ class Faults:
         if rule is None:
             await self.app(scope, receive, send)
         elif rule.action == "hold":
-            body = b""
-            while True:
-                message = await receive()
-                body += message.get("body", b"")
-                if not message.get("more_body"):
-                    break
+            body = await read_body(receive)
             task = asyncio.get_running_loop().create_task(self._handle_later(scope, body, rule.held))
             self._later.add(task)
             task.add_done_callback(self._later.discard)

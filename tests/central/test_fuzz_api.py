@@ -26,7 +26,7 @@ from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from tests.central.plugin import CentralServer, central_settings
 from tests.checkout_stack import APPID, FAST_PAYMENTS, MCH_ID, PHONE_KEY, WECHAT_KEY
-from tests.test_fuzz_api import fuzz_each_operation, run_workflow
+from tests.test_fuzz_api import checked_workflow, fuzz_each_operation, run_workflow
 
 # Schemathesis draws from `random` inside its strategies; Hypothesis deprecates that, nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
@@ -113,21 +113,9 @@ def test_no_operation_answers_a_server_error(service, central_schema):
 def test_payments_and_their_refunds_driven_by_links_never_answer_a_server_error(service, central_schema):
     _, headers = service
     seen: Counter[tuple[str, int]] = Counter()
-    failures: list[str] = []  # kept: Hypothesis' replay of a failing scenario may not reach the server the same way
-
-    class Workflow(central_schema.include(tag="payments").as_state_machine()):
-        def get_call_kwargs(self, case):
-            return {"headers": headers, "timeout": 15}
-
-        def validate_response(self, response, case, additional_checks=None, **kwargs):
-            seen[(f"{case.method} {case.operation.path}", response.status_code)] += 1
-            try:
-                assert_no_server_error(response, f"{case.method} {case.formatted_path}")
-            except AssertionError as exc:
-                failures.append(f"{exc}\n  body sent: {case.body!r}"[:800])
-                raise
-
-    run_workflow(Workflow, failures, scenarios=15, steps=15)
+    failures: list[str] = []
+    workflow = checked_workflow(central_schema.include(tag="payments"), headers, assert_no_server_error, seen, failures)
+    run_workflow(workflow, failures, scenarios=15, steps=15)
     # Real payments were made and then read or acted on by their number, not only 404s for made-up ones.
     assert seen[("POST /v1/payments", 201)] > 0, seen
     followed = sum(n for (operation, status), n in seen.items() if "{out_trade_no}" in operation and status in (200, 201, 409))
