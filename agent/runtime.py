@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -32,6 +32,7 @@ from agent.scans import ScanRouter
 from agent.scheduler import build_scheduler
 from agent.settings import Settings
 from agent.sync import Sync
+from agent.systemd_notify import Notifier, keep_alive, report_status, status_line, watchdog_interval_s
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 5
 # Seconds the receipt being printed may take to finish at shutdown.
 PRINT_DEADLINE_S = 10
+# How often `systemctl status` is brought up to date (only a changed line is sent).
+STATUS_EVERY_S = 5
 
 
 @dataclass
@@ -157,8 +160,9 @@ def serve(settings: Settings) -> None:
     if not settings.api.token.get_secret_value() and not _loopback(settings.api.host):
         log.error("refusing to serve the API on %s without a token: set api.token (POS_EDGE_API__TOKEN)", settings.api.host)
         raise SystemExit(2)
+    app = build_app(settings)
     config = uvicorn.Config(
-        build_app(settings),
+        app,
         host=settings.api.host,
         port=settings.api.port,
         log_config=None,  # keep the agent's own one-line log format
@@ -166,10 +170,52 @@ def serve(settings: Settings) -> None:
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
-    server = uvicorn.Server(config)
+    server = NotifyingServer(config, Notifier(), lambda: getattr(app.state, "agent", None))
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+class NotifyingServer(uvicorn.Server):
+    """uvicorn's server that tells systemd when the till can sell, that its loop is alive, and when it stops.
+
+    READY=1 goes out only once the database and devices are open (the lifespan) and the API is listening, so a
+    unit ordered after this one (the kiosk screen) starts on a working API.
+    """
+
+    def __init__(self, config: uvicorn.Config, notifier: Notifier, agent: Callable[[], AgentState | None]):
+        super().__init__(config)
+        self.notifier = notifier
+        self.agent = agent
+        self._tasks: list[asyncio.Task] = []
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        state = self.agent()
+        if not self.started or state is None:
+            return
+        self.notifier.ready(await read_status(state))
+        interval = watchdog_interval_s()
+        if interval is not None:
+            self._tasks.append(asyncio.create_task(keep_alive(self.notifier, interval), name="systemd-watchdog"))
+        if self.notifier.enabled:
+            self._tasks.append(asyncio.create_task(report_status(self.notifier, lambda: read_status(state), STATUS_EVERY_S), name="systemd-status"))
+
+    async def shutdown(self, sockets=None) -> None:
+        self.notifier.stopping("stopping: finishing requests in flight and the receipt being printed")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await super().shutdown(sockets)
+        self.notifier.close()
+
+
+async def read_status(state: AgentState) -> str:
+    sync = await asyncio.to_thread(state.sync.status)  # reads the outbox: off the loop
+    printer = state.devices.printer.status.state.value if state.devices and state.devices.printer else None
+    checkout = state.checkout
+    online = await checkout.connectivity.online() if checkout else False
+    return status_line(online, sync.outbox_pending, printer, bool(checkout and checkout.current))
 
 
 def _loopback(host: str) -> bool:
