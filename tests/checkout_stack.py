@@ -124,8 +124,10 @@ database = "{database}"
 
 
 class Stack:
-    def __init__(self, tmp: Path, kind: str = "till", separate_process: bool = False, providers: tuple[str, ...] = ("wechat",), limit: int = 20):
+    def __init__(self, tmp: Path, kind: str = "till", separate_process: bool = False, providers: tuple[str, ...] = ("wechat",), limit: int = 20,
+                 as_service: bool = False):  # fmt: skip
         self.tmp = tmp
+        self.as_service = as_service  # separate process only: its log written as under systemd (journal stream)
         self.wechat = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.3, slow_seconds=0.7)
         self._wechat_served = serve_in_thread(self.wechat.app())
         self.wechat.url = self._wechat_served.url
@@ -166,6 +168,9 @@ class Stack:
         if self.separate_process:
             env = os.environ | self.env | {"PYTHONUNBUFFERED": "1"}
             self._log = open(self.tmp / "agent.log", "ab")
+            if self.as_service:
+                info = os.fstat(self._log.fileno())
+                env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(self.config)], env=env, stdout=self._log, stderr=subprocess.STDOUT
             )
