@@ -340,6 +340,29 @@ def print_test(url: str | None, config_path: Path) -> None:
     click.echo(f"test page sent to {printer.url}: {len(data)} bytes; printer online={status.online} paper={status.paper}{where}")
 
 
+@cli.command()
+@CONFIG_OPTION
+@click.option("--secrets", "secrets_path", type=click.Path(dir_okay=False, path_type=Path), default="/etc/pos-edge/secrets.env",
+              show_default=True, help="The service's EnvironmentFile, read when present so the checks use its tokens.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of checks, for scripts and monitoring.")
+def doctor(config_path: Path, secrets_path: Path, as_json: bool) -> None:
+    """Check settings, service, database, disk, devices, central and the clock; exit 1 if any check fails."""
+    from agent.doctor import Doctor, read_environment_file, render
+
+    try:
+        secrets = read_environment_file(secrets_path)
+    except FileNotFoundError:
+        secrets = {}
+    except OSError as exc:
+        click.secho(f"warning: {secrets_path} not read ({exc.strerror}): run as root to check with the service's tokens", fg="yellow", err=True)
+        secrets = {}
+    for key, value in secrets.items():
+        os.environ.setdefault(key, value)  # the caller's own environment wins, as for `pos-edge run`
+    checks = Doctor(config_path).run()
+    click.echo(json.dumps([c.as_dict() for c in checks], ensure_ascii=False, indent=2) if as_json else render(checks))
+    sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)
