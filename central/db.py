@@ -66,7 +66,13 @@ def create_engine(url: str) -> sa.Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    try:
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    except ModuleNotFoundError as exc:
+        # The PostgreSQL driver is an extra: a till installs the agent without it.
+        if (exc.name or "").partition(".")[0] != "psycopg":
+            raise
+        raise DatabaseError("PostgreSQL needs the psycopg driver: pip install 'pos-edge-agent[central]'") from None
 
 
 def _sqlite_engine(url: str) -> sa.Engine:
