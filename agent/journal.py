@@ -2,6 +2,8 @@
 
 Rows are append-only (database triggers refuse UPDATE and DELETE) and each row carries the hash of the
 previous row of the same station, so an edit, a removed row or a truncated tail is found by `verify`.
+Retention (agent/retention.py) may purge the oldest rows central confirmed: it first records the last purged
+link of the station as a checkpoint (`journal_checkpoint`), and `verify` starts the remaining rows from it.
 A row and its outbox row are written in one SQLite transaction: nothing is journaled without being queued
 for the central service, and nothing is queued that was not journaled.
 """
@@ -76,10 +78,21 @@ class BrokenLink:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """The last purged link of a station's chain: its first remaining row must follow `hash`."""
+
+    station_id: str
+    seq: int
+    hash: str
+    purged_rows: int
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     rows: int
     stations: int
     first_break: BrokenLink | None
+    purged: int = 0  # rows removed by retention before the stations' checkpoints
 
     @property
     def ok(self) -> bool:
@@ -132,7 +145,7 @@ class Journal:
                 return _record(existing)
             prev_hash = connection.exec_driver_sql(
                 "SELECT hash FROM journal WHERE station_id = ? ORDER BY seq DESC LIMIT 1", (self.station_id,)
-            ).scalar() or GENESIS
+            ).scalar() or self._checkpoint_hash(connection) or GENESIS
             row["prev_hash"] = prev_hash
             row["hash"] = row_hash(prev_hash, row)
             names = list(row)
@@ -149,6 +162,10 @@ class Journal:
                 also(connection, record)
         return record
 
+    def _checkpoint_hash(self, connection: sa.Connection) -> str | None:
+        # Retention purged every row of the station: the chain goes on from the last purged link.
+        return connection.exec_driver_sql("SELECT hash FROM journal_checkpoint WHERE station_id = ?", (self.station_id,)).scalar()
+
     def get(self, transaction_id: str) -> JournalRecord | None:
         with reader(self.engine) as connection:
             row = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (transaction_id,)).first()
@@ -156,27 +173,64 @@ class Journal:
 
 
 def verify(engine: sa.Engine) -> VerifyReport:
-    """Walk every station's chain and report the first broken link, if any."""
-    last_hash: dict[str, str] = {}
+    """Walk every station's chain, from its retention checkpoint if it has one, and report the first broken link."""
     rows = 0
     with reader(engine) as connection:
+        checkpoints = {c.station_id: c for c in read_checkpoints(connection)}
+        last_hash = {station: c.hash for station, c in checkpoints.items()}
+        purged = sum(c.purged_rows for c in checkpoints.values())
+        # The last seq accounted for: the last row, or the last purged one when retention took every row.
+        last_seq = max((c.seq for c in checkpoints.values()), default=0)
+
+        def broken(row: Mapping[str, Any], reason: str) -> VerifyReport:
+            return VerifyReport(rows, len(last_hash), _broken(row, reason), purged)
+
         for row in _rows(connection):
             rows += 1
-            prev = last_hash.get(row["station_id"], GENESIS)
+            station = row["station_id"]
+            checkpoint = checkpoints.get(station)
+            if checkpoint is not None and row["seq"] <= checkpoint.seq:
+                return broken(row, f"it lies before its station's retention checkpoint (seq {checkpoint.seq}) yet was not purged")
+            prev = last_hash.get(station, GENESIS)
             if row["prev_hash"] != prev:
-                return VerifyReport(rows, len(last_hash), _broken(row, "does not follow the previous row of its station (a row before it was removed or reordered)"))
+                return broken(row, "does not follow the previous row of its station (a row before it was removed or reordered)")
             if row_hash(prev, row) != row["hash"]:
-                return VerifyReport(rows, len(last_hash), _broken(row, "its content does not match its hash (the row was changed)"))
-            last_hash[row["station_id"]] = row["hash"]
-            last_seq = row["seq"]
+                return broken(row, "its content does not match its hash (the row was changed)")
+            last_hash[station] = row["hash"]
+            last_seq = max(last_seq, row["seq"])
         # AUTOINCREMENT remembers the highest seq ever used: rows cut off the end of the chain show up here.
         highest = connection.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").scalar()
-    if highest is not None and (rows == 0 or highest > last_seq):
+    if highest is not None and highest > last_seq:
         return VerifyReport(
             rows, len(last_hash),
-            BrokenLink(highest, "", "", f"rows up to seq {highest} were written but the journal ends at seq {last_seq if rows else 0} (rows were removed from the end)"),
+            BrokenLink(highest, "", "", f"rows up to seq {highest} were written but the journal ends at seq {last_seq} (rows were removed from the end)"),
+            purged,
         )  # fmt: skip
-    return VerifyReport(rows, len(last_hash), None)
+    return VerifyReport(rows, len(last_hash), None, purged)
+
+
+def read_checkpoints(connection: sa.Connection) -> list[Checkpoint]:
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_checkpoint'"
+    if connection.exec_driver_sql(exists).first() is None:
+        return []  # a database (a backup, say) from before retention: nothing was ever purged
+    found = connection.exec_driver_sql("SELECT station_id, seq, hash, purged_rows FROM journal_checkpoint ORDER BY station_id")
+    return [Checkpoint(*row) for row in found]
+
+
+def purge_through(connection: sa.Connection, station_id: str, seq: int, hash: str, rows: int, at: datetime) -> int:
+    """Delete a station's rows up to `seq` (whose hash is `hash`) in the caller's transaction, recording the
+    checkpoint first: the database refuses to delete a row no checkpoint covers, or one central has not confirmed.
+    Returns the rows deleted; the caller chose them (agent/retention.py) and says how many it expects."""
+    connection.exec_driver_sql(
+        "INSERT INTO journal_checkpoint (station_id, seq, hash, purged_rows, updated_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (station_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,"
+        " purged_rows = journal_checkpoint.purged_rows + excluded.purged_rows, updated_at = excluded.updated_at",
+        (station_id, seq, hash, rows, to_storage(at)),
+    )
+    deleted = connection.exec_driver_sql("DELETE FROM journal WHERE station_id = ? AND seq <= ?", (station_id, seq)).rowcount
+    if deleted != rows:
+        raise JournalError(f"purge of station {station_id} up to seq {seq} would delete {deleted} rows, {rows} were chosen")
+    return deleted
 
 
 def _rows(connection: sa.Connection) -> Iterator[dict[str, Any]]:

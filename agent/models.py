@@ -37,6 +37,9 @@ class Member(SQLModel, table=True):
     phone_masked: str | None = None
     version: int = Field(description="the central change-feed position of this member's last change")
     updated_at: datetime = Field(sa_column=utc_column())
+    last_seen_at: datetime | None = Field(
+        sa_column=utc_column(nullable=True), description="last identified at this till (or first cached); personal data goes after storage.member_retention_days"
+    )
 
 
 class MemberIdentifier(SQLModel, table=True):
@@ -80,6 +83,18 @@ class Journal(SQLModel, table=True):
     body: str = Field(description="canonical JSON of the transaction's lines, tenders, coupons")
     prev_hash: str
     hash: str
+
+
+class JournalCheckpoint(SQLModel, table=True):
+    """The last link of a station's chain purged by retention: verify starts the remaining rows from its hash."""
+
+    __tablename__ = "journal_checkpoint"
+
+    station_id: str = Field(primary_key=True)
+    seq: int = Field(description="seq of the last purged row; rows up to it may be deleted, none after")
+    hash: str = Field(description="hash of the last purged row: the prev_hash of the station's first remaining row")
+    purged_rows: int = Field(description="rows of this station purged so far")
+    updated_at: datetime = Field(sa_column=utc_column())
 
 
 class Outbox(SQLModel, table=True):
