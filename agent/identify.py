@@ -50,7 +50,7 @@ class Identifier:
         member = self.cache.get(claim.member_id)
         if member is None:
             raise MemberNotFound("this member joined after the till's last sync: identify them by card or phone, or wait a minute")
-        return Identification(member, "member_code", may_redeem=True)
+        return await self._seen(Identification(member, "member_code", may_redeem=True))
 
     async def card(self, card_no: str) -> Identification:
         return await self._by("card_no", card_no, "card", may_redeem=False)
@@ -75,12 +75,12 @@ class Identifier:
             # Off the event loop: a cache write waits for the disk.
             await asyncio.to_thread(self.cache.apply, [to_cache_change(result.member)])
             member = self.cache.get(result.member.member_id)
-        return Identification(member, "payment_code", may_redeem=False, from_central=True)
+        return await self._seen(Identification(member, "payment_code", may_redeem=False, from_central=True))
 
     async def _by(self, kind: str, value: str, via: Via, may_redeem: bool) -> Identification:
         member = self.cache.lookup(kind, value)
         if member is not None:
-            return Identification(member, via, may_redeem)
+            return await self._seen(Identification(member, via, may_redeem))
         if await self._online():
             try:
                 change = await self.client.lookup_member(kind, value)
@@ -88,5 +88,11 @@ class Identifier:
                 change = None  # the cache already said no; a failing central is not the customer's problem
             if change is not None:
                 await asyncio.to_thread(self.cache.apply, [to_cache_change(change)])
-                return Identification(self.cache.get(change.member_id), via, may_redeem, from_central=True)
+                return await self._seen(Identification(self.cache.get(change.member_id), via, may_redeem, from_central=True))
         raise MemberNotFound(f"no member with this {'card' if kind == 'card_no' else 'phone number'}")
+
+    async def _seen(self, found: Identification) -> Identification:
+        # Their personal data stays in the cache for storage.member_retention_days from now (agent/retention.py).
+        if found.member is not None:
+            await asyncio.to_thread(self.cache.mark_seen, found.member.id)
+        return found

@@ -7,10 +7,11 @@ cursor, never half a page.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -18,6 +19,8 @@ from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
 from agent.pii import phone_hash
 from central.contract import IDENTIFIER_KIND_PATTERN
+
+log = logging.getLogger(__name__)
 
 IDENTIFIER_KIND = re.compile(IDENTIFIER_KIND_PATTERN)
 CURSOR_KEY = "member_feed_cursor"
@@ -79,9 +82,10 @@ class ApplyResult:
     deleted: int
 
 
+# A member new to the cache counts as seen when it arrives; after that only identification at this till moves it.
 _UPSERT_MEMBER = """
-INSERT INTO member (id, tier, points, display_name, phone_masked, version, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO member (id, tier, points, display_name, phone_masked, version, updated_at, last_seen_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     tier = excluded.tier, points = excluded.points, display_name = excluded.display_name,
     phone_masked = excluded.phone_masked, version = excluded.version, updated_at = excluded.updated_at
@@ -127,6 +131,21 @@ WHERE i.kind = ? AND i.value = ?
 """
 
 
+# Personal data of a member: the name, the masked phone, and the identifiers that stand for a person (the phone's
+# hash, WeChat/Alipay ids). Kept: id, tier, points, coupons and card numbers, so a member code or a card still
+# identifies the member offline; the feed or an online lookup brings the rest back.
+_PERSONAL_KIND = "kind <> 'card_no'"
+_HOLDS_PERSONAL_DATA = f"""
+SELECT id FROM member AS m
+WHERE COALESCE(m.last_seen_at, m.updated_at) < ?
+  AND (m.display_name <> '' OR m.phone_masked IS NOT NULL
+       OR EXISTS (SELECT 1 FROM member_identifier AS i WHERE i.member_id = m.id AND i.{_PERSONAL_KIND}))
+LIMIT ?
+"""
+# Seen once a day is precise enough for a retention counted in months, and spares a write at most identifications.
+SEEN_RESOLUTION = timedelta(days=1)
+
+
 def _coupon_row(member_id: str, c: CachedCoupon) -> tuple:
     return (
         c.code, member_id, c.title, c.kind, c.amount_off_fen, c.percent_off, c.threshold_fen, c.cap_fen,
@@ -148,7 +167,7 @@ class MemberCache:
             if upserts:
                 connection.exec_driver_sql(
                     _UPSERT_MEMBER,
-                    [(c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version, stamp) for c in upserts],
+                    [(c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version, stamp, stamp) for c in upserts],
                 )
                 connection.exec_driver_sql(_CLEAR_IDENTIFIERS, [(c.member_id,) for c in upserts])
                 identifiers = [(kind, value, c.member_id) for c in upserts for kind, value in c.identifiers]
@@ -215,6 +234,32 @@ class MemberCache:
     def cursor(self) -> str | None:
         with reader(self.engine) as connection:
             return connection.exec_driver_sql("SELECT value FROM sync_state WHERE key = ?", (CURSOR_KEY,)).scalar()
+
+    def mark_seen(self, member_id: str, at: datetime | None = None) -> None:
+        """The member was identified at this till: their personal data stays for storage.member_retention_days more.
+        Best effort: a write that fails (a busy or full disk) is logged and never stops the identification."""
+        at = at or utcnow()
+        try:
+            with reader(self.engine) as connection:
+                seen = connection.exec_driver_sql("SELECT last_seen_at FROM member WHERE id = ?", (member_id,)).scalar()
+            if seen is not None and from_storage(seen) > at - SEEN_RESOLUTION:
+                return
+            with self.engine.begin() as connection:
+                connection.exec_driver_sql(
+                    "UPDATE member SET last_seen_at = ? WHERE id = ? AND (last_seen_at IS NULL OR last_seen_at < ?)",
+                    (to_storage(at), member_id, to_storage(at)),
+                )
+        except sa.exc.OperationalError as exc:
+            log.warning("member last-seen time not saved", extra={"error": str(exc.orig)})
+
+    def purge_personal_data(self, not_seen_since: datetime, limit: int = 1000) -> int:
+        """Drop the personal data of up to `limit` members not seen since then, in one transaction; how many."""
+        with self.engine.begin() as connection:
+            ids = [(row[0],) for row in connection.exec_driver_sql(_HOLDS_PERSONAL_DATA, (to_storage(not_seen_since), limit))]
+            if ids:
+                connection.exec_driver_sql("UPDATE member SET display_name = '', phone_masked = NULL WHERE id = ?", ids)
+                connection.exec_driver_sql(f"DELETE FROM member_identifier WHERE member_id = ? AND {_PERSONAL_KIND}", ids)
+        return len(ids)
 
     def count(self) -> int:
         with reader(self.engine) as connection:
