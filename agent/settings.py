@@ -252,13 +252,34 @@ class ApiSettings(Section):
 
 class StorageSettings(Section):
     database: Path = Field(Path("/var/lib/pos-edge/agent.db"), examples=["/var/lib/pos-edge/agent.db"])
+    backup_dir: Path | None = Field(
+        None, examples=["/var/lib/pos-edge/backups"], description="where daily backups go; by default a backups folder next to the database"
+    )
+    backup_keep_days: int = Field(7, ge=1, le=365, examples=[7], description="backups older than this are deleted (never the newest)")
+    journal_retention_days: int = Field(
+        180, ge=30, le=3650, examples=[180],
+        description="transactions central confirmed are purged from the till after this; also how old a sale the till can still refund",
+    )  # fmt: skip
+    print_job_retention_days: int = Field(
+        7, ge=1, le=3650, examples=[7], description="printed receipts' bytes are purged after this (a reprint is rendered again from the journal)"
+    )
+    member_retention_days: int = Field(
+        365, ge=30, le=3650, examples=[365], description="cached members not identified here for this long lose their personal data on the till"
+    )
+    min_free_mb: int = Field(
+        256, ge=16, le=1_000_000, examples=[256], description="below this much free disk the till refuses new sales, before SQLite could fail mid-write"
+    )
 
-    @field_validator("database")
+    @field_validator("database", "backup_dir")
     @classmethod
-    def _no_nul(cls, value: Path) -> Path:
-        if "\x00" in str(value):  # no file system takes it; os calls would raise ValueError
+    def _no_nul(cls, value: Path | None) -> Path | None:
+        if value is not None and "\x00" in str(value):  # no file system takes it; os calls would raise ValueError
             raise ValueError("must not contain a NUL character")
         return value
+
+    @property
+    def backup_folder(self) -> Path:
+        return self.backup_dir if self.backup_dir is not None else self.database.parent / "backups"
 
 
 class PrivacySettings(Section):
@@ -359,11 +380,14 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
             f"tables there are JSON, e.g. {ENV_PREFIX}CODES__CARD_PATTERNS='[\"16[0-9]{{16}}\"]'"
         ]) from None
 
-    database = settings.storage.database
-    if not database.is_absolute():
-        # A relative database path is taken from the settings file's folder, wherever the agent is started.
-        storage = settings.storage.model_copy(update={"database": (path.parent / database).resolve()})
-        settings = settings.model_copy(update={"storage": storage})
+    # A relative database or backup path is taken from the settings file's folder, wherever the agent is started.
+    relative = {
+        key: (path.parent / value).resolve()
+        for key in ("database", "backup_dir")
+        if (value := getattr(settings.storage, key)) is not None and not value.is_absolute()
+    }
+    if relative:
+        settings = settings.model_copy(update={"storage": settings.storage.model_copy(update=relative)})
 
     warnings = []
     world_readable = path.stat().st_mode & stat.S_IROTH
