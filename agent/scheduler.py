@@ -6,6 +6,7 @@ or asleep into one. Start times are jittered so the stores of a chain do not all
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
@@ -13,9 +14,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from agent import backup
 from agent.central_client import CentralError
 from agent.clock import business_day, utcnow
+from agent.disk_space import MB
 from agent.reconcile import reconcile
+from agent.retention import RetentionPolicy, run_retention
 from agent.settings import Settings
 from agent.sync import Sync
 
@@ -70,4 +74,65 @@ def build_scheduler(settings: Settings, sync: Sync) -> AsyncIOScheduler:
         coalesce=True,
         misfire_grace_time=6 * 3600,  # a till switched on late in the morning still reconciles yesterday
     )
+    add_storage_jobs(scheduler, settings, sync)
     return scheduler
+
+
+# A till is often switched off at night, so daily work is not tied to an hour: the backup is checked for every
+# hour and taken when the newest is about a day old; retention runs a while after each start, then daily.
+BACKUP_CHECK_EVERY = timedelta(hours=1)
+BACKUP_DUE_AFTER = timedelta(hours=23)
+
+
+def add_storage_jobs(scheduler: AsyncIOScheduler, settings: Settings, sync: Sync) -> None:
+    storage = settings.storage
+
+    async def backup_when_due() -> None:
+        newest = backup.latest_backup_at(storage.backup_folder)
+        if newest is not None and utcnow() - newest < BACKUP_DUE_AFTER:
+            return
+        try:
+            result = await asyncio.to_thread(  # off the loop: copying and verifying take seconds
+                backup.take_backup, storage.database, storage.backup_folder, storage.backup_keep_days, min_free_bytes=storage.min_free_mb * MB
+            )
+        except (backup.BackupError, OSError) as exc:
+            log.error("backup failed", extra={"error": str(exc)})
+            return
+        log.info(
+            "backup taken",
+            extra={"path": str(result.path), "size_mb": round(result.size_bytes / MB, 1), "seconds": round(result.seconds, 2),
+                   "journal_rows": result.journal_rows, "old_backups_deleted": len(result.removed)},
+        )  # fmt: skip
+
+    async def retention() -> None:
+        policy = RetentionPolicy(storage.journal_retention_days, storage.print_job_retention_days, storage.member_retention_days)
+        report = await asyncio.to_thread(run_retention, sync.engine, sync.cache, policy)
+        log.info(
+            "retention",
+            extra={"journal_rows": report.journal_rows, "print_jobs": report.print_jobs, "members": report.members,
+                   "seconds": round(report.seconds, 2)},
+        )  # fmt: skip
+        for station, (seq, hash_) in report.checkpoints.items():
+            # A record of the chain's new starting point outside the database, too.
+            log.info("journal checkpoint", extra={"station": station, "seq": seq, "hash": hash_})
+        for reason in report.held_back:
+            log.warning("journal rows kept past their retention", extra={"reason": reason})
+
+    scheduler.add_job(
+        backup_when_due,
+        IntervalTrigger(seconds=BACKUP_CHECK_EVERY.total_seconds(), jitter=300),
+        id="backup",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=int(BACKUP_CHECK_EVERY.total_seconds()),
+        next_run_time=utcnow() + timedelta(minutes=5),
+    )
+    scheduler.add_job(
+        retention,
+        IntervalTrigger(days=1, jitter=600),
+        id="retention",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=6 * 3600,
+        next_run_time=utcnow() + timedelta(minutes=15),
+    )
