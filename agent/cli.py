@@ -128,12 +128,70 @@ def journal_verify(config_path: Path) -> None:
     finally:
         engine.dispose()
     if report.ok:
-        click.echo(f"journal OK: {report.rows} rows, {report.stations} station(s)")
+        purged = f", {report.purged} older rows purged by retention (chains start at their checkpoints)" if report.purged else ""
+        click.echo(f"journal OK: {report.rows} rows, {report.stations} station(s){purged}")
         return
     broken = report.first_break
     where = f"row seq={broken.seq}" + (f" id={broken.id} station={broken.station_id}" if broken.id else "")
     click.echo(f"journal BROKEN at {where}: {broken.reason}", err=True)
     sys.exit(1)
+
+
+@cli.command("backup")
+@CONFIG_OPTION
+@click.option("--to", "to", type=click.Path(dir_okay=False, path_type=Path), help="Write this file instead of a dated one in storage.backup_dir.")
+def backup_now(config_path: Path, to: Path | None) -> None:
+    """Back the database up now, while the agent runs if it does, and verify the copy; exit 1 if it failed."""
+    from agent.backup import BackupError, take_backup
+    from agent.disk_space import MB
+
+    storage = _load(config_path).settings.storage
+    try:
+        result = take_backup(storage.database, storage.backup_folder, storage.backup_keep_days, min_free_bytes=storage.min_free_mb * MB, to=to)
+    except (BackupError, OSError) as exc:
+        click.echo(f"error: backup failed: {exc}", err=True)
+        sys.exit(1)
+    removed = f"; {len(result.removed)} backup(s) older than {storage.backup_keep_days} days deleted" if result.removed else ""
+    click.echo(f"backup {result.path}: {result.size_bytes / MB:.1f} MB, {result.journal_rows} journal rows, verified, {result.seconds:.1f} s{removed}")
+
+
+@cli.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@CONFIG_OPTION
+@click.option("--yes", is_flag=True, help="Restore without asking (what the current database would lose is still printed).")
+def restore_backup(file: Path, config_path: Path, yes: bool) -> None:
+    """Replace the database with the backup FILE, once it is verified; the agent must be stopped. The current
+    database is kept aside as agent.db.before-restore-<time>."""
+    from agent.backup import BackupError, RestoreRefused, restore
+
+    settings = _load(config_path).settings
+
+    def confirm(check, current) -> bool:
+        click.echo(f"backup {check.path}: schema {check.schema_revision}, {check.journal_rows} journal rows"
+                   f" (station {', '.join(check.stations) or 'none'}), verified")  # fmt: skip
+        if not current.readable:
+            click.echo(f"the current database cannot be read ({current.problem}); it will be kept aside")
+        elif current.loses_something:
+            click.secho(
+                f"the current database holds {current.newer_rows} transaction(s) after this backup, {current.unconfirmed_rows} not yet "
+                f"confirmed by central, {current.open_sales} open sale(s) and {current.pending_refunds} refund(s) in flight: after the "
+                "restore they are only in the copy kept aside",
+                fg="yellow",
+            )
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise RestoreRefused("not restored: add --yes to restore without a question")
+        return click.confirm(f"replace {settings.storage.database} with this backup?", default=False)
+
+    try:
+        result = restore(file, settings.storage.database, api_host=settings.api.host, api_port=settings.api.port,
+                         station_id=settings.station.id, confirm=confirm)  # fmt: skip
+    except (BackupError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    kept = f"; the previous database is kept as {result.kept_aside}" if result.kept_aside else ""
+    click.echo(f"restored {file} into {settings.storage.database}{kept}. Start the agent (systemctl start pos-edge): it upgrades an older schema itself")
 
 
 @cli.group()
