@@ -223,11 +223,17 @@ def member_lookup(config_path: Path, card_no: str | None, unionid: str | None, p
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
-def devices(as_json: bool) -> None:
+@click.option("--udev", "as_udev", is_flag=True, help="udev rules giving what is attached stable names (/dev/pos-scanner-1, /dev/pos-printer) and the agent's groups.")
+def devices(as_json: bool, as_udev: bool) -> None:
     """List scanners, cameras and printers attached to this host, each with the URL to put in settings."""
     from drivers.discovery import discover
 
     found = discover()
+    if as_udev:
+        from agent.udev import rules, usb_identity
+
+        click.echo(rules([usb_identity(device) for device in found]), nl=False)
+        return
     if as_json:
         click.echo(json.dumps([d.as_dict() for d in found], ensure_ascii=False, indent=2))
         return
