@@ -245,6 +245,47 @@ def devices(as_json: bool, as_udev: bool) -> None:
 
 
 @cli.group()
+def db() -> None:
+    """The agent's database."""
+
+
+@db.command("migrate")
+@CONFIG_OPTION
+def db_migrate(config_path: Path) -> None:
+    """Upgrade the database's schema to this release's (the installer runs it before switching releases).
+
+    One transaction: a migration that fails leaves the schema as it was, and the command exits 1."""
+    from agent.db import schema_revision
+
+    path = _load(config_path).settings.storage.database
+    before = _peek_schema(path)
+    engine = open_database(path)
+    try:
+        after = schema_revision(engine)
+    finally:
+        engine.dispose()
+    change = f"upgraded from {before or 'empty'} to {after}" if before != after else f"already at {after}"
+    click.echo(f"database {path}: schema {change}")
+
+
+def _peek_schema(path: Path) -> str | None:
+    """The schema revision of an existing database, read without writing to it (None if new or unreadable)."""
+    import sqlite3
+
+    if not path.exists():
+        return None
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+@cli.group()
 def sync() -> None:
     """Exchange data with the central service."""
 
