@@ -261,7 +261,7 @@ class StorageSettings(Section):
         description="transactions central confirmed are purged from the till after this; also how old a sale the till can still refund",
     )  # fmt: skip
     print_job_retention_days: int = Field(
-        7, ge=1, le=3650, examples=[7], description="printed receipts' bytes are purged after this (a reprint is rendered again from the journal)"
+        3, ge=1, le=3650, examples=[3], description="printed receipts' bytes are purged after this (a reprint is rendered again from the journal)"
     )
     member_retention_days: int = Field(
         365, ge=30, le=3650, examples=[365], description="cached members not identified here for this long lose their personal data on the till"
