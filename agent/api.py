@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import asyncio
 import secrets
 from dataclasses import asdict
 from datetime import datetime
@@ -20,9 +21,11 @@ from agent import __version__
 from agent.central_client import CentralError
 from agent.checkout import CheckoutError
 from agent.checkout_api import checkout_router, sessions_router
-from agent.clock import from_storage, utcnow
+from agent.clock import utcnow
 from agent.db import reader, schema_revision
+from agent.health import health_router
 from agent.ids import new_transaction_id
+from agent.metrics import read_database_figures
 from agent.print_queue import JobNotFound, JobStateError, JobView
 from agent.receipts import test_page
 from agent.sync import reached_central
@@ -138,30 +141,24 @@ devices_router = APIRouter(prefix="/v1", tags=["devices"])
 printer_router = APIRouter(prefix="/v1/printer", tags=["printer"])
 
 
-@status_router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
 @status_router.get("/v1/status")
 async def status(state: StateDep) -> AgentStatus:
     """Devices, online or offline, how far behind the push to central is, outbox depth and the print queue."""
     settings = state.settings
-    with reader(state.engine) as connection:
-        count = lambda sql: connection.exec_driver_sql(sql).scalar_one()  # noqa: E731
-        database = DatabaseStatus(
-            path=str(settings.storage.database),
-            schema_revision=schema_revision(state.engine),
-            members=count("SELECT count(*) FROM member"),
-            journal_rows=count("SELECT count(*) FROM journal"),
-            outbox_pending=count("SELECT count(*) FROM outbox WHERE status = 'pending'"),
-            outbox_rejected=count("SELECT count(*) FROM outbox WHERE status = 'rejected'"),
-        )
-        oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
+    figures = await asyncio.to_thread(read_database_figures, state.engine)  # the same figures /metrics shows
+    database = DatabaseStatus(
+        path=str(settings.storage.database),
+        schema_revision=await asyncio.to_thread(schema_revision, state.engine),
+        members=figures.members,
+        journal_rows=figures.journal_rows,
+        outbox_pending=figures.outbox_pending,
+        outbox_rejected=figures.outbox_rejected,
+    )
     checkout = None
     if state.checkout is not None:
         printer = state.devices.printer.status if state.devices and state.devices.printer else None
-        lag = None if oldest is None else int((utcnow() - from_storage(oldest)).total_seconds())
+        lag = figures.sync_lag(utcnow())
+        lag = None if lag is None else int(lag.total_seconds())
         checkout = CheckoutStatus(
             online=await state.checkout.connectivity.online(),
             open_session=state.checkout.current.id if state.checkout.current else None,
@@ -358,6 +355,7 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
             message_zh="系统错误，请重试或联系管理员",
         )
 
+    app.include_router(health_router)
     app.include_router(status_router)
     app.include_router(devices_router)
     app.include_router(printer_router)

@@ -20,12 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
 from drivers.base import Backoff, DeviceError, PaperOut
+
+if TYPE_CHECKING:
+    from agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,7 @@ class PrintQueue:
         self._since = utcnow()
         # Called on the worker thread with the job id once a job has printed (the checkout tells the screens).
         self.on_printed: Callable[[str], None] | None = None
+        self.metrics: AgentMetrics | None = None  # counts prints and failed attempts (agent/metrics.py)
 
     # --- what the till and the API call -------------------------------------------------------------------
 
@@ -240,12 +245,14 @@ class PrintQueue:
             except DeviceError as exc:
                 state = PrinterState.PAPER_OUT if isinstance(exc, PaperOut) else PrinterState.OFFLINE
                 self._finish(job_id, "queued", str(exc))
+                self._count_failure(state.value)
                 self._set_state(state, str(exc))
                 self._wake.wait(self._backoff.next())
                 self._wake.clear()
             except Exception as exc:  # a bug must not lose the job or kill the worker
                 log.exception("print job failed", extra={"printer": self.printer_id, "job": job_id})
                 self._finish(job_id, "queued", f"{type(exc).__name__}: {exc}")
+                self._count_failure("error")
                 self._set_state(PrinterState.OFFLINE, f"{type(exc).__name__}: {exc}")
                 self._wake.wait(self._backoff.next())
                 self._wake.clear()
@@ -254,8 +261,14 @@ class PrintQueue:
                 self._backoff.reset()
                 self._set_state(PrinterState.READY, None)
                 log.info("printed", extra={"printer": self.printer_id, "job": job_id, "bytes": len(data)})
+                if self.metrics is not None:
+                    self.metrics.print_done(self.printer_id)
                 if self.on_printed is not None:
                     self.on_printed(job_id)
+
+    def _count_failure(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.print_failed(self.printer_id, reason)
 
     def _claim_next(self) -> tuple[str, bytes] | None:
         with self.engine.begin() as connection:

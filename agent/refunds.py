@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -38,6 +39,9 @@ from agent.member_cache import MemberCache
 from agent.receipt_printing import ReceiptPrinting
 from agent.settings import Settings
 from central.contract import Refund, RefundRequest
+
+if TYPE_CHECKING:
+    from agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,7 @@ class Refunds:
         self._push_soon = push_soon or (lambda: None)
         self._lock = asyncio.Lock()
         self._followers: dict[str, asyncio.Task] = {}
+        self.metrics: AgentMetrics | None = None  # counts refunds (agent/metrics.py)
 
     def find(self, reference: str) -> JournalRecord:
         """A transaction by its id or its receipt number (the barcode on the receipt)."""
@@ -198,6 +203,8 @@ class Refunds:
         for part in refused:  # another code part was refunded: this one goes back in cash, so the refund is whole
             part["instead_of"], part["kind"] = part["kind"], "cash"
         record = await asyncio.to_thread(self._journal, sale, pending, await self.connectivity.online())
+        if self.metrics is not None:
+            self.metrics.refund_journaled(record.body["tenders"])
         if self._receipts is not None:
             self._receipts.wake()
         self._push_soon()

@@ -26,6 +26,7 @@ from agent.identify import Identifier
 from agent.journal import Journal
 from agent.member_cache import MemberCache
 from agent.member_code_gate import MemberCodeGate
+from agent.metrics import AgentMetrics
 from agent.receipt_printing import ReceiptPrinting
 from agent.refunds import Refunds
 from agent.scans import ScanRouter
@@ -59,6 +60,7 @@ class AgentState:
     checkout: Checkout | None = None
     refunds: Refunds | None = None
     receipts: ReceiptPrinting | None = None  # None: the station has no printer
+    metrics: AgentMetrics | None = None  # what /metrics shows
 
 
 def open_state(settings: Settings) -> AgentState:
@@ -124,6 +126,8 @@ def build_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(state.devices.start)
             if state.devices.printer is not None:
                 state.devices.printer.on_printed = state.checkout.on_printed_threadsafe(asyncio.get_running_loop())
+            state.metrics = AgentMetrics.for_settings(settings)
+            state.metrics.watch(state)  # before recovery: a sale it finishes is counted
             await state.checkout.recover()
             await state.refunds.recover()
             if settings.central.token.get_secret_value():

@@ -18,6 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -28,6 +29,9 @@ from agent.db import reader
 from agent.member_cache import CachedCoupon, MemberCache, MemberChange
 from agent.member_code_gate import MemberCodeGate, PublicKeyRecord
 from central import contract
+
+if TYPE_CHECKING:
+    from agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +119,7 @@ class Sync:
     page_size: int = 1000
     push_health: JobHealth = field(default_factory=lambda: JobHealth("push"))
     pull_health: JobHealth = field(default_factory=lambda: JobHealth("pull"))
+    metrics: AgentMetrics | None = None  # counts rows pushed by central's answer (agent/metrics.py)
 
     # --- jobs, as the scheduler runs them ----------------------------------------------------------------------
 
@@ -182,6 +187,8 @@ class Sync:
             )
         for transaction_id, reason in unreadable.items():
             log.error("transaction cannot be sent", extra={"transaction": transaction_id, "reason": reason})
+        if self.metrics is not None:
+            self.metrics.rows_pushed("unreadable", len(unreadable))
 
     def _apply_push(self, result: contract.BatchResult) -> PushReport:
         done = [(row.id,) for row in result.results if row.status in ("accepted", "duplicate")]
@@ -202,13 +209,17 @@ class Sync:
                 )
         for row in rejected:
             log.error("central rejected a transaction", extra={"transaction": row.id, "reason": row.reason, "detail": row.message or ""})
-        return PushReport(
+        report = PushReport(
             sent=len(result.results),
             accepted=sum(1 for row in result.results if row.status == "accepted"),
             duplicate=sum(1 for row in result.results if row.status == "duplicate"),
             rejected=len(rejected),
             balances=len(result.balances),
         )
+        if self.metrics is not None:
+            for name in ("accepted", "duplicate", "rejected"):
+                self.metrics.rows_pushed(name, getattr(report, name))
+        return report
 
     # --- pull --------------------------------------------------------------------------------------------------
 
