@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         168, ge=0, le=24 * 365, examples=[168], description="how long a rotated member-code key still verifies"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", examples=["INFO"])
+    metrics_token: SecretStr | None = Field(
+        None, examples=["set POS_CENTRAL_METRICS_TOKEN; what Prometheus sends as its bearer token"],
+        description="bearer token for GET /metrics, at least 16 characters; without it /metrics is off",
+    )  # fmt: skip
 
     # --- payments (docs/PAYMENTS.md) -------------------------------------------------------------------------
     # WeChat Pay API v2. Without wechat_base_url WeChat Pay is not configured and its codes are refused (422).
@@ -118,10 +122,10 @@ class Settings(BaseSettings):
         # The environment overrides the file.
         return (env_settings, init_settings)
 
-    @field_validator("phone_hash_key")
+    @field_validator("phone_hash_key", "metrics_token")
     @classmethod
-    def _long_enough(cls, value: SecretStr) -> SecretStr:
-        if len(value.get_secret_value()) < 16:
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         return value
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -13,7 +16,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from starlette.exceptions import HTTPException
 
 from central import __version__, contract, keys
@@ -21,6 +26,7 @@ from central.clock import utcnow
 from central.config import Settings
 from central.db import write_session
 from central.errors import CentralError, Unauthorized
+from central.metrics import CentralMetrics
 from central.payments.cards import CardSync
 from central.payments.gateway import Gateway
 from central.payments.orphans import OrphanWatch
@@ -36,6 +42,7 @@ DESCRIPTION = (
     "`Authorization: Bearer <store token>` and `X-Store-Id`. Models: `central/contract.py`."
 )
 _ERRORS = {status: {"model": contract.ErrorBody} for status in (400, 401, 403, 422)}
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
@@ -47,7 +54,7 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
             keys.ensure_key(session, utcnow())  # a member-code key exists before the first store asks
             session.commit()
         # Payments run as tasks in this loop; unfinished ones are resumed from the database.
-        gateway = Gateway(settings, engine, app.state.payment_providers, **app.state.payment_options)
+        gateway = Gateway(settings, engine, app.state.payment_providers, metrics=app.state.metrics, **app.state.payment_options)
         card_sync = CardSync.from_settings(settings, engine)
         orphan_watch = OrphanWatch.from_settings(settings, engine, gateway)  # payments no sale holds (orphans.py)
         await gateway.start()
@@ -70,6 +77,8 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
     app.state.payment_providers = build_providers(settings)
     app.state.payment_options = {}  # tests: Gateway keyword arguments (clock, sleep, timings)
     app.state.gateway = app.state.card_sync = app.state.orphan_watch = None
+    app.state.metrics = CentralMetrics(engine)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     for router in (members.router, transactions.router, stores.router, keys_routes.router, payments.router):
         app.include_router(router, prefix=contract.API_PREFIX, responses=_ERRORS)
 
@@ -78,6 +87,20 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
         """Liveness, without credentials."""
         return {"status": "ok"}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format, for the bearer token `metrics_token`; refused while none is set."""
+        expected = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
+        sent = request.headers.get("authorization", "")
+        given = sent[7:] if sent.lower().startswith("bearer ") else ""
+        if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized(
+                "send the metrics token: Authorization: Bearer <metrics_token>"
+                if expected else "metrics are off: set metrics_token (POS_CENTRAL_METRICS_TOKEN) and send it as a bearer token"
+            )
+        # Collecting reads the database: in a worker thread, never on the loop.
+        return Response(await asyncio.to_thread(generate_latest, app.state.metrics.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
     app.add_exception_handler(CentralError, _central_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -85,6 +108,43 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
+
+
+class RequestMetrics:
+    """Counts every HTTP answer by route template and status, and times it (an ASGI middleware: no body copy)."""
+
+    def __init__(self, app, metrics: CentralMetrics):
+        self.app = app
+        self.metrics = metrics
+        self._templates: dict[int, str] | None = None  # route -> its whole path template, prefixes included
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when the app raises before answering
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            method = scope["method"] if scope["method"] in METHODS else "other"  # a client may send any word
+            self.metrics.request_done(method, self._template(scope), status, time.perf_counter() - started)
+
+    def _template(self, scope) -> str:
+        """The matched route's template (`/v1/payments/{out_trade_no}`), never the path as sent: it holds ids."""
+        route = scope.get("route")  # set by the router once a route matched
+        if route is None:
+            return "unmatched"
+        if self._templates is None:  # the routes are all in place by the first request
+            self._templates = {id(c.original_route): c.path for c in iter_route_contexts(scope["app"].routes) if c.path}
+        return self._templates.get(id(route)) or getattr(route, "path", None) or "unmatched"
 
 
 def _error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -46,7 +46,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -67,6 +67,9 @@ from central.payments.provider import (
     RefundStatus,
     Result,
 )
+
+if TYPE_CHECKING:
+    from central.metrics import CentralMetrics
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +157,7 @@ class Gateway:
         timings: Timings | None = None,
         clock: Clock = utcnow,
         sleep: Sleep = asyncio.sleep,
+        metrics: CentralMetrics | None = None,
     ):
         self.settings = settings
         self.engine = engine
@@ -165,6 +169,7 @@ class Gateway:
         self._events: dict[str, asyncio.Event] = {}
         self._again: set[str] = set()
         self._stopping = False
+        self.metrics = metrics  # counts payments by outcome (central/metrics.py)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -362,6 +367,7 @@ class Gateway:
             raise NotFound(f"no payment {out_trade_no} at this store")
         if created:
             self._notify(out_trade_no)
+            self._ended(row, row.state, row.code)
             return _wire(row, self)
         return await self.cancel(store_id, out_trade_no)
 
@@ -628,13 +634,15 @@ class Gateway:
                 return  # no news
             await self._move(otn, allowed, "USERPAYING", action, code=result.code, reasons=(result.reason_zh, result.reason_en))
         elif result.outcome is Outcome.FAILED:
-            await self._move(
+            if await self._move(
                 otn, allowed, "FAILED", action, code=result.code, reasons=(result.reason_zh, result.reason_en), final=True
-            )
+            ):
+                self._ended(row, "FAILED", result.code)
         elif result.outcome is Outcome.REVERSED:
-            await self._move(
+            if await self._move(
                 otn, allowed, "REVERSED", action, code=result.code, reasons=(result.reason_zh, result.reason_en), final=True
-            )
+            ):
+                self._ended(row, "REVERSED", result.code)
         elif row.state == "PENDING":  # UNKNOWN, NOT_FOUND: keep asking
             await self._move(otn, ("PENDING",), "UNKNOWN", action, code=result.code, reasons=(result.reason_zh, result.reason_en))
 
@@ -661,7 +669,7 @@ class Gateway:
             if answer.done:
                 await self._record(otn, "reverse", "DONE", answer.code, None)
                 cause = row.code if row.code in REASONS else None
-                await self._move(
+                if await self._move(
                     otn,
                     ("REVERSING",),
                     "REVERSED",
@@ -669,7 +677,8 @@ class Gateway:
                     code=cause or answer.code,
                     reasons=REASONS.get(cause or "CANCELLED"),
                     final=True,
-                )
+                ):
+                    self._ended(row, "REVERSED", cause or answer.code)
                 return
             if answer.recall:
                 await self._record(otn, "reverse", "RECALL", answer.code, None)
@@ -679,6 +688,11 @@ class Gateway:
             await self._record(otn, "reverse", "NOT_DONE", answer.code, None)
             log.warning("payment %s: reverse not done (%s), try %d; trying again", otn, answer.code, failures)
             await self.sleep(self._backoff(failures))
+
+    def _ended(self, row: sa.Row, state: str, code: str | None) -> None:
+        """Count a payment this process just moved to a final state."""
+        if self.metrics is not None:
+            self.metrics.payment_ended(row.provider, state, code, row.charge_sent_at, self.clock())
 
     def _backoff(self, failures: int) -> float:
         return min(self.timings.retry_max, self.timings.poll * 2 ** min(failures - 1, 16))
@@ -934,6 +948,7 @@ class Gateway:
                 )
             )
             session.commit()
+        self._ended(row, "SUCCESS", result.code)
         log.info("payment %s → SUCCESS", out_trade_no)
 
     def _event_row(

@@ -7,7 +7,7 @@ import hmac
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from central import contract, feed, identity
 from central.deps import CurrentStore, Now, ReadSessionDep, SessionDep, SettingsDep
@@ -19,6 +19,7 @@ router = APIRouter(prefix="/members", tags=["members"])
 
 @router.get("/changes", response_model=contract.ChangesPage)
 def changes(
+    request: Request,
     session: ReadSessionDep,
     store: CurrentStore,
     settings: SettingsDep,
@@ -29,6 +30,7 @@ def changes(
     """Members changed after `cursor`, in version order: upserts with their full state, and tombstones."""
     size = min(limit or settings.default_page_size, settings.max_page_size)
     page = feed.changes_page(session, feed.parse_cursor(cursor), size, now)
+    request.app.state.metrics.feed_served(store, page.next_cursor)  # how far behind the head this store is left
     # Serialized here once: FastAPI would validate the page again first, doubling the cost of a full sync.
     return Response(page.model_dump_json(), media_type="application/json")
 

@@ -45,6 +45,7 @@ def ingest_batch(
     """Ingest journal rows: per row accepted, duplicate or rejected (with a reason), plus the authoritative
     points balance of every member the rows touch. Retrying a batch is always safe."""
     result = transactions.ingest(session, store, rows, now)
+    request.app.state.metrics.batch_ingested(result)
     card_sync = getattr(request.app.state, "card_sync", None)
     if card_sync is not None:
         card_sync.wake()  # new points may be waiting for member cards
