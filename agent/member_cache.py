@@ -135,11 +135,13 @@ WHERE i.kind = ? AND i.value = ?
 # hash, WeChat/Alipay ids). Kept: id, tier, points, coupons and card numbers, so a member code or a card still
 # identifies the member offline; the feed or an online lookup brings the rest back.
 _PERSONAL_KIND = "kind <> 'card_no'"
+# Walked in rowid order from where the last batch ended, so members already purged are passed over once.
 _HOLDS_PERSONAL_DATA = f"""
-SELECT id FROM member AS m
-WHERE COALESCE(m.last_seen_at, m.updated_at) < ?
+SELECT m.rowid, m.id FROM member AS m
+WHERE m.rowid > ? AND COALESCE(m.last_seen_at, m.updated_at) < ?
   AND (m.display_name <> '' OR m.phone_masked IS NOT NULL
        OR EXISTS (SELECT 1 FROM member_identifier AS i WHERE i.member_id = m.id AND i.{_PERSONAL_KIND}))
+ORDER BY m.rowid
 LIMIT ?
 """
 # Seen once a day is precise enough for a retention counted in months, and spares a write at most identifications.
@@ -252,14 +254,20 @@ class MemberCache:
         except sa.exc.OperationalError as exc:
             log.warning("member last-seen time not saved", extra={"error": str(exc.orig)})
 
-    def purge_personal_data(self, not_seen_since: datetime, limit: int = 1000) -> int:
-        """Drop the personal data of up to `limit` members not seen since then, in one transaction; how many."""
-        with self.engine.begin() as connection:
-            ids = [(row[0],) for row in connection.exec_driver_sql(_HOLDS_PERSONAL_DATA, (to_storage(not_seen_since), limit))]
-            if ids:
-                connection.exec_driver_sql("UPDATE member SET display_name = '', phone_masked = NULL WHERE id = ?", ids)
-                connection.exec_driver_sql(f"DELETE FROM member_identifier WHERE member_id = ? AND {_PERSONAL_KIND}", ids)
-        return len(ids)
+    def purge_personal_data(self, not_seen_since: datetime, batch_size: int = 1000) -> int:
+        """Drop the personal data of members not seen since then, `batch_size` members per transaction; how many."""
+        purged, after = 0, 0
+        while True:
+            with self.engine.begin() as connection:
+                found = connection.exec_driver_sql(_HOLDS_PERSONAL_DATA, (after, to_storage(not_seen_since), batch_size)).all()
+                ids = [(member_id,) for _, member_id in found]
+                if ids:
+                    connection.exec_driver_sql("UPDATE member SET display_name = '', phone_masked = NULL WHERE id = ?", ids)
+                    connection.exec_driver_sql(f"DELETE FROM member_identifier WHERE member_id = ? AND {_PERSONAL_KIND}", ids)
+            purged += len(ids)
+            if len(found) < batch_size:
+                return purged
+            after = found[-1][0]
 
     def count(self) -> int:
         with reader(self.engine) as connection:

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from agent.clock import to_storage, utcnow
+from agent.db import reader
 from agent.journal import purge_through
 from agent.member_cache import MemberCache
 
@@ -39,13 +40,14 @@ BATCH_SIZE = 500  # rows per transaction: short enough that a sale waiting for t
 _OLDEST = """
 SELECT j.seq, j.id, j.kind, j.created_at, j.hash, json_extract(j.body, '$.original_id') AS original_id,
        o.status AS outbox_status,
-       EXISTS (SELECT 1 FROM pending_refund AS r WHERE r.sale_id = j.id) AS refund_in_flight,
-       EXISTS (SELECT 1 FROM print_job AS p WHERE p.journal_id = j.id AND p.status IN ('queued', 'sending', 'uncertain')) AS printing
+       EXISTS (SELECT 1 FROM pending_refund AS r WHERE r.sale_id = j.id) AS refund_in_flight
 FROM journal AS j LEFT JOIN outbox AS o ON o.journal_id = j.id
 WHERE j.station_id = ?
 ORDER BY j.seq
 LIMIT ?
 """
+# Few at any time; print_job has no index on journal_id, so they are read once per batch.
+_UNFINISHED_RECEIPTS = "SELECT journal_id FROM print_job WHERE status IN ('queued', 'sending', 'uncertain') AND journal_id IS NOT NULL"
 _FINISHED_PRINT_JOBS = """
 DELETE FROM print_job WHERE seq IN (
     SELECT seq FROM print_job WHERE status IN ('printed', 'cancelled') AND updated_at < ? ORDER BY seq LIMIT ?
@@ -83,9 +85,7 @@ def run_retention(
     now = now or utcnow()
     journal_rows, held_back, checkpoints = purge_journal(engine, now - timedelta(days=policy.journal_days), now, policy.batch_size, after_batch)
     print_jobs = purge_print_jobs(engine, now - timedelta(days=policy.print_job_days), policy.batch_size)
-    purged_members = 0
-    while batch := members.purge_personal_data(now - timedelta(days=policy.member_days), policy.batch_size):
-        purged_members += batch
+    purged_members = members.purge_personal_data(now - timedelta(days=policy.member_days), policy.batch_size)
     return RetentionReport(journal_rows, print_jobs, purged_members, held_back, checkpoints, time.monotonic() - started)
 
 
@@ -96,14 +96,15 @@ def purge_journal(
     """Purge each station's oldest rows that may go (module docstring); rows purged, why stations stopped early,
     and each station's new checkpoint."""
     cutoff = to_storage(before)
-    with engine.connect() as connection:
+    with reader(engine) as connection:
         stations = connection.exec_driver_sql("SELECT DISTINCT station_id FROM journal ORDER BY 1").scalars().all()
     total, held_back, checkpoints = 0, [], {}
     for station in stations:
         while True:
             with engine.begin() as connection:
                 rows = connection.exec_driver_sql(_OLDEST, (station, batch_size)).mappings().all()
-                taken, reason = _purgeable_prefix(connection, rows, cutoff)
+                unprinted = set(connection.exec_driver_sql(_UNFINISHED_RECEIPTS).scalars())
+                taken, reason = _purgeable_prefix(connection, rows, unprinted, cutoff)
                 if taken:
                     last = taken[-1]
                     total += purge_through(connection, station, last["seq"], last["hash"], len(taken), now)
@@ -118,7 +119,7 @@ def purge_journal(
     return total, tuple(held_back), checkpoints
 
 
-def _purgeable_prefix(connection: sa.Connection, rows, cutoff: str) -> tuple[list, str | None]:
+def _purgeable_prefix(connection: sa.Connection, rows, unprinted: set[str], cutoff: str) -> tuple[list, str | None]:
     """The leading rows that may go, and why the next one may not (None: old enough rows ran out, or the batch)."""
     taken: list = []
     ids: set[str] = set()
@@ -129,7 +130,7 @@ def _purgeable_prefix(connection: sa.Connection, rows, cutoff: str) -> tuple[lis
             return taken, f"transaction {row['id']} (seq {row['seq']}) is not confirmed by central ({row['outbox_status']})"
         if row["refund_in_flight"]:
             return taken, f"a refund of sale {row['id']} (seq {row['seq']}) is still in flight"
-        if row["printing"]:
+        if row["id"] in unprinted:
             return taken, f"the receipt of transaction {row['id']} (seq {row['seq']}) has not printed or waits for a person"
         original = row["original_id"] if row["kind"] == "refund" else None
         if original and original not in ids and _still_journaled(connection, original):

@@ -337,13 +337,14 @@ def member(member_id: str, card: str) -> MemberChange:
     )  # fmt: skip
 
 
-def test_personal_data_of_members_not_seen_goes_and_what_identifies_them_offline_stays(engine, cache):
+@pytest.mark.parametrize("batch_size", [1, 500])
+def test_personal_data_of_members_not_seen_goes_and_what_identifies_them_offline_stays(engine, cache, batch_size):
     cache.apply([member("gone", "88000001"), member("seen", "88000002"), member("new", "88000003")], now=NOW - timedelta(days=400))
     cache.mark_seen("seen", NOW - timedelta(days=10))
-    cache.apply([member("new", "88000003")], now=NOW - timedelta(days=400))  # a feed change does not count as seen...
+    cache.apply([member("new", "88000003")], now=NOW - timedelta(days=300))  # a feed change does not count as seen...
     cache.apply([member("fresh", "88000004")], now=NOW - timedelta(days=5))  # ...arriving in the cache does
 
-    report = run_retention(engine, cache, POLICY, now=NOW)
+    report = run_retention(engine, cache, RetentionPolicy(180, 7, 365, batch_size=batch_size), now=NOW)
 
     assert report.members == 2
     purged = cache.lookup("card_no", "88000001")
