@@ -272,7 +272,8 @@ def _schema_revision(connection: sa.Connection, path: Path) -> str:
 
 
 def agent_running(database: Path, api_host: str | None = None, api_port: int | None = None) -> str | None:
-    """Why the agent looks to be running (a process has the database open, or its API answers), or None."""
+    """Why the agent looks to be running (a process has the database open, or its API answers), or None.
+    Ask from a process that does not have the database open itself: POSIX locks never conflict within a process."""
     shm = _sidecar(Path(database), "-shm")
     try:
         fd = os.open(shm, os.O_RDWR)
