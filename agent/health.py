@@ -85,7 +85,11 @@ def device_parts(state: Any) -> list[Part]:
         detail = f"working: {', '.join(working)}" if working else "no scanner or camera is working: the customer cannot scan"
         parts.append(Part("scanning", "scanners", bool(working), "ok" if working else "none", True, detail))
     if devices.printer is not None:
-        queue = devices.printer.status
+        try:
+            queue = devices.printer.status  # its counts come from the database
+        except sa.exc.SQLAlchemyError:
+            parts.append(Part(devices.printer.printer_id, "printer", False, "unknown", False, "its queue cannot be read"))
+            return parts
         # Out of paper or off, the receipt waits in the queue: reported, never a reason to stop selling.
         detail = f"{queue.queued} queued, {queue.uncertain} uncertain" + (f"; {queue.reason}" if queue.reason else "")
         parts.append(Part(queue.printer_id, "printer", queue.state in PRINTER_UP, queue.state.value, False, detail))
