@@ -15,7 +15,8 @@
 #   /etc/pos-edge/secrets.env                 tokens (0600 root:root), an API token generated when missing
 #   /var/lib/pos-edge/                        the database and backups/ (0700 pos-edge)
 #   /etc/systemd/system/pos-edge{,-kiosk}.service, /etc/modules-load.d/pos-edge.conf,
-#   /etc/udev/rules.d/70-pos-edge.rules (a template, never overwritten)
+#   /etc/udev/rules.d/70-pos-edge.rules (a template, never overwritten), /usr/local/bin/pos-edge
+#   --extras hid adds python-evdev for keyboard-wedge scanners (added by itself when the settings name hid://).
 #
 # An upgrade stops the agent, backs the database up, migrates it with the new release, then switches `current`
 # and starts the agent. If the migration fails, the backup is put back, `current` stays on the old release, the
@@ -33,6 +34,7 @@ STATE_DIR=/var/lib/pos-edge
 UNIT_DIR=/etc/systemd/system
 UDEV_RULES=/etc/udev/rules.d/70-pos-edge.rules
 MODULES_CONF=/etc/modules-load.d/pos-edge.conf
+COMMAND_LINK=/usr/local/bin/pos-edge
 AGENT_USER=pos-edge
 KIOSK_USER=pos-kiosk
 DEVICE_GROUPS=(dialout lp video input)
@@ -186,14 +188,15 @@ wheel_from_source() {
     printf '%s' "$wheel"
 }
 
-# <version>-<hash of the wheel's RECORD>: the RECORD lists every file's hash, so one source gives one release
-# however often its wheel is rebuilt, and a changed file gives a new one.
+# <version>-<hash of the wheel's RECORD and the extras>: the RECORD lists every file's hash, so one source gives
+# one release however often its wheel is rebuilt, and a changed file (or another extra) gives a new one.
 release_id() {
-    "$PYTHON" - "$1" <<'EOF'
+    "$PYTHON" - "$1" "$EXTRAS" <<'EOF'
 import hashlib, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as wheel:
     record = next(n for n in wheel.namelist() if n.endswith(".dist-info/RECORD"))
-    digest = hashlib.sha256(wheel.read(record)).hexdigest()[:12]
+    extras = ",".join(sorted(filter(None, sys.argv[2].split(","))))
+    digest = hashlib.sha256(wheel.read(record) + (f"\nextras={extras}".encode() if extras else b"")).hexdigest()[:12]
     version = record.split("/")[0].removesuffix(".dist-info").split("-", 1)[1]
 print(f"{version}-{digest}")
 EOF
@@ -383,6 +386,9 @@ install_system_files() {
         install -m 0644 "$HERE/pos-edge-kiosk.service" "$(r "$UNIT_DIR/pos-edge-kiosk.service")"
     fi
     install -m 0644 "$HERE/modules-load.d/pos-edge.conf" "$(r "$MODULES_CONF")"
+    # `pos-edge doctor`, `pos-edge devices` and the rest on the PATH, always the current release's.
+    install -d -m 0755 "$(r "$(dirname "$COMMAND_LINK")")"
+    ln -sfn "$PREFIX/current/bin/pos-edge" "$(r "$COMMAND_LINK")"
     # The store fills the rules in: installed once, never overwritten.
     if [[ ! -e $(r "$UDEV_RULES") ]]; then
         install -m 0644 "$HERE/udev/70-pos-edge.rules" "$(r "$UDEV_RULES")"
@@ -393,9 +399,11 @@ install_system_files() {
         # The USB-serial and usblp modules now, not only from the next boot on (a module this kernel lacks
         # is only a warning: it may be built in).
         local module
-        { grep -v '^#' "$HERE/modules-load.d/pos-edge.conf" || true; } | while read -r module; do
-            [[ -z $module ]] || modprobe -q "$module" || say "warning: kernel module $module did not load"
-        done
+        if command -v modprobe >/dev/null; then
+            { grep -v '^#' "$HERE/modules-load.d/pos-edge.conf" || true; } | while read -r module; do
+                [[ -z $module ]] || modprobe -q "$module" || say "warning: kernel module $module did not load"
+            done
+        fi
     fi
 }
 
@@ -428,6 +436,12 @@ do_install() {
     install -d -m 0755 "$(r "$PREFIX")" "$(r "$PREFIX/releases")"
     install_settings
     install_state
+    # A keyboard-wedge scanner in the settings needs python-evdev (the hid extra), compiled on the box.
+    if grep -q '^[^#]*"hid://' "$(r "$CONF_DIR/agent.toml")" && [[ ,$EXTRAS, != *,hid,* ]]; then
+        EXTRAS=${EXTRAS:+$EXTRAS,}hid
+        say "the settings name a hid:// scanner: installing the hid extra (python-evdev) too"
+        if live; then install_packages; fi
+    fi
 
     local wheel id old
     wheel=$(wheel_from_source)
@@ -500,7 +514,7 @@ do_uninstall() {
         fi
         rm -f "$(r "$UNIT_DIR/$unit")" "$(r "$UNIT_DIR/multi-user.target.wants/$unit")"
     done
-    rm -f "$(r "$MODULES_CONF")"
+    rm -f "$(r "$MODULES_CONF")" "$(r "$COMMAND_LINK")"
     # The rules as shipped go; rules the store filled in are its settings and stay unless --purge.
     local rules
     rules=$(r "$UDEV_RULES")

@@ -268,6 +268,7 @@ def test_a_fresh_install_lays_out_users_settings_program_and_units(root: Path, w
         assert mode_owner(units / unit)[0] == 0o644
         assert os.readlink(units / "multi-user.target.wants" / unit) == f"/etc/systemd/system/{unit}"
     assert os.access(program / "libexec/pos-edge-kiosk-page", os.X_OK)
+    assert os.readlink(root / "usr/local/bin/pos-edge") == "/opt/pos-edge/current/bin/pos-edge"
     assert (root / "etc/modules-load.d/pos-edge.conf").read_text() == (REPO / "systemd/modules-load.d/pos-edge.conf").read_text()
     assert (root / "etc/udev/rules.d/70-pos-edge.rules").read_text() == (REPO / "systemd/udev/70-pos-edge.rules").read_text()
 
@@ -328,7 +329,7 @@ def test_uninstall_keeps_settings_and_data_and_purge_removes_them(root: Path):
     with_a_member(root)
     gone = ["opt/pos-edge", "etc/systemd/system/pos-edge.service", "etc/systemd/system/pos-edge-kiosk.service",
             "etc/systemd/system/multi-user.target.wants/pos-edge.service", "etc/modules-load.d/pos-edge.conf",
-            "etc/udev/rules.d/70-pos-edge.rules"]  # fmt: skip
+            "etc/udev/rules.d/70-pos-edge.rules", "usr/local/bin/pos-edge"]  # fmt: skip
 
     removed = install(root, "--uninstall")
 
