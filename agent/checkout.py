@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -33,6 +33,7 @@ from agent.clock import business_day, to_storage, utcnow
 from agent.codes import Classification, CodeRules, Kind, classify
 from agent.connectivity import Connectivity
 from agent.db import reader
+from agent.disk_space import DiskSpace
 from agent.events import EventHub
 from agent.identify import CentralNeeded, Identification, Identifier, MemberNotFound
 from agent.ids import uuid7
@@ -40,9 +41,14 @@ from agent.journal import Journal, JournalEntry, JournalRecord
 from agent.member_cache import CachedCoupon, MemberCache, PhoneLookupUnavailable
 from agent.member_code import MemberCodeError
 from agent.receipt_printing import ReceiptPrinting
-from agent.sale import CodePayment, PricingView, Sale, SaleCoupon, SaleLine, SaleMember, Tender, TenderRefused, new_tender
+from agent.sale import (
+    FINAL_PAYMENT_STATES, CodePayment, PricingView, Sale, SaleCoupon, SaleLine, SaleMember, Tender, TenderRefused, new_tender,
+)
 from agent.settings import Settings
 from central.contract import Payment, PaymentRequest, PaymentVoid
+
+if TYPE_CHECKING:
+    from agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +120,10 @@ class PaymentFailed(CheckoutError):
     status, code = 502, "payment_failed"
 
 
+class DiskFull(CheckoutError):
+    status, code = 503, "disk_full"
+
+
 class Checkout:
     def __init__(
         self,
@@ -127,6 +137,7 @@ class Checkout:
         events: EventHub,
         receipts: ReceiptPrinting | None = None,
         push_soon: Callable[[], None] | None = None,
+        disk: DiskSpace | None = None,
     ):
         self.settings = settings
         self.engine = engine
@@ -138,6 +149,7 @@ class Checkout:
         self.events = events
         self._receipts = receipts
         self._push_soon = push_soon or (lambda: None)
+        self._disk = disk
         self.rules: CodeRules = settings.codes.rules()
         self.station_id = settings.station.id
         self.current: Sale | None = None
@@ -148,6 +160,7 @@ class Checkout:
         # open, so one central has not seen can be sent again under its own number.
         self._requests: dict[str, PaymentRequest] = {}
         self._catalog = {item.gtin: item for item in settings.checkout.catalog}
+        self.metrics: AgentMetrics | None = None  # counts sales and code payments (agent/metrics.py)
 
     # --- sessions ------------------------------------------------------------------------------------------
 
@@ -367,6 +380,9 @@ class Checkout:
     async def _open(self) -> Sale:
         if self.current is not None and self.current.is_open:
             raise SaleOpen(f"a sale is already open at station {self.station_id}: finish or cancel it first", session_id=self.current.id)
+        if self._disk is not None and not (space := self._disk.check()).ok:
+            # Refused while a day's sales still fit, so no paid sale ever meets a full disk on its way to the journal.
+            raise DiskFull(space.message, space.message_zh)
         sale = Sale(id=str(uuid7()), station_id=self.station_id, created_at=utcnow(), online=await self.connectivity.online())
         self.current = sale
         sale.message = "sale opened" + ("" if sale.online else " (offline: cash and card only)")
@@ -603,13 +619,13 @@ class Checkout:
         except CentralNotReached as exc:
             # The request never left the store: not charged. Say so at once, and remember central is away.
             self.connectivity.saw(False)
-            payment.state = "FAILED"
+            self._payment_state(payment, "FAILED", offline=True)
             payment.message, payment.message_zh = f"{OFFLINE_EN} ({exc})", OFFLINE_ZH
             await self._settle(sale, payment, follow=False)
             raise Offline(payment.message, OFFLINE_ZH) from None
         except CentralRejected as exc:
             # Central's own refusal (its error body says why): it created no payment under this number.
-            payment.state = "FAILED"
+            self._payment_state(payment, "FAILED")
             payment.message, payment.message_zh = str(exc), "支付失败，请重试或换一种方式付款"
             await self._settle(sale, payment, follow=False)
             raise PaymentFailed(f"central refused the payment: {exc}", "支付失败，请重试或换一种方式付款") from None
@@ -626,7 +642,7 @@ class Checkout:
     async def _payment_answer(self, sale: Sale, payment: CodePayment, answer: Payment, follow: bool) -> Sale:
         """Apply what central says of a payment, then act on it."""
         self.connectivity.saw(True)
-        payment.state = answer.state
+        self._payment_state(payment, answer.state)
         payment.provider_trade_no = answer.provider_trade_no
         payment.message_zh = answer.reason_zh
         payment.message = answer.reason_en
@@ -734,12 +750,20 @@ class Checkout:
             self._follow(sale, payment)
             return
         payment.void_answered = True
-        payment.state = answer.state if answer.state != "SUCCESS" else "REVERSING"
+        self._payment_state(payment, answer.state if answer.state != "SUCCESS" else "REVERSING")
         payment.message, payment.message_zh = "payment cancelled: the customer is not charged", "支付已撤销"
         if not payment.final:
             self._follow(sale, payment)
         elif sale.is_open and not sale.tenders and not sale.unsettled_payments:
             sale.state = "basket"
+
+    def _payment_state(self, payment: CodePayment, state: str, offline: bool = False) -> None:
+        """Set a code payment's state; one that ends here is counted, with the time since its charge was sent
+        (`offline`: central was not reached, the charge never left the store)."""
+        ends = state in FINAL_PAYMENT_STATES and not payment.final
+        payment.state = state
+        if ends and self.metrics is not None:
+            self.metrics.code_payment_ended(payment.provider, state, None if offline else utcnow() - payment.created_at, offline)
 
     def _void_of(self, payment: CodePayment) -> PaymentVoid:
         return PaymentVoid(provider=payment.provider, amount_fen=payment.amount_fen, station_id=self.station_id)
@@ -762,6 +786,8 @@ class Checkout:
             sale.receipt_job_id = self._queue_receipt(connection, record, cash)
 
         record = await asyncio.to_thread(self.journal.append, self._sale_entry(sale), within)
+        if self.metrics is not None:
+            self.metrics.sale_journaled(sale.tenders)
         sale.state = "paid"
         sale.transaction_id = record.id
         sale.message = f"paid ¥{sale.amount_due_fen / 100:.2f}" + (f", change ¥{sale.change_fen / 100:.2f}" if sale.change_fen else "")

@@ -108,9 +108,16 @@ async def central_part(state: Any) -> Part:
     return Part("central", "central", online, "reachable" if online else "unreachable", kiosk, detail)
 
 
+def disk_part(state: Any) -> Part:
+    """Free space under the database: below `storage.min_free_mb` the till refuses new sales (agent/disk_space.py)."""
+    space = state.disk.check()
+    return Part("disk", "disk", space.ok, "ok" if space.ok else "low", True, space.message)
+
+
 # The checks /readyz runs, in the order it reports them.
 CHECKS: list[Check] = [
     Check("database", database_part),
+    Check("disk", disk_part),
     Check("devices", device_parts),
     Check("central", central_part, timeout_s=30.0),  # bounded by the probe's own timeout, from settings
 ]

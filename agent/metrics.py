@@ -239,6 +239,10 @@ class StationCollector(Collector):
             except OSError:
                 size.add_metric([name], 0)
         yield size
+        if state.disk is not None:
+            space = state.disk.check()
+            yield _gauge("pos_edge_disk_free_bytes", "Free space under the database's folder", space.free_bytes)
+            yield _gauge("pos_edge_disk_reserved_bytes", "Below this much free space no new sale starts (storage.min_free_mb)", space.min_free_bytes)
 
     def _devices(self, state: Any) -> Iterator[Metric]:
         up = GaugeMetricFamily("pos_edge_device_up", "1 when the device can be used now", labels=["device", "type"])

@@ -20,6 +20,7 @@ from agent.clock import utcnow
 from agent.checkout import Checkout
 from agent.connectivity import Connectivity
 from agent.db import open_database, schema_revision
+from agent.disk_space import MB, DiskSpace
 from agent.devices import StationDevices
 from agent.events import EventHub
 from agent.identify import Identifier
@@ -61,6 +62,7 @@ class AgentState:
     refunds: Refunds | None = None
     receipts: ReceiptPrinting | None = None  # None: the station has no printer
     metrics: AgentMetrics | None = None  # what /metrics shows
+    disk: DiskSpace | None = None  # free space under the database: below storage.min_free_mb no sale starts
 
 
 def open_state(settings: Settings) -> AgentState:
@@ -69,6 +71,7 @@ def open_state(settings: Settings) -> AgentState:
     return AgentState(
         settings=settings,
         engine=engine,
+        disk=DiskSpace(settings.storage.database.parent, settings.storage.min_free_mb * MB),
         members=MemberCache(engine, settings.privacy.key_bytes()),
         journal=Journal(engine, settings.station.id, settings.store.zone, settings.store.business_day_cutoff_hour),
         member_codes=MemberCodeGate(engine, settings.member_codes.window_s, settings.member_codes.clock_skew_s),
@@ -103,7 +106,7 @@ def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
 
     state.checkout = Checkout(
         settings, state.engine, state.members, state.journal, identifier, connectivity, client, EventHub(),
-        receipts=state.receipts, push_soon=push_soon,
+        receipts=state.receipts, push_soon=push_soon, disk=state.disk,
     )  # fmt: skip
     state.refunds = Refunds(
         settings, state.engine, state.journal, state.members, client, connectivity,
