@@ -25,6 +25,7 @@ from typing import Literal
 import httpx
 import sqlalchemy as sa
 
+from agent.disk_space import MB, DiskSpace
 from agent.settings import Settings, SettingsError, load_settings
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -124,7 +125,8 @@ class Doctor:
         elif ready.status_code == 200:
             yield Check("agent", "ok", "answers and is ready to sell")
         else:
-            failing = [name for name, part in (ready.json().get("checks") or {}).items() if isinstance(part, dict) and not part.get("ok", True)]
+            parts = ready.json().get("parts") or []
+            failing = [f"{p['name']} {p['state']}" for p in parts if p.get("needed_to_sell") and not p.get("ok")]
             yield Check("agent", "fail", f"answers but cannot sell: {', '.join(failing) or ready.text[:200]}", "see the checks below and GET /readyz")
 
     # --- the database ------------------------------------------------------------------------------------------
@@ -189,11 +191,12 @@ class Doctor:
             yield Check("disk", "fail", f"{folder} does not exist", f"create it, owned by {self.service_user}")
             return
         usage = shutil.disk_usage(folder)
-        need = _min_free_bytes(settings)
-        detail = f"{usage.free / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB under {folder}"
-        if usage.free < need:
-            yield Check("disk", "fail", f"{detail}; new sales are refused below {need // 1_000_000} MB", "free space: old backups, logs (journalctl --vacuum-size=200M)")
-        elif usage.free < 4 * need:
+        space = DiskSpace(folder, settings.storage.min_free_mb * MB).check()
+        need = space.min_free_bytes
+        detail = f"{space.free_bytes / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB under {folder}"
+        if not space.ok:
+            yield Check("disk", "fail", f"{detail}; new sales are refused below {need // MB} MB", "free space: old backups, logs (journalctl --vacuum-size=200M)")
+        elif space.free_bytes < 4 * need:
             yield Check("disk", "warn", detail, "free space before sales are refused")
         else:
             yield Check("disk", "ok", detail)
@@ -378,10 +381,6 @@ def _device_node(url) -> Path | None:
             return None if "%" in url.path else Path(url.path)
         return Path(f"/dev/video{url.text.split(':', 1)[1]}")
     return None  # tcp, usb, hid: found by address or id, checked by the agent's own view
-
-
-def _min_free_bytes(settings: Settings) -> int:
-    return getattr(settings.storage, "min_free_mb", 200) * 1_000_000
 
 
 def _parse_time(text: str) -> datetime:

@@ -153,3 +153,16 @@ def test_the_groups_the_doctor_assumes_are_the_units_groups():
     unit = (ROOT / "systemd" / "pos-edge.service").read_text()  # missing: fails, as a unit that lost its groups would
     line = next(line for line in unit.splitlines() if line.startswith("SupplementaryGroups="))
     assert tuple(line.split("=", 1)[1].split()) == SERVICE_GROUPS
+
+
+def test_with_the_agent_running_devices_and_readiness_come_from_the_agent(stack, monkeypatch):
+    from agent.disk_space import MB
+
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    checks = by_name(Doctor(stack.config).run())
+    assert checks["agent"].status == "ok" and "ready to sell" in checks["agent"].detail
+    assert checks["scanner scanner-1"].status == "ok" and "simulated" in checks["scanner scanner-1"].detail
+    stack.app.state.agent.disk._free_bytes = lambda path: 10 * MB  # the agent's own view: its disk is nearly full
+    agent = by_name(Doctor(stack.config).run())["agent"]
+    assert agent.status == "fail" and "disk low" in agent.detail
