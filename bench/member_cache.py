@@ -71,7 +71,7 @@ def run_baseline(path: Path, all_pages: list[list[MemberChange]]) -> float:
     for page in all_pages:
         db.execute("BEGIN IMMEDIATE")
         db.executemany(
-            "INSERT INTO member VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO member (id, tier, points, display_name, phone_masked, version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version, "2026-01-01T00:00:00.000000+00:00") for c in page],
         )
         db.executemany(

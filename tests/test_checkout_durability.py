@@ -31,7 +31,9 @@ def test_kill_9_while_the_customer_confirms_restart_finishes_the_sale_once(stack
     stack = stack_factory(separate_process=True)
     session = start_sale(stack)
     waiting = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("10")}).json()
-    assert waiting["payment"]["state"] == "USERPAYING"
+    # The charge is at central; its first answer (USERPAYING) may still be on its way when central's answer window
+    # ends (PENDING): either way the customer is confirming on the phone when the till dies.
+    assert waiting["payment"]["state"] in ("USERPAYING", "PENDING")
     out_trade_no = waiting["payment"]["out_trade_no"]
     stack.kill()  # the till dies between the charge and the journal
 

@@ -89,8 +89,8 @@ def test_the_database_refuses_to_rewrite_history(journal, engine):
 def tamper(engine, *statements: str) -> None:
     """What someone with the file and a sqlite3 shell could do."""
     with engine.begin() as connection:
-        connection.exec_driver_sql("DROP TRIGGER journal_no_update")
-        connection.exec_driver_sql("DROP TRIGGER journal_no_delete")
+        connection.exec_driver_sql("DROP TRIGGER IF EXISTS journal_no_update")
+        connection.exec_driver_sql("DROP TRIGGER IF EXISTS journal_no_delete")
         for sql in statements:
             connection.exec_driver_sql(sql)
 

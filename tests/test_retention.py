@@ -29,6 +29,7 @@ from agent.retention import RetentionPolicy, purge_journal, purge_print_jobs, ru
 from agent.settings import CentralSettings
 from agent.sync import Sync
 from tests.conftest import PHONE_KEY
+from tests.test_journal import tamper
 
 ROOT = Path(__file__).resolve().parents[1]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -93,15 +94,6 @@ def fill_journal(engine: sa.Engine, rows: int, at: datetime, station: str = "T01
 @pytest.fixture
 def journal(engine) -> Journal:
     return Journal(engine, "T01", SHANGHAI, 4)
-
-
-def tamper(engine, *statements: str) -> None:
-    """What someone with the file and a sqlite3 shell could do."""
-    with engine.begin() as connection:
-        connection.exec_driver_sql("DROP TRIGGER IF EXISTS journal_no_update")
-        connection.exec_driver_sql("DROP TRIGGER IF EXISTS journal_no_delete")
-        for sql in statements:
-            connection.exec_driver_sql(sql)
 
 
 # --- against the real central service ---------------------------------------------------------------------------
