@@ -46,8 +46,8 @@ class Check:
     fix: str = ""
 
     def line(self) -> str:
-        text = f"{self.status.upper() if self.status != 'ok' else 'ok':<5} {self.name:<16} {self.detail}"
-        return f"{text}\n{'':22}→ {self.fix}" if self.fix and self.status in ("warn", "fail") else text
+        text = f"{self.status.upper() if self.status != 'ok' else 'ok':<5} {self.name:<18} {self.detail}"
+        return f"{text}\n{'':24}→ {self.fix}" if self.fix and self.status in ("warn", "fail") else text
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -233,8 +233,8 @@ class Doctor:
             if device_id in live:
                 state, reason = live[device_id]
                 good = state in ("connected", "ready", "printing", "idle")
-                yield Check(name, "ok" if good else "fail", f"{text}: {state}{f' ({reason})' if reason else ''}",
-                            "" if good else f"check its cable and power; journalctl -u {SERVICE} -g {device_id}")  # fmt: skip
+                fix = "load paper and close the cover" if "paper" in state else f"check its cable and power; journalctl -u {SERVICE} -g {device_id}"
+                yield Check(name, "ok" if good else "fail", f"{text}: {state}{f' ({reason})' if reason else ''}", "" if good else fix)
             elif kind == "printer" and agent is None:
                 yield self._printer_status(settings, name)
             else:
