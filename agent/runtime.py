@@ -101,7 +101,7 @@ def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
 
     def push_soon() -> None:
         # A sale just journaled: send it now rather than at the next interval, so points are confirmed quickly.
-        if scheduler.running:
+        if scheduler.running and scheduler.get_job("outbox-push") is not None:
             scheduler.modify_job("outbox-push", next_run_time=utcnow())
 
     state.checkout = Checkout(
@@ -133,9 +133,8 @@ def build_app(settings: Settings) -> FastAPI:
             state.metrics.watch(state)  # before recovery: a sale it finishes is counted
             await state.checkout.recover()
             await state.refunds.recover()
-            if settings.central.token.get_secret_value():
-                scheduler.start()
-            else:
+            scheduler.start()  # backups and retention run even where sync with central is off
+            if not settings.central.token.get_secret_value():
                 log.warning("sync with central is off: set central.token (POS_EDGE_CENTRAL__TOKEN)")
             app.state.agent = state
             url = f"http://{settings.api.host}:{settings.api.port}"

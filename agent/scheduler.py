@@ -27,7 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def build_scheduler(settings: Settings, sync: Sync) -> AsyncIOScheduler:
+    """The till's periodic work. Backups and retention run whatever central is; the sync jobs only with a store
+    token (without one there is nobody to sync with)."""
     scheduler = AsyncIOScheduler(timezone=settings.store.zone)
+    if settings.central.token.get_secret_value():
+        add_central_jobs(scheduler, settings, sync)
+    add_storage_jobs(scheduler, settings, sync)
+    return scheduler
+
+
+def add_central_jobs(scheduler: AsyncIOScheduler, settings: Settings, sync: Sync) -> None:
     central = settings.central
     scheduler.add_job(
         sync.push_job,
@@ -74,8 +83,6 @@ def build_scheduler(settings: Settings, sync: Sync) -> AsyncIOScheduler:
         coalesce=True,
         misfire_grace_time=6 * 3600,  # a till switched on late in the morning still reconciles yesterday
     )
-    add_storage_jobs(scheduler, settings, sync)
-    return scheduler
 
 
 # A till is often switched off at night, so daily work is not tied to an hour: the backup is checked for every

@@ -316,3 +316,13 @@ def test_the_daily_jobs_back_up_once_a_day_and_purge(config, tmp_path, caplog):
     assert purge.journal_rows == 3
     (checkpoint,) = [r for r in caplog.records if r.msg == "journal checkpoint"]
     assert (checkpoint.station, checkpoint.seq, checkpoint.hash) == ("T01", 3, old[-1].hash)
+
+
+def test_backups_and_retention_are_scheduled_even_where_sync_with_central_is_off(config, monkeypatch):
+    settings = load_settings(config).settings
+    sync = Sync(None, None, None, client=None)
+    assert not settings.central.token.get_secret_value()
+    assert {job.id for job in build_scheduler(settings, sync).get_jobs()} == {"backup", "retention"}
+    monkeypatch.setenv("POS_EDGE_CENTRAL__TOKEN", "a-store-token-0123456789")
+    with_token = load_settings(config).settings
+    assert {job.id for job in build_scheduler(with_token, sync).get_jobs()} == {"backup", "retention", "outbox-push", "member-pull", "reconcile"}
