@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import asyncio
 import secrets
 from dataclasses import asdict
@@ -133,7 +132,9 @@ def _job_public(state: Any, job: JobView) -> JobPublic:
     preview = None
     if isinstance(state.devices.printer_connection, SimulatedPrinter) and job.status == "printed":
         preview = f"/v1/printer/jobs/{job.id}/preview.png"
-    return JobPublic(**{name: getattr(job, name) for name in JobPublic.model_fields if name != "preview_url"}, preview_url=preview)
+    return JobPublic(
+        **{name: getattr(job, name) for name in JobPublic.model_fields if name != "preview_url"}, preview_url=preview
+    )
 
 
 status_router = APIRouter(tags=["status"])
@@ -183,7 +184,10 @@ async def status(state: StateDep) -> AgentStatus:
 def sync_status(state: StateDep) -> SyncPublic:
     """Push and pull health, outbox depth (pending, and rejected rows that need a person) and the feed cursor."""
     status = state.sync.status()
-    health = lambda job: JobHealthPublic(last_success=job.last_success, last_error=job.last_error, failures=job.failures)  # noqa: E731
+
+    def health(job) -> JobHealthPublic:
+        return JobHealthPublic(last_success=job.last_success, last_error=job.last_error, failures=job.failures)
+
     return SyncPublic(
         push=health(status.push),
         pull=health(status.pull),
@@ -302,7 +306,14 @@ def job_preview(job_id: str, state: StateDep) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
-_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict", 422: "invalid_request"}
+_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    422: "invalid_request",
+}
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -351,7 +362,9 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug: answered in the API's own error shape (the server logs its traceback, masked like every line).
         return _error(
-            500, "internal", "the agent failed on this request (see its log); what was saved before the failure is kept",
+            500,
+            "internal",
+            "the agent failed on this request (see its log); what was saved before the failure is kept",
             message_zh="系统错误，请重试或联系管理员",
         )
 

@@ -230,15 +230,21 @@ def verify_backup(path: Path) -> BackupCheck:
     size = path.stat().st_size
     if size == 0:
         raise BackupInvalid(f"{path}: the file is empty")
-    engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(_read_only(path), uri=True), poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(
+        "sqlite://", creator=lambda: sqlite3.connect(_read_only(path), uri=True), poolclass=sa.pool.NullPool
+    )
     try:
         with engine.connect() as connection:
             problems = [row[0] for row in connection.exec_driver_sql("PRAGMA integrity_check(20)")]
             if problems != ["ok"]:
-                raise BackupInvalid(f"{path} is damaged (SQLite integrity check: {'; '.join(problems[:3])}); use another backup")
+                raise BackupInvalid(
+                    f"{path} is damaged (SQLite integrity check: {'; '.join(problems[:3])}); use another backup"
+                )
             revision = _schema_revision(connection, path)
             stations = tuple(connection.exec_driver_sql("SELECT DISTINCT station_id FROM journal ORDER BY 1").scalars())
-            last_seq = connection.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").scalar() or 0
+            last_seq = (
+                connection.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").scalar() or 0
+            )
         report = verify_journal(engine)
     except sa.exc.DatabaseError as exc:
         raise BackupInvalid(f"{path} is not a usable SQLite database ({exc.orig}); use another backup") from None
@@ -246,7 +252,9 @@ def verify_backup(path: Path) -> BackupCheck:
         engine.dispose()
     if not report.ok:
         broken = report.first_break
-        raise BackupInvalid(f"{path}: its journal chain is broken at seq {broken.seq} ({broken.reason}); use another backup")
+        raise BackupInvalid(
+            f"{path}: its journal chain is broken at seq {broken.seq} ({broken.reason}); use another backup"
+        )
     return BackupCheck(path, size, revision, report.rows, report.purged, stations, last_seq)
 
 
@@ -347,21 +355,29 @@ def restore(
         raise RestoreRefused(f"database directory {database.parent} does not exist; create it or fix storage.database")
     free = free_bytes(database.parent)
     if free < check.size_bytes + 16 * MB:
-        raise RestoreRefused(f"not enough free disk in {database.parent}: {check.size_bytes // MB + 16} MB needed, {free // MB} MB free")
+        raise RestoreRefused(
+            f"not enough free disk in {database.parent}: {check.size_bytes // MB + 16} MB needed, {free // MB} MB free"
+        )
 
     incoming = database.with_name(f".{database.name}.restoring")
     incoming.unlink(missing_ok=True)
     digest = _copy_file(backup, incoming)
     if _sha256(incoming) != digest:
         incoming.unlink(missing_ok=True)
-        raise BackupError(f"the copy of {backup} in {database.parent} does not match it (a failing disk?); nothing was changed")
+        raise BackupError(
+            f"the copy of {backup} in {database.parent} does not match it (a failing disk?); nothing was changed"
+        )
     _refuse_if_running(database, api_host, api_port, cleanup=incoming)
     aside = _set_aside(database, now()) if database.exists() else None
     os.replace(incoming, database)
     _fsync_dir(database.parent)
     log.warning(
         "database restored from a backup",
-        extra={"backup": str(backup), "journal_rows": check.journal_rows, "kept_aside": str(aside) if aside else "none"},
+        extra={
+            "backup": str(backup),
+            "journal_rows": check.journal_rows,
+            "kept_aside": str(aside) if aside else "none",
+        },
     )
     return RestoreResult(check, aside)
 
@@ -441,4 +457,3 @@ def _fsync(path: Path) -> None:
 def _fsync_dir(path: Path) -> None:
     # The rename is durable only once the directory entry is on disk.
     _fsync(path)
-

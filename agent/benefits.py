@@ -70,9 +70,13 @@ class BasketLine:
 
     def __post_init__(self) -> None:
         if type(self.qty) is not int or not 1 <= self.qty <= MAX_QTY:
-            raise BadBasket(f"{self.name or self.sku}: quantity must be a whole number from 1 to {MAX_QTY}, not {self.qty!r}")
+            raise BadBasket(
+                f"{self.name or self.sku}: quantity must be a whole number from 1 to {MAX_QTY}, not {self.qty!r}"
+            )
         if type(self.unit_price_fen) is not int or not 0 <= self.unit_price_fen <= MAX_UNIT_PRICE_FEN:
-            raise BadBasket(f"{self.name or self.sku}: unit price must be 0 to {MAX_UNIT_PRICE_FEN} fen, not {self.unit_price_fen!r}")
+            raise BadBasket(
+                f"{self.name or self.sku}: unit price must be 0 to {MAX_UNIT_PRICE_FEN} fen, not {self.unit_price_fen!r}"
+            )
 
     @property
     def amount_fen(self) -> int:
@@ -112,14 +116,18 @@ class Pricing:
         return self.tier_discount_fen + sum(fen for _, fen in self.coupon_discounts)
 
 
-def check_coupon(coupon: CachedCoupon, owner_id: str | None, member_id: str | None, now: datetime, online: bool) -> None:
+def check_coupon(
+    coupon: CachedCoupon, owner_id: str | None, member_id: str | None, now: datetime, online: bool
+) -> None:
     """Refuse a coupon that is not this member's, not valid now, used, or not usable offline while offline."""
     if owner_id is not None and owner_id != member_id:
         raise CouponNotUsable(f"coupon {coupon.code} belongs to another member")
     if coupon.used_at is not None:
         raise CouponNotUsable(f"coupon {coupon.code} was already used")
     if not coupon.valid_from <= now < coupon.valid_until:
-        raise CouponNotUsable(f"coupon {coupon.code} is not valid now (valid {coupon.valid_from:%Y-%m-%d} to {coupon.valid_until:%Y-%m-%d})")
+        raise CouponNotUsable(
+            f"coupon {coupon.code} is not valid now (valid {coupon.valid_from:%Y-%m-%d} to {coupon.valid_until:%Y-%m-%d})"
+        )
     if not online and not coupon.usable_offline:
         raise CouponNotUsable(f"coupon {coupon.code} can only be used while the till is online")
 

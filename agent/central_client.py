@@ -9,7 +9,7 @@ contract (CentralBadResponse). A response is parsed whole into the contract's mo
 from __future__ import annotations
 
 import email.utils
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import TypeVar
 
 import httpx
@@ -89,8 +89,8 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class CentralClient:
@@ -134,7 +134,9 @@ class CentralClient:
 
     async def day_summary(self, business_day: date, station_id: str | None = None) -> DaySummary:
         params = {"station_id": station_id} if station_id else None
-        return await self._call("GET", f"/stores/{self.store_id}/days/{business_day.isoformat()}/summary", DaySummary, params=params)
+        return await self._call(
+            "GET", f"/stores/{self.store_id}/days/{business_day.isoformat()}/summary", DaySummary, params=params
+        )
 
     async def member_code_keys(self) -> PublicKeys:
         return await self._call("GET", "/keys/member-code", PublicKeys)
@@ -151,7 +153,9 @@ class CentralClient:
 
     async def identify_payer(self, auth_code: str) -> IdentifyResult:
         """Who is about to pay with this payment code (nothing is charged)."""
-        return await self._call("POST", "/payments/identify", IdentifyResult, json=IdentifyRequest(auth_code=auth_code).model_dump())
+        return await self._call(
+            "POST", "/payments/identify", IdentifyResult, json=IdentifyRequest(auth_code=auth_code).model_dump()
+        )
 
     async def pay(self, request: PaymentRequest) -> Payment:
         """Charge a payment code. Safe to send again after a timeout: the same out_trade_no is the same payment."""
@@ -177,7 +181,9 @@ class CentralClient:
 
     async def refund_payment(self, out_trade_no: str, request: RefundRequest) -> Refund:
         """Give back part or all of a paid payment; the same out_refund_no again is the same refund."""
-        return await self._call("POST", f"/payments/{out_trade_no}/refunds", Refund, json=request.model_dump(mode="json", exclude_none=True))
+        return await self._call(
+            "POST", f"/payments/{out_trade_no}/refunds", Refund, json=request.model_dump(mode="json", exclude_none=True)
+        )
 
     async def refund(self, out_trade_no: str, out_refund_no: str) -> Refund:
         """A refund as central knows it."""
@@ -206,7 +212,9 @@ class CentralClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise CentralNotReached(f"cannot reach central {self.base_url}: {exc or type(exc).__name__}") from exc
         except httpx.TimeoutException as exc:
-            raise CentralTimedOut(f"central {self.base_url} did not answer {method} {path} in time ({type(exc).__name__})") from exc
+            raise CentralTimedOut(
+                f"central {self.base_url} did not answer {method} {path} in time ({type(exc).__name__})"
+            ) from exc
         except httpx.TransportError as exc:
             raise CentralUnreachable(f"cannot reach central {self.base_url}: {exc or type(exc).__name__}") from exc
         if response.status_code == 429 or response.status_code >= 500:
@@ -217,7 +225,11 @@ class CentralClient:
             )
         if response.status_code >= 400:
             code, message = _error_of(response)
-            raise CentralRejected(f"central refused {method} {path} ({response.status_code} {code}): {message}", response.status_code, code)
+            raise CentralRejected(
+                f"central refused {method} {path} ({response.status_code} {code}): {message}",
+                response.status_code,
+                code,
+            )
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:

@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from agent import pii
-from agent.benefits import BadBasket, CouponNotUsable, Redemption, RedemptionRefused, Tier, check_coupon, max_redeemable, price
+from agent.benefits import (
+    BadBasket,
+    CouponNotUsable,
+    Redemption,
+    RedemptionRefused,
+    Tier,
+    check_coupon,
+    max_redeemable,
+    price,
+)
 from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralRejected
 from agent.clock import business_day, to_storage, utcnow
 from agent.codes import Classification, CodeRules, Kind, classify
@@ -42,7 +51,16 @@ from agent.member_cache import CachedCoupon, MemberCache, PhoneLookupUnavailable
 from agent.member_code import MemberCodeError
 from agent.receipt_printing import ReceiptPrinting
 from agent.sale import (
-    FINAL_PAYMENT_STATES, CodePayment, PricingView, Sale, SaleCoupon, SaleLine, SaleMember, Tender, TenderRefused, new_tender,
+    FINAL_PAYMENT_STATES,
+    CodePayment,
+    PricingView,
+    Sale,
+    SaleCoupon,
+    SaleLine,
+    SaleMember,
+    Tender,
+    TenderRefused,
+    new_tender,
 )
 from agent.settings import Settings
 from central.contract import Payment, PaymentRequest, PaymentVoid
@@ -332,9 +350,13 @@ class Checkout:
     def _printed(self, transaction_id: str, purpose: str, job_id: str) -> None:
         sale = self._closed.get(transaction_id)
         self.events.publish(
-            "printed", sale.id if sale else None, f"{purpose} printed",
-            session=sale.view() if sale else None, transaction_id=transaction_id, job_id=job_id,
-        )  # fmt: skip
+            "printed",
+            sale.id if sale else None,
+            f"{purpose} printed",
+            session=sale.view() if sale else None,
+            transaction_id=transaction_id,
+            job_id=job_id,
+        )
 
     # --- recovery ------------------------------------------------------------------------------------------
 
@@ -363,7 +385,9 @@ class Checkout:
                     payment.state = "UNKNOWN"
                 payment.message = "checking how this payment ended"
                 self._follow(sale, payment)
-            log.info("sale restored", extra={"sale": sale.id, "state": sale.state, "payments": len(sale.unsettled_payments)})
+            log.info(
+                "sale restored", extra={"sale": sale.id, "state": sale.state, "payments": len(sale.unsettled_payments)}
+            )
             await self._save(sale)
             if sale.is_open and sale.tenders and not sale.unsettled_payments and sale.remaining_fen == 0:
                 await self._complete(sale)  # paid in full when the agent stopped, but not journaled yet
@@ -379,11 +403,16 @@ class Checkout:
 
     async def _open(self) -> Sale:
         if self.current is not None and self.current.is_open:
-            raise SaleOpen(f"a sale is already open at station {self.station_id}: finish or cancel it first", session_id=self.current.id)
+            raise SaleOpen(
+                f"a sale is already open at station {self.station_id}: finish or cancel it first",
+                session_id=self.current.id,
+            )
         if self._disk is not None and not (space := self._disk.check()).ok:
             # Refused while a day's sales still fit, so no paid sale ever meets a full disk on its way to the journal.
             raise DiskFull(space.message, space.message_zh)
-        sale = Sale(id=str(uuid7()), station_id=self.station_id, created_at=utcnow(), online=await self.connectivity.online())
+        sale = Sale(
+            id=str(uuid7()), station_id=self.station_id, created_at=utcnow(), online=await self.connectivity.online()
+        )
         self.current = sale
         sale.message = "sale opened" + ("" if sale.online else " (offline: cash and card only)")
         await self._save(sale)
@@ -396,13 +425,19 @@ class Checkout:
         if self.current is not None and self.current.is_open:
             return self.current
         if code.kind is Kind.UNKNOWN:
-            raise UnknownCode(f"unknown code {code.display_value!r}: not a member, payment, card, coupon or product code", "无法识别的码")
+            raise UnknownCode(
+                f"unknown code {code.display_value!r}: not a member, payment, card, coupon or product code",
+                "无法识别的码",
+            )
         return await self._open()
 
     async def _apply_code(self, sale: Sale, code: Classification) -> Sale:
         kind = code.kind
         if kind is Kind.UNKNOWN:
-            raise UnknownCode(f"unknown code {code.display_value!r}: not a member, payment, card, coupon or product code", "无法识别的码")
+            raise UnknownCode(
+                f"unknown code {code.display_value!r}: not a member, payment, card, coupon or product code",
+                "无法识别的码",
+            )
         if kind is Kind.PAYMENT:
             if sale.pricing is None:
                 return await self._identify_payer(sale, code)
@@ -457,7 +492,9 @@ class Checkout:
             sale.state = "member"
         if sale.lines:
             await self._reprice(sale)
-        via = {"member_code": "member code", "card": "card", "phone": "phone number", "payment_code": "payment code"}[found.via]
+        via = {"member_code": "member code", "card": "card", "phone": "phone number", "payment_code": "payment code"}[
+            found.via
+        ]
         sale.message = f"member {member.display_name} ({member.tier or 'no tier'}) identified by {via}"
         return await self._changed(sale, "member", save)
 
@@ -503,7 +540,9 @@ class Checkout:
                 line.qty += 1
                 break
         else:
-            sale.lines.append(SaleLine(sku=gtin, name=item.name, qty=1, unit_price_fen=item.price_fen, category=item.category))
+            sale.lines.append(
+                SaleLine(sku=gtin, name=item.name, qty=1, unit_price_fen=item.price_fen, category=item.category)
+            )
         await self._reprice(sale)
         sale.state = "basket"
         sale.message = f"{item.name} added"
@@ -551,7 +590,9 @@ class Checkout:
 
     def _offline_redeem_left(self, member_id: str) -> int:
         """The offline cap minus points this member spent at this till today while it was offline."""
-        today = business_day(utcnow(), self.settings.store.zone, self.settings.store.business_day_cutoff_hour).isoformat()
+        today = business_day(
+            utcnow(), self.settings.store.zone, self.settings.store.business_day_cutoff_hour
+        ).isoformat()
         with reader(self.engine) as connection:
             spent = connection.exec_driver_sql(
                 "SELECT coalesce(sum(points_redeemed), 0) FROM journal WHERE member_id = ? AND business_day = ? AND kind = 'sale'"
@@ -566,7 +607,9 @@ class Checkout:
 
     # --- tenders -------------------------------------------------------------------------------------------
 
-    async def _other_tender(self, sale: Sale, kind: str, amount_fen: int | None, tendered_fen: int | None, reference: str | None) -> Sale:
+    async def _other_tender(
+        self, sale: Sale, kind: str, amount_fen: int | None, tendered_fen: int | None, reference: str | None
+    ) -> Sale:
         self._ready_to_pay(sale)
         try:
             tender = new_tender(sale.remaining_fen, kind, amount_fen, tendered_fen, reference)
@@ -574,7 +617,9 @@ class Checkout:
             raise NotNow(str(exc)) from None
         sale.tenders.append(tender)
         sale.state = "tender"
-        sale.message = f"{kind} ¥{tender.amount_fen / 100:.2f}" + (f", change ¥{tender.change_fen / 100:.2f}" if tender.change_fen else "")
+        sale.message = f"{kind} ¥{tender.amount_fen / 100:.2f}" + (
+            f", change ¥{tender.change_fen / 100:.2f}" if tender.change_fen else ""
+        )
         return await self._after_tender(sale)
 
     async def _code_payment(self, sale: Sale, code: Classification) -> Sale:
@@ -599,7 +644,11 @@ class Checkout:
         self._ready_to_pay(sale)
         provider = code.provider
         payment = CodePayment(
-            out_trade_no=uuid7().hex, provider=provider, state="sending", amount_fen=sale.remaining_fen, created_at=utcnow()
+            out_trade_no=uuid7().hex,
+            provider=provider,
+            state="sending",
+            amount_fen=sale.remaining_fen,
+            created_at=utcnow(),
         )
         sale.payments.append(payment)
         sale.state = "tender"
@@ -654,9 +703,14 @@ class Checkout:
             self._requests.pop(payment.out_trade_no, None)
         if payment.state == "SUCCESS" and not payment.cancel_requested:
             sale.tenders.append(
-                Tender(kind=payment.provider, amount_fen=payment.amount_fen, tendered_fen=payment.amount_fen,
-                       reference=payment.provider_trade_no, out_trade_no=payment.out_trade_no)
-            )  # fmt: skip
+                Tender(
+                    kind=payment.provider,
+                    amount_fen=payment.amount_fen,
+                    tendered_fen=payment.amount_fen,
+                    reference=payment.provider_trade_no,
+                    out_trade_no=payment.out_trade_no,
+                )
+            )
             payment.message, payment.message_zh = "paid", "支付成功"
             sale.message = f"{payment.provider} ¥{payment.amount_fen / 100:.2f} paid"
             return await self._after_tender(sale)
@@ -664,11 +718,17 @@ class Checkout:
             payment.void_answered = False
             await self._give_up(sale, payment)
         elif payment.state == "USERPAYING":
-            payment.message, payment.message_zh = "waiting for the customer to confirm on the phone", "请在手机上确认支付"
+            payment.message, payment.message_zh = (
+                "waiting for the customer to confirm on the phone",
+                "请在手机上确认支付",
+            )
             if follow:
                 self._follow(sale, payment)
         elif payment.state in ("PENDING", "UNKNOWN"):
-            payment.message, payment.message_zh = "the provider has not answered yet: checking — do not take payment again", "正在确认支付结果，请稍候"
+            payment.message, payment.message_zh = (
+                "the provider has not answered yet: checking — do not take payment again",
+                "正在确认支付结果，请稍候",
+            )
             if follow:
                 self._follow(sale, payment)
         elif payment.state in ("FAILED", "REVERSED", "REVERSING"):
@@ -711,7 +771,9 @@ class Checkout:
                         if answer is None:
                             answer = await self._send_again(payment)
                 except CentralError as exc:
-                    log.warning("payment outcome not known yet", extra={"out_trade_no": out_trade_no, "error": str(exc)})
+                    log.warning(
+                        "payment outcome not known yet", extra={"out_trade_no": out_trade_no, "error": str(exc)}
+                    )
                     await asyncio.sleep(RESOLVE_RETRY_S)
                     continue
                 if answer is None:
@@ -731,7 +793,10 @@ class Checkout:
             try:
                 return await self.client.pay(request)
             except CentralRejected as exc:
-                log.warning("payment sent again was refused; voiding it", extra={"out_trade_no": payment.out_trade_no, "error": str(exc)})
+                log.warning(
+                    "payment sent again was refused; voiding it",
+                    extra={"out_trade_no": payment.out_trade_no, "error": str(exc)},
+                )
         self._requests.pop(payment.out_trade_no, None)
         payment.cancel_requested = True  # voided at the top of the follower's next turn
         return None
@@ -763,7 +828,9 @@ class Checkout:
         ends = state in FINAL_PAYMENT_STATES and not payment.final
         payment.state = state
         if ends and self.metrics is not None:
-            self.metrics.code_payment_ended(payment.provider, state, None if offline else utcnow() - payment.created_at, offline)
+            self.metrics.code_payment_ended(
+                payment.provider, state, None if offline else utcnow() - payment.created_at, offline
+            )
 
     def _void_of(self, payment: CodePayment) -> PaymentVoid:
         return PaymentVoid(provider=payment.provider, amount_fen=payment.amount_fen, station_id=self.station_id)
@@ -790,7 +857,9 @@ class Checkout:
             self.metrics.sale_journaled(sale.tenders)
         sale.state = "paid"
         sale.transaction_id = record.id
-        sale.message = f"paid ¥{sale.amount_due_fen / 100:.2f}" + (f", change ¥{sale.change_fen / 100:.2f}" if sale.change_fen else "")
+        sale.message = f"paid ¥{sale.amount_due_fen / 100:.2f}" + (
+            f", change ¥{sale.change_fen / 100:.2f}" if sale.change_fen else ""
+        )
         self._publish("paid", sale, sale.message)
         if self._receipts is not None:
             self._receipts.wake()
@@ -832,12 +901,16 @@ class Checkout:
             "tier_discount_fen": pricing.tier_discount_fen,
             "discount_fen": pricing.discount_fen,
             "points_value_fen": pricing.points_value_fen,
-            "member": None if sale.member is None else {
-                "display_name": sale.member.display_name, "tier": sale.member.tier,
-                "phone_masked": sale.member.phone_masked, "via": sale.member.via,
+            "member": None
+            if sale.member is None
+            else {
+                "display_name": sale.member.display_name,
+                "tier": sale.member.tier,
+                "phone_masked": sale.member.phone_masked,
+                "via": sale.member.via,
             },
             "points_balance": None if points is None else points.balance,
-        }  # fmt: skip
+        }
         return JournalEntry(
             kind="sale",
             id=sale.id,
@@ -870,7 +943,8 @@ class Checkout:
         day = business_day(utcnow(), store.zone, store.business_day_cutoff_hour)
         with reader(self.engine) as connection:
             count = connection.exec_driver_sql(
-                "SELECT count(*) FROM journal WHERE station_id = ? AND business_day = ?", (self.station_id, day.isoformat())
+                "SELECT count(*) FROM journal WHERE station_id = ? AND business_day = ?",
+                (self.station_id, day.isoformat()),
             ).scalar_one()
         return f"{self.station_id}{day:%y%m%d}{count + 1:04d}"
 

@@ -60,7 +60,9 @@ class RedemptionIn(BaseModel):
 
 class TenderIn(BaseModel):
     kind: Literal["code", "cash", "card", "other"]
-    amount_fen: StrictInt | None = Field(None, gt=0, description="the part of the sale this tender pays; default: all that is left")
+    amount_fen: StrictInt | None = Field(
+        None, gt=0, description="the part of the sale this tender pays; default: all that is left"
+    )
     tendered_fen: StrictInt | None = Field(None, gt=0, description="cash: what the customer handed over")
     reference: str | None = Field(None, max_length=64, description="card/other: the terminal's reference")
     auth_code: str | None = Field(None, max_length=64, description="code: the payment code")
@@ -125,7 +127,9 @@ async def remove_coupon(session_id: str, code: str, checkout: CheckoutDep) -> Se
 
 @sessions_router.post("/{session_id}/tenders")
 async def take_tender(session_id: str, body: TenderIn, checkout: CheckoutDep) -> Session:
-    sale = await checkout.tender(session_id, body.kind, body.amount_fen, body.tendered_fen, body.reference, body.auth_code)
+    sale = await checkout.tender(
+        session_id, body.kind, body.amount_fen, body.tendered_fen, body.reference, body.auth_code
+    )
     return sale.view()
 
 
@@ -140,9 +144,7 @@ async def cancel_session(session_id: str, checkout: CheckoutDep) -> Session:
 
 
 @sessions_router.get("/{session_id}/events", response_class=EventSourceResponse)
-async def session_events(
-    session_id: str, checkout: CheckoutDep, last_event_id: Annotated[int | None, Header()] = None
-):
+async def session_events(session_id: str, checkout: CheckoutDep, last_event_id: Annotated[int | None, Header()] = None):
     checkout.get(session_id)  # 404 for an unknown session
     async for event in checkout.events.follow(last_event_id if last_event_id is not None else 0, session_id):
         yield ServerSentEvent(data=event.payload(), event=event.type, id=str(event.id))
@@ -156,9 +158,7 @@ async def station_events(checkout: CheckoutDep, last_event_id: Annotated[int | N
 
 
 @checkout_router.get("/members/lookup")
-async def lookup_member(
-    checkout: CheckoutDep, card_no: str | None = None, phone: str | None = None
-) -> dict[str, Any]:
+async def lookup_member(checkout: CheckoutDep, card_no: str | None = None, phone: str | None = None) -> dict[str, Any]:
     """A member by card number or mobile number: from the cache, then central when online. Masked data only."""
     try:
         if card_no:
@@ -175,9 +175,13 @@ async def lookup_member(
         raise NotFound(str(exc)) from None
     member = found.member
     return {
-        "id": member.id, "display_name": member.display_name, "tier": member.tier, "points": member.points,
-        "phone_masked": member.phone_masked, "from_central": found.from_central,
-    }  # fmt: skip
+        "id": member.id,
+        "display_name": member.display_name,
+        "tier": member.tier,
+        "points": member.points,
+        "phone_masked": member.phone_masked,
+        "from_central": found.from_central,
+    }
 
 
 @checkout_router.get("/transactions")
@@ -191,10 +195,14 @@ async def list_transactions(
 
     def read() -> list[dict[str, Any]]:
         with reader(checkout.engine) as connection:
-            ids = connection.exec_driver_sql(
-                "SELECT id FROM journal WHERE station_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                (checkout.station_id, before or 2**62, limit),
-            ).scalars().all()
+            ids = (
+                connection.exec_driver_sql(
+                    "SELECT id FROM journal WHERE station_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+                    (checkout.station_id, before or 2**62, limit),
+                )
+                .scalars()
+                .all()
+            )
         return [record_view(checkout.journal.get(i)) for i in ids]
 
     return await asyncio.to_thread(read)

@@ -88,8 +88,16 @@ def config_check(file: Path) -> None:
         f"  station    {settings.station.kind} {settings.station.id} {settings.station.name}".rstrip(),
         f"  central    {settings.central.url} (token {secret(settings.central.token)})",
         *(f"  scanner    {s.id} {s.url}" for s in devices.scanners),
-        *([f"  camera     {devices.camera.id} {devices.camera.url} ({devices.camera.decoder})"] if devices.camera else []),
-        *([f"  printer    {devices.printer.id} {devices.printer.url} ({devices.printer.paper_width_mm} mm)"] if devices.printer else []),
+        *(
+            [f"  camera     {devices.camera.id} {devices.camera.url} ({devices.camera.decoder})"]
+            if devices.camera
+            else []
+        ),
+        *(
+            [f"  printer    {devices.printer.id} {devices.printer.url} ({devices.printer.paper_width_mm} mm)"]
+            if devices.printer
+            else []
+        ),
         f"  card codes {', '.join(settings.codes.card_patterns) or 'none'}",
         f"  api        http://{settings.api.host}:{settings.api.port} (token {secret(settings.api.token)})",
         f"  database   {settings.storage.database}",
@@ -105,7 +113,12 @@ def codes() -> None:
 
 @codes.command("classify")
 @click.argument("texts", nargs=-1, required=True)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Take card, coupon and guide patterns from this settings file.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Take card, coupon and guide patterns from this settings file.",
+)
 def codes_classify(texts: tuple[str, ...], config_path: Path | None) -> None:
     """Print one JSON object per TEXT: its kind, provider and value (auth codes masked)."""
     rules = _load(config_path).settings.codes.rules() if config_path else CodeRules()
@@ -128,7 +141,11 @@ def journal_verify(config_path: Path) -> None:
     finally:
         engine.dispose()
     if report.ok:
-        purged = f", {report.purged} older rows purged by retention (chains start at their checkpoints)" if report.purged else ""
+        purged = (
+            f", {report.purged} older rows purged by retention (chains start at their checkpoints)"
+            if report.purged
+            else ""
+        )
         click.echo(f"journal OK: {report.rows} rows, {report.stations} station(s){purged}")
         return
     broken = report.first_break
@@ -139,7 +156,12 @@ def journal_verify(config_path: Path) -> None:
 
 @cli.command("backup")
 @CONFIG_OPTION
-@click.option("--to", "to", type=click.Path(dir_okay=False, path_type=Path), help="Write this file instead of a dated one in storage.backup_dir.")
+@click.option(
+    "--to",
+    "to",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write this file instead of a dated one in storage.backup_dir.",
+)
 def backup_now(config_path: Path, to: Path | None) -> None:
     """Back the database up now, while the agent runs if it does, and verify the copy; exit 1 if it failed."""
     from agent.backup import BackupError, take_backup
@@ -147,18 +169,32 @@ def backup_now(config_path: Path, to: Path | None) -> None:
 
     storage = _load(config_path).settings.storage
     try:
-        result = take_backup(storage.database, storage.backup_folder, storage.backup_keep_days, min_free_bytes=storage.min_free_mb * MB, to=to)
+        result = take_backup(
+            storage.database,
+            storage.backup_folder,
+            storage.backup_keep_days,
+            min_free_bytes=storage.min_free_mb * MB,
+            to=to,
+        )
     except (BackupError, OSError) as exc:
         click.echo(f"error: backup failed: {exc}", err=True)
         sys.exit(1)
-    removed = f"; {len(result.removed)} backup(s) older than {storage.backup_keep_days} days deleted" if result.removed else ""
-    click.echo(f"backup {result.path}: {result.size_bytes / MB:.1f} MB, {result.journal_rows} journal rows, verified, {result.seconds:.1f} s{removed}")
+    removed = (
+        f"; {len(result.removed)} backup(s) older than {storage.backup_keep_days} days deleted"
+        if result.removed
+        else ""
+    )
+    click.echo(
+        f"backup {result.path}: {result.size_bytes / MB:.1f} MB, {result.journal_rows} journal rows, verified, {result.seconds:.1f} s{removed}"
+    )
 
 
 @cli.command("restore")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @CONFIG_OPTION
-@click.option("--yes", is_flag=True, help="Restore without asking (what the current database would lose is still printed).")
+@click.option(
+    "--yes", is_flag=True, help="Restore without asking (what the current database would lose is still printed)."
+)
 def restore_backup(file: Path, config_path: Path, yes: bool) -> None:
     """Replace the database with the backup FILE, once it is verified; the agent must be stopped. The current
     database is kept aside as agent.db.before-restore-<time>."""
@@ -167,8 +203,10 @@ def restore_backup(file: Path, config_path: Path, yes: bool) -> None:
     settings = _load(config_path).settings
 
     def confirm(check, current) -> bool:
-        click.echo(f"backup {check.path}: schema {check.schema_revision}, {check.journal_rows} journal rows"
-                   f" (station {', '.join(check.stations) or 'none'}), verified")  # fmt: skip
+        click.echo(
+            f"backup {check.path}: schema {check.schema_revision}, {check.journal_rows} journal rows"
+            f" (station {', '.join(check.stations) or 'none'}), verified"
+        )
         if not current.readable:
             click.echo(f"the current database cannot be read ({current.problem}); it will be kept aside")
         elif current.loses_something:
@@ -185,13 +223,21 @@ def restore_backup(file: Path, config_path: Path, yes: bool) -> None:
         return click.confirm(f"replace {settings.storage.database} with this backup?", default=False)
 
     try:
-        result = restore(file, settings.storage.database, api_host=settings.api.host, api_port=settings.api.port,
-                         station_id=settings.station.id, confirm=confirm)  # fmt: skip
+        result = restore(
+            file,
+            settings.storage.database,
+            api_host=settings.api.host,
+            api_port=settings.api.port,
+            station_id=settings.station.id,
+            confirm=confirm,
+        )
     except (BackupError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     kept = f"; the previous database is kept as {result.kept_aside}" if result.kept_aside else ""
-    click.echo(f"restored {file} into {settings.storage.database}{kept}. Start the agent (systemctl start pos-edge): it upgrades an older schema itself")
+    click.echo(
+        f"restored {file} into {settings.storage.database}{kept}. Start the agent (systemctl start pos-edge): it upgrades an older schema itself"
+    )
 
 
 @cli.group()
@@ -212,18 +258,38 @@ def member_lookup(config_path: Path, card_no: str | None, unionid: str | None, p
     engine = open_database(settings.storage.database)
     try:
         cache = MemberCache(engine, settings.privacy.key_bytes())
-        found = cache.lookup_phone(phone) if phone else cache.lookup("card_no" if card_no else "unionid", card_no or unionid)
+        found = (
+            cache.lookup_phone(phone)
+            if phone
+            else cache.lookup("card_no" if card_no else "unionid", card_no or unionid)
+        )
     finally:
         engine.dispose()
     if found is None:
         click.echo("no such member in the local cache", err=True)
         sys.exit(1)
-    click.echo(json.dumps({"id": found.id, "tier": found.tier, "points": found.points, "name": found.display_name, "phone": found.phone_masked}, ensure_ascii=False))
+    click.echo(
+        json.dumps(
+            {
+                "id": found.id,
+                "tier": found.tier,
+                "points": found.points,
+                "name": found.display_name,
+                "phone": found.phone_masked,
+            },
+            ensure_ascii=False,
+        )
+    )
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON list, for scripts.")
-@click.option("--udev", "as_udev", is_flag=True, help="udev rules giving what is attached stable names (/dev/pos-scanner-1, /dev/pos-printer) and the agent's groups.")
+@click.option(
+    "--udev",
+    "as_udev",
+    is_flag=True,
+    help="udev rules giving what is attached stable names (/dev/pos-scanner-1, /dev/pos-printer) and the agent's groups.",
+)
 def devices(as_json: bool, as_udev: bool) -> None:
     """List scanners, cameras and printers attached to this host, each with the URL to put in settings."""
     from drivers.discovery import discover
@@ -320,15 +386,21 @@ def sync_now(config_path: Path) -> None:
         f"pushed {pushed.sent} transaction(s): {pushed.accepted} accepted, {pushed.duplicate} duplicate, {pushed.rejected} rejected; "
         f"{pushed.balances} balance(s) updated"
     )
-    click.echo(f"pulled {pulled.upserted} member change(s) and {pulled.deleted} removal(s) in {pulled.pages} page(s); {pulled.keys} member-code key(s)")
+    click.echo(
+        f"pulled {pulled.upserted} member change(s) and {pulled.deleted} removal(s) in {pulled.pages} page(s); {pulled.keys} member-code key(s)"
+    )
     status = sync.status()
     if status.outbox_rejected:
-        click.echo(f"{status.outbox_rejected} transaction(s) rejected by central need a person: see GET /v1/sync", err=True)
+        click.echo(
+            f"{status.outbox_rejected} transaction(s) rejected by central need a person: see GET /v1/sync", err=True
+        )
 
 
 @cli.command()
 @CONFIG_OPTION
-@click.option("--day", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Business day, YYYY-MM-DD.")
+@click.option(
+    "--day", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="Business day, YYYY-MM-DD."
+)
 @click.option("--json", "as_json", is_flag=True)
 def reconcile(config_path: Path, day, as_json: bool) -> None:
     """Compare this station's business day with central's, transactions and code payments (a customer charged
@@ -371,19 +443,41 @@ def reconcile(config_path: Path, day, as_json: bool) -> None:
         for mismatch in result.mismatched:
             click.echo(f"  {mismatch.id}: {mismatch.field} store {mismatch.store} central {mismatch.central}")
         if result.payments_checked:
-            paid = ", ".join(f"{name} {p['count']} paid {p['paid_fen']} fen" for name, p in result.payments_paid.items())
-            waiting = f"; {result.payments_awaiting} paid with no sale yet (within central's grace)" if result.payments_awaiting else ""
+            paid = ", ".join(
+                f"{name} {p['count']} paid {p['paid_fen']} fen" for name, p in result.payments_paid.items()
+            )
+            waiting = (
+                f"; {result.payments_awaiting} paid with no sale yet (within central's grace)"
+                if result.payments_awaiting
+                else ""
+            )
             click.echo(f"  code payments: {paid or 'none paid'}{waiting}")
         for problem in result.payment_problems:
             refund = f" [refund {problem.out_refund_no}: {problem.refund_state}]" if problem.out_refund_no else ""
-            click.echo(f"  payment {problem.kind} {problem.out_trade_no} {problem.provider} {problem.amount_fen} fen{refund}: {problem.reason}")
+            click.echo(
+                f"  payment {problem.kind} {problem.out_trade_no} {problem.provider} {problem.amount_fen} fen{refund}: {problem.reason}"
+            )
     sys.exit(0 if result.matched else 1)
 
 
 @cli.command("scan-test")
-@click.option("--scanner", "url", required=True, help="Scanner URL, e.g. serial:///dev/serial/by-id/...?baudrate=9600, hid://0c2e:0b61, camera:0, camera:///path/clip.mp4.")
-@click.option("--count", type=click.IntRange(min=1), help="Stop after this many scans (default: until Ctrl-C or the end of a file).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="Classify with this settings file's card, coupon and guide patterns.")
+@click.option(
+    "--scanner",
+    "url",
+    required=True,
+    help="Scanner URL, e.g. serial:///dev/serial/by-id/...?baudrate=9600, hid://0c2e:0b61, camera:0, camera:///path/clip.mp4.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    help="Stop after this many scans (default: until Ctrl-C or the end of a file).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Classify with this settings file's card, coupon and guide patterns.",
+)
 def scan_test(url: str, count: int | None, config_path: Path | None) -> None:
     """Read scans from one scanner and print each as a JSON line with its classification (auth codes masked)."""
     import queue
@@ -415,7 +509,11 @@ def scan_test(url: str, count: int | None, config_path: Path | None) -> None:
 
 
 @cli.command("print-test")
-@click.option("--printer", "url", help="Printer URL (default: the settings' printer), e.g. tcp://192.168.1.50:9100, usb://04b8:0202, file:///dev/usb/lp0.")
+@click.option(
+    "--printer",
+    "url",
+    help="Printer URL (default: the settings' printer), e.g. tcp://192.168.1.50:9100, usb://04b8:0202, file:///dev/usb/lp0.",
+)
 @CONFIG_OPTION
 def print_test(url: str | None, config_path: Path) -> None:
     """Print the test page: Chinese text, a QR code and a barcode."""
@@ -434,7 +532,10 @@ def print_test(url: str | None, config_path: Path) -> None:
     if printer is None:
         raise click.UsageError("no printer in the settings: give --printer URL")
     folder = preview_folder(settings) if settings else Path("receipts")
-    data = render(test_page(settings.store.name if settings else "POS Edge", COLUMNS_BY_PAPER_MM[printer.paper_width_mm]), printer_profile(printer))
+    data = render(
+        test_page(settings.store.name if settings else "POS Edge", COLUMNS_BY_PAPER_MM[printer.paper_width_mm]),
+        printer_profile(printer),
+    )
     connection = open_printer_connection(printer, folder)
     try:
         status = print_job(connection, data)
@@ -442,13 +543,21 @@ def print_test(url: str | None, config_path: Path) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     where = f" (preview: {connection.preview_of(data)})" if hasattr(connection, "preview_of") else ""
-    click.echo(f"test page sent to {printer.url}: {len(data)} bytes; printer online={status.online} paper={status.paper}{where}")
+    click.echo(
+        f"test page sent to {printer.url}: {len(data)} bytes; printer online={status.online} paper={status.paper}{where}"
+    )
 
 
 @cli.command()
 @CONFIG_OPTION
-@click.option("--secrets", "secrets_path", type=click.Path(dir_okay=False, path_type=Path), default="/etc/pos-edge/secrets.env",
-              show_default=True, help="The service's EnvironmentFile, read when present so the checks use its tokens.")  # fmt: skip
+@click.option(
+    "--secrets",
+    "secrets_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="/etc/pos-edge/secrets.env",
+    show_default=True,
+    help="The service's EnvironmentFile, read when present so the checks use its tokens.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of checks, for scripts and monitoring.")
 def doctor(config_path: Path, secrets_path: Path, as_json: bool) -> None:
     """Check settings, service, database, disk, devices, central and the clock; exit 1 if any check fails."""
@@ -459,7 +568,11 @@ def doctor(config_path: Path, secrets_path: Path, as_json: bool) -> None:
     except FileNotFoundError:
         secrets = {}
     except OSError as exc:
-        click.secho(f"warning: {secrets_path} not read ({exc.strerror}): run as root to check with the service's tokens", fg="yellow", err=True)
+        click.secho(
+            f"warning: {secrets_path} not read ({exc.strerror}): run as root to check with the service's tokens",
+            fg="yellow",
+            err=True,
+        )
         secrets = {}
     for key, value in secrets.items():
         os.environ.setdefault(key, value)  # the caller's own environment wins, as for `pos-edge run`

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def to_storage(at: datetime) -> str:
     """The one text form of a time in the database: ISO 8601 UTC with microseconds, so text order is time order."""
     if at.tzinfo is None:
         raise ValueError("naive datetime: the agent stores aware UTC times only")
-    return at.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def from_storage(text: str) -> datetime:
-    return datetime.fromisoformat(text).astimezone(timezone.utc)
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def business_day(at: datetime, zone: ZoneInfo, cutoff_hour: int) -> date:

@@ -111,9 +111,7 @@ class CodeRules:
             raise ValueError("card_patterns must be a list of patterns, not a single string")
         cards = tuple(self.card_patterns)
         object.__setattr__(self, "card_patterns", cards)
-        object.__setattr__(
-            self, "_card", tuple(_compile(f"card_patterns[{i}]", p) for i, p in enumerate(cards))
-        )
+        object.__setattr__(self, "_card", tuple(_compile(f"card_patterns[{i}]", p) for i, p in enumerate(cards)))
         object.__setattr__(
             self, "_coupon", None if self.coupon_pattern is None else _compile("coupon_pattern", self.coupon_pattern)
         )

@@ -65,7 +65,9 @@ class Connectivity:
     def _latest(self, now: datetime) -> Result | None:
         fresh = timedelta(seconds=self.fresh_s)
         results = [Result(job.last_success, True, True) for job in self.jobs if job.last_success]
-        results += [Result(job.last_failure_at, False, False) for job in self.jobs if job.unreachable and job.last_failure_at]
+        results += [
+            Result(job.last_failure_at, False, False) for job in self.jobs if job.unreachable and job.last_failure_at
+        ]
         results += [result for result in (self._seen, self._probed) if result is not None]
         recent = [result for result in results if now - result.at < fresh]
         return max(recent, key=lambda result: (result.at, result.definite)) if recent else None

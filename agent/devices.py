@@ -54,7 +54,9 @@ def open_printer_connection(printer: PrinterSettings, sim_folder: Path):
 def open_scanner(url_text: str, device_id: str, router: ScanRouter, **options) -> ScannerReader:
     url = parse_device_url(url_text)
     # Each reader keeps (and logs) its own status; the API reads it from the reader.
-    return driver_class(SCANNERS, url).from_url(url, device_id, router.submit_threadsafe, lambda status: None, **options)
+    return driver_class(SCANNERS, url).from_url(
+        url, device_id, router.submit_threadsafe, lambda status: None, **options
+    )
 
 
 @dataclass
@@ -82,7 +84,9 @@ class StationDevices:
             self.scanners[scanner.id] = open_scanner(scanner.url, scanner.id, self.router)
         if devices.camera is not None:
             camera = devices.camera
-            self.scanners[camera.id] = open_scanner(camera.url, camera.id, self.router, decoder=camera.decoder, formats=camera.formats, roi=camera.roi)
+            self.scanners[camera.id] = open_scanner(
+                camera.url, camera.id, self.router, decoder=camera.decoder, formats=camera.formats, roi=camera.roi
+            )
         for reader in self.scanners.values():
             reader.start()
         if devices.printer is not None:
@@ -90,7 +94,13 @@ class StationDevices:
             connection = self.printer_connection
             self.printer = PrintQueue(self.engine, devices.printer.id, lambda job_id, data: print_job(connection, data))
             self.printer.start()
-        log.info("devices started", extra={"scanners": ",".join(self.scanners) or "none", "printer": devices.printer.id if devices.printer else "none"})
+        log.info(
+            "devices started",
+            extra={
+                "scanners": ",".join(self.scanners) or "none",
+                "printer": devices.printer.id if devices.printer else "none",
+            },
+        )
 
     def stop(self, print_deadline: float = 10.0) -> None:
         # Scanners first (no new work), then the receipt being printed may finish within the deadline.

@@ -46,17 +46,21 @@ class DiskSpace:
             free = self._free_bytes(self.path)
         except OSError as exc:
             return DiskCheck(
-                False, 0, self.min_free_bytes,
+                False,
+                0,
+                self.min_free_bytes,
                 f"cannot tell how much disk is free at {self.path} ({exc.strerror}): new sales are stopped; call IT support",
                 FULL_ZH,
-            )  # fmt: skip
+            )
         if free < self.min_free_bytes:
             return DiskCheck(
-                False, free, self.min_free_bytes,
+                False,
+                free,
+                self.min_free_bytes,
                 f"the till's disk is nearly full ({_mb(free)} free, {_mb(self.min_free_bytes)} kept for the day's sales): "
                 "new sales are stopped so none is lost half-written; call IT support to free space",
                 FULL_ZH,
-            )  # fmt: skip
+            )
         return DiskCheck(True, free, self.min_free_bytes, f"{_mb(free)} free", "")
 
 

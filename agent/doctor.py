@@ -66,16 +66,42 @@ class Doctor:
         try:
             loaded = load_settings(self.config_path)
         except SettingsError as exc:
-            return [Check("settings", "fail", str(exc).replace("\n", "; "), "fix the keys named, then: pos-edge config check FILE")]
+            return [
+                Check(
+                    "settings",
+                    "fail",
+                    str(exc).replace("\n", "; "),
+                    "fix the keys named, then: pos-edge config check FILE",
+                )
+            ]
         settings = loaded.settings
-        checks = [Check("settings", "ok", f"{self.config_path}: store {settings.store.id}, {settings.station.kind} {settings.station.id}")]
+        checks = [
+            Check(
+                "settings",
+                "ok",
+                f"{self.config_path}: store {settings.store.id}, {settings.station.kind} {settings.station.id}",
+            )
+        ]
         checks += [Check("settings", "warn", warning, "see config/example.toml") for warning in loaded.warnings]
         agent = self._agent(settings)
-        for part in (self._service, lambda s: self._api(s, agent), self._database, self._disk, lambda s: self._devices(s, agent), self._central):
+        for part in (
+            self._service,
+            lambda s: self._api(s, agent),
+            self._database,
+            self._disk,
+            lambda s: self._devices(s, agent),
+            self._central,
+        ):
             try:
                 checks += list(part(settings))
             except Exception as exc:  # a check that breaks is itself a finding, never a traceback
-                checks.append(Check(getattr(part, "__name__", "check").strip("_"), "fail", f"the check failed: {type(exc).__name__}: {exc}"))
+                checks.append(
+                    Check(
+                        getattr(part, "__name__", "check").strip("_"),
+                        "fail",
+                        f"the check failed: {type(exc).__name__}: {exc}",
+                    )
+                )
         return checks
 
     # --- the service -------------------------------------------------------------------------------------------
@@ -92,14 +118,29 @@ class Doctor:
             return
         state = f"{props.get('ActiveState')}/{props.get('SubState')}"
         if props.get("ActiveState") != "active":
-            yield Check("service", "fail", f"{SERVICE} is {state} (last result: {props.get('Result')})", f"journalctl -u {SERVICE} -n 50; then systemctl restart {SERVICE}")
+            yield Check(
+                "service",
+                "fail",
+                f"{SERVICE} is {state} (last result: {props.get('Result')})",
+                f"journalctl -u {SERVICE} -n 50; then systemctl restart {SERVICE}",
+            )
         else:
             yield Check("service", "ok", f"{SERVICE} {state}, {props.get('StatusText') or 'no status yet'}")
         if props.get("UnitFileState") not in ("enabled", "enabled-runtime", None):
-            yield Check("service", "warn", f"{SERVICE} does not start at boot ({props.get('UnitFileState')})", f"systemctl enable {SERVICE}")
+            yield Check(
+                "service",
+                "warn",
+                f"{SERVICE} does not start at boot ({props.get('UnitFileState')})",
+                f"systemctl enable {SERVICE}",
+            )
         restarts = int(props.get("NRestarts") or 0)
         if restarts:
-            yield Check("service", "warn", f"restarted {restarts} time(s) since it was started (a crash or a watchdog timeout)", f"journalctl -u {SERVICE} -p warning")
+            yield Check(
+                "service",
+                "warn",
+                f"restarted {restarts} time(s) since it was started (a crash or a watchdog timeout)",
+                f"journalctl -u {SERVICE} -p warning",
+            )
 
     def _agent(self, settings: Settings) -> httpx.Client | None:
         """A client on the running agent's API, or None when nothing answers there."""
@@ -117,7 +158,12 @@ class Doctor:
 
     def _api(self, settings: Settings, agent: httpx.Client | None) -> Iterator[Check]:
         if agent is None:
-            yield Check("agent", "warn", f"nothing answers on {settings.api.host}:{settings.api.port}", f"systemctl start {SERVICE} (or pos-edge run)")
+            yield Check(
+                "agent",
+                "warn",
+                f"nothing answers on {settings.api.host}:{settings.api.port}",
+                f"systemctl start {SERVICE} (or pos-edge run)",
+            )
             return
         ready = agent.get("/readyz")
         if ready.status_code == 404:  # an agent from before /readyz
@@ -127,7 +173,12 @@ class Doctor:
         else:
             parts = ready.json().get("parts") or []
             failing = [f"{p['name']} {p['state']}" for p in parts if p.get("needed_to_sell") and not p.get("ok")]
-            yield Check("agent", "fail", f"answers but cannot sell: {', '.join(failing) or ready.text[:200]}", "see the checks below and GET /readyz")
+            yield Check(
+                "agent",
+                "fail",
+                f"answers but cannot sell: {', '.join(failing) or ready.text[:200]}",
+                "see the checks below and GET /readyz",
+            )
 
     # --- the database ------------------------------------------------------------------------------------------
 
@@ -136,14 +187,24 @@ class Doctor:
 
         path = settings.storage.database
         if not path.exists():
-            yield Check("database", "fail", f"{path} does not exist", f"start the agent once to create it, or restore a backup: pos-edge restore FILE")
+            yield Check(
+                "database",
+                "fail",
+                f"{path} does not exist",
+                "start the agent once to create it, or restore a backup: pos-edge restore FILE",
+            )
             return
         yield from self._openable(path, "database", need_write=True)
         engine = create_engine(path)
         try:
             yield from self._database_content(path, engine)
         except sa.exc.DatabaseError as exc:
-            yield Check("database", "fail", f"{path} is damaged: {exc.orig}", "stop the agent and restore the latest backup: pos-edge restore FILE")
+            yield Check(
+                "database",
+                "fail",
+                f"{path} is damaged: {exc.orig}",
+                "stop the agent and restore the latest backup: pos-edge restore FILE",
+            )
         finally:
             engine.dispose()
 
@@ -161,29 +222,65 @@ class Doctor:
             uncertain = connection.exec_driver_sql("SELECT count(*) FROM print_job WHERE status = 'uncertain'").scalar()
         size = path.stat().st_size + _size(path.with_name(path.name + "-wal"))
         if quick != "ok" or full != ["ok"]:
-            yield Check("database", "fail", f"integrity check: {'; '.join(full[:3])}", "stop the agent and restore the latest backup: pos-edge restore FILE")
+            yield Check(
+                "database",
+                "fail",
+                f"integrity check: {'; '.join(full[:3])}",
+                "stop the agent and restore the latest backup: pos-edge restore FILE",
+            )
             return
         yield Check("database", "ok", f"integrity ok, {size / 1e6:.1f} MB")
         head = head_revision()
         if revision != head:
-            yield Check("migrations", "warn", f"schema {revision}, this release's is {head}", f"restart the agent to upgrade: systemctl restart {SERVICE}")
+            yield Check(
+                "migrations",
+                "warn",
+                f"schema {revision}, this release's is {head}",
+                f"restart the agent to upgrade: systemctl restart {SERVICE}",
+            )
         else:
             yield Check("migrations", "ok", f"schema {revision} is current")
         report = verify(engine)
         if report.first_break is not None:
             link = report.first_break
-            yield Check("journal", "fail", f"hash chain broken at seq {link.seq}: {link.reason}", "keep this database for investigation; restore the latest backup that verifies")
+            yield Check(
+                "journal",
+                "fail",
+                f"hash chain broken at seq {link.seq}: {link.reason}",
+                "keep this database for investigation; restore the latest backup that verifies",
+            )
         else:
-            purged = f", {report.purged} older rows purged after central confirmed them" if getattr(report, "purged", 0) else ""
-            yield Check("journal", "ok", f"hash chain verifies: {report.rows} rows, {report.stations} station(s){purged}")
+            purged = (
+                f", {report.purged} older rows purged after central confirmed them"
+                if getattr(report, "purged", 0)
+                else ""
+            )
+            yield Check(
+                "journal", "ok", f"hash chain verifies: {report.rows} rows, {report.stations} station(s){purged}"
+            )
         if rejected:
-            yield Check("outbox", "fail", f"{rejected} transaction(s) refused by central", "GET /v1/sync lists them; they need a person at central")
+            yield Check(
+                "outbox",
+                "fail",
+                f"{rejected} transaction(s) refused by central",
+                "GET /v1/sync lists them; they need a person at central",
+            )
         elif pending and oldest and (self.now() - _parse_time(oldest)).total_seconds() > 3600:
-            yield Check("outbox", "warn", f"{pending} transaction(s) waiting, the oldest since {oldest[:19]} UTC", "check central below; the till keeps selling meanwhile")
+            yield Check(
+                "outbox",
+                "warn",
+                f"{pending} transaction(s) waiting, the oldest since {oldest[:19]} UTC",
+                "check central below; the till keeps selling meanwhile",
+            )
         else:
             yield Check("outbox", "ok", f"{pending or 0} waiting")
         if uncertain:
-            yield Check("print queue", "warn", f"{uncertain} receipt(s) may or may not have printed", "the till screen's printer panel: reprint or mark printed")
+            yield Check(
+                "print queue",
+                "warn",
+                f"{uncertain} receipt(s) may or may not have printed",
+                "the till screen's printer panel: reprint or mark printed",
+            )
 
     def _disk(self, settings: Settings) -> Iterator[Check]:
         folder = settings.storage.database.parent
@@ -195,7 +292,12 @@ class Doctor:
         need = space.min_free_bytes
         detail = f"{space.free_bytes / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB under {folder}"
         if not space.ok:
-            yield Check("disk", "fail", f"{detail}; new sales are refused below {need // MB} MB", "free space: old backups, logs (journalctl --vacuum-size=200M)")
+            yield Check(
+                "disk",
+                "fail",
+                f"{detail}; new sales are refused below {need // MB} MB",
+                "free space: old backups, logs (journalctl --vacuum-size=200M)",
+            )
         elif space.free_bytes < 4 * need:
             yield Check("disk", "warn", detail, "free space before sales are refused")
         else:
@@ -212,7 +314,9 @@ class Doctor:
         if settings.devices.printer:
             configured.append((settings.devices.printer.id, settings.devices.printer.url, "printer"))
         if not configured:
-            yield Check("devices", "warn", "no scanner, camera or printer configured", "pos-edge devices lists what is attached")
+            yield Check(
+                "devices", "warn", "no scanner, camera or printer configured", "pos-edge devices lists what is attached"
+            )
             return
         live = self._live_devices(agent)
         for device_id, text, kind in configured:
@@ -224,17 +328,33 @@ class Doctor:
             node = _device_node(url)
             if node is not None:
                 if not node.exists():
-                    yield Check(name, "fail", f"{node} is not there", "plug it in; pos-edge devices shows what is attached and its URL")
+                    yield Check(
+                        name,
+                        "fail",
+                        f"{node} is not there",
+                        "plug it in; pos-edge devices shows what is attached and its URL",
+                    )
                     continue
-                problem = next((c for c in self._openable(node, name, need_write=kind == "printer") if c.status != "ok"), None)
+                problem = next(
+                    (c for c in self._openable(node, name, need_write=kind == "printer") if c.status != "ok"), None
+                )
                 if problem:
                     yield problem
                     continue
             if device_id in live:
                 state, reason = live[device_id]
                 good = state in ("connected", "ready", "printing", "idle")
-                fix = "load paper and close the cover" if "paper" in state else f"check its cable and power; journalctl -u {SERVICE} -g {device_id}"
-                yield Check(name, "ok" if good else "fail", f"{text}: {state}{f' ({reason})' if reason else ''}", "" if good else fix)
+                fix = (
+                    "load paper and close the cover"
+                    if "paper" in state
+                    else f"check its cable and power; journalctl -u {SERVICE} -g {device_id}"
+                )
+                yield Check(
+                    name,
+                    "ok" if good else "fail",
+                    f"{text}: {state}{f' ({reason})' if reason else ''}",
+                    "" if good else fix,
+                )
             elif kind == "printer" and agent is None:
                 yield self._printer_status(settings, name)
             else:
@@ -259,11 +379,18 @@ class Doctor:
 
         printer = settings.devices.printer
         try:
-            status = query_status(open_printer_connection(printer, settings.storage.database.parent / "receipts"), timeout=2)
+            status = query_status(
+                open_printer_connection(printer, settings.storage.database.parent / "receipts"), timeout=2
+            )
         except DeviceError as exc:
             return Check(name, "fail", str(exc), "pos-edge print-test once it is back")
         if status.paper == "out" or status.online is False:
-            return Check(name, "fail", f"{printer.url}: online={status.online} paper={status.paper}", "load paper and close the cover")
+            return Check(
+                name,
+                "fail",
+                f"{printer.url}: online={status.online} paper={status.paper}",
+                "load paper and close the cover",
+            )
         if status.paper == "low":
             return Check(name, "warn", f"{printer.url}: paper low", "have a roll ready")
         return Check(name, "ok", f"{printer.url}: online={status.online} paper={status.paper}")
@@ -274,8 +401,12 @@ class Doctor:
             user = pwd.getpwnam(self.service_user)
         except KeyError:  # not installed as a service (a developer's box): the user running the doctor
             mode = os.R_OK | (os.W_OK if need_write else 0)
-            yield Check(name, "ok" if os.access(path, mode) else "fail", f"{path} {'can' if os.access(path, mode) else 'cannot'} be opened by you",
-                        f"check the owner and mode of {path}")  # fmt: skip
+            yield Check(
+                name,
+                "ok" if os.access(path, mode) else "fail",
+                f"{path} {'can' if os.access(path, mode) else 'cannot'} be opened by you",
+                f"check the owner and mode of {path}",
+            )
             return
         info = path.stat()
         groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
@@ -289,9 +420,14 @@ class Doctor:
         need = 6 if need_write else 4
         if bits & need != need:
             owner = f"{_user_name(info.st_uid)}:{_group_name(info.st_gid)} {stat.filemode(info.st_mode)}"
-            yield Check(name, "fail", f"{path} ({owner}) cannot be opened by {self.service_user}",
-                        "install the udev rules from `pos-edge devices --udev` and replug it" if path.is_char_device()
-                        else f"chown {self.service_user} {path}")  # fmt: skip
+            yield Check(
+                name,
+                "fail",
+                f"{path} ({owner}) cannot be opened by {self.service_user}",
+                "install the udev rules from `pos-edge devices --udev` and replug it"
+                if path.is_char_device()
+                else f"chown {self.service_user} {path}",
+            )
         else:
             yield Check(name, "ok", f"{path} can be opened by {self.service_user}")
 
@@ -300,22 +436,46 @@ class Doctor:
     def _central(self, settings: Settings) -> Iterator[Check]:
         central = settings.central
         if not central.token.get_secret_value():
-            yield Check("central", "fail", "no store token: sync with central is off", "set POS_EDGE_CENTRAL__TOKEN in /etc/pos-edge/secrets.env")
+            yield Check(
+                "central",
+                "fail",
+                "no store token: sync with central is off",
+                "set POS_EDGE_CENTRAL__TOKEN in /etc/pos-edge/secrets.env",
+            )
             return
         headers = {"Authorization": f"Bearer {central.token.get_secret_value()}", "X-Store-Id": settings.store.id}
         try:
             sent = time.monotonic()
             asked_at = self.now()
-            answer = httpx.get(f"{central.url}/v1/keys/member-code", headers=headers, timeout=central.connect_timeout_s + central.read_timeout_s)
+            answer = httpx.get(
+                f"{central.url}/v1/keys/member-code",
+                headers=headers,
+                timeout=central.connect_timeout_s + central.read_timeout_s,
+            )
             took = time.monotonic() - sent
         except httpx.HTTPError as exc:
-            yield Check("central", "fail", f"cannot reach {central.url}: {exc or type(exc).__name__}", "check the store's internet and central.url; the till sells offline meanwhile")
+            yield Check(
+                "central",
+                "fail",
+                f"cannot reach {central.url}: {exc or type(exc).__name__}",
+                "check the store's internet and central.url; the till sells offline meanwhile",
+            )
             yield Check("clock", "skip", "central not reached: skew unknown")
             return
         if answer.status_code in (401, 403):
-            yield Check("central", "fail", f"{central.url} refused the store token ({answer.status_code})", "ask central's operator for this store's token")
+            yield Check(
+                "central",
+                "fail",
+                f"{central.url} refused the store token ({answer.status_code})",
+                "ask central's operator for this store's token",
+            )
         elif answer.status_code >= 400:
-            yield Check("central", "fail", f"{central.url} answered {answer.status_code}", "check central.url and central's own health")
+            yield Check(
+                "central",
+                "fail",
+                f"{central.url} answered {answer.status_code}",
+                "check central.url and central's own health",
+            )
         else:
             yield Check("central", "ok", f"{central.url} reached and the store token accepted ({took * 1000:.0f} ms)")
         yield self._skew(answer, asked_at, took, settings)

@@ -66,7 +66,14 @@ def database_part(state: Any) -> Part:
         with reader(state.engine) as connection:
             connection.exec_driver_sql("SELECT id FROM journal ORDER BY seq DESC LIMIT 1").first()
     except sa.exc.SQLAlchemyError as exc:
-        return Part("database", "database", False, "error", True, f"the journal cannot be read: {getattr(exc, 'orig', exc)}"[:300])
+        return Part(
+            "database",
+            "database",
+            False,
+            "error",
+            True,
+            f"the journal cannot be read: {getattr(exc, 'orig', exc)}"[:300],
+        )
     return Part("database", "database", True, "ok", needed_to_sell=True)
 
 
@@ -78,17 +85,30 @@ def device_parts(state: Any) -> list[Part]:
     parts = []
     for scanner in list(devices.scanners.values()):
         status = scanner.status
-        parts.append(Part(scanner.device_id, "scanner", status.state is DeviceState.CONNECTED, status.state.value, False, status.reason))
+        parts.append(
+            Part(
+                scanner.device_id,
+                "scanner",
+                status.state is DeviceState.CONNECTED,
+                status.state.value,
+                False,
+                status.reason,
+            )
+        )
     if kiosk:
         # The customer scans every code: one scanner (or the camera) that works is needed.
         working = [part.name for part in parts if part.ok]
-        detail = f"working: {', '.join(working)}" if working else "no scanner or camera is working: the customer cannot scan"
+        detail = (
+            f"working: {', '.join(working)}" if working else "no scanner or camera is working: the customer cannot scan"
+        )
         parts.append(Part("scanning", "scanners", bool(working), "ok" if working else "none", True, detail))
     if devices.printer is not None:
         try:
             queue = devices.printer.status  # its counts come from the database
         except sa.exc.SQLAlchemyError:
-            parts.append(Part(devices.printer.printer_id, "printer", False, "unknown", False, "its queue cannot be read"))
+            parts.append(
+                Part(devices.printer.printer_id, "printer", False, "unknown", False, "its queue cannot be read")
+            )
             return parts
         # Out of paper or off, the receipt waits in the queue: reported, never a reason to stop selling.
         detail = f"{queue.queued} queued, {queue.uncertain} uncertain" + (f"; {queue.reason}" if queue.reason else "")

@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralServerError, CentralTimedOut, CentralUnreachable
+from agent.central_client import (
+    CentralClient,
+    CentralError,
+    CentralNotReached,
+    CentralServerError,
+    CentralTimedOut,
+    CentralUnreachable,
+)
 from agent.member_cache import CachedMember, MemberCache
 from agent.member_code_gate import MemberCodeGate
 from agent.sync import to_cache_change
@@ -38,7 +45,9 @@ class Identification:
 
 
 class Identifier:
-    def __init__(self, cache: MemberCache, gate: MemberCodeGate, client: CentralClient, online: Callable[[], Awaitable[bool]]):
+    def __init__(
+        self, cache: MemberCache, gate: MemberCodeGate, client: CentralClient, online: Callable[[], Awaitable[bool]]
+    ):
         self.cache = cache
         self.gate = gate
         self.client = client
@@ -49,7 +58,9 @@ class Identifier:
         claim = self.gate.accept(text)
         member = self.cache.get(claim.member_id)
         if member is None:
-            raise MemberNotFound("this member joined after the till's last sync: identify them by card or phone, or wait a minute")
+            raise MemberNotFound(
+                "this member joined after the till's last sync: identify them by card or phone, or wait a minute"
+            )
         return await self._seen(Identification(member, "member_code", may_redeem=True))
 
     async def card(self, card_no: str) -> Identification:
@@ -88,7 +99,9 @@ class Identifier:
                 change = None  # the cache already said no; a failing central is not the customer's problem
             if change is not None:
                 await asyncio.to_thread(self.cache.apply, [to_cache_change(change)])
-                return await self._seen(Identification(self.cache.get(change.member_id), via, may_redeem, from_central=True))
+                return await self._seen(
+                    Identification(self.cache.get(change.member_id), via, may_redeem, from_central=True)
+                )
         raise MemberNotFound(f"no member with this {'card' if kind == 'card_no' else 'phone number'}")
 
     async def _seen(self, found: Identification) -> Identification:

@@ -107,9 +107,18 @@ def canonical_json(value: Any) -> str:
 def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     """The chain's hash of one row: SHA-256 over a canonical JSON list of the previous hash and the row's fields."""
     material = [
-        prev_hash, row["id"], row["station_id"], row["kind"], row["business_day"], row["created_at"],
-        row["member_id"], row["total_fen"], row["points_earned"], row["points_redeemed"], row["body"],
-    ]  # fmt: skip
+        prev_hash,
+        row["id"],
+        row["station_id"],
+        row["kind"],
+        row["business_day"],
+        row["created_at"],
+        row["member_id"],
+        row["total_fen"],
+        row["points_earned"],
+        row["points_redeemed"],
+        row["body"],
+    ]
     return hashlib.sha256(canonical_json(material).encode("utf-8")).hexdigest()
 
 
@@ -120,7 +129,9 @@ class Journal:
         self.zone = zone
         self.cutoff_hour = cutoff_hour
 
-    def append(self, entry: JournalEntry, also: Callable[[sa.Connection, JournalRecord], None] | None = None) -> JournalRecord:
+    def append(
+        self, entry: JournalEntry, also: Callable[[sa.Connection, JournalRecord], None] | None = None
+    ) -> JournalRecord:
         """Journal one transaction and queue it for central, atomically. Appending the same id again returns
         the row already written, so a retry after a crash cannot journal a sale twice. `also` runs in the same
         transaction with the row written (the checkout drops its saved open sale and queues the receipt there:
@@ -143,9 +154,13 @@ class Journal:
             existing = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).first()
             if existing is not None:
                 return _record(existing)
-            prev_hash = connection.exec_driver_sql(
-                "SELECT hash FROM journal WHERE station_id = ? ORDER BY seq DESC LIMIT 1", (self.station_id,)
-            ).scalar() or self._checkpoint_hash(connection) or GENESIS
+            prev_hash = (
+                connection.exec_driver_sql(
+                    "SELECT hash FROM journal WHERE station_id = ? ORDER BY seq DESC LIMIT 1", (self.station_id,)
+                ).scalar()
+                or self._checkpoint_hash(connection)
+                or GENESIS
+            )
             row["prev_hash"] = prev_hash
             row["hash"] = row_hash(prev_hash, row)
             names = list(row)
@@ -157,14 +172,18 @@ class Journal:
                 "INSERT INTO outbox (journal_id, status, attempts, created_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?)",
                 (row["id"], row["created_at"], row["created_at"]),
             )
-            record = _record(connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).one())
+            record = _record(
+                connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).one()
+            )
             if also is not None:
                 also(connection, record)
         return record
 
     def _checkpoint_hash(self, connection: sa.Connection) -> str | None:
         # Retention purged every row of the station: the chain goes on from the last purged link.
-        return connection.exec_driver_sql("SELECT hash FROM journal_checkpoint WHERE station_id = ?", (self.station_id,)).scalar()
+        return connection.exec_driver_sql(
+            "SELECT hash FROM journal_checkpoint WHERE station_id = ?", (self.station_id,)
+        ).scalar()
 
     def get(self, transaction_id: str) -> JournalRecord | None:
         with reader(self.engine) as connection:
@@ -190,10 +209,14 @@ def verify(engine: sa.Engine) -> VerifyReport:
             station = row["station_id"]
             checkpoint = checkpoints.get(station)
             if checkpoint is not None and row["seq"] <= checkpoint.seq:
-                return broken(row, f"it lies before its station's retention checkpoint (seq {checkpoint.seq}) yet was not purged")
+                return broken(
+                    row, f"it lies before its station's retention checkpoint (seq {checkpoint.seq}) yet was not purged"
+                )
             prev = last_hash.get(station, GENESIS)
             if row["prev_hash"] != prev:
-                return broken(row, "does not follow the previous row of its station (a row before it was removed or reordered)")
+                return broken(
+                    row, "does not follow the previous row of its station (a row before it was removed or reordered)"
+                )
             if row_hash(prev, row) != row["hash"]:
                 return broken(row, "its content does not match its hash (the row was changed)")
             last_hash[station] = row["hash"]
@@ -202,10 +225,16 @@ def verify(engine: sa.Engine) -> VerifyReport:
         highest = connection.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").scalar()
     if highest is not None and highest > last_seq:
         return VerifyReport(
-            rows, len(last_hash),
-            BrokenLink(highest, "", "", f"rows up to seq {highest} were written but the journal ends at seq {last_seq} (rows were removed from the end)"),
+            rows,
+            len(last_hash),
+            BrokenLink(
+                highest,
+                "",
+                "",
+                f"rows up to seq {highest} were written but the journal ends at seq {last_seq} (rows were removed from the end)",
+            ),
             purged,
-        )  # fmt: skip
+        )
     return VerifyReport(rows, len(last_hash), None, purged)
 
 
@@ -213,7 +242,9 @@ def read_checkpoints(connection: sa.Connection) -> list[Checkpoint]:
     exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_checkpoint'"
     if connection.exec_driver_sql(exists).first() is None:
         return []  # a database (a backup, say) from before retention: nothing was ever purged
-    found = connection.exec_driver_sql("SELECT station_id, seq, hash, purged_rows FROM journal_checkpoint ORDER BY station_id")
+    found = connection.exec_driver_sql(
+        "SELECT station_id, seq, hash, purged_rows FROM journal_checkpoint ORDER BY station_id"
+    )
     return [Checkpoint(*row) for row in found]
 
 
@@ -227,9 +258,13 @@ def purge_through(connection: sa.Connection, station_id: str, seq: int, hash: st
         " purged_rows = journal_checkpoint.purged_rows + excluded.purged_rows, updated_at = excluded.updated_at",
         (station_id, seq, hash, rows, to_storage(at)),
     )
-    deleted = connection.exec_driver_sql("DELETE FROM journal WHERE station_id = ? AND seq <= ?", (station_id, seq)).rowcount
+    deleted = connection.exec_driver_sql(
+        "DELETE FROM journal WHERE station_id = ? AND seq <= ?", (station_id, seq)
+    ).rowcount
     if deleted != rows:
-        raise JournalError(f"purge of station {station_id} up to seq {seq} would delete {deleted} rows, {rows} were chosen")
+        raise JournalError(
+            f"purge of station {station_id} up to seq {seq} would delete {deleted} rows, {rows} were chosen"
+        )
     return deleted
 
 

@@ -16,15 +16,20 @@ import logging
 import os
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+
+from agent.pii import mask_code
 
 # syslog priorities journald reads from a `<N>` prefix (sd-daemon(3)).
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
-from agent.pii import mask_code
-
 # Attributes every record has, and uvicorn's terminal-only duplicate of its message: not fields of the event.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 _SECRETS = re.compile(
     r"(?P<bearer>(?i:bearer)\s+)(?P<token>[^\s\"']+)"
@@ -63,7 +68,7 @@ class KeyValueFormatter(logging.Formatter):
         if self.with_priority:
             parts.append(f"<{_PRIORITY.get(record.levelno, 6)}>level={record.levelname}")
         if self.with_time:
-            parts.append("time=" + datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"))
+            parts.append("time=" + datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"))
         if not self.with_priority:
             parts.append(f"level={record.levelname}")
         parts += [f"logger={record.name}", f"msg={_quote(record.getMessage())}"]

@@ -109,13 +109,13 @@ ON CONFLICT (code) DO UPDATE SET
     valid_until = excluded.valid_until, usable_offline = excluded.usable_offline,
     used_at = COALESCE(coupon.used_at, excluded.used_at)
 """
-_COUPON_COLUMNS = (
-    "code, title, kind, amount_off_fen, percent_off, threshold_fen, cap_fen, valid_from, valid_until, usable_offline, used_at"
-)
+_COUPON_COLUMNS = "code, title, kind, amount_off_fen, percent_off, threshold_fen, cap_fen, valid_from, valid_until, usable_offline, used_at"
 
 
 def _coupon(row: sa.Row) -> CachedCoupon:
-    return CachedCoupon(*row[:7], from_storage(row[7]), from_storage(row[8]), bool(row[9]), row[10] and from_storage(row[10]))
+    return CachedCoupon(
+        *row[:7], from_storage(row[7]), from_storage(row[8]), bool(row[9]), row[10] and from_storage(row[10])
+    )
 
 
 # Identifiers and coupons go with the member (ON DELETE CASCADE).
@@ -150,9 +150,19 @@ SEEN_RESOLUTION = timedelta(days=1)
 
 def _coupon_row(member_id: str, c: CachedCoupon) -> tuple:
     return (
-        c.code, member_id, c.title, c.kind, c.amount_off_fen, c.percent_off, c.threshold_fen, c.cap_fen,
-        to_storage(c.valid_from), to_storage(c.valid_until), c.usable_offline, c.used_at and to_storage(c.used_at),
-    )  # fmt: skip
+        c.code,
+        member_id,
+        c.title,
+        c.kind,
+        c.amount_off_fen,
+        c.percent_off,
+        c.threshold_fen,
+        c.cap_fen,
+        to_storage(c.valid_from),
+        to_storage(c.valid_until),
+        c.usable_offline,
+        c.used_at and to_storage(c.used_at),
+    )
 
 
 class MemberCache:
@@ -160,7 +170,9 @@ class MemberCache:
         self.engine = engine
         self._phone_hash_key = phone_hash_key
 
-    def apply(self, changes: Sequence[MemberChange], cursor: str | None = None, now: datetime | None = None) -> ApplyResult:
+    def apply(
+        self, changes: Sequence[MemberChange], cursor: str | None = None, now: datetime | None = None
+    ) -> ApplyResult:
         """Apply one page of the change feed and, in the same transaction, the cursor that follows it."""
         stamp = to_storage(now or utcnow())
         upserts = [c for c in changes if not c.deleted]
@@ -169,7 +181,10 @@ class MemberCache:
             if upserts:
                 connection.exec_driver_sql(
                     _UPSERT_MEMBER,
-                    [(c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version, stamp, stamp) for c in upserts],
+                    [
+                        (c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version, stamp, stamp)
+                        for c in upserts
+                    ],
                 )
                 connection.exec_driver_sql(_CLEAR_IDENTIFIERS, [(c.member_id,) for c in upserts])
                 identifiers = [(kind, value, c.member_id) for c in upserts for kind, value in c.identifiers]
@@ -186,13 +201,17 @@ class MemberCache:
 
     def coupons(self, member_id: str) -> list[CachedCoupon]:
         with reader(self.engine) as connection:
-            rows = connection.exec_driver_sql(f"SELECT {_COUPON_COLUMNS} FROM coupon WHERE member_id = ? ORDER BY valid_until", (member_id,)).all()
+            rows = connection.exec_driver_sql(
+                f"SELECT {_COUPON_COLUMNS} FROM coupon WHERE member_id = ? ORDER BY valid_until", (member_id,)
+            ).all()
         return [_coupon(row) for row in rows]
 
     def coupon(self, code: str) -> tuple[str | None, CachedCoupon] | None:
         """The coupon with this code and the member it was issued to, or None if the till does not know it."""
         with reader(self.engine) as connection:
-            row = connection.exec_driver_sql(f"SELECT {_COUPON_COLUMNS}, member_id FROM coupon WHERE code = ?", (code,)).first()
+            row = connection.exec_driver_sql(
+                f"SELECT {_COUPON_COLUMNS}, member_id FROM coupon WHERE code = ?", (code,)
+            ).first()
         return None if row is None else (row[11], _coupon(row))
 
     def mark_coupons_used(self, codes: Sequence[str], at: datetime, connection: sa.Connection | None = None) -> None:
@@ -204,12 +223,17 @@ class MemberCache:
             with self.engine.begin() as own:
                 self.mark_coupons_used(codes, at, own)
             return
-        connection.exec_driver_sql("UPDATE coupon SET used_at = ? WHERE code = ? AND used_at IS NULL", [(to_storage(at), code) for code in codes])
+        connection.exec_driver_sql(
+            "UPDATE coupon SET used_at = ? WHERE code = ? AND used_at IS NULL",
+            [(to_storage(at), code) for code in codes],
+        )
 
     def lookup(self, kind: str, value: str) -> CachedMember | None:
         """The member holding identifier (kind, value), in one indexed query."""
         if not IDENTIFIER_KIND.match(kind):
-            raise UnknownIdentifierKind(f"unknown identifier kind {kind!r}; use unionid, card_no, phone_hash or openid:<appid>")
+            raise UnknownIdentifierKind(
+                f"unknown identifier kind {kind!r}; use unionid, card_no, phone_hash or openid:<appid>"
+            )
         with reader(self.engine) as connection:
             row = connection.exec_driver_sql(_LOOKUP, (kind, value)).first()
         return None if row is None else CachedMember(*row)
@@ -259,11 +283,17 @@ class MemberCache:
         purged, after = 0, 0
         while True:
             with self.engine.begin() as connection:
-                found = connection.exec_driver_sql(_HOLDS_PERSONAL_DATA, (after, to_storage(not_seen_since), batch_size)).all()
+                found = connection.exec_driver_sql(
+                    _HOLDS_PERSONAL_DATA, (after, to_storage(not_seen_since), batch_size)
+                ).all()
                 ids = [(member_id,) for _, member_id in found]
                 if ids:
-                    connection.exec_driver_sql("UPDATE member SET display_name = '', phone_masked = NULL WHERE id = ?", ids)
-                    connection.exec_driver_sql(f"DELETE FROM member_identifier WHERE member_id = ? AND {_PERSONAL_KIND}", ids)
+                    connection.exec_driver_sql(
+                        "UPDATE member SET display_name = '', phone_masked = NULL WHERE id = ?", ids
+                    )
+                    connection.exec_driver_sql(
+                        f"DELETE FROM member_identifier WHERE member_id = ? AND {_PERSONAL_KIND}", ids
+                    )
             purged += len(ids)
             if len(found) < batch_size:
                 return purged

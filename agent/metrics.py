@@ -88,28 +88,47 @@ class AgentMetrics:
         self.registry = CollectorRegistry()
         self.station_kind = station_kind
         registry = self.registry
-        self.scans = Counter("pos_edge_scans", "Codes read by the station's devices", ["device", "kind"], registry=registry)
+        self.scans = Counter(
+            "pos_edge_scans", "Codes read by the station's devices", ["device", "kind"], registry=registry
+        )
         self.sales = Counter("pos_edge_sales", "Sales journaled", ["station_kind"], registry=registry)
         self.sale_tenders = Counter(
-            "pos_edge_sale_tenders", "Tenders of journaled sales, by kind", ["station_kind", "tender"], registry=registry
+            "pos_edge_sale_tenders",
+            "Tenders of journaled sales, by kind",
+            ["station_kind", "tender"],
+            registry=registry,
         )
         self.sale_fen = Counter(
             "pos_edge_sale_fen", "Money taken by journaled sales, in fen", ["station_kind", "tender"], registry=registry
         )
         self.refunds = Counter("pos_edge_refunds", "Refunds journaled", ["station_kind"], registry=registry)
         self.refund_fen = Counter(
-            "pos_edge_refund_fen", "Money given back by journaled refunds, in fen", ["station_kind", "tender"], registry=registry
+            "pos_edge_refund_fen",
+            "Money given back by journaled refunds, in fen",
+            ["station_kind", "tender"],
+            registry=registry,
         )
         self.code_payments = Counter(
-            "pos_edge_code_payments", "Code payments by how they ended at the till", ["provider", "outcome"], registry=registry
+            "pos_edge_code_payments",
+            "Code payments by how they ended at the till",
+            ["provider", "outcome"],
+            registry=registry,
         )
         self.code_payment_seconds = Histogram(
-            "pos_edge_code_payment_seconds", "From a code payment's charge sent to its final answer",
-            ["provider", "outcome"], buckets=PAYMENT_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.printed = Counter("pos_edge_print_jobs_printed", "Print jobs printed whole", ["printer"], registry=registry)
+            "pos_edge_code_payment_seconds",
+            "From a code payment's charge sent to its final answer",
+            ["provider", "outcome"],
+            buckets=PAYMENT_BUCKETS_S,
+            registry=registry,
+        )
+        self.printed = Counter(
+            "pos_edge_print_jobs_printed", "Print jobs printed whole", ["printer"], registry=registry
+        )
         self.print_failures = Counter(
-            "pos_edge_print_failures", "Attempts to print a job that failed (the job stays queued)", ["printer", "reason"], registry=registry
+            "pos_edge_print_failures",
+            "Attempts to print a job that failed (the job stays queued)",
+            ["printer", "reason"],
+            registry=registry,
         )
         self.sync_rows = Counter(
             "pos_edge_sync_rows", "Journal rows pushed to central, by central's answer", ["result"], registry=registry
@@ -204,7 +223,9 @@ class StationCollector(Collector):
         state = self.state
         settings = state.settings
         where = {"store": settings.store.id, "station": settings.station.id, "station_kind": settings.station.kind}
-        yield InfoMetricFamily("pos_edge_build", "The agent's version and where it runs", value={"version": __version__, **where})
+        yield InfoMetricFamily(
+            "pos_edge_build", "The agent's version and where it runs", value={"version": __version__, **where}
+        )
         yield from self._database(state)
         yield from self._devices(state)
         yield from self._sync(state)
@@ -215,22 +236,29 @@ class StationCollector(Collector):
         except sa.exc.SQLAlchemyError as exc:
             log.warning("metrics: the database could not be read", extra={"error": str(exc)[:200]})
             figures = None
-        yield _gauge("pos_edge_database_readable", "1 when the scrape could read the database", int(figures is not None))
+        yield _gauge(
+            "pos_edge_database_readable", "1 when the scrape could read the database", int(figures is not None)
+        )
         if figures is not None:
             yield _gauge("pos_edge_journal_rows", "Rows in the journal", figures.journal_rows)
             yield _gauge("pos_edge_members_cached", "Members in the till's cache", figures.members)
             outbox = GaugeMetricFamily(
-                "pos_edge_outbox_rows", "Journal rows waiting for central (pending) or for a person (rejected)", labels=["status"]
+                "pos_edge_outbox_rows",
+                "Journal rows waiting for central (pending) or for a person (rejected)",
+                labels=["status"],
             )
             outbox.add_metric(["pending"], figures.outbox_pending)
             outbox.add_metric(["rejected"], figures.outbox_rejected)
             yield outbox
             lag = figures.sync_lag(self.clock())
             yield _gauge(
-                "pos_edge_sync_lag_seconds", "Age of the oldest journal row not yet sent to central (0: none waits)",
+                "pos_edge_sync_lag_seconds",
+                "Age of the oldest journal row not yet sent to central (0: none waits)",
                 0 if lag is None else max(0.0, lag.total_seconds()),
-            )  # fmt: skip
-            yield _gauge("pos_edge_refunds_pending", "Code refunds sent whose answer has not come yet", figures.refunds_pending)
+            )
+            yield _gauge(
+                "pos_edge_refunds_pending", "Code refunds sent whose answer has not come yet", figures.refunds_pending
+            )
         size = GaugeMetricFamily("pos_edge_database_bytes", "Size of the database's files on disk", labels=["file"])
         path = Path(state.settings.storage.database)
         for name, file in (("db", path), ("wal", path.with_name(path.name + "-wal"))):
@@ -242,13 +270,21 @@ class StationCollector(Collector):
         if state.disk is not None:
             space = state.disk.check()
             yield _gauge("pos_edge_disk_free_bytes", "Free space under the database's folder", space.free_bytes)
-            yield _gauge("pos_edge_disk_reserved_bytes", "Below this much free space no new sale starts (storage.min_free_mb)", space.min_free_bytes)
+            yield _gauge(
+                "pos_edge_disk_reserved_bytes",
+                "Below this much free space no new sale starts (storage.min_free_mb)",
+                space.min_free_bytes,
+            )
 
     def _devices(self, state: Any) -> Iterator[Metric]:
         up = GaugeMetricFamily("pos_edge_device_up", "1 when the device can be used now", labels=["device", "type"])
-        current = GaugeMetricFamily("pos_edge_device_state", "The device's current state (1)", labels=["device", "type", "state"])
+        current = GaugeMetricFamily(
+            "pos_edge_device_state", "The device's current state (1)", labels=["device", "type", "state"]
+        )
         jobs = GaugeMetricFamily(
-            "pos_edge_print_queue_jobs", "Print jobs waiting to print (queued) or for a person (uncertain)", labels=["printer", "status"]
+            "pos_edge_print_queue_jobs",
+            "Print jobs waiting to print (queued) or for a person (uncertain)",
+            labels=["printer", "status"],
         )
         devices = state.devices
         for scanner in list(devices.scanners.values()) if devices is not None else []:
@@ -273,9 +309,13 @@ class StationCollector(Collector):
         if state.sync is None:
             return
         last = GaugeMetricFamily(
-            "pos_edge_sync_last_success_timestamp_seconds", "When the sync job last reached central (Unix time; 0: never)", labels=["job"]
+            "pos_edge_sync_last_success_timestamp_seconds",
+            "When the sync job last reached central (Unix time; 0: never)",
+            labels=["job"],
         )
-        failures = GaugeMetricFamily("pos_edge_sync_consecutive_failures", "Failed runs of the sync job since its last success", labels=["job"])
+        failures = GaugeMetricFamily(
+            "pos_edge_sync_consecutive_failures", "Failed runs of the sync job since its last success", labels=["job"]
+        )
         for health in (state.sync.push_health, state.sync.pull_health):
             last.add_metric([health.name], health.last_success.timestamp() if health.last_success else 0)
             failures.add_metric([health.name], health.failures)
@@ -285,4 +325,3 @@ class StationCollector(Collector):
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
-

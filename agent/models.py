@@ -38,7 +38,8 @@ class Member(SQLModel, table=True):
     version: int = Field(description="the central change-feed position of this member's last change")
     updated_at: datetime = Field(sa_column=utc_column())
     last_seen_at: datetime | None = Field(
-        sa_column=utc_column(nullable=True), description="last identified at this till (or first cached); personal data goes after storage.member_retention_days"
+        sa_column=utc_column(nullable=True),
+        description="last identified at this till (or first cached); personal data goes after storage.member_retention_days",
     )
 
 

@@ -85,7 +85,9 @@ def _view(row: sa.Row) -> JobView:
     return JobView(**values)
 
 
-def insert_job(connection: sa.Connection, printer_id: str, job_id: str, data: bytes, purpose: str, journal_id: str | None = None) -> None:
+def insert_job(
+    connection: sa.Connection, printer_id: str, job_id: str, data: bytes, purpose: str, journal_id: str | None = None
+) -> None:
     """Queue a job inside the caller's transaction — a receipt with its journal row, so a paid sale never lacks
     its receipt. An id already queued or printed is left as it is."""
     if purpose not in PURPOSES:
@@ -177,7 +179,9 @@ class PrintQueue:
                     (self.printer_id,),
                 ).all()
             )
-        return QueueStatus(self.printer_id, self._state, self._reason, counts.get("queued", 0), counts.get("uncertain", 0), self._since)
+        return QueueStatus(
+            self.printer_id, self._state, self._reason, counts.get("queued", 0), counts.get("uncertain", 0), self._since
+        )
 
     def wait_for(self, job_id: str, statuses: set[str], timeout: float) -> JobView:
         """Block until the job reaches one of `statuses` or the timeout passes; returns the job as it is then."""
@@ -214,7 +218,9 @@ class PrintQueue:
                 (to_storage(utcnow()), self.printer_id),
             ).rowcount
         if stranded:
-            log.warning("print jobs of unknown outcome held for a person", extra={"printer": self.printer_id, "jobs": stranded})
+            log.warning(
+                "print jobs of unknown outcome held for a person", extra={"printer": self.printer_id, "jobs": stranded}
+            )
         self._stopping.clear()
         self._set_state(PrinterState.READY, None)
         self._thread = threading.Thread(target=self._run, name=f"print-{self.printer_id}", daemon=True)
@@ -301,7 +307,9 @@ class PrintQueue:
             if row is None:
                 raise JobNotFound(f"no print job {job_id}")
             if row.status not in allowed:
-                raise JobStateError(f"print job {job_id} is {row.status}; only a job that is {' or '.join(sorted(allowed))} can be made {to}")
+                raise JobStateError(
+                    f"print job {job_id} is {row.status}; only a job that is {' or '.join(sorted(allowed))} can be made {to}"
+                )
             connection.exec_driver_sql(
                 "UPDATE print_job SET status = ?, updated_at = ? WHERE id = ?", (to, to_storage(utcnow()), job_id)
             )
@@ -320,7 +328,9 @@ class PrintQueue:
         previous = self._state
         self._state, self._reason, self._since = state, reason, utcnow()
         if state in (PrinterState.OFFLINE, PrinterState.PAPER_OUT):
-            log.warning("printer on hold", extra={"printer": self.printer_id, "state": state.value, "reason": reason or ""})
+            log.warning(
+                "printer on hold", extra={"printer": self.printer_id, "state": state.value, "reason": reason or ""}
+            )
         elif previous in (PrinterState.OFFLINE, PrinterState.PAPER_OUT) and state is PrinterState.READY:
             log.info("printer back", extra={"printer": self.printer_id})
         self._on_status(self.status)

@@ -22,7 +22,13 @@ from drivers.document import Document
 
 
 class ReceiptPrinting:
-    def __init__(self, settings: Settings, render: Callable[[Document], bytes], columns: int, queue: Callable[[], PrintQueue | None]):
+    def __init__(
+        self,
+        settings: Settings,
+        render: Callable[[Document], bytes],
+        columns: int,
+        queue: Callable[[], PrintQueue | None],
+    ):
         self.settings = settings
         self._render = render
         self._columns = columns
@@ -47,7 +53,9 @@ class ReceiptPrinting:
         if queue is None:
             return None
         data = await asyncio.to_thread(self._bytes, receipt_of_record(record, self.settings, reprint=True), False)
-        job = await asyncio.to_thread(queue.enqueue, f"{record.id}-reprint-{uuid7().hex[:8]}", data, "reprint", record.id)
+        job = await asyncio.to_thread(
+            queue.enqueue, f"{record.id}-reprint-{uuid7().hex[:8]}", data, "reprint", record.id
+        )
         return job.id
 
     def _bytes(self, receipt: Receipt, open_drawer: bool) -> bytes:

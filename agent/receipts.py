@@ -21,7 +21,20 @@ from typing import Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from drivers.document import Align, Barcode, Block, Cut, Document, DrawerKick, Feed, Qr, Rule, Text, char_width, display_width
+from drivers.document import (
+    Align,
+    Barcode,
+    Block,
+    Cut,
+    Document,
+    DrawerKick,
+    Feed,
+    Qr,
+    Rule,
+    Text,
+    char_width,
+    display_width,
+)
 
 ReceiptKind = Literal["sale", "refund"]
 
@@ -85,7 +98,7 @@ def wrap(text: str, width: int) -> list[str]:
         while display_width(token) > width:  # a word longer than a line: cut it
             head = truncate(token, width)
             lines.append(head)
-            token = token[len(head):]
+            token = token[len(head) :]
         line = token
     lines.append(line.rstrip(" "))
     return lines
@@ -175,7 +188,9 @@ class MemberInfo:
 
     def __post_init__(self) -> None:
         if self.masked_phone is not None and not _MASKED_PHONE.fullmatch(self.masked_phone):
-            raise ValueError("MemberInfo.masked_phone must be masked like 138****5678: pass agent.pii.mask_phone(phone)")
+            raise ValueError(
+                "MemberInfo.masked_phone must be masked like 138****5678: pass agent.pii.mask_phone(phone)"
+            )
 
 
 @dataclass(frozen=True)
@@ -323,7 +338,9 @@ def layout(receipt: Receipt, columns: int, zone: ZoneInfo, *, open_drawer: bool 
             # A refund takes back what the sale earned and gives back what it spent.
             out.pair("扣回积分" if refund else "本次积分", f"{-abs(points.earned) if refund else points.earned:+d}")
         if points.redeemed:
-            out.pair("退回积分" if refund else "使用积分", f"{abs(points.redeemed) if refund else -abs(points.redeemed):+d}")
+            out.pair(
+                "退回积分" if refund else "使用积分", f"{abs(points.redeemed) if refund else -abs(points.redeemed):+d}"
+            )
         out.pair("积分余额", str(points.balance))
         if points.provisional:
             out.text(PROVISIONAL_MARK)

@@ -118,7 +118,9 @@ def compare_and_requeue(engine: sa.Engine, station_id: str, business_day: date, 
     for transaction_id in sorted(set(store) - set(theirs)):
         result.missing_at_central.append(transaction_id)
         status = store[transaction_id].status
-        {"pending": result.awaiting_push, "rejected": result.rejected}.get(status, result.requeued).append(transaction_id)
+        {"pending": result.awaiting_push, "rejected": result.rejected}.get(status, result.requeued).append(
+            transaction_id
+        )
     for transaction_id in sorted(set(store) & set(theirs)):
         for name in COMPARED:
             ours, central_value = getattr(store[transaction_id], name), getattr(theirs[transaction_id], name)
@@ -142,9 +144,16 @@ def _take_payments(result: Reconciliation, check: PaymentsCheck) -> None:
     result.payments_awaiting = check.awaiting
     result.payment_problems = [
         PaymentIssue(
-            kind=p.kind, out_trade_no=p.out_trade_no, provider=p.provider, amount_fen=p.amount_fen, reason=p.reason,
-            tender_fen=p.tender_fen, payment_state=p.payment_state, transaction_id=p.transaction_id,
-            out_refund_no=p.out_refund_no, refund_state=p.refund_state,
-        )  # fmt: skip
+            kind=p.kind,
+            out_trade_no=p.out_trade_no,
+            provider=p.provider,
+            amount_fen=p.amount_fen,
+            reason=p.reason,
+            tender_fen=p.tender_fen,
+            payment_state=p.payment_state,
+            transaction_id=p.transaction_id,
+            out_refund_no=p.out_refund_no,
+            refund_state=p.refund_state,
+        )
         for p in check.problems
     ]

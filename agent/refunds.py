@@ -75,7 +75,9 @@ class PendingRefund(BaseModel):
 
     id: str  # the refund's transaction id once journaled
     sale_id: str
-    asked: list[tuple[int, int]] | None  # the lines asked for (None: all that was left): the same request is this refund
+    asked: (
+        list[tuple[int, int]] | None
+    )  # the lines asked for (None: all that was left): the same request is this refund
     reason: str | None
     ordinal: int  # its place among the sale's refunds
     lines: list[dict]
@@ -128,12 +130,19 @@ class Refunds:
 
     def refunds_of(self, sale_id: str) -> list[JournalRecord]:
         with reader(self.engine) as connection:
-            ids = connection.exec_driver_sql(
-                "SELECT id FROM journal WHERE kind = 'refund' AND json_extract(body, '$.original_id') = ? ORDER BY seq", (sale_id,)
-            ).scalars().all()
+            ids = (
+                connection.exec_driver_sql(
+                    "SELECT id FROM journal WHERE kind = 'refund' AND json_extract(body, '$.original_id') = ? ORDER BY seq",
+                    (sale_id,),
+                )
+                .scalars()
+                .all()
+            )
         return [self.journal.get(i) for i in ids]
 
-    async def refund(self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None) -> tuple[JournalRecord, str | None]:
+    async def refund(
+        self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None
+    ) -> tuple[JournalRecord, str | None]:
         """Refund and journal; the refund's journal row and its receipt's print job id."""
         asked = None if lines is None else sorted((item.line, item.qty) for item in lines)
         async with self._lock:
@@ -148,7 +157,10 @@ class Refunds:
             earlier = await asyncio.to_thread(self.refunds_of, sale.id)
             plan = _plan(sale, earlier, lines)
             if any(t["kind"] in CODE_KINDS for t in plan.tenders) and not await self.connectivity.online():
-                raise Offline("this sale was paid by code: its refund goes through central, which cannot be reached now; try again later", OFFLINE_ZH)
+                raise Offline(
+                    "this sale was paid by code: its refund goes through central, which cannot be reached now; try again later",
+                    OFFLINE_ZH,
+                )
             pending = _pending(sale, len(earlier) + 1, asked, reason, plan)
             if pending.code_parts():
                 await asyncio.to_thread(self._save_pending, pending)  # on disk before anything is sent
@@ -180,7 +192,9 @@ class Refunds:
             except CentralNotReached as exc:
                 if not any(p.get("sent") for p in parts):  # nothing ever left the store: nothing refunded
                     await asyncio.to_thread(self._drop_pending, pending.id)
-                    raise Offline(f"the {part['kind']} refund could not be sent: {exc}; try again later", OFFLINE_ZH) from None
+                    raise Offline(
+                        f"the {part['kind']} refund could not be sent: {exc}; try again later", OFFLINE_ZH
+                    ) from None
                 self._follow(sale.id)
                 raise self._in_progress(part, exc) from None
             except CentralRejected as exc:  # central's own refusal: no refund under this number
@@ -199,7 +213,9 @@ class Refunds:
         if refused and len(refused) == len(parts):
             await asyncio.to_thread(self._drop_pending, pending.id)
             first = refused[0]
-            raise PaymentFailed(f"the {first['kind']} refund was refused: {first['refused']}", "原路退款失败，请换一种方式退款")
+            raise PaymentFailed(
+                f"the {first['kind']} refund was refused: {first['refused']}", "原路退款失败，请换一种方式退款"
+            )
         for part in refused:  # another code part was refunded: this one goes back in cash, so the refund is whole
             part["instead_of"], part["kind"] = part["kind"], "cash"
         record = await asyncio.to_thread(self._journal, sale, pending, await self.connectivity.online())
@@ -257,7 +273,9 @@ class Refunds:
                 except CheckoutError as exc:
                     log.warning("pending refund ended without a refund", extra={"sale": sale_id, "error": exc.message})
                     return
-            log.info("pending refund finished", extra={"sale": sale_id, "refund": record.id, "total_fen": record.total_fen})
+            log.info(
+                "pending refund finished", extra={"sale": sale_id, "refund": record.id, "total_fen": record.total_fen}
+            )
             return
 
     # --- the database ----------------------------------------------------------------------------------------
@@ -277,12 +295,19 @@ class Refunds:
             "coupons": [],
             "subtotal_fen": sum(line["amount_fen"] for line in pending.lines),
             "member": sale.body.get("member"),
-            "points_balance": None if member is None else member.points - pending.points_taken_back + pending.points_returned,
+            "points_balance": None
+            if member is None
+            else member.points - pending.points_taken_back + pending.points_returned,
         }
         entry = JournalEntry(
-            kind="refund", id=pending.id, total_fen=pending.money_fen, body=body, member_id=sale.member_id,
-            points_earned=pending.points_taken_back, points_redeemed=pending.points_returned,
-        )  # fmt: skip
+            kind="refund",
+            id=pending.id,
+            total_fen=pending.money_fen,
+            body=body,
+            member_id=sale.member_id,
+            points_earned=pending.points_taken_back,
+            points_redeemed=pending.points_returned,
+        )
         cash = any(t["kind"] == "cash" for t in tenders)
 
         def within(connection: sa.Connection, record: JournalRecord) -> None:
@@ -321,7 +346,9 @@ class Refunds:
             connection.exec_driver_sql("DELETE FROM pending_refund WHERE id = ?", (refund_id,))
 
 
-def _pending(sale: JournalRecord, ordinal: int, asked: list[tuple[int, int]] | None, reason: str | None, plan: _Plan) -> PendingRefund:
+def _pending(
+    sale: JournalRecord, ordinal: int, asked: list[tuple[int, int]] | None, reason: str | None, plan: _Plan
+) -> PendingRefund:
     tenders = []
     for i, tender in enumerate(plan.tenders):
         tender = dict(tender)
@@ -332,10 +359,18 @@ def _pending(sale: JournalRecord, ordinal: int, asked: list[tuple[int, int]] | N
             tender["sent"] = False
         tenders.append(tender)
     return PendingRefund(
-        id=str(uuid7()), sale_id=sale.id, asked=asked, reason=reason, ordinal=ordinal, lines=plan.lines,
-        money_fen=plan.money_fen, points_taken_back=plan.points_taken_back, points_returned=plan.points_returned,
-        tenders=tenders, created_at=utcnow(),
-    )  # fmt: skip
+        id=str(uuid7()),
+        sale_id=sale.id,
+        asked=asked,
+        reason=reason,
+        ordinal=ordinal,
+        lines=plan.lines,
+        money_fen=plan.money_fen,
+        points_taken_back=plan.points_taken_back,
+        points_returned=plan.points_returned,
+        tenders=tenders,
+        created_at=utcnow(),
+    )
 
 
 @dataclass(frozen=True)
@@ -365,7 +400,9 @@ def _plan(sale: JournalRecord, earlier: list[JournalRecord], asked: Sequence[Ref
             wanted[item.line] += item.qty
     for i, (line, done) in enumerate(zip(sold, before, strict=True)):
         if wanted[i] > line["qty"] - done:
-            raise RefundRefused(f"line {i} ({line['name']}): {wanted[i]} to refund but only {line['qty'] - done} of {line['qty']} left")
+            raise RefundRefused(
+                f"line {i} ({line['name']}): {wanted[i]} to refund but only {line['qty'] - done} of {line['qty']} left"
+            )
     if not any(wanted):
         raise RefundRefused("nothing is left to refund on this sale")
 
@@ -382,7 +419,16 @@ def _plan(sale: JournalRecord, earlier: list[JournalRecord], asked: Sequence[Ref
             earning_after += cum(before[i] + wanted[i])
         if wanted[i]:
             amount = cum(before[i] + wanted[i]) - cum(before[i])
-            lines.append({"line": i, "sku": line["sku"], "name": line["name"], "qty": wanted[i], "unit_price_fen": line["unit_price_fen"], "amount_fen": amount})
+            lines.append(
+                {
+                    "line": i,
+                    "sku": line["sku"],
+                    "name": line["name"],
+                    "qty": wanted[i],
+                    "unit_price_fen": line["unit_price_fen"],
+                    "amount_fen": amount,
+                }
+            )
 
     def share(total: int, after: int, before: int, whole: int) -> int:
         """The part of `total` that goes with goods worth `after` in all, less what went with `before`."""
@@ -411,7 +457,15 @@ def _allocate(sale: JournalRecord, earlier: list[JournalRecord], money: int) -> 
         room = tender["amount_fen"] - given_back.get(i, 0)
         take = min(room, left)
         if take > 0:
-            out.append({"tender": i, "kind": tender["kind"], "amount_fen": take, "out_trade_no": tender.get("out_trade_no"), "reference": tender.get("reference")})
+            out.append(
+                {
+                    "tender": i,
+                    "kind": tender["kind"],
+                    "amount_fen": take,
+                    "out_trade_no": tender.get("out_trade_no"),
+                    "reference": tender.get("reference"),
+                }
+            )
             left -= take
     if left > 0:  # only if the journal was edited: the chain check would say so too
         raise RefundRefused(f"¥{left / 100:.2f} of this refund is more than the sale's tenders have left")

@@ -47,7 +47,9 @@ ORDER BY j.seq
 LIMIT ?
 """
 # Few at any time; print_job has no index on journal_id, so they are read once per batch.
-_UNFINISHED_RECEIPTS = "SELECT journal_id FROM print_job WHERE status IN ('queued', 'sending', 'uncertain') AND journal_id IS NOT NULL"
+_UNFINISHED_RECEIPTS = (
+    "SELECT journal_id FROM print_job WHERE status IN ('queued', 'sending', 'uncertain') AND journal_id IS NOT NULL"
+)
 _FINISHED_PRINT_JOBS = """
 DELETE FROM print_job WHERE seq IN (
     SELECT seq FROM print_job WHERE status IN ('printed', 'cancelled') AND updated_at < ? ORDER BY seq LIMIT ?
@@ -69,7 +71,9 @@ class RetentionReport:
     print_jobs: int = 0
     members: int = 0
     held_back: tuple[str, ...] = ()  # per station, why its purge stopped before the retention's cut-off
-    checkpoints: dict[str, tuple[int, str]] = field(default_factory=dict)  # station -> (seq, hash) of the last purged row
+    checkpoints: dict[str, tuple[int, str]] = field(
+        default_factory=dict
+    )  # station -> (seq, hash) of the last purged row
     seconds: float = 0.0
 
 
@@ -83,16 +87,21 @@ def run_retention(
     """Purge what the policy lets go, one short transaction per batch. `after_batch` hears each committed batch."""
     started = time.monotonic()
     now = now or utcnow()
-    journal_rows, held_back, checkpoints = purge_journal(engine, now - timedelta(days=policy.journal_days), now, policy.batch_size, after_batch)
+    journal_rows, held_back, checkpoints = purge_journal(
+        engine, now - timedelta(days=policy.journal_days), now, policy.batch_size, after_batch
+    )
     print_jobs = purge_print_jobs(engine, now - timedelta(days=policy.print_job_days), policy.batch_size)
     purged_members = members.purge_personal_data(now - timedelta(days=policy.member_days), policy.batch_size)
     return RetentionReport(journal_rows, print_jobs, purged_members, held_back, checkpoints, time.monotonic() - started)
 
 
 def purge_journal(
-    engine: sa.Engine, before: datetime, now: datetime, batch_size: int = BATCH_SIZE,
+    engine: sa.Engine,
+    before: datetime,
+    now: datetime,
+    batch_size: int = BATCH_SIZE,
     after_batch: Callable[[str, int], None] = lambda station, seq: None,
-) -> tuple[int, tuple[str, ...], dict[str, tuple[int, str]]]:  # fmt: skip
+) -> tuple[int, tuple[str, ...], dict[str, tuple[int, str]]]:
     """Purge each station's oldest rows that may go (module docstring); rows purged, why stations stopped early,
     and each station's new checkpoint."""
     cutoff = to_storage(before)
@@ -127,11 +136,17 @@ def _purgeable_prefix(connection: sa.Connection, rows, unprinted: set[str], cuto
         if row["created_at"] >= cutoff:
             return taken, None  # the rest is younger than the retention: the normal end
         if row["outbox_status"] is not None:
-            return taken, f"transaction {row['id']} (seq {row['seq']}) is not confirmed by central ({row['outbox_status']})"
+            return (
+                taken,
+                f"transaction {row['id']} (seq {row['seq']}) is not confirmed by central ({row['outbox_status']})",
+            )
         if row["refund_in_flight"]:
             return taken, f"a refund of sale {row['id']} (seq {row['seq']}) is still in flight"
         if row["id"] in unprinted:
-            return taken, f"the receipt of transaction {row['id']} (seq {row['seq']}) has not printed or waits for a person"
+            return (
+                taken,
+                f"the receipt of transaction {row['id']} (seq {row['seq']}) has not printed or waits for a person",
+            )
         original = row["original_id"] if row["kind"] == "refund" else None
         if original and original not in ids and _still_journaled(connection, original):
             return taken, f"refund {row['id']} (seq {row['seq']}) goes only with its sale {original}, which is kept"

@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from agent import __version__
 from agent.api import create_app
 from agent.central_client import CentralClient
-from agent.clock import utcnow
 from agent.checkout import Checkout
+from agent.clock import utcnow
 from agent.connectivity import Connectivity
 from agent.db import open_database, schema_revision
-from agent.disk_space import MB, DiskSpace
 from agent.devices import StationDevices
+from agent.disk_space import MB, DiskSpace
 from agent.events import EventHub
 from agent.identify import Identifier
 from agent.journal import Journal
@@ -96,7 +96,9 @@ def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
     devices = state.devices
     if settings.devices.printer is not None:
         state.receipts = ReceiptPrinting(settings, devices.render, devices.columns, lambda: devices.printer)
-    connectivity = Connectivity(client, (state.sync.push_health, state.sync.pull_health), probe_timeout_s=settings.offline.probe_timeout_s)
+    connectivity = Connectivity(
+        client, (state.sync.push_health, state.sync.pull_health), probe_timeout_s=settings.offline.probe_timeout_s
+    )
     identifier = Identifier(state.members, state.member_codes, client, connectivity.online)
 
     def push_soon() -> None:
@@ -105,13 +107,28 @@ def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
             scheduler.modify_job("outbox-push", next_run_time=utcnow())
 
     state.checkout = Checkout(
-        settings, state.engine, state.members, state.journal, identifier, connectivity, client, EventHub(),
-        receipts=state.receipts, push_soon=push_soon, disk=state.disk,
-    )  # fmt: skip
+        settings,
+        state.engine,
+        state.members,
+        state.journal,
+        identifier,
+        connectivity,
+        client,
+        EventHub(),
+        receipts=state.receipts,
+        push_soon=push_soon,
+        disk=state.disk,
+    )
     state.refunds = Refunds(
-        settings, state.engine, state.journal, state.members, client, connectivity,
-        receipts=state.receipts, push_soon=push_soon,
-    )  # fmt: skip
+        settings,
+        state.engine,
+        state.journal,
+        state.members,
+        client,
+        connectivity,
+        receipts=state.receipts,
+        push_soon=push_soon,
+    )
     state.scans.subscribe(state.checkout.on_scan)
 
 
@@ -141,10 +158,14 @@ def build_app(settings: Settings) -> FastAPI:
             log.info(
                 "agent ready",
                 extra={
-                    "version": __version__, "store": settings.store.id, "station": settings.station.id,
+                    "version": __version__,
+                    "store": settings.store.id,
+                    "station": settings.station.id,
                     # The screens take the API token from the URL fragment: open them with #token=<api.token>.
-                    "till": f"{url}/till/", "kiosk": f"{url}/kiosk/", "console": f"{url}/console/",
-                },  # fmt: skip
+                    "till": f"{url}/till/",
+                    "kiosk": f"{url}/kiosk/",
+                    "console": f"{url}/console/",
+                },
             )
             yield
         finally:
@@ -164,7 +185,9 @@ def build_app(settings: Settings) -> FastAPI:
 def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM. A failed start-up exits instead of serving half-ready."""
     if not settings.api.token.get_secret_value() and not _loopback(settings.api.host):
-        log.error("refusing to serve the API on %s without a token: set api.token (POS_EDGE_API__TOKEN)", settings.api.host)
+        log.error(
+            "refusing to serve the API on %s without a token: set api.token (POS_EDGE_API__TOKEN)", settings.api.host
+        )
         raise SystemExit(2)
     app = build_app(settings)
     config = uvicorn.Config(
@@ -205,7 +228,11 @@ class NotifyingServer(uvicorn.Server):
         if interval is not None:
             self._tasks.append(asyncio.create_task(keep_alive(self.notifier, interval), name="systemd-watchdog"))
         if self.notifier.enabled:
-            self._tasks.append(asyncio.create_task(report_status(self.notifier, lambda: read_status(state), STATUS_EVERY_S), name="systemd-status"))
+            self._tasks.append(
+                asyncio.create_task(
+                    report_status(self.notifier, lambda: read_status(state), STATUS_EVERY_S), name="systemd-status"
+                )
+            )
 
     async def shutdown(self, sockets=None) -> None:
         self.notifier.stopping("stopping: finishing requests in flight and the receipt being printed")

@@ -29,14 +29,18 @@ class TenderRefused(ValueError):
     """A tender that does not fit the sale; the message says why, for the cashier."""
 
 
-def new_tender(remaining_fen: int, kind: str, amount_fen: int | None, tendered_fen: int | None, reference: str | None) -> Tender:
+def new_tender(
+    remaining_fen: int, kind: str, amount_fen: int | None, tendered_fen: int | None, reference: str | None
+) -> Tender:
     """A cash, card or other tender for a sale with `remaining_fen` left to pay. It pays at most what is left (by
     default all of it); only cash may be handed over in excess, and the excess is the change."""
     if kind not in ("cash", "card", "other"):
         raise TenderRefused(f"unknown tender kind {kind!r}; one of code, cash, card, other")
     amount = remaining_fen if amount_fen is None else amount_fen
     if type(amount) is not int or not 0 < amount <= remaining_fen:
-        raise TenderRefused(f"a {kind} tender pays ¥0.01 to ¥{remaining_fen / 100:.2f} of this sale, not {amount!r} fen")
+        raise TenderRefused(
+            f"a {kind} tender pays ¥0.01 to ¥{remaining_fen / 100:.2f} of this sale, not {amount!r} fen"
+        )
     if kind == "cash":
         tendered = amount if tendered_fen is None else tendered_fen
         if type(tendered) is not int or tendered < amount:
@@ -44,7 +48,9 @@ def new_tender(remaining_fen: int, kind: str, amount_fen: int | None, tendered_f
         return Tender(kind="cash", amount_fen=amount, tendered_fen=tendered, change_fen=tendered - amount)
     reference = (reference or "").strip()
     if not reference:
-        raise TenderRefused(f"a {kind} tender needs the terminal's reference (trace number) for refunds and reconciliation")
+        raise TenderRefused(
+            f"a {kind} tender needs the terminal's reference (trace number) for refunds and reconciliation"
+        )
     return Tender(kind=kind, amount_fen=amount, tendered_fen=amount, reference=reference[:64])
 
 
@@ -202,7 +208,12 @@ class Sale(BaseModel):
         if self.member is None or self.pricing is None:
             return None
         earned, redeemed = self.pricing.points_earned, self.pricing.points_redeemed
-        return SalePoints(earned=earned, redeemed=redeemed, balance=self.member.points - redeemed + earned, provisional=not self.online)
+        return SalePoints(
+            earned=earned,
+            redeemed=redeemed,
+            balance=self.member.points - redeemed + earned,
+            provisional=not self.online,
+        )
 
     def view(self) -> dict:
         """The session as the API and the screens see it (docs/checkout.md)."""

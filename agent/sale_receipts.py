@@ -26,7 +26,9 @@ def receipt_of_record(record: JournalRecord, settings: Settings, reprint: bool =
     tenders = tuple(
         ReceiptTender(
             kind=TENDER_NAMES_ZH.get(t["kind"], t["kind"]),
-            amount_fen=t.get("tendered_fen", t["amount_fen"]) if t["kind"] == "cash" and not refund else t["amount_fen"],
+            amount_fen=t.get("tendered_fen", t["amount_fen"])
+            if t["kind"] == "cash" and not refund
+            else t["amount_fen"],
             change_fen=t.get("change_fen", 0),
         )
         for t in body.get("tenders", [])
@@ -43,15 +45,21 @@ def receipt_of_record(record: JournalRecord, settings: Settings, reprint: bool =
     subtotal = body.get("subtotal_fen", sum(line.amount_fen for line in lines))
     return Receipt(
         kind="refund" if refund else "sale",
-        store=StoreHeader(settings.store.name, settings.station.name or settings.station.id, settings.receipt.address or None),
+        store=StoreHeader(
+            settings.store.name, settings.station.name or settings.station.id, settings.receipt.address or None
+        ),
         transaction_id=record.id,
         created_at=record.created_at,
         lines=lines,
         totals=Totals(subtotal_fen=subtotal, discount_fen=body.get("discount_fen", 0), total_fen=record.total_fen),
         tenders=tenders,
-        member=None if not member else MemberInfo(member["display_name"], member.get("phone_masked"), member.get("tier") or None),
+        member=None
+        if not member
+        else MemberInfo(member["display_name"], member.get("phone_masked"), member.get("tier") or None),
         points=points,
-        coupons=tuple(CouponUse(c["title"], c["amount_off_fen"]) for c in body.get("coupons", []) if c.get("amount_off_fen")),
+        coupons=tuple(
+            CouponUse(c["title"], c["amount_off_fen"]) for c in body.get("coupons", []) if c.get("amount_off_fen")
+        ),
         e_receipt_url=None if refund else e_receipt_url(settings.receipt.e_receipt_url, record.id),
         footer=settings.receipt.footer,
         original_transaction_id=body.get("original_id"),

@@ -44,6 +44,13 @@ class ScanRouter:
     def _deliver(self, scan: Scan) -> None:
         classified = ClassifiedScan(scan, classify(scan.text, self._rules))
         self.recent.append(classified)
-        log.info("scan", extra={"device": scan.device_id, "kind": classified.code.kind.value, "value": classified.code.display_value})
+        log.info(
+            "scan",
+            extra={
+                "device": scan.device_id,
+                "kind": classified.code.kind.value,
+                "value": classified.code.display_value,
+            },
+        )
         for handler in self._subscribers:
             handler(classified)

@@ -70,10 +70,16 @@ def add_central_jobs(scheduler: AsyncIOScheduler, settings: Settings, sync: Sync
         log.log(
             level,
             "reconciliation",
-            extra={"day": day.isoformat(), "matched": result.matched, "missing_at_central": len(result.missing_at_central),
-                   "requeued": len(result.requeued), "missing_at_store": len(result.missing_at_store), "mismatched": len(result.mismatched),
-                   "payment_problems": len(result.payment_problems)},
-        )  # fmt: skip
+            extra={
+                "day": day.isoformat(),
+                "matched": result.matched,
+                "missing_at_central": len(result.missing_at_central),
+                "requeued": len(result.requeued),
+                "missing_at_store": len(result.missing_at_store),
+                "mismatched": len(result.mismatched),
+                "payment_problems": len(result.payment_problems),
+            },
+        )
 
     scheduler.add_job(
         reconcile_yesterday,
@@ -100,25 +106,40 @@ def add_storage_jobs(scheduler: AsyncIOScheduler, settings: Settings, sync: Sync
             return
         try:
             result = await asyncio.to_thread(  # off the loop: copying and verifying take seconds
-                backup.take_backup, storage.database, storage.backup_folder, storage.backup_keep_days, min_free_bytes=storage.min_free_mb * MB
+                backup.take_backup,
+                storage.database,
+                storage.backup_folder,
+                storage.backup_keep_days,
+                min_free_bytes=storage.min_free_mb * MB,
             )
         except (backup.BackupError, OSError) as exc:
             log.error("backup failed", extra={"error": str(exc)})
             return
         log.info(
             "backup taken",
-            extra={"path": str(result.path), "size_mb": round(result.size_bytes / MB, 1), "seconds": round(result.seconds, 2),
-                   "journal_rows": result.journal_rows, "old_backups_deleted": len(result.removed)},
-        )  # fmt: skip
+            extra={
+                "path": str(result.path),
+                "size_mb": round(result.size_bytes / MB, 1),
+                "seconds": round(result.seconds, 2),
+                "journal_rows": result.journal_rows,
+                "old_backups_deleted": len(result.removed),
+            },
+        )
 
     async def retention() -> None:
-        policy = RetentionPolicy(storage.journal_retention_days, storage.print_job_retention_days, storage.member_retention_days)
+        policy = RetentionPolicy(
+            storage.journal_retention_days, storage.print_job_retention_days, storage.member_retention_days
+        )
         report = await asyncio.to_thread(run_retention, sync.engine, sync.cache, policy)
         log.info(
             "retention",
-            extra={"journal_rows": report.journal_rows, "print_jobs": report.print_jobs, "members": report.members,
-                   "seconds": round(report.seconds, 2)},
-        )  # fmt: skip
+            extra={
+                "journal_rows": report.journal_rows,
+                "print_jobs": report.print_jobs,
+                "members": report.members,
+                "seconds": round(report.seconds, 2),
+            },
+        )
         for station, (seq, hash_) in report.checkpoints.items():
             # A record of the chain's new starting point outside the database, too.
             log.info("journal checkpoint", extra={"station": station, "seq": seq, "hash": hash_})

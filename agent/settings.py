@@ -149,7 +149,9 @@ class PrinterSettings(Section):
         try:
             get_profile(value)
         except KeyError:
-            raise ValueError(f"unknown printer profile {value!r}; 'default' or a model such as TM-T88V, TM-T20II, POS-5890") from None
+            raise ValueError(
+                f"unknown printer profile {value!r}; 'default' or a model such as TM-T88V, TM-T20II, POS-5890"
+            ) from None
         return value
 
 
@@ -238,9 +240,15 @@ class CheckoutSettings(Section):
         ("wechat", "alipay"), examples=[["wechat", "alipay"]], description="payment codes this store takes"
     )
     code_payment_limit_s: int = Field(
-        60, ge=15, le=300, examples=[60], description="how long the till waits for the customer to confirm a code payment before reversing it"
+        60,
+        ge=15,
+        le=300,
+        examples=[60],
+        description="how long the till waits for the customer to confirm a code payment before reversing it",
     )
-    payment_description: str = Field("", max_length=32, examples=["消费"], description="shown to the payer after the store name")
+    payment_description: str = Field(
+        "", max_length=32, examples=["消费"], description="shown to the payer after the store name"
+    )
     catalog: tuple[CatalogItem, ...] = Field((), description="products a kiosk can sell without POS software")
 
 
@@ -253,21 +261,40 @@ class ApiSettings(Section):
 class StorageSettings(Section):
     database: Path = Field(Path("/var/lib/pos-edge/agent.db"), examples=["/var/lib/pos-edge/agent.db"])
     backup_dir: Path | None = Field(
-        None, examples=["/var/lib/pos-edge/backups"], description="where daily backups go; by default a backups folder next to the database"
+        None,
+        examples=["/var/lib/pos-edge/backups"],
+        description="where daily backups go; by default a backups folder next to the database",
     )
-    backup_keep_days: int = Field(7, ge=1, le=365, examples=[7], description="backups older than this are deleted (never the newest)")
+    backup_keep_days: int = Field(
+        7, ge=1, le=365, examples=[7], description="backups older than this are deleted (never the newest)"
+    )
     journal_retention_days: int = Field(
-        180, ge=30, le=3650, examples=[180],
+        180,
+        ge=30,
+        le=3650,
+        examples=[180],
         description="transactions central confirmed are purged from the till after this; also how old a sale the till can still refund",
-    )  # fmt: skip
+    )
     print_job_retention_days: int = Field(
-        3, ge=1, le=3650, examples=[3], description="printed receipts' bytes are purged after this (a reprint is rendered again from the journal)"
+        3,
+        ge=1,
+        le=3650,
+        examples=[3],
+        description="printed receipts' bytes are purged after this (a reprint is rendered again from the journal)",
     )
     member_retention_days: int = Field(
-        365, ge=30, le=3650, examples=[365], description="cached members not identified here for this long lose their personal data on the till"
+        365,
+        ge=30,
+        le=3650,
+        examples=[365],
+        description="cached members not identified here for this long lose their personal data on the till",
     )
     min_free_mb: int = Field(
-        256, ge=16, le=1_000_000, examples=[256], description="below this much free disk the till refuses new sales, before SQLite could fail mid-write"
+        256,
+        ge=16,
+        le=1_000_000,
+        examples=[256],
+        description="below this much free disk the till refuses new sales, before SQLite could fail mid-write",
     )
 
     @field_validator("database", "backup_dir")
@@ -306,7 +333,11 @@ class LoggingSettings(Section):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        extra="forbid", frozen=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__", nested_model_default_partial_update=True
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
     )
 
     store: StoreSettings
@@ -325,7 +356,9 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # The environment overrides the file, key by key.
         return (env_settings, init_settings)
 
@@ -365,7 +398,11 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
         raise SettingsError(path, [f"not valid TOML: {exc}"]) from None
 
     # Settings(**data) would take pydantic-settings' own arguments (_env_prefix, _secrets_dir, ...) from the file.
-    reserved = [f"{key}: unknown key; known keys here: {', '.join(Settings.model_fields)}" for key in data if key.startswith("_")]
+    reserved = [
+        f"{key}: unknown key; known keys here: {', '.join(Settings.model_fields)}"
+        for key in data
+        if key.startswith("_")
+    ]
     if reserved:
         raise SettingsError(path, reserved)
     try:
@@ -375,10 +412,13 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
     except EnvironmentValueError as exc:  # a list or table in the environment that is not JSON
         found = re.search(r'field "([^"]+)"', str(exc))
         key = found.group(1) if found else "(environment)"
-        raise SettingsError(path, [
-            f"{key}: a value set in the environment ({ENV_PREFIX}{key.upper()}...) is not valid JSON; lists and "
-            f"tables there are JSON, e.g. {ENV_PREFIX}CODES__CARD_PATTERNS='[\"16[0-9]{{16}}\"]'"
-        ]) from None
+        raise SettingsError(
+            path,
+            [
+                f"{key}: a value set in the environment ({ENV_PREFIX}{key.upper()}...) is not valid JSON; lists and "
+                f"tables there are JSON, e.g. {ENV_PREFIX}CODES__CARD_PATTERNS='[\"16[0-9]{{16}}\"]'"
+            ],
+        ) from None
 
     # A relative database or backup path is taken from the settings file's folder, wherever the agent is started.
     relative = {

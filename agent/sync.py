@@ -163,13 +163,17 @@ class Sync:
 
     def _next_batch(self) -> tuple[list[contract.TransactionIn], dict[str, str]]:
         with reader(self.engine) as connection:
-            found = connection.exec_driver_sql(
-                "SELECT j.id, j.station_id, j.kind, j.business_day, j.created_at, j.member_id, j.total_fen,"
-                " j.points_earned, j.points_redeemed, j.body, j.prev_hash, j.hash"
-                " FROM outbox AS o JOIN journal AS j ON j.id = o.journal_id"
-                " WHERE o.status = 'pending' ORDER BY j.seq LIMIT ?",
-                (self.batch_size,),
-            ).mappings().all()
+            found = (
+                connection.exec_driver_sql(
+                    "SELECT j.id, j.station_id, j.kind, j.business_day, j.created_at, j.member_id, j.total_fen,"
+                    " j.points_earned, j.points_redeemed, j.body, j.prev_hash, j.hash"
+                    " FROM outbox AS o JOIN journal AS j ON j.id = o.journal_id"
+                    " WHERE o.status = 'pending' ORDER BY j.seq LIMIT ?",
+                    (self.batch_size,),
+                )
+                .mappings()
+                .all()
+            )
         rows, unreadable = [], {}
         for row in found:
             try:
@@ -208,7 +212,10 @@ class Sync:
                     "UPDATE member SET points = ? WHERE id = ?", [(b.points, b.member_id) for b in result.balances]
                 )
         for row in rejected:
-            log.error("central rejected a transaction", extra={"transaction": row.id, "reason": row.reason, "detail": row.message or ""})
+            log.error(
+                "central rejected a transaction",
+                extra={"transaction": row.id, "reason": row.reason, "detail": row.message or ""},
+            )
         report = PushReport(
             sent=len(result.results),
             accepted=sum(1 for row in result.results if row.status == "accepted"),
@@ -231,7 +238,9 @@ class Sync:
         last_progress = time.monotonic()
         while True:
             page = await self.client.member_changes(cursor, self.page_size)
-            applied = await asyncio.to_thread(self.cache.apply, [to_cache_change(c) for c in page.changes], page.next_cursor)
+            applied = await asyncio.to_thread(
+                self.cache.apply, [to_cache_change(c) for c in page.changes], page.next_cursor
+            )
             pages, upserted, deleted = pages + 1, upserted + applied.upserted, deleted + applied.deleted
             cursor = page.next_cursor
             if first_sync and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
@@ -278,9 +287,18 @@ def to_cache_change(change: contract.MemberChange) -> MemberChange:
         identifiers=tuple((i.kind, i.value) for i in change.identifiers),
         coupons=tuple(
             CachedCoupon(
-                c.code, c.title, c.kind, c.amount_off_fen, c.percent_off, c.threshold_fen, c.cap_fen,
-                c.valid_from, c.valid_until, c.usable_offline, c.used_at,
-            )  # fmt: skip
+                c.code,
+                c.title,
+                c.kind,
+                c.amount_off_fen,
+                c.percent_off,
+                c.threshold_fen,
+                c.cap_fen,
+                c.valid_from,
+                c.valid_until,
+                c.usable_offline,
+                c.used_at,
+            )
             for c in change.coupons
         ),
     )

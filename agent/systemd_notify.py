@@ -74,7 +74,9 @@ def watchdog_interval_s(environ: Mapping[str, str] = os.environ, pid: int | None
     return usec / 2_000_000 if usec > 0 else None
 
 
-async def keep_alive(notifier: Notifier, interval_s: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+async def keep_alive(
+    notifier: Notifier, interval_s: float, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
     """Ping the watchdog from this event loop for as long as it runs. A loop that is blocked (a stuck call, a
     busy database on the loop) cannot run this task, so it stops pinging and systemd restarts the agent."""
     while True:

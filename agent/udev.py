@@ -90,18 +90,22 @@ def rules(devices: list[UdevDevice]) -> str:
         attr, kernel = ("ATTR", "KERNEL") if match.on_usb_device else ("ATTRS", "KERNELS")
         keys = [
             f'SUBSYSTEM=="{match.subsystem}"',
-            f"{match.extra}{attr}{{idVendor}}==\"{device.vendor.lower()}\"",
+            f'{match.extra}{attr}{{idVendor}}=="{device.vendor.lower()}"',
             f'{attr}{{idProduct}}=="{device.product.lower()}"',
         ]
         if device.serial:
             keys.append(f"{attr}{{serial}}=={_quoted(device.serial)}")
         elif alike[(device.kind, device.url.split(":")[0], device.vendor, device.product)] > 1:
             if device.port is None:
-                lines.append("# WARNING: an alike device has no serial number either, and no USB port is known: this rule matches both")
+                lines.append(
+                    "# WARNING: an alike device has no serial number either, and no USB port is known: this rule matches both"
+                )
             else:
                 # udev wants KERNELS and ATTRS to match on the same parent: the USB device, named after its port.
                 keys.append(f"{kernel}=={_quoted(device.port)}")
-                lines.append(f"# matched by the USB port it is plugged into ({device.port}): an alike device has no serial number either")
+                lines.append(
+                    f"# matched by the USB port it is plugged into ({device.port}): an alike device has no serial number either"
+                )
         if match.name is None:
             lines.append(f"# settings: {device.url}")
         else:
@@ -166,8 +170,14 @@ def usb_identity(found: FoundDevice, sys: Path = Path("/sys")) -> UdevDevice:
         usb = _usb_parent(device) if device is not None else None
     if usb is not None:
         return UdevDevice(
-            found.kind, found.path, found.url, found.description,
-            _read(usb / "idVendor"), _read(usb / "idProduct"), _read(usb / "serial"), usb.name,
+            found.kind,
+            found.path,
+            found.url,
+            found.description,
+            _read(usb / "idVendor"),
+            _read(usb / "idProduct"),
+            _read(usb / "serial"),
+            usb.name,
         )
     # Not USB (the Pi's UART, a Bluetooth scanner): nothing stable to match it by here.
     return UdevDevice(found.kind, found.path, found.url, found.description, None, None)

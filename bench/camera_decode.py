@@ -94,7 +94,7 @@ def measure(decoder: Decoder, bgr: list[np.ndarray], frames: int, rounds: int) -
         # Taken in turns, so a slow patch of the machine hits both sides rather than one.
         bare = min(bare, timed(lambda i: decoder.decode(gray[i % DISTINCT]), frames))
         chain = FramePipeline(decoder)
-        pipeline = min(pipeline, timed(lambda i: chain.process(bgr[i % DISTINCT], i / TARGET_FPS), frames))
+        pipeline = min(pipeline, timed(lambda i, chain=chain: chain.process(bgr[i % DISTINCT], i / TARGET_FPS), frames))
     return bare, pipeline, read
 
 
@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 bare, pipe, read = measure(decoder, bgr, args.frames, args.rounds)
                 ratio = pipe / bare
                 mark = ("yes" if read else "NO") if with_code else "-"
-                print(f"{name:<8} {f'{width}x{height}':<10} {label:<15} {1 / bare:>9.1f} {1 / pipe:>13.1f} {ratio:>20.2f}  {mark}")
+                print(
+                    f"{name:<8} {f'{width}x{height}':<10} {label:<15} {1 / bare:>9.1f} {1 / pipe:>13.1f} {ratio:>20.2f}  {mark}"
+                )
                 if height >= 720:
                     worst_fps, worst_ratio = min(worst_fps, 1 / pipe), max(worst_ratio, ratio)
         if worst_ratio:

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import httpx
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/ is not an installed package; the stack lives there
 
@@ -93,9 +92,14 @@ def baseline(stack: Stack, central: httpx.Client, member_id: str | None) -> tupl
     payer = MEMBER_PAYER if member_id else OTHER_PAYER
     code = wechat_code("00", customer=payer)
     request = {
-        "out_trade_no": uuid7().hex, "auth_code": code, "amount_fen": AMOUNT_FEN, "station_id": "T01",
-        "description": "测试门店", "member_id": member_id, "provider": "wechat",
-    }  # fmt: skip
+        "out_trade_no": uuid7().hex,
+        "auth_code": code,
+        "amount_fen": AMOUNT_FEN,
+        "station_id": "T01",
+        "description": "测试门店",
+        "member_id": member_id,
+        "provider": "wechat",
+    }
     if member_id is None:
         del request["member_id"]
     started = time.perf_counter_ns()
@@ -139,7 +143,12 @@ def central_calls(stack: Stack) -> Counter:
 
 def describe(calls: Counter) -> str:
     named = {PUSH: f"{PUSH} (the outbox push, after the answer)"}
-    return ", ".join(f"{n} x {named.get(path, path)}" if n != 1 else named.get(path, path) for path, n in sorted(calls.items())) or "none"
+    return (
+        ", ".join(
+            f"{n} x {named.get(path, path)}" if n != 1 else named.get(path, path) for path, n in sorted(calls.items())
+        )
+        or "none"
+    )
 
 
 def main() -> None:
@@ -147,7 +156,9 @@ def main() -> None:
     parser.add_argument("--sales", type=int, default=1000, help="timed sales, half as member (default 1000)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 50 sales")
     parser.add_argument("--back-to-back", action="store_true", help="do not wait for the last sale's receipt and push")
-    parser.add_argument("--separate-process", action="store_true", help="run the agent as `pos-edge run`, its own process")
+    parser.add_argument(
+        "--separate-process", action="store_true", help="run the agent as `pos-edge run`, its own process"
+    )
     args = parser.parse_args()
     sales = 50 if args.quick else args.sales
     if sales < 2:
@@ -221,17 +232,23 @@ def run(stack: Stack, sales: int, args: argparse.Namespace) -> None:
     if not args.back_to_back:
         pace = "at a till's pace (each step after the last sale's receipt printed and push done)"
     printer = "simulated printer (keeps the bytes; previews drawn on request)"
-    print(f"scan-to-paid through the agent's API: {sales} sales ({len(agent[True].scan)} as member, "
-          f"{len(agent[False].scan)} without), {pace}; agent {where}, {printer}")  # fmt: skip
+    print(
+        f"scan-to-paid through the agent's API: {sales} sales ({len(agent[True].scan)} as member, "
+        f"{len(agent[False].scan)} without), {pace}; agent {where}, {printer}"
+    )
     load_after = os.getloadavg()[0]
-    print(f"run: {elapsed:.1f} s with the baseline; load average {load_before:.2f} before, {load_after:.2f} after, {os.cpu_count()} CPUs")
+    print(
+        f"run: {elapsed:.1f} s with the baseline; load average {load_before:.2f} before, {load_after:.2f} after, {os.cpu_count()} CPUs"
+    )
     print(f"agent -> central per sale, as member: {describe(per_sale[True])}")
     print(f"agent -> central per sale, no member: {describe(per_sale[False])}")
     print(f"agent -> central besides: {describe(others)}")
     if background:
         p50, p99 = percentile(background, 0.5), percentile(background, 0.99)
         print(f"after each sale, receipt printed and sale pushed in p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-    print("baseline: POST /v1/payments/identify + POST /v1/payments direct to central, GET /healthz on the agent per agent call")
+    print(
+        "baseline: POST /v1/payments/identify + POST /v1/payments direct to central, GET /healthz on the agent per agent call"
+    )
     print()
     header = f"{'ms':<24}{'agent p50':>10}{'p99':>8}{'baseline p50':>14}{'p99':>8}{'own p50':>9}{'p99':>8}{'ratio p50':>11}{'p99':>6}"
     print(header)
@@ -251,7 +268,9 @@ def run(stack: Stack, sales: int, args: argparse.Namespace) -> None:
     print()
     print("own = agent - baseline (difference of the percentiles); ratio = agent / baseline")
     verdict = "met" if worst < TARGET_MS else "NOT met"
-    print(f"verdict: agent's own part of scan-to-paid at p99 is {worst:.1f} ms at worst (target < {TARGET_MS:.0f} ms): {verdict}")
+    print(
+        f"verdict: agent's own part of scan-to-paid at p99 is {worst:.1f} ms at worst (target < {TARGET_MS:.0f} ms): {verdict}"
+    )
 
 
 if __name__ == "__main__":

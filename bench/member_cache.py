@@ -59,7 +59,12 @@ def run_baseline(path: Path, all_pages: list[list[MemberChange]]) -> float:
     # Same schema and pragmas (copied from a migrated database), plain INSERTs, one transaction per page.
     schema_source = open_database(path.with_suffix(".schema.db"))
     with schema_source.connect() as connection:
-        ddl = [row[0] for row in connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'")]
+        ddl = [
+            row[0]
+            for row in connection.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
     schema_source.dispose()
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -72,7 +77,18 @@ def run_baseline(path: Path, all_pages: list[list[MemberChange]]) -> float:
         db.execute("BEGIN IMMEDIATE")
         db.executemany(
             "INSERT INTO member (id, tier, points, display_name, phone_masked, version, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version, "2026-01-01T00:00:00.000000+00:00") for c in page],
+            [
+                (
+                    c.member_id,
+                    c.tier,
+                    c.points,
+                    c.display_name,
+                    c.phone_masked,
+                    c.version,
+                    "2026-01-01T00:00:00.000000+00:00",
+                )
+                for c in page
+            ],
         )
         db.executemany(
             "INSERT INTO member_identifier (kind, value, member_id) VALUES (?, ?, ?)",

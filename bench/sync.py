@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -57,16 +57,23 @@ def start_central(folder: Path, members: int) -> tuple[subprocess.Popen, str]:
     started = time.perf_counter()
     seed_demo(engine, PHONE_KEY.encode(), members, 1)
     with write_session(engine) as session:
-        add_store(session, "BENCH01", datetime.now(timezone.utc), token=TOKEN)
+        add_store(session, "BENCH01", datetime.now(UTC), token=TOKEN)
         session.commit()
     engine.dispose()
     print(f"central seeded with {members:,} members in {time.perf_counter() - started:.1f} s")
-    server = subprocess.Popen([sys.executable, "-m", "central", "serve", "--config", str(config)], stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "central", "serve", "--config", str(config)], stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/v1/keys/member-code", headers={"Authorization": f"Bearer {TOKEN}", "X-Store-Id": "BENCH01"}).status_code == 200:
+            if (
+                httpx.get(
+                    f"{url}/v1/keys/member-code", headers={"Authorization": f"Bearer {TOKEN}", "X-Store-Id": "BENCH01"}
+                ).status_code
+                == 200
+            ):
                 return server, url
         except httpx.HTTPError:
             pass
@@ -78,14 +85,30 @@ def start_central(folder: Path, members: int) -> tuple[subprocess.Popen, str]:
 def make_sync(path: Path, url: str, batch: int) -> Sync:
     engine = open_database(path)
     settings = CentralSettings(url=url, token=SecretStr(TOKEN), read_timeout_s=60)
-    return Sync(engine, MemberCache(engine, PHONE_KEY.encode()), MemberCodeGate(engine), CentralClient(settings, "BENCH01"), batch_size=batch, page_size=1000)
+    return Sync(
+        engine,
+        MemberCache(engine, PHONE_KEY.encode()),
+        MemberCodeGate(engine),
+        CentralClient(settings, "BENCH01"),
+        batch_size=batch,
+        page_size=1000,
+    )
 
 
 def queue_sales(sync: Sync, count: int, station: str) -> None:
     journal = Journal(sync.engine, station, ZoneInfo("Asia/Shanghai"), 4)
     for n in range(count):
         amount = 100 + n % 9000
-        journal.append(JournalEntry(kind="sale", total_fen=amount, body={"lines": [{"sku": "6901234567892", "qty": 1, "amount_fen": amount}], "tenders": [{"kind": "cash", "amount_fen": amount}]}))
+        journal.append(
+            JournalEntry(
+                kind="sale",
+                total_fen=amount,
+                body={
+                    "lines": [{"sku": "6901234567892", "qty": 1, "amount_fen": amount}],
+                    "tenders": [{"kind": "cash", "amount_fen": amount}],
+                },
+            )
+        )
 
 
 async def timed(coroutine) -> tuple[float, object]:
@@ -120,8 +143,12 @@ def main() -> None:
             assert accepted == args.transactions, f"only {accepted} accepted"
             single_s, accepted = asyncio.run(drain(single))
             assert accepted == args.transactions, f"only {accepted} accepted"
-            print(f"drain {args.transactions:,} transactions, batch {args.batch:>4}: {batched_s:6.2f} s  {args.transactions / batched_s:8,.0f} tx/s  (target < 10 s)")
-            print(f"drain {args.transactions:,} transactions, batch    1: {single_s:6.2f} s  {args.transactions / single_s:8,.0f} tx/s  (baseline)")
+            print(
+                f"drain {args.transactions:,} transactions, batch {args.batch:>4}: {batched_s:6.2f} s  {args.transactions / batched_s:8,.0f} tx/s  (target < 10 s)"
+            )
+            print(
+                f"drain {args.transactions:,} transactions, batch    1: {single_s:6.2f} s  {args.transactions / single_s:8,.0f} tx/s  (baseline)"
+            )
             print(f"ratio batched/baseline: {single_s / batched_s:.1f}x")
 
             puller = make_sync(folder / "pull.db", url, args.batch)
@@ -133,7 +160,9 @@ def main() -> None:
 
             pull_s, report = asyncio.run(pull())
             assert report.upserted == args.members, f"pulled {report.upserted}"
-            print(f"pull {args.members:,} members into an empty cache ({report.pages} pages): {pull_s:6.2f} s  {args.members / pull_s:8,.0f} members/s")
+            print(
+                f"pull {args.members:,} members into an empty cache ({report.pages} pages): {pull_s:6.2f} s  {args.members / pull_s:8,.0f} members/s"
+            )
             for sync in (batched, single, puller):
                 sync.engine.dispose()
         finally:

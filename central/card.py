@@ -31,12 +31,16 @@ def book(
         return False
     table = LedgerEntry.__table__
     exists = session.execute(
-        sa.select(table.c.id).where(table.c.transaction_id == source, table.c.member_id == member_id, table.c.kind == kind)
+        sa.select(table.c.id).where(
+            table.c.transaction_id == source, table.c.member_id == member_id, table.c.kind == kind
+        )
     ).first()
     if exists is not None:
         return False
     session.execute(
-        sa.insert(table).values(member_id=member_id, kind=kind, points=points, transaction_id=source, store_id=store_id, created_at=now)
+        sa.insert(table).values(
+            member_id=member_id, kind=kind, points=points, transaction_id=source, store_id=store_id, created_at=now
+        )
     )
     feed.touch(session, member_id)
     return True
@@ -78,7 +82,11 @@ def use_coupons(session: Session, codes: list[str], transaction_id: str, at: dat
     if not codes:
         return
     table = Coupon.__table__
-    rows = session.execute(sa.select(table.c.code, table.c.member_id).where(table.c.code.in_(codes), table.c.used_at.is_(None))).all()
+    rows = session.execute(
+        sa.select(table.c.code, table.c.member_id).where(table.c.code.in_(codes), table.c.used_at.is_(None))
+    ).all()
     for code, member_id in rows:
-        session.execute(sa.update(table).where(table.c.code == code).values(used_at=at, used_in_transaction=transaction_id))
+        session.execute(
+            sa.update(table).where(table.c.code == code).values(used_at=at, used_in_transaction=transaction_id)
+        )
         feed.touch(session, member_id)

@@ -69,9 +69,21 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-run context lines say nothing useful here
     engine = _engine(settings)
     app = create_app(settings, engine)
-    log.info("pos-central %s on http://%s:%s (%s)", __version__, host or settings.host, port or settings.port, engine.url.render_as_string(hide_password=True))
+    log.info(
+        "pos-central %s on http://%s:%s (%s)",
+        __version__,
+        host or settings.host,
+        port or settings.port,
+        engine.url.render_as_string(hide_password=True),
+    )
     try:
-        uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_level=settings.log_level.lower(), access_log=False)
+        uvicorn.run(
+            app,
+            host=host or settings.host,
+            port=port or settings.port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
     finally:
         engine.dispose()
 
@@ -101,11 +113,14 @@ def db_upgrade(config_path: Path) -> None:
 def seed_demo(config_path: Path, members: int, seed: int) -> None:
     """Add the demo store (DEMO01, public token demo-store-token) and realistic demo members; running it again
     adds nothing. Only with environment = "development": the demo token is public."""
-    from central.seed import DEMO_STORE_ID, seed_demo as run
+    from central.seed import DEMO_STORE_ID
+    from central.seed import seed_demo as run
 
     settings = _settings(config_path)
     if settings.environment != "development":
-        raise click.UsageError('seed-demo creates a store with a public token; it runs only with environment = "development"')
+        raise click.UsageError(
+            'seed-demo creates a store with a public token; it runs only with environment = "development"'
+        )
     engine = _engine(settings)
     try:
         report = run(engine, settings.key_bytes(), members, seed, payer_appid=settings.wechat_appid or None)
@@ -230,7 +245,13 @@ def payments() -> None:
 
 @payments.command("reconcile")
 @CONFIG_OPTION
-@click.option("--day", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="The bill's day (China time), YYYY-MM-DD.")
+@click.option(
+    "--day",
+    "day",
+    required=True,
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="The bill's day (China time), YYYY-MM-DD.",
+)
 @click.option("--provider", "chosen", type=click.Choice(["wechat", "alipay", "all"]), default="all", show_default=True)
 def payments_reconcile(config_path: Path, day, chosen: str) -> None:
     """Fetch the providers' settlement bills for DAY and check them against central's payments. Prints every
@@ -280,7 +301,13 @@ def payments_reconcile(config_path: Path, day, chosen: str) -> None:
 
 @payments.command("orphans")
 @CONFIG_OPTION
-@click.option("--day", "day", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="The payments' day (China time), YYYY-MM-DD.")
+@click.option(
+    "--day",
+    "day",
+    required=True,
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="The payments' day (China time), YYYY-MM-DD.",
+)
 @click.option("--store", "store_id", help="Only this store (default: every store with code payments that day).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per store and line.")
 def payments_orphans(config_path: Path, day, store_id: str | None, as_json: bool) -> None:
@@ -304,7 +331,10 @@ def payments_orphans(config_path: Path, day, store_id: str | None, as_json: bool
         if as_json:
             click.echo(json.dumps({"store_id": store, **check.model_dump(mode="json")}, ensure_ascii=False))
             continue
-        paid = ", ".join(f"{name} {p.count} paid {p.paid_fen} fen" for name, p in check.paid.items()) or "no code payments paid"
+        paid = (
+            ", ".join(f"{name} {p.count} paid {p.paid_fen} fen" for name, p in check.paid.items())
+            or "no code payments paid"
+        )
         click.echo(
             f"store {store} {check.day}: {paid}; {check.matched} matched, {check.awaiting} awaiting, "
             f"{len(check.problems)} to settle"
@@ -324,10 +354,22 @@ def simulate() -> None:
 @simulate.command("wechat")
 @CONFIG_OPTION
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), help="Default: the port of the settings' wechat_base_url, else 8801.")
-@click.option("--userpaying-seconds", type=float, default=5.0, show_default=True, help="How long a simulated customer takes to confirm.")
-@click.option("--slow-seconds", type=float, default=15.0, show_default=True, help="How long scenario 50 holds its answer.")
-def simulate_wechat(config_path: Path, host: str, port: int | None, userpaying_seconds: float, slow_seconds: float) -> None:
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="Default: the port of the settings' wechat_base_url, else 8801."
+)
+@click.option(
+    "--userpaying-seconds",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="How long a simulated customer takes to confirm.",
+)
+@click.option(
+    "--slow-seconds", type=float, default=15.0, show_default=True, help="How long scenario 50 holds its answer."
+)
+def simulate_wechat(
+    config_path: Path, host: str, port: int | None, userpaying_seconds: float, slow_seconds: float
+) -> None:
     """Serve the WeChat Pay v2 simulator (and the member-card API) with the settings' appid, mch_id, API key and
     card AppSecret, so the central service configured by the same file talks to it. The auth code's last two
     digits pick the scenario (docs/PAYMENTS.md)."""
@@ -339,15 +381,26 @@ def simulate_wechat(config_path: Path, host: str, port: int | None, userpaying_s
 
     settings = _settings(config_path)
     if settings.environment != "development":
-        raise click.UsageError('the simulator answers payments it never charged; it runs only with environment = "development"')
+        raise click.UsageError(
+            'the simulator answers payments it never charged; it runs only with environment = "development"'
+        )
     if not (settings.wechat_appid and settings.wechat_mch_id and settings.wechat_api_key):
-        raise click.UsageError("set wechat_appid, wechat_mch_id and wechat_api_key in the settings (the simulator uses them)")
+        raise click.UsageError(
+            "set wechat_appid, wechat_mch_id and wechat_api_key in the settings (the simulator uses them)"
+        )
     base = urlsplit(settings.wechat_base_url or "")
     simulator = WeChatSimulator(
-        appid=settings.wechat_appid, mch_id=settings.wechat_mch_id, api_key=settings.wechat_api_key.get_secret_value(),
-        userpaying_seconds=userpaying_seconds, slow_seconds=slow_seconds,
-        **({"card_appsecret": settings.wechat_card_appsecret.get_secret_value()} if settings.wechat_card_appsecret else {}),
-    )  # fmt: skip
+        appid=settings.wechat_appid,
+        mch_id=settings.wechat_mch_id,
+        api_key=settings.wechat_api_key.get_secret_value(),
+        userpaying_seconds=userpaying_seconds,
+        slow_seconds=slow_seconds,
+        **(
+            {"card_appsecret": settings.wechat_card_appsecret.get_secret_value()}
+            if settings.wechat_card_appsecret
+            else {}
+        ),
+    )
     port = port or base.port or 8801
     click.echo(f"WeChat Pay v2 simulator for appid {settings.wechat_appid} on http://{host}:{port}", err=True)
     uvicorn.run(simulator.app(), host=host, port=port, log_level="warning", access_log=False)

@@ -47,9 +47,10 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", examples=["INFO"])
     metrics_token: SecretStr | None = Field(
-        None, examples=["set POS_CENTRAL_METRICS_TOKEN; what Prometheus sends as its bearer token"],
+        None,
+        examples=["set POS_CENTRAL_METRICS_TOKEN; what Prometheus sends as its bearer token"],
         description="bearer token for GET /metrics, at least 16 characters; without it /metrics is off",
-    )  # fmt: skip
+    )
 
     # --- payments (docs/PAYMENTS.md) -------------------------------------------------------------------------
     # WeChat Pay API v2. Without wechat_base_url WeChat Pay is not configured and its codes are refused (422).
@@ -59,26 +60,36 @@ class Settings(BaseSettings):
     wechat_appid: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$", examples=["wx8888888888888888"])
     wechat_mch_id: str | None = Field(None, pattern=r"^[0-9]{1,32}$", examples=["1900000109"])
     wechat_api_key: SecretStr | None = Field(
-        None, examples=["set POS_CENTRAL_WECHAT_API_KEY: the 32-character API key (v2) of the merchant platform"],
+        None,
+        examples=["set POS_CENTRAL_WECHAT_API_KEY: the 32-character API key (v2) of the merchant platform"],
         description="the merchant's v2 API key that signs requests and answers",
-    )  # fmt: skip
+    )
     wechat_sign_type: Literal["MD5", "HMAC-SHA256"] = Field("HMAC-SHA256", examples=["HMAC-SHA256"])
     wechat_cert_path: Path | None = Field(
-        None, examples=["/etc/pos-central/apiclient_cert.pem"], description="merchant API certificate (reverse needs it)"
+        None,
+        examples=["/etc/pos-central/apiclient_cert.pem"],
+        description="merchant API certificate (reverse needs it)",
     )
-    wechat_key_path: Path | None = Field(None, examples=["/etc/pos-central/apiclient_key.pem"], description="its private key")
+    wechat_key_path: Path | None = Field(
+        None, examples=["/etc/pos-central/apiclient_key.pem"], description="its private key"
+    )
     wechat_timeout_seconds: float = Field(10.0, gt=0, le=120, examples=[10.0], description="per request to WeChat Pay")
     wechat_spbill_create_ip: IPv4Address = Field(
-        IPv4Address("127.0.0.1"), examples=["203.0.113.10"],
+        IPv4Address("127.0.0.1"),
+        examples=["203.0.113.10"],
         description="micropay's spbill_create_ip: the public IPv4 address central reaches WeChat Pay from",
-    )  # fmt: skip
+    )
     wechat_card_api_base_url: str | None = Field(
         None, examples=["https://api.weixin.qq.com"], description="official-account API for member-card points sync"
     )
     wechat_card_appsecret: SecretStr | None = Field(
-        None, examples=["set POS_CENTRAL_WECHAT_CARD_APPSECRET"], description="AppSecret of wechat_appid, for access tokens"
+        None,
+        examples=["set POS_CENTRAL_WECHAT_CARD_APPSECRET"],
+        description="AppSecret of wechat_appid, for access tokens",
     )
-    wechat_card_sync_seconds: float = Field(5.0, gt=0, le=3600, examples=[5.0], description="how often the card queue is pushed")
+    wechat_card_sync_seconds: float = Field(
+        5.0, gt=0, le=3600, examples=[5.0], description="how often the card queue is pushed"
+    )
 
     # Alipay face-to-face (the client is central/payments/alipay.py).
     alipay_base_url: str | None = Field(None, examples=["https://openapi.alipay.com/gateway.do"])
@@ -104,12 +115,19 @@ class Settings(BaseSettings):
     )
     # Payments reconciliation (central/payments/orphans.py): a paid payment no sale holds is an orphan charge.
     payments_orphan_grace_seconds: float = Field(
-        3600.0, ge=0, le=7 * 86400, examples=[3600.0], description="how long after a payment before it may be declared an orphan"
+        3600.0,
+        ge=0,
+        le=7 * 86400,
+        examples=[3600.0],
+        description="how long after a payment before it may be declared an orphan",
     )
     payments_orphan_clock_margin_seconds: float = Field(
-        300.0, ge=0, le=86400, examples=[300.0],
+        300.0,
+        ge=0,
+        le=86400,
+        examples=[300.0],
         description="a till's row counts as after a payment only when its till clock says this much later",
-    )  # fmt: skip
+    )
     payments_orphan_refund: bool = Field(
         False, examples=[False], description="refund orphan charges automatically (else they are reported for a person)"
     )
@@ -118,7 +136,9 @@ class Settings(BaseSettings):
     )
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # The environment overrides the file.
         return (env_settings, init_settings)
 
@@ -153,15 +173,25 @@ class Settings(BaseSettings):
         if self.wechat_base_url:
             missing = [key for key in ("wechat_appid", "wechat_mch_id", "wechat_api_key") if not getattr(self, key)]
             if missing:
-                raise ValueError(f"wechat_base_url is set, so {', '.join(missing)} must be set too (or remove wechat_base_url)")
+                raise ValueError(
+                    f"wechat_base_url is set, so {', '.join(missing)} must be set too (or remove wechat_base_url)"
+                )
             if (self.wechat_cert_path is None) != (self.wechat_key_path is None):
-                raise ValueError("give wechat_cert_path and wechat_key_path together (the merchant API certificate and its key)")
+                raise ValueError(
+                    "give wechat_cert_path and wechat_key_path together (the merchant API certificate and its key)"
+                )
         if self.wechat_card_api_base_url and not (self.wechat_appid and self.wechat_card_appsecret):
             raise ValueError("wechat_card_api_base_url needs wechat_appid and wechat_card_appsecret")
         if self.alipay_base_url:
-            missing = [key for key in ("alipay_app_id", "alipay_private_key_path", "alipay_public_key_path") if not getattr(self, key)]
+            missing = [
+                key
+                for key in ("alipay_app_id", "alipay_private_key_path", "alipay_public_key_path")
+                if not getattr(self, key)
+            ]
             if missing:
-                raise ValueError(f"alipay_base_url is set, so {', '.join(missing)} must be set too (or remove alipay_base_url)")
+                raise ValueError(
+                    f"alipay_base_url is set, so {', '.join(missing)} must be set too (or remove alipay_base_url)"
+                )
         if self.environment != "development":
             # Money and keys over plain HTTP only on a development machine (the simulators).
             for key in ("wechat_base_url", "wechat_card_api_base_url", "alipay_base_url"):
@@ -228,7 +258,9 @@ def _secrets_others_can_read(path: Path, data: dict[str, Any]) -> tuple[str, ...
     Not in development, whose files hold the public demo secrets (config/central-demo.toml)."""
     if not path.stat().st_mode & stat.S_IROTH:
         return ()
-    secret = [name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation) and data.get(name)]
+    secret = [
+        name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation) and data.get(name)
+    ]
     if isinstance(data.get("database_url"), str) and urlsplit(data["database_url"]).password:
         secret.insert(0, "database_url")  # its password
     return tuple(
@@ -245,7 +277,7 @@ def resolve_sqlite_path(url: str, base: Path) -> str:
     prefix = "sqlite:///"
     if not url.startswith(prefix):
         return url
-    rest = url[len(prefix):]
+    rest = url[len(prefix) :]
     if not rest or rest.startswith("/") or rest.startswith(":memory:"):
         return url
     return prefix + str((base / rest).resolve())

@@ -272,7 +272,8 @@ class DaySummary(WireModel):
     digest: str
     transactions: list[TransactionAmount] = Field(description="sorted by id")
     payments: PaymentsCheck | None = Field(
-        None, description="the day's code payments and those that match no sale (null from a central that does not check)"
+        None,
+        description="the day's code payments and those that match no sale (null from a central that does not check)",
     )
 
 
@@ -344,9 +345,13 @@ class Payment(WireModel):
     amount_fen: int
     station_id: str
     member_id: str | None = None
-    payer: OpenId | None = Field(None, description="the payer's id at the provider (WeChat openid of the merchant's appid)")
+    payer: OpenId | None = Field(
+        None, description="the payer's id at the provider (WeChat openid of the merchant's appid)"
+    )
     provider_trade_no: str | None = Field(None, description="WeChat transaction_id / Alipay trade_no")
-    code: str | None = Field(None, description="the provider's code (e.g. AUTHCODEEXPIRE, NOTENOUGH) or central's cause")
+    code: str | None = Field(
+        None, description="the provider's code (e.g. AUTHCODEEXPIRE, NOTENOUGH) or central's cause"
+    )
     reason_zh: str | None = Field(None, description="for the customer, in Chinese")
     reason_en: str | None = None
     created_at: AwareDatetime
@@ -466,7 +471,9 @@ class PaymentDay(WireModel):
     counts: dict[str, int]
     bill_checks: list[BillCheck] = Field(description="one per provider whose bill for the day was checked")
     issues: list[BillIssue]
-    check: PaymentsCheck | None = Field(None, description="which of the store's payments match no sale (all its stations)")
+    check: PaymentsCheck | None = Field(
+        None, description="which of the store's payments match no sale (all its stations)"
+    )
 
 
 # --- payments reconciliation: every code payment belongs to a sale or to a recorded void ------------------------

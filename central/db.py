@@ -58,7 +58,7 @@ def normalize_url(url: str) -> str:
     """Use psycopg 3 for PostgreSQL whatever driver the URL names (or none)."""
     for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -79,7 +79,9 @@ def _sqlite_engine(url: str) -> sa.Engine:
     path = sa.engine.make_url(url).database
     if path and path != ":memory:":
         if not Path(path).parent.is_dir():
-            raise DatabaseError(f"database directory {Path(path).parent} does not exist; create it or change database_url")
+            raise DatabaseError(
+                f"database directory {Path(path).parent} does not exist; create it or change database_url"
+            )
         if not Path(path).exists():
             # It will hold member data and the member-code signing keys: readable by this user only. SQLite
             # gives its -wal and -shm files the same mode.
@@ -134,7 +136,9 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
             command.upgrade(config, revision)
             after = MigrationContext.configure(connection).get_current_revision()
     except sa.exc.OperationalError as exc:
-        raise DatabaseError(f"cannot open the database ({exc.orig}); check database_url and that it is reachable") from exc
+        raise DatabaseError(
+            f"cannot open the database ({exc.orig}); check database_url and that it is reachable"
+        ) from exc
     if after != before:
         log.info("database schema upgraded from %s to %s", before or "empty", after)
 

@@ -43,7 +43,10 @@ def next_versions(session: Session, count: int) -> list[int]:
     if not session.info.get(_LOCKED):
         raise RuntimeError("feed.lock(session) must come first in a transaction that changes members")
     top = session.execute(
-        sa.update(FeedCounter).where(FeedCounter.id == 1).values(value=FeedCounter.value + count).returning(FeedCounter.value)
+        sa.update(FeedCounter)
+        .where(FeedCounter.id == 1)
+        .values(value=FeedCounter.value + count)
+        .returning(FeedCounter.value)
     ).scalar_one()
     return list(range(top - count + 1, top + 1))
 
@@ -58,8 +61,13 @@ def assign_versions(session: Session, now: datetime | None = None) -> None:
     stamp = now or utcnow()
     table = Member.__table__
     session.execute(
-        sa.update(table).where(table.c.id == sa.bindparam("member_id")).values(version=sa.bindparam("v"), updated_at=sa.bindparam("at")),
-        [{"member_id": member_id, "v": version, "at": stamp} for member_id, version in zip(touched, versions, strict=True)],
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("member_id"))
+        .values(version=sa.bindparam("v"), updated_at=sa.bindparam("at")),
+        [
+            {"member_id": member_id, "v": version, "at": stamp}
+            for member_id, version in zip(touched, versions, strict=True)
+        ],
     )
     # ORM copies of these members now hold the old version: load them again when next used.
     changed = set(touched)
@@ -101,7 +109,9 @@ def parse_cursor(cursor: str | None) -> int:
 
 def changes_page(session: Session, after: int, limit: int, now: datetime) -> contract.ChangesPage:
     table = Member.__table__
-    rows = session.execute(sa.select(table).where(table.c.version > after).order_by(table.c.version).limit(limit + 1)).all()
+    rows = session.execute(
+        sa.select(table).where(table.c.version > after).order_by(table.c.version).limit(limit + 1)
+    ).all()
     has_more = len(rows) > limit
     rows = rows[:limit]
     changes = snapshots(session, rows, now)
@@ -132,7 +142,9 @@ def snapshots(session: Session, rows: Sequence[sa.Row], now: datetime) -> list[c
     if live:
         ident = MemberIdentifier.__table__
         for row in session.execute(
-            sa.select(ident.c.member_id, ident.c.kind, ident.c.value).where(ident.c.member_id.in_(live)).order_by(ident.c.kind, ident.c.value)
+            sa.select(ident.c.member_id, ident.c.kind, ident.c.value)
+            .where(ident.c.member_id.in_(live))
+            .order_by(ident.c.kind, ident.c.value)
         ):
             identifiers[row.member_id].append(contract.Identifier(kind=row.kind, value=row.value))
         coupon = Coupon.__table__
@@ -141,23 +153,37 @@ def snapshots(session: Session, rows: Sequence[sa.Row], now: datetime) -> list[c
         ):
             coupons[row.member_id].append(
                 contract.Coupon(
-                    code=row.code, title=row.title, kind=row.kind, amount_off_fen=row.amount_off_fen,
-                    percent_off=row.percent_off, threshold_fen=row.threshold_fen, cap_fen=row.cap_fen,
-                    valid_from=row.valid_from, valid_until=row.valid_until, usable_offline=row.usable_offline,
+                    code=row.code,
+                    title=row.title,
+                    kind=row.kind,
+                    amount_off_fen=row.amount_off_fen,
+                    percent_off=row.percent_off,
+                    threshold_fen=row.threshold_fen,
+                    cap_fen=row.cap_fen,
+                    valid_from=row.valid_from,
+                    valid_until=row.valid_until,
+                    usable_offline=row.usable_offline,
                     used_at=row.used_at,
-                )  # fmt: skip
+                )
             )
     changes = []
     for row in rows:
         if row.deleted:
-            changes.append(contract.MemberChange(member_id=row.id, version=row.version, deleted=True, merged_into=row.merged_into))
+            changes.append(
+                contract.MemberChange(member_id=row.id, version=row.version, deleted=True, merged_into=row.merged_into)
+            )
         else:
             changes.append(
                 contract.MemberChange(
-                    member_id=row.id, version=row.version, tier=row.tier, points=points.get(row.id, 0),
-                    display_name=row.display_name, phone_masked=row.phone_masked,
-                    identifiers=identifiers[row.id], coupons=coupons[row.id],
-                )  # fmt: skip
+                    member_id=row.id,
+                    version=row.version,
+                    tier=row.tier,
+                    points=points.get(row.id, 0),
+                    display_name=row.display_name,
+                    phone_masked=row.phone_masked,
+                    identifiers=identifiers[row.id],
+                    coupons=coupons[row.id],
+                )
             )
     return changes
 
@@ -169,7 +195,9 @@ def balances(session: Session, member_ids: Iterable[str]) -> dict[str, int]:
         return {}
     table = LedgerEntry.__table__
     sums = session.execute(
-        sa.select(table.c.member_id, sa.func.sum(table.c.points)).where(table.c.member_id.in_(ids)).group_by(table.c.member_id)
+        sa.select(table.c.member_id, sa.func.sum(table.c.points))
+        .where(table.c.member_id.in_(ids))
+        .group_by(table.c.member_id)
     )
     result = dict.fromkeys(ids, 0)
     # PostgreSQL sums bigint as numeric (Decimal): points are whole numbers either way.

@@ -66,9 +66,14 @@ def create_member(
         raise Invalid(f"unknown tier {tier!r}; one of {', '.join(card.TIERS)}")
     (version,) = feed.next_versions(session, 1)
     member = Member(
-        id=member_id or new_member_id(), tier=tier, display_name=display_name, phone_masked=phone_masked,
-        version=version, created_at=now, updated_at=now,
-    )  # fmt: skip
+        id=member_id or new_member_id(),
+        tier=tier,
+        display_name=display_name,
+        phone_masked=phone_masked,
+        version=version,
+        created_at=now,
+        updated_at=now,
+    )
     session.add(member)
     session.flush()
     return member
@@ -102,7 +107,9 @@ def merge(session: Session, survivor_id: str, other_id: str, now: datetime) -> M
         raise Invalid("cannot merge a member into itself")
 
     # ORM-enabled updates, so objects already loaded in this session follow.
-    session.execute(sa.update(MemberIdentifier).where(MemberIdentifier.member_id == other_id).values(member_id=survivor_id))
+    session.execute(
+        sa.update(MemberIdentifier).where(MemberIdentifier.member_id == other_id).values(member_id=survivor_id)
+    )
     session.execute(sa.update(Coupon).where(Coupon.member_id == other_id).values(member_id=survivor_id))
     # Entries stay with the member who earned them; the balance moves with a pair of entries, so each
     # ledger still adds up and the survivor's balance includes the other's.

@@ -69,7 +69,9 @@ def public_keys(session: Session, now: datetime) -> contract.PublicKeys:
         .where(sa.or_(SigningKey.not_after.is_(None), SigningKey.not_after > now))
         .order_by(SigningKey.retired_at.is_not(None), SigningKey.kid.desc())
     ).scalars()
-    return contract.PublicKeys(keys=[contract.PublicKey(kid=r.kid, public_key=r.public_key, not_after=r.not_after) for r in rows])
+    return contract.PublicKeys(
+        keys=[contract.PublicKey(kid=r.kid, public_key=r.public_key, not_after=r.not_after) for r in rows]
+    )
 
 
 def member_code(session: Session, member_id: str, now: datetime) -> str:

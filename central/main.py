@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import iter_route_contexts
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from starlette.exceptions import HTTPException
 
@@ -54,7 +54,9 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
             keys.ensure_key(session, utcnow())  # a member-code key exists before the first store asks
             session.commit()
         # Payments run as tasks in this loop; unfinished ones are resumed from the database.
-        gateway = Gateway(settings, engine, app.state.payment_providers, metrics=app.state.metrics, **app.state.payment_options)
+        gateway = Gateway(
+            settings, engine, app.state.payment_providers, metrics=app.state.metrics, **app.state.payment_options
+        )
         card_sync = CardSync.from_settings(settings, engine)
         orphan_watch = OrphanWatch.from_settings(settings, engine, gateway)  # payments no sale holds (orphans.py)
         await gateway.start()
@@ -96,10 +98,13 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
         if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
             raise Unauthorized(
                 "send the metrics token: Authorization: Bearer <metrics_token>"
-                if expected else "metrics are off: set metrics_token (POS_CENTRAL_METRICS_TOKEN) and send it as a bearer token"
+                if expected
+                else "metrics are off: set metrics_token (POS_CENTRAL_METRICS_TOKEN) and send it as a bearer token"
             )
         # Collecting reads the database: in a worker thread, never on the loop.
-        return Response(await asyncio.to_thread(generate_latest, app.state.metrics.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+        return Response(
+            await asyncio.to_thread(generate_latest, app.state.metrics.registry), media_type=CONTENT_TYPE_PLAIN_0_0_4
+        )
 
     app.add_exception_handler(CentralError, _central_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -147,7 +152,13 @@ class RequestMetrics:
         return self._templates.get(id(route)) or getattr(route, "path", None) or "unmatched"
 
 
-def _error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = contract.ErrorBody(error=code, message=message, details=details)
     return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers)
 
@@ -165,14 +176,20 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in HTTPStatus._value2member_map_ else "error"
+    code = (
+        HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        if exc.status_code in HTTPStatus._value2member_map_
+        else "error"
+    )
     return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
 async def _database_unavailable(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
     # Locked, restarting or unreachable: nothing was committed, and the same request may succeed shortly.
     log.warning("database unavailable: %s", exc.orig)
-    return _error(503, "unavailable", "the database is busy or unreachable; retry shortly", headers={"Retry-After": "1"})
+    return _error(
+        503, "unavailable", "the database is busy or unreachable; retry shortly", headers={"Retry-After": "1"}
+    )
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -48,17 +48,32 @@ class CentralMetrics:
 
     def __init__(self, engine: sa.Engine, providers: tuple[str, ...] = PROVIDERS):
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter("pos_central_requests", "HTTP requests answered", ["method", "route", "status"], registry=registry)
+        self.requests = Counter(
+            "pos_central_requests", "HTTP requests answered", ["method", "route", "status"], registry=registry
+        )
         self.request_seconds = Histogram(
-            "pos_central_request_seconds", "Time to answer an HTTP request (long-polls included)", ["method", "route"],
-            buckets=REQUEST_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.payments = Counter("pos_central_payments", "Payments that reached a final state", ["provider", "outcome"], registry=registry)
+            "pos_central_request_seconds",
+            "Time to answer an HTTP request (long-polls included)",
+            ["method", "route"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=registry,
+        )
+        self.payments = Counter(
+            "pos_central_payments", "Payments that reached a final state", ["provider", "outcome"], registry=registry
+        )
         self.payment_seconds = Histogram(
-            "pos_central_payment_seconds", "From a payment's charge sent to its final state", ["provider", "outcome"],
-            buckets=PAYMENT_BUCKETS_S, registry=registry,
-        )  # fmt: skip
-        self.ingested = Counter("pos_central_transactions_ingested", "Journal rows received from stores, by result", ["result"], registry=registry)
+            "pos_central_payment_seconds",
+            "From a payment's charge sent to its final state",
+            ["provider", "outcome"],
+            buckets=PAYMENT_BUCKETS_S,
+            registry=registry,
+        )
+        self.ingested = Counter(
+            "pos_central_transactions_ingested",
+            "Journal rows received from stores, by result",
+            ["result"],
+            registry=registry,
+        )
         for provider in providers:
             for outcome in PAYMENT_OUTCOMES:
                 self.payments.labels(provider, outcome)
@@ -75,11 +90,15 @@ class CentralMetrics:
         self.requests.labels(method, route, str(status)).inc()
         self.request_seconds.labels(method, route).observe(seconds)
 
-    def payment_ended(self, provider: str, state: str, code: str | None, sent_at: datetime | None, now: datetime) -> None:
+    def payment_ended(
+        self, provider: str, state: str, code: str | None, sent_at: datetime | None, now: datetime
+    ) -> None:
         """A payment moved to SUCCESS, FAILED or REVERSED (once per payment and state: callers count a change
         they made, never one they only read)."""
         try:
-            outcome = {"SUCCESS": "paid", "REVERSED": "reversed"}.get(state) or ("voided" if code == "VOIDED" else "failed")
+            outcome = {"SUCCESS": "paid", "REVERSED": "reversed"}.get(state) or (
+                "voided" if code == "VOIDED" else "failed"
+            )
             self.payments.labels(provider, outcome).inc()
             if sent_at is not None and outcome != "voided":
                 self.payment_seconds.labels(provider, outcome).observe(max(0.0, (now - sent_at).total_seconds()))
@@ -124,15 +143,21 @@ class FeedCollector(Collector):
             return
         readable.add_metric([], 1)
         yield readable
-        yield GaugeMetricFamily("pos_central_feed_head_version", "The member change feed's latest version (changes ever made)", value=head)
+        yield GaugeMetricFamily(
+            "pos_central_feed_head_version", "The member change feed's latest version (changes ever made)", value=head
+        )
         behind = GaugeMetricFamily(
-            "pos_central_feed_store_behind_versions", "Versions between the feed's head and the cursor a store's last page left it at",
+            "pos_central_feed_store_behind_versions",
+            "Versions between the feed's head and the cursor a store's last page left it at",
             labels=["store"],
-        )  # fmt: skip
-        last = GaugeMetricFamily("pos_central_feed_store_last_pull_timestamp_seconds", "When a store last read the feed (Unix time)", labels=["store"])
+        )
+        last = GaugeMetricFamily(
+            "pos_central_feed_store_last_pull_timestamp_seconds",
+            "When a store last read the feed (Unix time)",
+            labels=["store"],
+        )
         for store, (cursor, at) in sorted(self.metrics.feed_reads().items()):
             behind.add_metric([store], max(0, head - cursor))
             last.add_metric([store], at)
         yield behind
         yield last
-

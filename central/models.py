@@ -187,7 +187,9 @@ class Payment(CentralModel, table=True):
     member_id: str | None = Field(default=None, foreign_key="member.id", max_length=16)
     request_hash: str = Field(max_length=64)
     state: str = Field(max_length=16)
-    code: str | None = Field(default=None, max_length=64, description="the provider's last code, or the gateway's cause")
+    code: str | None = Field(
+        default=None, max_length=64, description="the provider's last code, or the gateway's cause"
+    )
     reason_zh: str | None = Field(default=None, max_length=128)
     reason_en: str | None = Field(default=None, max_length=256)
     provider_trade_no: str | None = Field(default=None, max_length=64)
@@ -212,11 +214,15 @@ class PaymentEvent(CentralModel, table=True):
     id: int | None = Field(default=None, sa_column=sa.Column(AutoId, primary_key=True, autoincrement=True))
     out_trade_no: str = Field(foreign_key="payment.out_trade_no", index=True, max_length=32)
     at: datetime = utc()
-    action: str = Field(max_length=16, description="charge, query, reverse, cancel, state, refund, refund_query, refund_state")
+    action: str = Field(
+        max_length=16, description="charge, query, reverse, cancel, state, refund, refund_query, refund_state"
+    )
     outcome: str = Field(max_length=24)
     code: str | None = Field(default=None, max_length=64)
     detail: str | None = Field(default=None, max_length=256)
-    out_refund_no: str | None = Field(default=None, max_length=32, description="the refund the event is about (migration 0003)")
+    out_refund_no: str | None = Field(
+        default=None, max_length=32, description="the refund the event is about (migration 0003)"
+    )
 
 
 class PaymentRefund(CentralModel, table=True):
@@ -234,7 +240,9 @@ class PaymentRefund(CentralModel, table=True):
     amount_fen: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     reason: str | None = Field(default=None, max_length=80, description="the store's reason, shown to the payer")
     state: str = Field(max_length=16)
-    code: str | None = Field(default=None, max_length=64, description="the provider's last code or status, or the gateway's cause")
+    code: str | None = Field(
+        default=None, max_length=64, description="the provider's last code or status, or the gateway's cause"
+    )
     reason_zh: str | None = Field(default=None, max_length=128)
     reason_en: str | None = Field(default=None, max_length=256)
     provider_refund_no: str | None = Field(default=None, max_length=64)

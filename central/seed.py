@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+
 from central import feed, stores
 from central.clock import utcnow
 from central.db import read_session, write_session
@@ -32,8 +33,37 @@ SURNAMES = (
 )
 COMPOUND_SURNAMES = ("欧阳", "司马", "上官", "诸葛", "东方")
 GIVEN_CHARS = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超兰霞平刚桂华玉萍红玲芬燕彬晨晓宇浩然涵欣怡轩诺桐思远嘉俊佳琪文博婷雪鹏辉建国海峰志"
-MOBILE_PREFIXES = ("134", "135", "136", "137", "138", "139", "150", "151", "152", "157", "158", "159", "182", "187", "188",
-                   "130", "131", "132", "155", "156", "185", "186", "133", "153", "180", "181", "189", "177", "199")  # fmt: skip
+MOBILE_PREFIXES = (
+    "134",
+    "135",
+    "136",
+    "137",
+    "138",
+    "139",
+    "150",
+    "151",
+    "152",
+    "157",
+    "158",
+    "159",
+    "182",
+    "187",
+    "188",
+    "130",
+    "131",
+    "132",
+    "155",
+    "156",
+    "185",
+    "186",
+    "133",
+    "153",
+    "180",
+    "181",
+    "189",
+    "177",
+    "199",
+)
 TIERS = (("normal", 60), ("silver", 25), ("gold", 12), ("platinum", 3))
 TIER_POINTS = {"normal": 800, "silver": 3000, "gold": 8000, "platinum": 20000}
 WECHAT_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -106,11 +136,20 @@ def demo_member(seed: int, n: int, phone_key: bytes, today: datetime, payer_appi
         valid_from = today - timedelta(days=rng.randint(0, 10))
         member.coupons.append(
             dict(
-                code="CP" + "".join(rng.choices(COUPON_CHARS, k=10)), member_id=member_id, title=title,
-                kind=kind, amount_off_fen=amount, percent_off=percent, threshold_fen=threshold, cap_fen=cap,
-                usable_offline=offline, valid_from=valid_from, valid_until=valid_from + timedelta(days=rng.choice((30, 60, 90))),
-                used_at=None, used_in_transaction=None,
-            )  # fmt: skip
+                code="CP" + "".join(rng.choices(COUPON_CHARS, k=10)),
+                member_id=member_id,
+                title=title,
+                kind=kind,
+                amount_off_fen=amount,
+                percent_off=percent,
+                threshold_fen=threshold,
+                cap_fen=cap,
+                usable_offline=offline,
+                valid_from=valid_from,
+                valid_until=valid_from + timedelta(days=rng.choice((30, 60, 90))),
+                used_at=None,
+                used_in_transaction=None,
+            )
         )
     return member
 
@@ -129,9 +168,15 @@ def _wechat_id(rng: random.Random) -> str:
 
 
 def seed_demo(
-    engine: sa.Engine, phone_key: bytes, members: int, seed: int = 1, store_id: str = DEMO_STORE_ID,
-    store_token: str = DEMO_STORE_TOKEN, now: datetime | None = None, payer_appid: str | None = None,
-) -> SeedReport:  # fmt: skip
+    engine: sa.Engine,
+    phone_key: bytes,
+    members: int,
+    seed: int = 1,
+    store_id: str = DEMO_STORE_ID,
+    store_token: str = DEMO_STORE_TOKEN,
+    now: datetime | None = None,
+    payer_appid: str | None = None,
+) -> SeedReport:
     """Add the demo store (if missing) and demo members 1..`members` that are not there yet. With `payer_appid`
     (the WeChat Pay appid central charges with), members 1-9 are the payment simulator's customers 0001-0009."""
     now = now or utcnow()
@@ -144,10 +189,14 @@ def seed_demo(
             store_added = True
     added = 0
     for start in range(1, members + 1, CHUNK):
-        batch = [demo_member(seed, n, phone_key, today, payer_appid) for n in range(start, min(start + CHUNK, members + 1))]
+        batch = [
+            demo_member(seed, n, phone_key, today, payer_appid) for n in range(start, min(start + CHUNK, members + 1))
+        ]
         added += _insert(engine, batch, now)
     with read_session(engine) as session:
-        total = session.execute(sa.select(sa.func.count()).select_from(Member).where(Member.deleted.is_(False))).scalar_one()
+        total = session.execute(
+            sa.select(sa.func.count()).select_from(Member).where(Member.deleted.is_(False))
+        ).scalar_one()
     return SeedReport(members_added=added, members_total=total, store_added=store_added)
 
 
@@ -170,8 +219,17 @@ def _insert(engine: sa.Engine, batch: list[DemoMember], now: datetime) -> int:
         session.execute(
             sa.insert(members),
             [
-                dict(id=m.id, tier=m.tier, display_name=m.display_name, phone_masked=m.phone_masked, version=v,
-                     deleted=False, merged_into=None, created_at=now, updated_at=now)  # fmt: skip
+                dict(
+                    id=m.id,
+                    tier=m.tier,
+                    display_name=m.display_name,
+                    phone_masked=m.phone_masked,
+                    version=v,
+                    deleted=False,
+                    merged_into=None,
+                    created_at=now,
+                    updated_at=now,
+                )
                 for m, v in zip(batch, versions, strict=True)
             ],
         )
@@ -184,7 +242,14 @@ def _insert(engine: sa.Engine, batch: list[DemoMember], now: datetime) -> int:
         if rows:
             session.execute(sa.insert(idents), rows)
         ledger = [
-            dict(member_id=m.id, kind="opening", points=m.points, transaction_id=f"seed:{m.id}", store_id=None, created_at=now)
+            dict(
+                member_id=m.id,
+                kind="opening",
+                points=m.points,
+                transaction_id=f"seed:{m.id}",
+                store_id=None,
+                created_at=now,
+            )
             for m in batch
             if m.points
         ]
@@ -195,4 +260,3 @@ def _insert(engine: sa.Engine, batch: list[DemoMember], now: datetime) -> int:
             session.execute(sa.insert(Coupon.__table__), coupons)
         session.commit()
         return len(batch)
-

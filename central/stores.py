@@ -28,7 +28,15 @@ def by_token(session: Session, token: str) -> Store | None:
     return session.exec(select(Store).where(Store.token_hash == hash_token(token))).first()
 
 
-def add_store(session: Session, store_id: str, now: datetime, *, name: str = "", token: str | None = None, replace_token: bool = False) -> str:
+def add_store(
+    session: Session,
+    store_id: str,
+    now: datetime,
+    *,
+    name: str = "",
+    token: str | None = None,
+    replace_token: bool = False,
+) -> str:
     """Register a store (or give an existing one a new token with `replace_token`); returns the token, which is
     shown this once and never stored."""
     if not STORE_ID.fullmatch(store_id):

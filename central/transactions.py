@@ -38,7 +38,9 @@ def ingest(session: Session, store_id: str, rows: Sequence[Any], now: datetime) 
     if ids:
         stored = {
             row.id: row
-            for row in session.execute(sa.select(table.c.id, table.c.store_id, *_FINGERPRINT).where(table.c.id.in_(ids)))
+            for row in session.execute(
+                sa.select(table.c.id, table.c.store_id, *_FINGERPRINT).where(table.c.id.in_(ids))
+            )
         }
 
     results: list[contract.RowResult] = []
@@ -78,11 +80,21 @@ def ingest(session: Session, store_id: str, rows: Sequence[Any], now: datetime) 
         # The body is stored as sent (extra fields included), not as the model would write it again.
         new_rows.append(
             dict(
-                id=row.id, store_id=store_id, station_id=row.station_id, kind=row.kind, business_day=row.business_day,
-                created_at=row.created_at, member_id=row.member_id, total_fen=row.total_fen,
-                points_earned=row.points_earned, points_redeemed=row.points_redeemed,
-                body=raw["body"], prev_hash=row.prev_hash, hash=row.hash, received_at=now,
-            )  # fmt: skip
+                id=row.id,
+                store_id=store_id,
+                station_id=row.station_id,
+                kind=row.kind,
+                business_day=row.business_day,
+                created_at=row.created_at,
+                member_id=row.member_id,
+                total_fen=row.total_fen,
+                points_earned=row.points_earned,
+                points_redeemed=row.points_redeemed,
+                body=raw["body"],
+                prev_hash=row.prev_hash,
+                hash=row.hash,
+                received_at=now,
+            )
         )
         if member is not None:
             entries.extend(_entries(row, member.id, store_id, now))
@@ -102,17 +114,38 @@ def ingest(session: Session, store_id: str, rows: Sequence[Any], now: datetime) 
         card.use_coupons(session, codes, transaction_id, at)
     points = feed.balances(session, touched)
     session.commit()
-    return contract.BatchResult(results=results, balances=[contract.Balance(member_id=m, points=p) for m, p in points.items()])
+    return contract.BatchResult(
+        results=results, balances=[contract.Balance(member_id=m, points=p) for m, p in points.items()]
+    )
 
 
-_FINGERPRINT = [Transaction.__table__.c[name] for name in (
-    "station_id", "kind", "business_day", "member_id", "total_fen", "points_earned", "points_redeemed", "hash",
-)]  # fmt: skip
+_FINGERPRINT = [
+    Transaction.__table__.c[name]
+    for name in (
+        "station_id",
+        "kind",
+        "business_day",
+        "member_id",
+        "total_fen",
+        "points_earned",
+        "points_redeemed",
+        "hash",
+    )
+]
 
 
 def _fingerprint(row: contract.TransactionIn) -> tuple:
     """What must be equal for a row with a known id to be a duplicate rather than a conflict."""
-    return (row.station_id, row.kind, row.business_day, row.member_id, row.total_fen, row.points_earned, row.points_redeemed, row.hash)
+    return (
+        row.station_id,
+        row.kind,
+        row.business_day,
+        row.member_id,
+        row.total_fen,
+        row.points_earned,
+        row.points_redeemed,
+        row.hash,
+    )
 
 
 def _parse(raw: Any) -> contract.TransactionIn | contract.RowResult:
@@ -164,13 +197,22 @@ def digest(rows: Sequence[tuple[str, int]]) -> str:
 
 
 def day_summary(
-    session: Session, store_id: str, business_day: date, station_id: str | None = None,
+    session: Session,
+    store_id: str,
+    business_day: date,
+    station_id: str | None = None,
     payments: contract.PaymentsCheck | None = None,
-) -> contract.DaySummary:  # fmt: skip
+) -> contract.DaySummary:
     """The summary of a store's (or station's) business day; `payments`, the check of its code payments, goes with it."""
     table = Transaction.__table__
     query = sa.select(
-        table.c.id, table.c.station_id, table.c.kind, table.c.total_fen, table.c.points_earned, table.c.points_redeemed, table.c.body
+        table.c.id,
+        table.c.station_id,
+        table.c.kind,
+        table.c.total_fen,
+        table.c.points_earned,
+        table.c.points_redeemed,
+        table.c.body,
     ).where(table.c.store_id == store_id, table.c.business_day == business_day)
     if station_id is not None:
         query = query.where(table.c.station_id == station_id)
@@ -192,9 +234,13 @@ def day_summary(
         digest=digest([(row.id, row.total_fen) for row in rows]),
         transactions=[
             contract.TransactionAmount(
-                id=row.id, station_id=row.station_id, kind=row.kind, total_fen=row.total_fen,
-                points_earned=row.points_earned, points_redeemed=row.points_redeemed,
-            )  # fmt: skip
+                id=row.id,
+                station_id=row.station_id,
+                kind=row.kind,
+                total_fen=row.total_fen,
+                points_earned=row.points_earned,
+                points_redeemed=row.points_redeemed,
+            )
             for row in rows
         ],
         payments=payments,

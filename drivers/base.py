@@ -13,7 +13,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ class Scan:
     def __repr__(self) -> str:
         # Scans carry auth codes: never let a stray log line print one whole.
         shown = self.text if len(self.text) <= 8 else f"{self.text[:4]}…{self.text[-2:]}"
-        return f"Scan(device_id={self.device_id!r}, text={shown!r} ({len(self.text)} chars), symbology={self.symbology!r})"
+        return (
+            f"Scan(device_id={self.device_id!r}, text={shown!r} ({len(self.text)} chars), symbology={self.symbology!r})"
+        )
 
 
 class DeviceState(StrEnum):
@@ -73,7 +75,7 @@ StatusSink = Callable[[DeviceStatus], None]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -126,7 +128,7 @@ class ScannerReader(ABC):
             self._thread.join(timeout)
             self._thread = None
 
-    def _interrupt(self) -> None:
+    def _interrupt(self) -> None:  # noqa: B027 -- a hook with nothing to do by default, not an abstract method
         """Wake a blocked read so `stop` does not wait for the next scan. Override where a read can block."""
 
     def emit(self, text: str, symbology: str | None = None) -> None:
@@ -149,7 +151,9 @@ class ScannerReader(ABC):
                     self.set_status(DeviceState.DISCONNECTED, "source ended")
                     return
             except DeviceError as exc:
-                self.set_status(DeviceState.ERROR if not isinstance(exc, DeviceUnavailable) else DeviceState.DISCONNECTED, str(exc))
+                self.set_status(
+                    DeviceState.ERROR if not isinstance(exc, DeviceUnavailable) else DeviceState.DISCONNECTED, str(exc)
+                )
             except Exception as exc:  # a driver bug must not kill the thread: report it and reopen
                 log.exception("scanner reader failed", extra={"device": self.device_id})
                 self.set_status(DeviceState.ERROR, f"{type(exc).__name__}: {exc}")

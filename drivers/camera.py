@@ -63,7 +63,9 @@ def parse_roi(value: str | Iterable[float] | None) -> Roi | None:
         eps = 1e-9
         if 0 <= x < 1 and 0 <= y < 1 and w > 0 and h > 0 and x + w <= 1 + eps and y + h <= 1 + eps:
             return x, y, w, h
-    raise ValueError(f"camera roi {value!r}: expected x,y,w,h as fractions of the frame inside 0..1, e.g. 0.25,0.1,0.5,0.8")
+    raise ValueError(
+        f"camera roi {value!r}: expected x,y,w,h as fractions of the frame inside 0..1, e.g. 0.25,0.1,0.5,0.8"
+    )
 
 
 class Debounce:
@@ -181,7 +183,9 @@ class _CaptureSource:
             ok, frame = self.capture.read()
             if not ok or frame is None:
                 if self.live:
-                    raise DeviceUnavailable(f"camera {self.name} stopped delivering frames (unplugged, or taken by another program?)")
+                    raise DeviceUnavailable(
+                        f"camera {self.name} stopped delivering frames (unplugged, or taken by another program?)"
+                    )
                 return
             if self.live:
                 t = time.monotonic()
@@ -286,10 +290,14 @@ class CameraScanner(ScannerReader):
         self.size = (width, height)
 
     @classmethod
-    def from_url(cls, url: DeviceUrl, device_id: str, on_scan: ScanSink, on_status: StatusSink, **options: object) -> CameraScanner:
+    def from_url(
+        cls, url: DeviceUrl, device_id: str, on_scan: ScanSink, on_status: StatusSink, **options: object
+    ) -> CameraScanner:
         unknown = sorted(set(url.query) - set(QUERY_KEYS))
         if unknown:
-            raise UnsupportedDeviceUrl(f"{url.text}: unknown camera option(s) {', '.join(unknown)}; known: {', '.join(QUERY_KEYS)}")
+            raise UnsupportedDeviceUrl(
+                f"{url.text}: unknown camera option(s) {', '.join(unknown)}; known: {', '.join(QUERY_KEYS)}"
+            )
         from_query: dict[str, object] = {}
         try:
             for key in ("width", "height"):
@@ -353,7 +361,9 @@ class CameraScanner(ScannerReader):
         capture = cv2.VideoCapture(path)
         if not capture.isOpened():
             capture.release()
-            raise DeviceError(f"camera file {path} cannot be read: not a video or image sequence this OpenCV can decode")
+            raise DeviceError(
+                f"camera file {path} cannot be read: not a video or image sequence this OpenCV can decode"
+            )
         return _CaptureSource(capture, path, live=False, fps=self.fps)
 
     def _open_camera(self, target: _Target) -> _Source:

@@ -123,7 +123,7 @@ class PyzbarDecoder:
             from pyzbar import pyzbar
         except (ImportError, OSError) as exc:  # pyzbar raises ImportError when libzbar's .so is not found
             raise DeviceError(
-                f"the pyzbar camera decoder cannot load zbar ({exc}): install Debian's libzbar0, or set decoder = \"zxing\""
+                f'the pyzbar camera decoder cannot load zbar ({exc}): install Debian\'s libzbar0, or set decoder = "zxing"'
             ) from exc
         self._pyzbar = pyzbar
         self.formats = _check_formats(formats)
@@ -160,4 +160,4 @@ def make_decoder(name: str, formats: Iterable[str] = ("qr", "code128")) -> Decod
         return ZxingDecoder(formats)
     if name == "pyzbar":
         return PyzbarDecoder(formats)
-    raise DeviceError(f"unknown camera decoder {name!r}: set decoder = \"zxing\" or \"pyzbar\"")
+    raise DeviceError(f'unknown camera decoder {name!r}: set decoder = "zxing" or "pyzbar"')

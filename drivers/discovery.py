@@ -12,7 +12,18 @@ from pathlib import Path
 
 USB_PRINTER_CLASS = "07"
 # Keyboard-wedge scanners announce themselves as keyboards; these words in the name single them out.
-SCANNER_WORDS = ("scanner", "barcode", "bar code", "honeywell", "symbol", "zebra", "datalogic", "newland", "netum", "scan")
+SCANNER_WORDS = (
+    "scanner",
+    "barcode",
+    "bar code",
+    "honeywell",
+    "symbol",
+    "zebra",
+    "datalogic",
+    "newland",
+    "netum",
+    "scan",
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ def _usb_product(device_link: Path) -> str:
     """The USB product name above a tty's or input's sysfs device (a few levels up, depending on the driver)."""
     here = device_link.resolve()
     for _ in range(4):
-        if (product := _read(here / "product")):
+        if product := _read(here / "product"):
             return " ".join(filter(None, (_read(here / "manufacturer"), product)))
         here = here.parent
     return ""
@@ -64,7 +75,11 @@ def serial_ports(dev: Path = Path("/dev"), sys: Path = Path("/sys")) -> list[Fou
         if not (name.startswith(("ttyUSB", "ttyACM", "ttyAMA")) or device in by_id):
             continue
         stable = by_id.get(device, str(dev / name))
-        found.append(FoundDevice("serial", f"serial://{stable}?baudrate=9600", _usb_product(tty_class / name / "device") or name, device))
+        found.append(
+            FoundDevice(
+                "serial", f"serial://{stable}?baudrate=9600", _usb_product(tty_class / name / "device") or name, device
+            )
+        )
     return found
 
 
@@ -83,7 +98,14 @@ def usb_printers(dev: Path = Path("/dev"), sys: Path = Path("/sys")) -> list[Fou
         usbmisc = interface / "usbmisc"
         if usbmisc.is_dir():
             for lp in sorted(usbmisc.iterdir()):
-                found.append(FoundDevice("printer", f"file://{dev / 'usb' / lp.name}", f"{name} (line-printer device)", str(dev / "usb" / lp.name)))
+                found.append(
+                    FoundDevice(
+                        "printer",
+                        f"file://{dev / 'usb' / lp.name}",
+                        f"{name} (line-printer device)",
+                        str(dev / "usb" / lp.name),
+                    )
+                )
     return found
 
 

@@ -138,7 +138,9 @@ class _Decoder:
                 try:
                     part = bytes(segment.data).decode(codec)
                 except (UnicodeDecodeError, LookupError):
-                    raise self.fail(f"single-byte text not readable in code table {self.codepage}", self.line_start) from None
+                    raise self.fail(
+                        f"single-byte text not readable in code table {self.codepage}", self.line_start
+                    ) from None
                 cells += len(segment.data)
             text += part
         double = (self.gs_size >> 4 >= 1 and self.gs_size & 0x0F >= 1) or self.esc_mode & 0x30 == 0x30
@@ -245,7 +247,9 @@ class _Decoder:
         n = self.byte("GS k length")
         data = self.take(n, "Code 128 data")
         self.out.append(
-            BarcodeElement(decode_code128(data, start), "CODE128", self.barcode_height, self.barcode_width, self.hri, self.align)
+            BarcodeElement(
+                decode_code128(data, start), "CODE128", self.barcode_height, self.barcode_width, self.hri, self.align
+            )
         )
 
     def two_d(self, start: int) -> None:

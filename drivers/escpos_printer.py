@@ -100,7 +100,9 @@ class PrinterProfile:
         if self.text_encoding not in ("gb18030", "gbk", "big5", "raster"):
             raise ValueError(f"printer text_encoding must be gb18030, gbk, big5 or raster, not {self.text_encoding!r}")
         if self.dots_per_line < 96:
-            raise ValueError(f"printer dots_per_line {self.dots_per_line} is too small: 384 on 58 mm paper, 576 on 80 mm")
+            raise ValueError(
+                f"printer dots_per_line {self.dots_per_line} is too small: 384 on 58 mm paper, 576 on 80 mm"
+            )
         try:
             get_profile(self.escpos_profile)
         except KeyError:
@@ -195,7 +197,9 @@ def _find_cjk_font() -> str:
     fc_list = shutil.which("fc-list")
     if fc_list:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            found = subprocess.run([fc_list, ":lang=zh-cn", "file"], capture_output=True, text=True, timeout=10, check=False).stdout
+            found = subprocess.run(
+                [fc_list, ":lang=zh-cn", "file"], capture_output=True, text=True, timeout=10, check=False
+            ).stdout
             for line in found.splitlines():
                 path = line.split(":")[0].strip()
                 if path and os.path.exists(path):
@@ -231,7 +235,7 @@ def raster_text_line(
     x = {"left": 0, "center": (width_dots - used) // 2, "right": width_dots - used}[align]
     image = Image.new("L", (width_dots, line_height), 255)
     draw = ImageDraw.Draw(image)
-    for ch, n in zip(text, cells):
+    for ch, n in zip(text, cells, strict=True):
         if ch != " ":
             left = x + (n * cell - font.getlength(ch)) / 2
             draw.text((left, baseline), ch, font=font, fill=0, anchor="ls")
@@ -423,7 +427,9 @@ class _Renderer:
             return
         self.p.set(align="center", bold=False, custom_size=True, width=1, height=1)
         if self.escpos.supports("barcodeB"):
-            self.p.barcode(content, "CODE128", height=height, width=width, pos="BELOW", font="A", align_ct=True, function_type="B")
+            self.p.barcode(
+                content, "CODE128", height=height, width=width, pos="BELOW", font="A", align_ct=True, function_type="B"
+            )
             self.p._raw(b"\n")
         else:  # no hardware Code 128 on this model: print it as an image, one module = `width` dots
             image = code128_image(block.data, width, height)
@@ -553,7 +559,9 @@ def print_job(connection: PrinterConnection, data: bytes, check_paper: bool = Tr
     with connection:
         status = connection.status() if check_paper else UNKNOWN
         if status.paper == "out":
-            raise PaperOut(f"printer {connection.url.text} is out of paper (or its cover is open): load paper and close the cover")
+            raise PaperOut(
+                f"printer {connection.url.text} is out of paper (or its cover is open): load paper and close the cover"
+            )
         if check_paper and status == UNKNOWN:
             log.debug("printer status unknown, printing anyway", extra={"printer": connection.url.text})
         connection.write(data)
@@ -598,7 +606,9 @@ class NetworkConnection(PrinterConnection):
                 "address (a printer busy with another computer's job does not answer either)"
             ) from None
         except OSError as exc:
-            raise DeviceUnavailable(f"{self._name()} cannot be reached ({exc.strerror or exc}): check the address and the network") from exc
+            raise DeviceUnavailable(
+                f"{self._name()} cannot be reached ({exc.strerror or exc}): check the address and the network"
+            ) from exc
 
     def _ask(self, query: bytes, timeout: float) -> int | None:
         sock = self._require()
@@ -611,7 +621,9 @@ class NetworkConnection(PrinterConnection):
         except OSError as exc:
             raise self._dropped(0, 0, exc) from exc
         if not answer:
-            raise DeviceUnavailable(f"{self._name()} closed the connection when asked for its status: check it and try again")
+            raise DeviceUnavailable(
+                f"{self._name()} closed the connection when asked for its status: check it and try again"
+            )
         return answer[0]
 
     def write(self, data: bytes) -> None:
@@ -696,9 +708,15 @@ class SerialConnection(PrinterConnection):
 
         try:
             self._port = serial.Serial(
-                self.url.path, baudrate=self.baudrate, rtscts=self.rtscts, xonxoff=self.xonxoff, dsrdtr=self.dsrdtr,
-                timeout=self.status_timeout, write_timeout=self.write_timeout, exclusive=True,
-            )  # fmt: skip
+                self.url.path,
+                baudrate=self.baudrate,
+                rtscts=self.rtscts,
+                xonxoff=self.xonxoff,
+                dsrdtr=self.dsrdtr,
+                timeout=self.status_timeout,
+                write_timeout=self.write_timeout,
+                exclusive=True,
+            )
         except (serial.SerialException, OSError) as exc:
             raise DeviceUnavailable(
                 f"{self._name()} cannot be opened ({exc}): check the cable, the path (prefer /dev/serial/by-id/...) and "
@@ -814,7 +832,9 @@ class UsbConnection(PrinterConnection):
             return self._timed_out(sent, total)
         if getattr(exc, "errno", None) == errno.EACCES:
             self._abort = True
-            return DeviceUnavailable(f"{self._name()}: no permission to use it: install the agent's udev rules, then replug it")
+            return DeviceUnavailable(
+                f"{self._name()}: no permission to use it: install the agent's udev rules, then replug it"
+            )
         return self._dropped(sent, total, exc)
 
     def write(self, data: bytes) -> None:
@@ -864,13 +884,17 @@ class FileConnection(PrinterConnection):
             # Non-blocking, so every write waits in poll() with a deadline instead of hanging in the driver.
             self._fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise DeviceUnavailable(f"{self._name()}: {path} does not exist: check the printer's power and USB cable") from None
+            raise DeviceUnavailable(
+                f"{self._name()}: {path} does not exist: check the printer's power and USB cable"
+            ) from None
         except PermissionError:
             raise DeviceUnavailable(
                 f"{self._name()}: no permission to write {path}: install the agent's udev rules (or add its user to group lp)"
             ) from None
         except OSError as exc:  # ENXIO: a device node (or FIFO) with nothing behind it
-            raise DeviceUnavailable(f"{self._name()}: cannot open {path} ({exc.strerror}): check the printer is on") from exc
+            raise DeviceUnavailable(
+                f"{self._name()}: cannot open {path} ({exc.strerror}): check the printer is on"
+            ) from exc
 
     def write(self, data: bytes) -> None:
         fd = self._fd

@@ -183,7 +183,9 @@ class HidScanner(ScannerReader):
         query = dict(url.query)
         unknown = set(query) - set(OPTIONS)
         if unknown:
-            raise UnsupportedDeviceUrl(f"{url.text}: unknown option {', '.join(sorted(unknown))}; hid scanners take {', '.join(OPTIONS)}")
+            raise UnsupportedDeviceUrl(
+                f"{url.text}: unknown option {', '.join(sorted(unknown))}; hid scanners take {', '.join(OPTIONS)}"
+            )
         layout = query.get("layout", "us")
         try:
             layout_named(layout)
@@ -191,13 +193,22 @@ class HidScanner(ScannerReader):
             raise UnsupportedDeviceUrl(f"{url.text}: {exc}") from None
         max_line = query.get("max_line", str(DEFAULT_MAX_LINE))
         if not max_line.isdigit() or int(max_line) <= 0:
-            raise UnsupportedDeviceUrl(f"{url.text}: max_line={max_line!r} is not valid; use a positive whole number, e.g. max_line=512")
+            raise UnsupportedDeviceUrl(
+                f"{url.text}: max_line={max_line!r} is not valid; use a positive whole number, e.g. max_line=512"
+            )
         _evdev()  # fail at start, not on the first read, when the extra is missing
         return cls(
-            device_id, on_scan, on_status, vid, pid,
-            name=query.get("name") or None, phys=query.get("phys") or None, layout=layout, max_line=int(max_line),
+            device_id,
+            on_scan,
+            on_status,
+            vid,
+            pid,
+            name=query.get("name") or None,
+            phys=query.get("phys") or None,
+            layout=layout,
+            max_line=int(max_line),
             **options,
-        )  # fmt: skip
+        )
 
     @property
     def label(self) -> str:
@@ -213,7 +224,9 @@ class HidScanner(ScannerReader):
     def run_once(self, stop: threading.Event) -> bool | None:
         info = select_device(self._list_devices(), self.vid, self.pid, self.name, self.phys)
         if info is None:
-            raise DeviceUnavailable(f"no input device {self.label} (is the scanner plugged in? is the agent in the input group?)")
+            raise DeviceUnavailable(
+                f"no input device {self.label} (is the scanner plugged in? is the agent in the input group?)"
+            )
         with ExitStack() as cleanup:
             device = self._open(info)
             # Released at once on any exit: a dead device fd stays readable for ever and would spin select().
@@ -261,9 +274,13 @@ class HidScanner(ScannerReader):
         try:
             device = self._open_device(info.path)
         except PermissionError as exc:
-            raise DeviceError(f"permission denied on {info.path} ({info.name}): " + PERMISSION_FIX.format(label=self.label)) from exc
+            raise DeviceError(
+                f"permission denied on {info.path} ({info.name}): " + PERMISSION_FIX.format(label=self.label)
+            ) from exc
         except OSError as exc:
-            raise DeviceUnavailable(f"input device {self.label} at {info.path} cannot be opened ({exc.strerror or exc})") from exc
+            raise DeviceUnavailable(
+                f"input device {self.label} at {info.path} cannot be opened ({exc.strerror or exc})"
+            ) from exc
         # The node may have been reused by another device between listing and opening.
         if (device.info.vendor, device.info.product) != (self.vid, self.pid):
             device.close()

@@ -51,10 +51,21 @@ ENTERS = frozenset({KEY_ENTER, KEY_KPENTER})
 # Keypad keys type the same on every layout except the decimal key. NumLock is taken as on: scanners that use
 # the keypad send digits, and the device is grabbed, so the host's NumLock state never reaches it anyway.
 KEYPAD: Mapping[int, str] = {
-    KEY_KP0: "0", KEY_KP1: "1", KEY_KP2: "2", KEY_KP3: "3", KEY_KP4: "4",
-    KEY_KP5: "5", KEY_KP6: "6", KEY_KP7: "7", KEY_KP8: "8", KEY_KP9: "9",
-    KEY_KPMINUS: "-", KEY_KPPLUS: "+", KEY_KPASTERISK: "*", KEY_KPSLASH: "/",
-}  # fmt: skip
+    KEY_KP0: "0",
+    KEY_KP1: "1",
+    KEY_KP2: "2",
+    KEY_KP3: "3",
+    KEY_KP4: "4",
+    KEY_KP5: "5",
+    KEY_KP6: "6",
+    KEY_KP7: "7",
+    KEY_KP8: "8",
+    KEY_KP9: "9",
+    KEY_KPMINUS: "-",
+    KEY_KPPLUS: "+",
+    KEY_KPASTERISK: "*",
+    KEY_KPSLASH: "/",
+}
 
 # Spacing accent typed by a dead key -> the combining mark it puts on the next letter.
 COMBINING = {"^": "\u0302", "´": "\u0301", "`": "\u0300"}

@@ -74,7 +74,9 @@ class SerialSettings(NamedTuple):
             ok = value is not None and (value in allowed if allowed else value > 0)
             if not ok:
                 choices = ", ".join(str(a) for a in allowed) if allowed else "a positive whole number"
-                raise UnsupportedDeviceUrl(f"{url.text}: {key}={query[key]!r} is not valid; use {choices}, e.g. {key}={example}")
+                raise UnsupportedDeviceUrl(
+                    f"{url.text}: {key}={query[key]!r} is not valid; use {choices}, e.g. {key}={example}"
+                )
             values[key] = value
         if values.get("stopbits") in (1.0, 2.0):
             values["stopbits"] = int(values["stopbits"])
@@ -164,7 +166,9 @@ class SerialScanner(ScannerReader):
             if stop.is_set():
                 return None
             s = self.settings
-            self.set_status(DeviceState.CONNECTED, f"{self.path} at {s.baudrate} baud {s.bytesize}{s.parity}{s.stopbits}")
+            self.set_status(
+                DeviceState.CONNECTED, f"{self.path} at {s.baudrate} baud {s.bytesize}{s.parity}{s.stopbits}"
+            )
             framer = LineFramer(s.max_line, self.device_id)
             while not stop.is_set():
                 for line in framer.feed(self._read(port)):
@@ -208,7 +212,9 @@ class SerialScanner(ScannerReader):
                 "(SupplementaryGroups=dialout in its systemd unit) or a udev rule giving it the port; then restart the agent"
             )
         if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
-            return DeviceError(f"serial port {self.path} is in use by another program; stop it (e.g. ModemManager, a terminal)")
+            return DeviceError(
+                f"serial port {self.path} is in use by another program; stop it (e.g. ModemManager, a terminal)"
+            )
         return DeviceUnavailable(f"serial port {self.path} cannot be opened: {exc}")
 
     def _read(self, port: serial.Serial) -> bytes:

@@ -9,7 +9,7 @@ import os
 import queue
 import stat
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ class SimulatedScanner(ScannerReader):
         self._inbox: queue.SimpleQueue[tuple[str, str | None] | None] = queue.SimpleQueue()
 
     @classmethod
-    def from_url(cls, url: DeviceUrl, device_id: str, on_scan: ScanSink, on_status: StatusSink, **options) -> SimulatedScanner:
+    def from_url(
+        cls, url: DeviceUrl, device_id: str, on_scan: ScanSink, on_status: StatusSink, **options
+    ) -> SimulatedScanner:
         return cls(device_id, on_scan, on_status)
 
     def inject(self, text: str, symbology: str | None = None) -> None:
@@ -56,7 +58,13 @@ class SimulatedPrinter(PrinterConnection):
     """
 
     def __init__(
-        self, url: DeviceUrl, folder: Path, codec: str = "gb18030", escpos_profile: str = "default", width_dots: int = 576, **options: Any
+        self,
+        url: DeviceUrl,
+        folder: Path,
+        codec: str = "gb18030",
+        escpos_profile: str = "default",
+        width_dots: int = 576,
+        **options: Any,
     ):
         super().__init__(url, **options)
         self.folder = Path(folder)
@@ -94,7 +102,7 @@ class SimulatedPrinter(PrinterConnection):
 
     def job_path(self, data: bytes) -> Path:
         """Where the job with these bytes is kept (without suffix): time-ordered, named by the bytes' hash."""
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         return self.folder / f"{stamp}-{job_digest(data)}"
 
     def preview_of(self, data: bytes) -> Path | None:

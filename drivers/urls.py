@@ -24,7 +24,7 @@ class DeviceUrl:
     scheme: str
     host: str  # "VID:PID" for usb/hid, HOST for tcp, NAME for sim, "" otherwise
     port: int | None
-    path: str  # a file system path (serial, file, camera file) or "" 
+    path: str  # a file system path (serial, file, camera file) or ""
     query: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -34,7 +34,9 @@ class DeviceUrl:
             vid, pid = self.host.split(":")
             return int(vid, 16), int(pid, 16)
         except ValueError:
-            raise UnsupportedDeviceUrl(f"{self.text}: expected {self.scheme}://VID:PID in hex, e.g. {self.scheme}://04b8:0202") from None
+            raise UnsupportedDeviceUrl(
+                f"{self.text}: expected {self.scheme}://VID:PID in hex, e.g. {self.scheme}://04b8:0202"
+            ) from None
 
 
 def parse_device_url(text: str) -> DeviceUrl:
@@ -59,7 +61,9 @@ def parse_device_url(text: str) -> DeviceUrl:
         return DeviceUrl(text, scheme, "", None, unquote(parts.path), query)
     if scheme == "sim":
         return DeviceUrl(text, scheme, parts.netloc or parts.path, None, "", query)
-    raise UnsupportedDeviceUrl(f"{text}: unknown device URL scheme {scheme or '(none)'!r}; see `pos-edge devices` for the URLs of what is attached")
+    raise UnsupportedDeviceUrl(
+        f"{text}: unknown device URL scheme {scheme or '(none)'!r}; see `pos-edge devices` for the URLs of what is attached"
+    )
 
 
 # scheme -> "module:Class" implementing `from_url(url, device_id, on_scan, on_status, **options)`.
@@ -82,6 +86,8 @@ PRINTERS = {
 def driver_class(table: dict[str, str], url: DeviceUrl) -> type:
     target = table.get(url.scheme)
     if target is None:
-        raise UnsupportedDeviceUrl(f"{url.text}: a {url.scheme}:// device cannot be used here; use one of {', '.join(table)}")
+        raise UnsupportedDeviceUrl(
+            f"{url.text}: a {url.scheme}:// device cannot be used here; use one of {', '.join(table)}"
+        )
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)

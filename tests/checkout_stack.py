@@ -41,9 +41,13 @@ STORE = "S1"
 # Central's payment timings, shrunk so a USERPAYING customer or a reversal takes a fraction of a second; its own
 # give-up limit stays long so a loaded machine never turns a slow confirmation into a reversal.
 FAST_PAYMENTS = dict(
-    payments_poll_seconds=0.05, payments_limit_seconds=20.0, payments_reverse_not_before_seconds=0.2,
-    payments_answer_seconds=2.0, payments_retry_max_seconds=0.1, wechat_timeout_seconds=1.0,
-)  # fmt: skip
+    payments_poll_seconds=0.05,
+    payments_limit_seconds=20.0,
+    payments_reverse_not_before_seconds=0.2,
+    payments_answer_seconds=2.0,
+    payments_retry_max_seconds=0.1,
+    wechat_timeout_seconds=1.0,
+)
 
 _serial = iter(range(1, 10**9))
 
@@ -124,19 +128,33 @@ database = "{database}"
 
 
 class Stack:
-    def __init__(self, tmp: Path, kind: str = "till", separate_process: bool = False, providers: tuple[str, ...] = ("wechat",), limit: int = 20,
-                 as_service: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        tmp: Path,
+        kind: str = "till",
+        separate_process: bool = False,
+        providers: tuple[str, ...] = ("wechat",),
+        limit: int = 20,
+        as_service: bool = False,
+    ):
         self.tmp = tmp
         self.as_service = as_service  # separate process only: its log written as under systemd (journal stream)
-        self.wechat = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.3, slow_seconds=0.7)
+        self.wechat = WeChatSimulator(
+            appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.3, slow_seconds=0.7
+        )
         self._wechat_served = serve_in_thread(self.wechat.app())
         self.wechat.url = self._wechat_served.url
         self.central = CentralServer(
             central_settings(
-                f"sqlite:///{tmp / 'central.db'}", wechat_base_url=self.wechat.url, wechat_appid=APPID, wechat_mch_id=MCH_ID,
-                wechat_api_key=WECHAT_KEY, phone_hash_key=PHONE_KEY, **FAST_PAYMENTS,
+                f"sqlite:///{tmp / 'central.db'}",
+                wechat_base_url=self.wechat.url,
+                wechat_appid=APPID,
+                wechat_mch_id=MCH_ID,
+                wechat_api_key=WECHAT_KEY,
+                phone_hash_key=PHONE_KEY,
+                **FAST_PAYMENTS,
             )
-        )  # fmt: skip
+        )
         self.central.start()
         self.store = self.central.add_store(STORE)
         self.port = _free_port()
@@ -146,11 +164,16 @@ class Stack:
         self.config = tmp / "agent.toml"
         self.config.write_text(
             SETTINGS_TOML.format(
-                store=STORE, kind=kind, central_url=self.central.url, port=self.port, database=self.database,
-                providers="[" + ", ".join(f'"{p}"' for p in providers) + "]", limit=limit,
+                store=STORE,
+                kind=kind,
+                central_url=self.central.url,
+                port=self.port,
+                database=self.database,
+                providers="[" + ", ".join(f'"{p}"' for p in providers) + "]",
+                limit=limit,
             ),
             encoding="utf-8",
-        )  # fmt: skip
+        )
         self.env = {
             "POS_EDGE_CENTRAL__TOKEN": self.store.token,
             "POS_EDGE_API__TOKEN": API_TOKEN,
@@ -172,7 +195,10 @@ class Stack:
                 info = os.fstat(self._log.fileno())
                 env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config)], env=env, stdout=self._log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                env=env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
             )
         else:
             old = {name: os.environ.get(name) for name in self.env}
@@ -184,7 +210,13 @@ class Stack:
                     os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
             self.app = build_app(settings)
             config = uvicorn.Config(
-                self.app, host="127.0.0.1", port=self.port, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=1,
             )
             self._server = uvicorn.Server(config)
             self._thread = threading.Thread(target=self._server.run, name="agent", daemon=True)
@@ -196,7 +228,9 @@ class Stack:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"the agent exited with {self._process.returncode}: {(self.tmp / 'agent.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"the agent exited with {self._process.returncode}: {(self.tmp / 'agent.log').read_text()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200 and (
                     self._server is None or self._server.started
@@ -236,26 +270,54 @@ class Stack:
         assert answer.status_code == 200, answer.text
         return answer.json()
 
-    def add_member(self, *, points: int = 0, tier: str = "normal", display_name: str = "王*明", phone: str | None = None,
-                   card_no: str | None = None, payer: str | None = None) -> str:  # fmt: skip
+    def add_member(
+        self,
+        *,
+        points: int = 0,
+        tier: str = "normal",
+        display_name: str = "王*明",
+        phone: str | None = None,
+        card_no: str | None = None,
+        payer: str | None = None,
+    ) -> str:
         """A member at central; `payer`: a payment code whose simulated customer's openid is theirs."""
         identifiers = {}
         if card_no:
             identifiers["card_no"] = card_no
         if payer:
             identifiers[f"openid:{APPID}"] = self.wechat.openid_for(payer)
-        return self.central.add_member(points=points, tier=tier, display_name=display_name, phone=phone, identifiers=identifiers)
+        return self.central.add_member(
+            points=points, tier=tier, display_name=display_name, phone=phone, identifiers=identifiers
+        )
 
-    def add_coupon(self, member_id: str, title: str = "满30减5", *, kind: str = "amount_off", amount_off_fen: int = 500,
-                   percent_off: int = 0, threshold_fen: int = 3000, cap_fen: int | None = None, usable_offline: bool = False,
-                   valid_days: tuple[int, int] = (-1, 30)) -> str:  # fmt: skip
+    def add_coupon(
+        self,
+        member_id: str,
+        title: str = "满30减5",
+        *,
+        kind: str = "amount_off",
+        amount_off_fen: int = 500,
+        percent_off: int = 0,
+        threshold_fen: int = 3000,
+        cap_fen: int | None = None,
+        usable_offline: bool = False,
+        valid_days: tuple[int, int] = (-1, 30),
+    ) -> str:
         """A coupon issued at central to the member (the till hears of it with the next member pull); its code."""
         now = datetime.now(UTC)
         coupon = Coupon(
-            code=card.new_coupon_code(), member_id=member_id, title=title, kind=kind, amount_off_fen=amount_off_fen,
-            percent_off=percent_off, threshold_fen=threshold_fen, cap_fen=cap_fen, usable_offline=usable_offline,
-            valid_from=now + timedelta(days=valid_days[0]), valid_until=now + timedelta(days=valid_days[1]),
-        )  # fmt: skip
+            code=card.new_coupon_code(),
+            member_id=member_id,
+            title=title,
+            kind=kind,
+            amount_off_fen=amount_off_fen,
+            percent_off=percent_off,
+            threshold_fen=threshold_fen,
+            cap_fen=cap_fen,
+            usable_offline=usable_offline,
+            valid_from=now + timedelta(days=valid_days[0]),
+            valid_until=now + timedelta(days=valid_days[1]),
+        )
         with self.central.session() as session:
             feed.lock(session)
             code = card.issue_coupon(session, member_id, coupon).code
@@ -282,13 +344,16 @@ class Stack:
         session = self.session(session_id)
         if done(session):
             return session
-        return self.wait_event(session_id, lambda event: event.get("session") is not None and done(event["session"]), within)["session"]
+        return self.wait_event(
+            session_id, lambda event: event.get("session") is not None and done(event["session"]), within
+        )["session"]
 
     def wait_event(self, session_id: str, done: Callable[[dict], bool], within: float = 15) -> dict:
         """The first event of the session (from its start) for which `done(event)` holds."""
-        with httpx.Client(timeout=within) as client, client.stream(
-            "GET", f"{self.url}/v1/sessions/{session_id}/events", params={"token": API_TOKEN}
-        ) as stream:
+        with (
+            httpx.Client(timeout=within) as client,
+            client.stream("GET", f"{self.url}/v1/sessions/{session_id}/events", params={"token": API_TOKEN}) as stream,
+        ):
             for line in stream.iter_lines():
                 if line.startswith("data:"):
                     event = json.loads(line[5:])
@@ -298,7 +363,10 @@ class Stack:
 
     def wait_session_current(self, within: float = 10) -> dict:
         """The station's open session, once a scan has opened one."""
-        with httpx.Client(timeout=within) as client, client.stream("GET", f"{self.url}/v1/events", params={"token": API_TOKEN}) as stream:
+        with (
+            httpx.Client(timeout=within) as client,
+            client.stream("GET", f"{self.url}/v1/events", params={"token": API_TOKEN}) as stream,
+        ):
             answer = self.api.get("/v1/sessions/current")
             if answer.status_code == 200 and answer.json()["lines"]:
                 return answer.json()
@@ -311,9 +379,12 @@ class Stack:
 
     def job_printed(self, job_id: str, within: float = 15) -> str:
         """Wait until a print job (a refund, a reprint) has printed; its text."""
-        with httpx.Client(timeout=within) as client, client.stream(
-            "GET", f"{self.url}/v1/events", params={"token": API_TOKEN}, headers={"Last-Event-ID": "0"}
-        ) as stream:
+        with (
+            httpx.Client(timeout=within) as client,
+            client.stream(
+                "GET", f"{self.url}/v1/events", params={"token": API_TOKEN}, headers={"Last-Event-ID": "0"}
+            ) as stream,
+        ):
             for line in stream.iter_lines():
                 if line.startswith("data:") and json.loads(line[5:]).get("job_id") == job_id:
                     return self.receipts()[-1]
@@ -329,7 +400,9 @@ class Stack:
         engine = open_database(self.database)
         try:
             with engine.connect() as connection:
-                rows = connection.exec_driver_sql("SELECT data FROM print_job WHERE status = ? ORDER BY seq", (status,)).all()
+                rows = connection.exec_driver_sql(
+                    "SELECT data FROM print_job WHERE status = ? ORDER BY seq", (status,)
+                ).all()
         finally:
             engine.dispose()
         return ["\n".join(e.text for e in decode(row[0]) if isinstance(e, TextLine)) for row in rows]

@@ -103,7 +103,9 @@ class PrinterServer:
     def wait_for_connections(self, count: int, timeout: float = 5.0) -> list[Connection]:
         """Wait until `count` connections have ended (completed, dropped or closed by the client)."""
         with self._changed:
-            ok = self._changed.wait_for(lambda: sum(1 for c in self.connections if c is not self._open) >= count, timeout)
+            ok = self._changed.wait_for(
+                lambda: sum(1 for c in self.connections if c is not self._open) >= count, timeout
+            )
         assert ok, f"the test printer saw {len(self.connections)} connection(s), not {count} finished ones"
         return list(self.connections)
 

@@ -48,11 +48,26 @@ def strict_json(answer: httpx.Response) -> dict:
 def bodies(sale_id: str) -> list[tuple[str, str, str, str]]:
     """(method, path, raw body with {n} where a number goes, the field the answer must name)."""
     return [
-        ("PUT", f"/v1/sessions/{sale_id}/basket", '{"lines": [{"sku": "1", "name": "x", "qty": {n}, "unit_price_fen": 100}]}', "lines.0.qty"),
-        ("PUT", f"/v1/sessions/{sale_id}/basket", '{"lines": [{"sku": "1", "name": "x", "qty": 1, "unit_price_fen": {n}}]}', "unit_price_fen"),
+        (
+            "PUT",
+            f"/v1/sessions/{sale_id}/basket",
+            '{"lines": [{"sku": "1", "name": "x", "qty": {n}, "unit_price_fen": 100}]}',
+            "lines.0.qty",
+        ),
+        (
+            "PUT",
+            f"/v1/sessions/{sale_id}/basket",
+            '{"lines": [{"sku": "1", "name": "x", "qty": 1, "unit_price_fen": {n}}]}',
+            "unit_price_fen",
+        ),
         ("PUT", f"/v1/sessions/{sale_id}/redemption", '{"points": {n}}', "points"),
         ("POST", f"/v1/sessions/{sale_id}/tenders", '{"kind": "cash", "tendered_fen": {n}}', "tendered_fen"),
-        ("POST", f"/v1/sessions/{sale_id}/tenders", '{"kind": "card", "amount_fen": {n}, "reference": "T1"}', "amount_fen"),
+        (
+            "POST",
+            f"/v1/sessions/{sale_id}/tenders",
+            '{"kind": "card", "amount_fen": {n}, "reference": "T1"}',
+            "amount_fen",
+        ),
         ("POST", f"/v1/sessions/{sale_id}/codes", '{"text": {n}}', "text"),
         ("POST", f"/v1/sessions/{sale_id}/phone", '{"phone": "13812345678", "confirmed": {n}}', "confirmed"),
         ("POST", "/v1/refunds", '{"transaction": "x", "lines": [{"line": {n}, "qty": 1}]}', "lines.0.line"),
@@ -61,7 +76,9 @@ def bodies(sale_id: str) -> list[tuple[str, str, str, str]]:
 
 
 @pytest.mark.parametrize("number", NON_FINITE)
-def test_a_body_with_a_non_finite_number_is_422_naming_the_field_and_the_sale_is_unchanged(store: Stack, sale: dict, number: str):
+def test_a_body_with_a_non_finite_number_is_422_naming_the_field_and_the_sale_is_unchanged(
+    store: Stack, sale: dict, number: str
+):
     for method, path, template, field in bodies(sale["id"]):
         raw = template.replace("{n}", number)
         answer = store.api.request(method, path, content=raw, headers={"Content-Type": "application/json"})
@@ -76,7 +93,11 @@ def test_a_body_with_a_non_finite_number_is_422_naming_the_field_and_the_sale_is
 
 def test_a_malformed_body_is_422_not_500(store: Stack, sale: dict):
     for raw in ['{"points": 1', '{"points": 1}}', "\xff\xfe", "[]", '"points"', "null"]:
-        answer = store.api.put(f"/v1/sessions/{sale['id']}/redemption", content=raw.encode("latin-1"), headers={"Content-Type": "application/json"})
+        answer = store.api.put(
+            f"/v1/sessions/{sale['id']}/redemption",
+            content=raw.encode("latin-1"),
+            headers={"Content-Type": "application/json"},
+        )
         assert answer.status_code == 422, (raw, answer.text)
         assert strict_json(answer)["error"] == "invalid_request"
 

@@ -47,7 +47,11 @@ NOW = datetime(2027, 6, 1, 4, 0, tzinfo=UTC)
 
 
 def sale(n: int) -> JournalEntry:
-    return JournalEntry(kind="sale", total_fen=100 + n, body={"lines": [{"sku": "6901234567892", "qty": 1, "amount_fen": 100 + n}], "n": n})
+    return JournalEntry(
+        kind="sale",
+        total_fen=100 + n,
+        body={"lines": [{"sku": "6901234567892", "qty": 1, "amount_fen": 100 + n}], "n": n},
+    )
 
 
 def rows_of(path: Path) -> list[str]:
@@ -68,7 +72,9 @@ def folder(tmp_path) -> Path:
     return tmp_path / "backups"
 
 
-def test_a_backup_taken_while_sales_are_journaled_restores_to_a_whole_prefix(engine, db_path, journal, folder, tmp_path):
+def test_a_backup_taken_while_sales_are_journaled_restores_to_a_whole_prefix(
+    engine, db_path, journal, folder, tmp_path
+):
     prefilled = fill_journal(engine, 20_000, NOW - timedelta(days=1))
     written: list[str] = []
     selling, stop = threading.Event(), threading.Event()
@@ -92,7 +98,11 @@ def test_a_backup_taken_while_sales_are_journaled_restores_to_a_whole_prefix(eng
         stop.set()
         seller.join()
 
-    assert result.path.parent == folder and result.path.name.startswith("agent-") and result.path.stat().st_mode & 0o777 == 0o600
+    assert (
+        result.path.parent == folder
+        and result.path.name.startswith("agent-")
+        and result.path.stat().st_mode & 0o777 == 0o600
+    )
     target = tmp_path / "restored" / "agent.db"
     target.parent.mkdir()
     restore(result.path, target)
@@ -134,7 +144,11 @@ def _change_a_digit(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "damage, said",
-    [(_flip_header, "not a usable SQLite database"), (_scramble_a_page, "damaged"), (_change_a_digit, "journal chain is broken")],
+    [
+        (_flip_header, "not a usable SQLite database"),
+        (_scramble_a_page, "damaged"),
+        (_change_a_digit, "journal chain is broken"),
+    ],
     ids=["header", "page", "one-digit"],
 )
 def test_a_damaged_backup_is_refused_and_the_database_is_left_as_it_was(engine, db_path, folder, damage, said):
@@ -166,11 +180,15 @@ HOLDER = textwrap.dedent(
 )
 
 
-def test_restore_refuses_while_the_agent_has_the_database_open_and_keeps_its_last_sales_aside(engine, db_path, journal, folder):
+def test_restore_refuses_while_the_agent_has_the_database_open_and_keeps_its_last_sales_aside(
+    engine, db_path, journal, folder
+):
     journal.append(sale(1))
     backup = take_backup(db_path, folder, keep_days=7).path
     engine.dispose()
-    agent = subprocess.Popen([sys.executable, "-c", HOLDER, str(db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    agent = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     try:
         assert agent.stdout.readline().strip() == "selling"
         with pytest.raises(RestoreRefused, match="a process has .* open: stop the agent first"):
@@ -220,7 +238,10 @@ def test_old_backups_go_but_the_newest_always_stays(engine, db_path, folder):
         (folder / (NOW - timedelta(days=days)).strftime("agent-%Y%m%dT%H%M%SZ.db")).write_bytes(b"x")
     (folder / "notes.txt").write_text("kept: not a backup")
     removed = prune(folder, keep_days=7, now=NOW)
-    assert len(removed) == 3 and [t for t, _ in listed_backups(folder)] == [NOW - timedelta(days=6), NOW - timedelta(days=1)]
+    assert len(removed) == 3 and [t for t, _ in listed_backups(folder)] == [
+        NOW - timedelta(days=6),
+        NOW - timedelta(days=1),
+    ]
     older = listed_backups(folder)[0][1]
     assert prune(folder, keep_days=7, now=NOW + timedelta(days=100)) == (older,)
     assert len(listed_backups(folder)) == 1 and (folder / "notes.txt").exists()
@@ -234,7 +255,10 @@ def test_a_backup_never_eats_into_the_room_kept_for_sales(engine, db_path, folde
     with pytest.raises(NoRoomForBackup, match="not enough free disk for a backup .* kept for sales"):
         take_backup(db_path, folder, keep_days=7, min_free_bytes=256 * MB, free_bytes=lambda path: 256 * MB + 1024)
     assert list(folder.iterdir()) == []
-    assert take_backup(db_path, folder, keep_days=7, min_free_bytes=256 * MB, free_bytes=lambda path: 300 * MB).size_bytes > 0
+    assert (
+        take_backup(db_path, folder, keep_days=7, min_free_bytes=256 * MB, free_bytes=lambda path: 300 * MB).size_bytes
+        > 0
+    )
 
 
 def test_a_backup_of_a_purged_journal_verifies_from_its_checkpoint(engine, db_path, journal, folder):
@@ -264,7 +288,9 @@ def config(tmp_path) -> Path:
 
 
 def pos_edge(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
 
 
 def test_backup_and_restore_commands(config, tmp_path):
@@ -279,10 +305,14 @@ def test_backup_and_restore_commands(config, tmp_path):
     copy = pos_edge("backup", "--config", str(config), "--to", str(tmp_path / "before-upgrade.db"))
     assert copy.returncode == 0 and (tmp_path / "before-upgrade.db").exists()
     again = pos_edge("backup", "--config", str(config), "--to", str(tmp_path / "before-upgrade.db"))
-    assert again.returncode == 1 and again.stderr.strip().endswith("already exists; choose another file name or delete it first")
+    assert again.returncode == 1 and again.stderr.strip().endswith(
+        "already exists; choose another file name or delete it first"
+    )
 
     asked = pos_edge("restore", str(backup), "--config", str(config))  # no terminal to answer a question
-    assert asked.returncode == 1 and asked.stderr.strip() == "error: not restored: add --yes to restore without a question"
+    assert (
+        asked.returncode == 1 and asked.stderr.strip() == "error: not restored: add --yes to restore without a question"
+    )
     done = pos_edge("restore", str(backup), "--config", str(config), "--yes")
     assert done.returncode == 0, done.stderr
     assert "verified" in done.stdout and "the previous database is kept as" in done.stdout
@@ -297,7 +327,10 @@ def test_the_daily_jobs_back_up_once_a_day_and_purge(config, tmp_path, caplog):
     settings = load_settings(config).settings
     engine = open_database(settings.storage.database)
     journal = Journal(engine, "T01", SHANGHAI, 4)
-    old = [journal.append(JournalEntry(kind="sale", total_fen=100, created_at=datetime.now(UTC) - timedelta(days=400))) for _ in range(3)]
+    old = [
+        journal.append(JournalEntry(kind="sale", total_fen=100, created_at=datetime.now(UTC) - timedelta(days=400)))
+        for _ in range(3)
+    ]
     confirm(engine, *(r.id for r in old))
     sync = Sync(engine, MemberCache(engine, PHONE_KEY), MemberCodeGate(engine), client=None)
     scheduler = build_scheduler(settings, sync)
@@ -325,4 +358,10 @@ def test_backups_and_retention_are_scheduled_even_where_sync_with_central_is_off
     assert {job.id for job in build_scheduler(settings, sync).get_jobs()} == {"backup", "retention"}
     monkeypatch.setenv("POS_EDGE_CENTRAL__TOKEN", "a-store-token-0123456789")
     with_token = load_settings(config).settings
-    assert {job.id for job in build_scheduler(with_token, sync).get_jobs()} == {"backup", "retention", "outbox-push", "member-pull", "reconcile"}
+    assert {job.id for job in build_scheduler(with_token, sync).get_jobs()} == {
+        "backup",
+        "retention",
+        "outbox-push",
+        "member-pull",
+        "reconcile",
+    }

@@ -13,11 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_camera_bench_runs_on_a_few_frames():
     result = subprocess.run(
         [sys.executable, "bench/camera_decode.py", "--frames", "2", "--rounds", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "ratio pipeline/bare" in result.stdout
-    rows = re.findall(r"^(zxing|pyzbar) +\d+x\d+ +(no code|payment screen) .* (\d+\.\d\d)  (yes|NO|-)$", result.stdout, re.M)
+    rows = re.findall(
+        r"^(zxing|pyzbar) +\d+x\d+ +(no code|payment screen) .* (\d+\.\d\d)  (yes|NO|-)$", result.stdout, re.M
+    )
     zxing = [row for row in rows if row[0] == "zxing"]
     assert len(zxing) == 4  # 2 sizes x 2 scenes
     assert all(read == "yes" for _, scene, _, read in rows if scene == "payment screen"), result.stdout

@@ -16,11 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_checkout_bench_runs_quickly():
     result = subprocess.run(
         [sys.executable, "bench/checkout.py", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=280
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert "ratio p50" in result.stdout
     number = r" +-?\d+\.\d"
     for label in ("scan-to-paid, member", "scan-to-paid, no member", "full sale, member", "full sale, no member"):
         assert re.search(rf"^{label}(?:{number}){{6}} +\d+\.\d\d +\d+\.\d\d$", result.stdout, re.M), result.stdout
-    assert "agent -> central per sale, as member: /v1/payments, /v1/payments/identify, /v1/transactions:batch" in result.stdout
+    assert (
+        "agent -> central per sale, as member: /v1/payments, /v1/payments/identify, /v1/transactions:batch"
+        in result.stdout
+    )
     assert re.search(r"^verdict: .* \(target < 50 ms\): (met|NOT met)$", result.stdout, re.M), result.stdout

@@ -12,8 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_member_cache_bench_runs_on_a_small_input():
     result = subprocess.run(
         [sys.executable, "bench/member_cache.py", "--members", "3000", "--page", "500", "--lookups", "300"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "ratio cache/baseline:" in result.stdout
     assert result.stdout.count("lookup by") == 3

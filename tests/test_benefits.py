@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -24,13 +24,35 @@ from agent.benefits import (
 from agent.member_cache import CachedCoupon
 from agent.settings import PointsSettings
 
-NOW = datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
 RULES = PointsSettings(earn_per_yuan=1, fen_per_point=1, max_redeem_percent=50, excluded_categories=("tobacco",))
 GOLD = Tier("gold", discount_percent=5, earn_multiplier_percent=150)
 
 
-def coupon(code="CP1", kind="amount_off", amount=1000, percent=0, threshold=10000, cap=None, offline=False, used=None, days=(-1, 30)):
-    return CachedCoupon(code, "满100减10", kind, amount, percent, threshold, cap, NOW + timedelta(days=days[0]), NOW + timedelta(days=days[1]), offline, used)
+def coupon(
+    code="CP1",
+    kind="amount_off",
+    amount=1000,
+    percent=0,
+    threshold=10000,
+    cap=None,
+    offline=False,
+    used=None,
+    days=(-1, 30),
+):
+    return CachedCoupon(
+        code,
+        "满100减10",
+        kind,
+        amount,
+        percent,
+        threshold,
+        cap,
+        NOW + timedelta(days=days[0]),
+        NOW + timedelta(days=days[1]),
+        offline,
+        used,
+    )
 
 
 def milk(qty=2):
@@ -45,7 +67,11 @@ def test_rounding_is_half_up_to_the_fen():
 
 
 def test_gold_member_with_a_coupon_and_points():
-    lines = [BasketLine("6902", "大米 5kg", 1, 5990), BasketLine("6903", "食用油 5L", 1, 7990), BasketLine("6904", "香烟", 1, 2500, "tobacco")]
+    lines = [
+        BasketLine("6902", "大米 5kg", 1, 5990),
+        BasketLine("6903", "食用油 5L", 1, 7990),
+        BasketLine("6904", "香烟", 1, 2500, "tobacco"),
+    ]
     pricing = price(lines, RULES, GOLD, [coupon()], Redemption(points=500, balance=1200, may_redeem=True))
     assert pricing.subtotal_fen == 16480
     assert pricing.tier_discount_fen == 699  # 5 % of the 13,980 fen of eligible goods, half up
@@ -132,7 +158,10 @@ lines_strategy = st.lists(
 )
 def test_no_basket_breaks_the_money_rules(lines, discount, multiplier, coupon_off, percent, balance, ask, offline_left):
     tier = Tier("t", discount, multiplier)
-    coupons = [coupon("A", amount=coupon_off, threshold=0), coupon("B", kind="percent_off", amount=0, percent=percent, threshold=0, cap=None)]
+    coupons = [
+        coupon("A", amount=coupon_off, threshold=0),
+        coupon("B", kind="percent_off", amount=0, percent=percent, threshold=0, cap=None),
+    ]
     base = price(lines, RULES, tier, coupons)
     redemption = Redemption(0, balance, True, offline_left)
     most = max_redeemable(RULES, base.subtotal_fen - base.discount_fen, redemption)

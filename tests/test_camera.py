@@ -72,7 +72,9 @@ def paste(into: np.ndarray, image: np.ndarray, x: int, y: int) -> None:
 
 
 @functools.cache
-def phone(text: str | None = WECHAT, *, qr: bool = True, bar: bool = True, dark: bool = False, x: int = 150) -> np.ndarray:
+def phone(
+    text: str | None = WECHAT, *, qr: bool = True, bar: bool = True, dark: bool = False, x: int = 150
+) -> np.ndarray:
     """A 640x480 frame of a phone held up to the camera: a payment screen with its barcode over its QR code."""
     frame = desk().copy()
     if text is None:
@@ -234,7 +236,7 @@ def test_debounce_counts_frames_as_well_as_seconds():
     pipeline = FramePipeline(make_decoder("zxing"))
     times = [0.0, 0.5, 1.0, 1.5, 2.0]
     frames = [phone(WECHAT), phone(None), phone(None), phone(None), phone(WECHAT)]
-    assert [d.text for f, t in zip(frames, times) for d in pipeline.process(f, t)] == [WECHAT]
+    assert [d.text for f, t in zip(frames, times, strict=True) for d in pipeline.process(f, t)] == [WECHAT]
 
 
 # ---- end to end through the scanner's thread -------------------------------------------------------------------
@@ -373,7 +375,7 @@ def test_bad_settings_are_refused_with_the_fix():
 
 def test_missing_pyzbar_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyzbar", None)  # as on a till where pyzbar or libzbar0 is not installed
-    with pytest.raises(DeviceError, match="install Debian's libzbar0, or set decoder = \"zxing\""):
+    with pytest.raises(DeviceError, match='install Debian\'s libzbar0, or set decoder = "zxing"'):
         make_decoder("pyzbar", ("qr",))
 
 

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from tests.checkout_stack import wechat_code
 
-BASKET = {"lines": [
-    {"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 2, "unit_price_fen": 200},
-    {"sku": "6920000000001", "name": "牛奶 1L", "qty": 1, "unit_price_fen": 1290},
-    {"sku": "6930000000002", "name": "香烟", "qty": 1, "unit_price_fen": 2500, "category": "tobacco"},
-]}  # fmt: skip
+BASKET = {
+    "lines": [
+        {"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 2, "unit_price_fen": 200},
+        {"sku": "6920000000001", "name": "牛奶 1L", "qty": 1, "unit_price_fen": 1290},
+        {"sku": "6930000000002", "name": "香烟", "qty": 1, "unit_price_fen": 2500, "category": "tobacco"},
+    ]
+}
 
 
 def paid(session: dict) -> bool:
-    return session["state"] in ("closed", "cancelled") or (session["payment"] or {}).get("state") in ("FAILED", "REVERSED")
+    return session["state"] in ("closed", "cancelled") or (session["payment"] or {}).get("state") in (
+        "FAILED",
+        "REVERSED",
+    )
 
 
 def test_pay_as_member_one_scan_identifies_prices_charges_and_prints_points(stack):
@@ -27,20 +32,34 @@ def test_pay_as_member_one_scan_identifies_prices_charges_and_prints_points(stac
     done = stack.wait_session(session["id"], lambda s: s["state"] == "closed")
 
     # Gold: 5% off the eligible goods (not tobacco), 1.5 points per yuan paid for them.
-    assert done["member"]["id"] == member and done["member"]["via"] == "payment_code" and not done["member"]["may_redeem"]
+    assert (
+        done["member"]["id"] == member and done["member"]["via"] == "payment_code" and not done["member"]["may_redeem"]
+    )
     assert done["pricing"]["tier_discount_fen"] == 85  # 5% of 16.90, half up
     assert done["pricing"]["amount_due_fen"] == 4190 - 85
     assert done["tenders"] == [
-        {"kind": "wechat", "amount_fen": 4105, "tendered_fen": 4105, "change_fen": 0,
-         "reference": done["tenders"][0]["reference"], "out_trade_no": done["payment"]["out_trade_no"]}
-    ]  # fmt: skip
+        {
+            "kind": "wechat",
+            "amount_fen": 4105,
+            "tendered_fen": 4105,
+            "change_fen": 0,
+            "reference": done["tenders"][0]["reference"],
+            "out_trade_no": done["payment"]["out_trade_no"],
+        }
+    ]
     assert done["pricing"]["points_earned"] == 16 * 150 // 100
     assert stack.wechat.count("micropay") == 1
 
     transaction = stack.api.get(f"/v1/transactions/{done['transaction_id']}").json()
     assert transaction["receipt_no"] == done["receipt_no"] and transaction["total_fen"] == 4105
     receipt = stack.printed(session["id"])
-    assert "本次积分" in receipt and "+24" in receipt and "李*华" in receipt and "41.05" in receipt and done["receipt_no"] in receipt
+    assert (
+        "本次积分" in receipt
+        and "+24" in receipt
+        and "李*华" in receipt
+        and "41.05" in receipt
+        and done["receipt_no"] in receipt
+    )
 
 
 def start_sale(stack, basket=BASKET) -> dict:
@@ -56,7 +75,9 @@ def journal_count(stack) -> int:
 
 def test_userpaying_shows_waiting_then_paid(stack):
     session = start_sale(stack)
-    answer = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("10")})
+    answer = stack.api.post(
+        f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("10")}
+    )
     waiting = answer.json()
     assert answer.status_code == 200 and waiting["state"] == "tender"
     assert waiting["payment"]["state"] == "USERPAYING" and waiting["payment"]["message_zh"] == "请在手机上确认支付"
@@ -87,13 +108,22 @@ def test_cashier_cancels_a_payment_the_customer_never_confirms_and_it_is_reverse
     # A second tender in the same sale is fine, and the sale then closes.
     done = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "card", "reference": "T8812"}).json()
     assert done["state"] == "closed" and done["tenders"] == [
-        {"kind": "card", "amount_fen": 4190, "tendered_fen": 4190, "change_fen": 0, "reference": "T8812", "out_trade_no": None}
+        {
+            "kind": "card",
+            "amount_fen": 4190,
+            "tendered_fen": 4190,
+            "change_fen": 0,
+            "reference": "T8812",
+            "out_trade_no": None,
+        }
     ]
 
 
 def test_split_tender_cash_then_wechat(stack):
     session = start_sale(stack)
-    part = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "amount_fen": 1000, "tendered_fen": 1000}).json()
+    part = stack.api.post(
+        f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "amount_fen": 1000, "tendered_fen": 1000}
+    ).json()
     assert part["state"] == "tender" and part["remaining_fen"] == 3190
     done = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": wechat_code("00")}).json()
     assert done["state"] == "closed" and [t["amount_fen"] for t in done["tenders"]] == [1000, 3190]
@@ -119,7 +149,9 @@ def test_member_code_allows_points_and_a_payment_code_alone_does_not(stack):
     payer_code = wechat_code("00", customer="0077")
     stack.add_member(points=800, tier="gold", display_name="赵*四", payer=payer_code)
     session = stack.open_session()
-    stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": payer_code})  # before the basket: identifies only
+    stack.api.post(
+        f"/v1/sessions/{session['id']}/codes", json={"text": payer_code}
+    )  # before the basket: identifies only
     identified = stack.session(session["id"])
     assert identified["member"]["via"] == "payment_code" and identified["state"] == "member"
     refused = stack.api.put(f"/v1/sessions/{session['id']}/redemption", json={"points": 100})
@@ -132,8 +164,14 @@ def test_phone_number_identifies_and_confirmed_phone_may_redeem(stack):
     session = stack.open_session()
     bad = stack.api.post(f"/v1/sessions/{session['id']}/phone", json={"phone": "12345", "confirmed": True})
     assert bad.status_code == 422 and bad.json()["error"] == "invalid_phone"
-    found = stack.api.post(f"/v1/sessions/{session['id']}/phone", json={"phone": "138 1234 5678", "confirmed": True}).json()
-    assert found["member"]["id"] == member and found["member"]["phone_masked"] == "138****5678" and found["member"]["may_redeem"]
+    found = stack.api.post(
+        f"/v1/sessions/{session['id']}/phone", json={"phone": "138 1234 5678", "confirmed": True}
+    ).json()
+    assert (
+        found["member"]["id"] == member
+        and found["member"]["phone_masked"] == "138****5678"
+        and found["member"]["may_redeem"]
+    )
     assert "13812345678" not in str(found)
 
 
@@ -173,7 +211,9 @@ def test_refund_lines_then_the_rest_through_central_with_points_reversed(stack):
 
     too_much = stack.api.post("/v1/refunds", json={"transaction": done["receipt_no"], "lines": [{"line": 0, "qty": 3}]})
     assert too_much.status_code == 409 and too_much.json()["error"] == "refund_refused"
-    first = stack.api.post("/v1/refunds", json={"transaction": done["receipt_no"], "lines": [{"line": 0, "qty": 1}], "reason": "破损"})
+    first = stack.api.post(
+        "/v1/refunds", json={"transaction": done["receipt_no"], "lines": [{"line": 0, "qty": 1}], "reason": "破损"}
+    )
     assert first.status_code == 201, first.text
     assert first.json()["total_fen"] == 200 and first.json()["body"]["tenders"][0]["kind"] == "wechat"
     rest = stack.api.post("/v1/refunds", json={"transaction": done["transaction_id"]}).json()
@@ -193,11 +233,19 @@ def test_bad_input_is_refused_with_a_reason_and_nothing_is_journaled(stack_facto
     assert unknown.status_code == 422 and unknown.json()["error"] == "unknown_code"
     alipay = stack.api.put(f"/v1/sessions/{sid}/basket", json=BASKET)
     not_taken = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "280012345678901234"})
-    assert alipay.status_code == 200 and not_taken.status_code == 422 and not_taken.json()["error"] == "provider_not_enabled"
+    assert (
+        alipay.status_code == 200
+        and not_taken.status_code == 422
+        and not_taken.json()["error"] == "provider_not_enabled"
+    )
     for qty in (0, -1, 1000):
-        bad = stack.api.put(f"/v1/sessions/{sid}/basket", json={"lines": [{"sku": "1", "name": "x", "qty": qty, "unit_price_fen": 100}]})
+        bad = stack.api.put(
+            f"/v1/sessions/{sid}/basket", json={"lines": [{"sku": "1", "name": "x", "qty": qty, "unit_price_fen": 100}]}
+        )
         assert bad.status_code == 400 and bad.json()["error"] == "bad_basket" and "quantity" in bad.json()["message"]
-    floats = stack.api.put(f"/v1/sessions/{sid}/basket", json={"lines": [{"sku": "1", "name": "x", "qty": 1, "unit_price_fen": 1.5}]})
+    floats = stack.api.put(
+        f"/v1/sessions/{sid}/basket", json={"lines": [{"sku": "1", "name": "x", "qty": 1, "unit_price_fen": 1.5}]}
+    )
     assert floats.status_code == 422 and floats.json()["error"] == "invalid_request"
     second = stack.api.post("/v1/sessions")
     assert second.status_code == 409 and second.json()["error"] == "sale_open" and second.json()["session_id"] == sid
@@ -230,21 +278,31 @@ def test_coupons_apply_once_to_their_member_and_refuse_others_expired_and_online
     stack.add_member(points=0, card_no="8800000000022", display_name="吴*")
     coupon = stack.add_coupon(owner, "满10减5", amount_off_fen=500, threshold_fen=1000)
     expired = stack.add_coupon(owner, "过期券", valid_days=(-30, -1))
-    online_only = stack.add_coupon(owner, "9折券", kind="percent_off", amount_off_fen=0, percent_off=10, threshold_fen=0, cap_fen=200)
+    online_only = stack.add_coupon(
+        owner, "9折券", kind="percent_off", amount_off_fen=0, percent_off=10, threshold_fen=0, cap_fen=200
+    )
     stack.sync_now()
 
     session = start_sale(stack)
     sid = session["id"]
     stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000022"})  # the other member
     theirs = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": coupon})
-    assert theirs.status_code == 409 and theirs.json()["error"] == "coupon_not_usable" and "another member" in theirs.json()["message"]
+    assert (
+        theirs.status_code == 409
+        and theirs.json()["error"] == "coupon_not_usable"
+        and "another member" in theirs.json()["message"]
+    )
     stack.api.post(f"/v1/sessions/{sid}/cancel")
 
     session = start_sale(stack)
     sid = session["id"]
     stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000011"})
     old = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": expired})  # central's feed leaves expired ones out
-    assert old.status_code == 409 and old.json()["error"] == "coupon_not_usable" and old.json()["message_zh"] == "优惠券无效"
+    assert (
+        old.status_code == 409
+        and old.json()["error"] == "coupon_not_usable"
+        and old.json()["message_zh"] == "优惠券无效"
+    )
     applied = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": coupon}).json()
     assert applied["coupons"] == [{"code": coupon, "title": "满10减5", "amount_off_fen": 500}]
     assert applied["pricing"]["amount_due_fen"] == 4190 - 500
@@ -269,7 +327,9 @@ def test_offline_points_redemption_is_capped_per_member_per_day(stack):
     spent = []
     for code in codes:
         session = start_sale(stack)
-        identified = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": code}).json()  # verified offline
+        identified = stack.api.post(
+            f"/v1/sessions/{session['id']}/codes", json={"text": code}
+        ).json()  # verified offline
         assert identified["member"]["via"] == "member_code" and not identified["online"]
         answer = stack.api.put(f"/v1/sessions/{session['id']}/redemption", json={"points": 200})
         spent.append(answer.status_code)
@@ -293,7 +353,11 @@ def test_a_refused_step_leaves_the_sale_as_it_was(stack):
     refused = stack.api.put(f"/v1/sessions/{sid}/basket", json=small)
     assert refused.status_code == 409 and refused.json()["error"] == "coupon_not_usable"
     after = stack.session(sid)
-    assert after["lines"] == with_coupon["lines"] and after["pricing"] == with_coupon["pricing"] and after["coupons"] == with_coupon["coupons"]
+    assert (
+        after["lines"] == with_coupon["lines"]
+        and after["pricing"] == with_coupon["pricing"]
+        and after["coupons"] == with_coupon["coupons"]
+    )
 
     stack.api.post(f"/v1/sessions/{sid}/tenders", json={"kind": "code", "auth_code": wechat_code("12")})
     late = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000033"})

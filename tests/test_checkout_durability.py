@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from tests.checkout_stack import wechat_code
 from tests.test_checkout import BASKET, journal_count, start_sale
 
@@ -30,7 +29,9 @@ def test_lost_answer_is_resolved_by_asking_central_not_by_charging_again(stack):
 def test_kill_9_while_the_customer_confirms_restart_finishes_the_sale_once(stack_factory):
     stack = stack_factory(separate_process=True)
     session = start_sale(stack)
-    waiting = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("10")}).json()
+    waiting = stack.api.post(
+        f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("10")}
+    ).json()
     # The charge is at central; its first answer (USERPAYING) may still be on its way when central's answer window
     # ends (PENDING): either way the customer is confirming on the phone when the till dies.
     assert waiting["payment"]["state"] in ("USERPAYING", "PENDING")

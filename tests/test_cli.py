@@ -41,7 +41,15 @@ def config(tmp_path: Path) -> Path:
 
 
 def test_classify_the_issue_examples():
-    result = pos_edge("codes", "classify", "134512345678901234", "163652150534672204", "281234567890123456", "6212345678901234567", "4006381333931")
+    result = pos_edge(
+        "codes",
+        "classify",
+        "134512345678901234",
+        "163652150534672204",
+        "281234567890123456",
+        "6212345678901234567",
+        "4006381333931",
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["kind"], r["provider"]) for r in rows] == [
@@ -95,15 +103,38 @@ def test_journal_verify_reports_ok_then_the_broken_row(config):
 def test_member_lookup_by_card_and_phone(config):
     engine = open_database(config.parent / "agent.db")
     MemberCache(engine, KEY.encode()).apply(
-        [MemberChange("m7", 1, tier="gold", points=88, display_name="李*", phone_masked="139****0000",
-                      identifiers=(("card_no", "8800012345678"), ("phone_hash", phone_hash(KEY.encode(), "13900000000"))))]
-    )  # fmt: skip
+        [
+            MemberChange(
+                "m7",
+                1,
+                tier="gold",
+                points=88,
+                display_name="李*",
+                phone_masked="139****0000",
+                identifiers=(("card_no", "8800012345678"), ("phone_hash", phone_hash(KEY.encode(), "13900000000"))),
+            )
+        ]
+    )
     engine.dispose()
     by_card = pos_edge("member", "lookup", "--config", str(config), "--card", "8800012345678")
-    assert json.loads(by_card.stdout) == {"id": "m7", "tier": "gold", "points": 88, "name": "李*", "phone": "139****0000"}
+    assert json.loads(by_card.stdout) == {
+        "id": "m7",
+        "tier": "gold",
+        "points": 88,
+        "name": "李*",
+        "phone": "139****0000",
+    }
     no_key = pos_edge("member", "lookup", "--config", str(config), "--phone", "13900000000")
     assert no_key.returncode == 1 and "set privacy.phone_hash_key" in no_key.stderr
-    by_phone = pos_edge("member", "lookup", "--config", str(config), "--phone", "13900000000", env={"POS_EDGE_PRIVACY__PHONE_HASH_KEY": KEY})
+    by_phone = pos_edge(
+        "member",
+        "lookup",
+        "--config",
+        str(config),
+        "--phone",
+        "13900000000",
+        env={"POS_EDGE_PRIVACY__PHONE_HASH_KEY": KEY},
+    )
     assert json.loads(by_phone.stdout)["id"] == "m7"
     missing = pos_edge("member", "lookup", "--config", str(config), "--card", "1")
     assert missing.returncode == 1 and "no such member" in missing.stderr
@@ -150,7 +181,9 @@ def test_run_serves_status_and_stops_cleanly_on_ctrl_c(config):
             lines.append(line)
             if "Uvicorn running" in line or agent.poll() is not None:
                 break
-        assert any('msg="agent ready"' in line and f"console=http://127.0.0.1:{port}/console/" in line for line in lines), lines
+        assert any(
+            'msg="agent ready"' in line and f"console=http://127.0.0.1:{port}/console/" in line for line in lines
+        ), lines
         status = httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=5).json()
         assert status["store_id"] == "SH001" and status["database"]["schema_revision"] == head_revision()
         agent.send_signal(signal.SIGINT)

@@ -48,7 +48,9 @@ def test_without_recent_results_a_short_probe_answers_and_is_remembered(central,
     central.stop()
     assert loop.run_until_complete(link.online()) is True  # remembered for fresh_s, no probe per customer
     loop.run_until_complete(link.client.aclose())
-    later = Connectivity(CentralClient(CentralSettings(url=central.url, token=SecretStr("t")), "SH001"), (stale,), probe_timeout_s=0.5)
+    later = Connectivity(
+        CentralClient(CentralSettings(url=central.url, token=SecretStr("t")), "SH001"), (stale,), probe_timeout_s=0.5
+    )
     assert loop.run_until_complete(later.online()) is False
     loop.run_until_complete(later.client.aclose())
 

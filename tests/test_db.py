@@ -78,7 +78,9 @@ def test_upgrade_from_first_release_keeps_data(db_path):
             "INSERT INTO member VALUES ('m1', 'gold', 1200, '王小明', '138****5678', 7, '2026-01-01T00:00:00.000000+00:00')"
         )
         connection.exec_driver_sql("INSERT INTO member_identifier VALUES ('card_no', '88000012', 'm1')")
-        connection.exec_driver_sql("INSERT INTO sync_state VALUES ('member_feed_cursor', '7', '2026-01-01T00:00:00.000000+00:00')")
+        connection.exec_driver_sql(
+            "INSERT INTO sync_state VALUES ('member_feed_cursor', '7', '2026-01-01T00:00:00.000000+00:00')"
+        )
     engine.dispose()
 
     upgraded = open_database(db_path)

@@ -21,7 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pos_edge(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "agent", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def test_scan_test_on_a_serial_scanner_prints_classified_json_lines():
@@ -103,16 +110,32 @@ def wait_until(check, timeout: float = 10.0):
 def test_agent_routes_simulated_scans_and_previews_receipts(running_agent):
     client, folder = running_agent
     devices = client.get("/v1/devices").json()
-    assert devices["scanners"][0] | {"since": None} == {"id": "scanner-1", "state": "connected", "reason": None, "since": None, "simulated": True}
+    assert devices["scanners"][0] | {"since": None} == {
+        "id": "scanner-1",
+        "state": "connected",
+        "reason": None,
+        "since": None,
+        "simulated": True,
+    }
     assert devices["printer"]["state"] == "ready"
 
     assert client.post("/v1/devices/scanner-1/scan", json={"text": "]C0134512345678901234"}).status_code == 202
     assert client.post("/v1/devices/nope/scan", json={"text": "1"}).status_code == 404
     scan = wait_until(lambda: client.get("/v1/scans").json())[0]
-    assert (scan["kind"], scan["provider"], scan["value"], scan["device_id"]) == ("payment", "wechat", "1345**********1234", "scanner-1")
+    assert (scan["kind"], scan["provider"], scan["value"], scan["device_id"]) == (
+        "payment",
+        "wechat",
+        "1345**********1234",
+        "scanner-1",
+    )
 
     job = client.post("/v1/printer/test-page").json()
-    printed = wait_until(lambda: next((j for j in client.get("/v1/printer/jobs").json() if j["id"] == job["id"] and j["status"] == "printed"), None))
+    printed = wait_until(
+        lambda: next(
+            (j for j in client.get("/v1/printer/jobs").json() if j["id"] == job["id"] and j["status"] == "printed"),
+            None,
+        )
+    )
     preview = client.get(printed["preview_url"])
     assert preview.headers["content-type"] == "image/png" and preview.content.startswith(b"\x89PNG")
     assert list((folder / "receipts").glob("*.png"))

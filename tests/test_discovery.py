@@ -43,7 +43,10 @@ def host(tmp_path: Path) -> tuple[Path, Path]:
     (dev / "serial/by-id/usb-Honeywell_Imaging_1900G-if00").symlink_to(dev / "ttyACM0")
 
     # Keyboard-wedge scanner and an ordinary keyboard.
-    for event, name, vendor, product in (("event5", "Newland NLS-HR22 Barcode Scanner", "1eab", "1a03"), ("event2", "Dell KB216 Keyboard", "413c", "2113")):
+    for event, name, vendor, product in (
+        ("event5", "Newland NLS-HR22 Barcode Scanner", "1eab", "1a03"),
+        ("event2", "Dell KB216 Keyboard", "413c", "2113"),
+    ):
         write(sysfs / f"class/input/{event}/device/name", name)
         write(sysfs / f"class/input/{event}/device/id/vendor", vendor)
         write(sysfs / f"class/input/{event}/device/id/product", product)
@@ -73,7 +76,10 @@ def test_each_device_is_listed_with_the_url_to_use(host):
     dev, sysfs = host
     found = {(d.kind, d.url): d.description for d in discover(dev, sysfs)}
     assert found == {
-        ("serial", f"serial://{dev}/serial/by-id/usb-Honeywell_Imaging_1900G-if00?baudrate=9600"): "Honeywell Imaging & Mobility 1900G",
+        (
+            "serial",
+            f"serial://{dev}/serial/by-id/usb-Honeywell_Imaging_1900G-if00?baudrate=9600",
+        ): "Honeywell Imaging & Mobility 1900G",
         ("hid", "hid://1eab:1a03"): "Newland NLS-HR22 Barcode Scanner",
         ("camera", f"camera://{dev}/v4l/by-id/usb-HD_USB_Camera-video-index0"): "HD USB Camera",
         ("printer", "usb://04b8:0202"): "EPSON TM-T88V",
@@ -89,10 +95,19 @@ def test_every_listed_url_is_accepted_by_the_settings(host):
 
 
 def test_cli_lists_devices_as_json_on_this_machine():
-    result = subprocess.run([sys.executable, "-m", "agent", "devices", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "devices", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     devices = json.loads(result.stdout)
     assert isinstance(devices, list)
     assert all({"kind", "url", "description", "path"} <= set(d) for d in devices)
-    human = subprocess.run([sys.executable, "-m", "agent", "devices"], capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ})
+    human = subprocess.run(
+        [sys.executable, "-m", "agent", "devices"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ},
+    )
     assert human.returncode == 0 and human.stdout.strip()

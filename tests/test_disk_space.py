@@ -48,7 +48,9 @@ def small_disk(tmp_path):
     """A 2 MB file system of its own (tmpfs with size=), so filling it harms nothing."""
     where = tmp_path / "small"
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(where)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(where)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         message = f"cannot mount a size-limited tmpfs (root needed): {mounted.stderr.strip()}"
         pytest.fail(message) if IN_CI and os.geteuid() == 0 else pytest.skip(message)
@@ -62,7 +64,11 @@ def test_on_a_real_small_disk_the_guard_trips_before_sqlite_fails(small_disk):
     engine = open_database(small_disk / "agent.db")
     journal = Journal(engine, "T01", ZoneInfo("Asia/Shanghai"), 4)
     disk = DiskSpace(small_disk, 512 * 1024)
-    body = {"lines": [{"sku": f"690123456789{i}", "name": "矿泉水 550ml" * 3, "qty": 1, "amount_fen": 200} for i in range(12)]}
+    body = {
+        "lines": [
+            {"sku": f"690123456789{i}", "name": "矿泉水 550ml" * 3, "qty": 1, "amount_fen": 200} for i in range(12)
+        ]
+    }
     sales = 0
     while disk.check().ok:  # what the checkout asks before each sale
         journal.append(JournalEntry(kind="sale", total_fen=200 * 12, body=body))

@@ -61,7 +61,18 @@ def by_name(checks) -> dict[str, object]:
 
 def test_a_healthy_till_passes_every_check_it_can_make(till):
     checks = by_name(Doctor(till).run())
-    for name in ("settings", "database", "migrations", "journal", "outbox", "disk", "scanner s1", "printer printer", "central", "clock"):
+    for name in (
+        "settings",
+        "database",
+        "migrations",
+        "journal",
+        "outbox",
+        "disk",
+        "scanner s1",
+        "printer printer",
+        "central",
+        "clock",
+    ):
         assert checks[name].status == "ok", checks[name]
     assert "1 rows" in checks["journal"].detail and "token accepted" in checks["central"].detail
     assert checks["agent"].status == "warn"  # nothing serves the API in this test: said, not hidden
@@ -81,7 +92,9 @@ def test_a_refused_token_and_an_unreachable_central_are_told_apart(till, central
     assert refused.status == "fail" and "refused the store token" in refused.detail
     central.stop()
     down = by_name(Doctor(till).run())
-    assert down["central"].status == "fail" and "cannot reach" in down["central"].detail and down["clock"].status == "skip"
+    assert (
+        down["central"].status == "fail" and "cannot reach" in down["central"].detail and down["clock"].status == "skip"
+    )
 
 
 def test_a_changed_journal_row_and_a_damaged_file_fail_with_the_way_out(till, tmp_path):
@@ -119,14 +132,28 @@ def test_under_systemd_a_failed_unit_and_restarts_are_reported(till, monkeypatch
 
     monkeypatch.setattr(doctor, "_under_systemd", lambda: True)
     shown = "LoadState=loaded\nActiveState=failed\nSubState=failed\nNRestarts=3\nResult=watchdog\nUnitFileState=enabled\nStatusText=\n"
-    checks = [c for c in Doctor(till, systemctl=lambda args: subprocess.CompletedProcess(args, 0, shown, "")).run() if c.name == "service"]
+    checks = [
+        c
+        for c in Doctor(till, systemctl=lambda args: subprocess.CompletedProcess(args, 0, shown, "")).run()
+        if c.name == "service"
+    ]
     assert checks[0].status == "fail" and "failed/failed" in checks[0].detail and "watchdog" in checks[0].detail
     assert checks[1].status == "warn" and "restarted 3 time(s)" in checks[1].detail
 
 
 def test_the_command_reads_the_service_secrets_prints_json_and_exits_non_zero_on_a_failure(till, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "POS_EDGE_CENTRAL__TOKEN"}
-    command = [sys.executable, "-m", "agent", "doctor", "--config", str(till), "--secrets", str(tmp_path / "secrets.env"), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "agent",
+        "doctor",
+        "--config",
+        str(till),
+        "--secrets",
+        str(tmp_path / "secrets.env"),
+        "--json",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     checks = {c["name"]: c for c in json.loads(done.stdout)}
     assert checks["central"]["status"] == "ok", checks["central"]  # the token came from the secrets file

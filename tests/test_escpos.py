@@ -97,7 +97,9 @@ def test_printed_columns_match_the_layout(columns):
     elements = decode(render(sale_document(columns), profile(columns)))
     for line in (e for e in elements if isinstance(e, TextLine)):
         assert line.cells == display_width(line.text), line.text
-    assert any(line.cells == columns and line.text.endswith("¥46.45") for line in elements if isinstance(line, TextLine))
+    assert any(
+        line.cells == columns and line.text.endswith("¥46.45") for line in elements if isinstance(line, TextLine)
+    )
 
 
 def test_the_qr_code_carries_the_e_receipt_url():
@@ -150,8 +152,9 @@ def test_gbk_profile_round_trips_chinese():
 def test_big5_profile_prints_traditional_chinese():
     document = layout(
         sale_receipt(store=replace(sale_receipt().store, name="台北忠孝門市"), footer=("謝謝惠顧，歡迎再來。",)),
-        48, SHANGHAI,
-    )  # fmt: skip
+        48,
+        SHANGHAI,
+    )
     data = render(document, profile(text_encoding="big5"))
     lines = decoded_text(decode(data, codec="big5"))
     assert "台北忠孝門市" in lines and "謝謝惠顧，歡迎再來。" in lines

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from central.payments.simulators import serve_in_thread
-from tests.chaos.proxy import FAULTS, ProxyThread
 from tests.central.plugin import read_body
+from tests.chaos.proxy import FAULTS, ProxyThread
 
 
 class Upstream:
@@ -48,8 +48,13 @@ class Upstream:
             await send({"type": "http.response.body", "body": b""})
             return
         answer = json.dumps({"path": scope["path"], "body": body.decode(), "count": count}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": answer})
 
 

@@ -43,7 +43,9 @@ def assert_no_server_error(response: Any, label: str) -> None:
         code = response.json().get("error")
     except ValueError:
         code = None
-    assert code in DOCUMENTED_5XX.get(response.status_code, ()), f"{label}: {response.status_code} {response.text[:500]}"
+    assert code in DOCUMENTED_5XX.get(response.status_code, ()), (
+        f"{label}: {response.status_code} {response.text[:500]}"
+    )
 
 
 # --- links: where a session id and a transaction come from, and where they go ----------------------------------
@@ -76,25 +78,69 @@ def with_links(document: dict) -> dict:
         response.setdefault("links", {})[name] = {"operationId": operation_id(document, *target), **parameters}
 
     session_id = {"parameters": {"session_id": "$response.body#/id"}}
-    producers = [("post", "/v1/sessions", "201"), ("get", "/v1/sessions/current", "200"), *((m, p, "200") for m, p in SESSION_OPERATIONS)]
+    producers = [
+        ("post", "/v1/sessions", "201"),
+        ("get", "/v1/sessions/current", "200"),
+        *((m, p, "200") for m, p in SESSION_OPERATIONS),
+    ]
     for method, path, status in producers:
         for target in SESSION_OPERATIONS:
             link(method, path, status, f"{target[0]}{target[1]}", target, session_id)
     # A station with a sale open answers 409 with the open sale's id: carry on with it.
     for target in SESSION_OPERATIONS:
-        link("post", "/v1/sessions", "409", f"{target[0]}{target[1]}", target, {"parameters": {"session_id": "$response.body#/session_id"}})
+        link(
+            "post",
+            "/v1/sessions",
+            "409",
+            f"{target[0]}{target[1]}",
+            target,
+            {"parameters": {"session_id": "$response.body#/session_id"}},
+        )
     # Now and then a basket the till accepts, then cash for it: so that scenarios reach paid sales.
     whole = {"x-schemathesis": {"merge_body": False}}
-    for method, path, status, source in (("post", "/v1/sessions", "201", "id"), ("post", "/v1/sessions", "409", "session_id")):
-        link(method, path, status, "real-basket", ("put", "/v1/sessions/{session_id}/basket"),
-             {"parameters": {"session_id": f"$response.body#/{source}"}, "requestBody": REAL_BASKET, **whole})  # fmt: skip
-    link("put", "/v1/sessions/{session_id}/basket", "200", "pay-cash", ("post", "/v1/sessions/{session_id}/tenders"),
-         {**session_id, "requestBody": {"kind": "cash"}, **whole})  # fmt: skip
+    for method, path, status, source in (
+        ("post", "/v1/sessions", "201", "id"),
+        ("post", "/v1/sessions", "409", "session_id"),
+    ):
+        link(
+            method,
+            path,
+            status,
+            "real-basket",
+            ("put", "/v1/sessions/{session_id}/basket"),
+            {"parameters": {"session_id": f"$response.body#/{source}"}, "requestBody": REAL_BASKET, **whole},
+        )
+    link(
+        "put",
+        "/v1/sessions/{session_id}/basket",
+        "200",
+        "pay-cash",
+        ("post", "/v1/sessions/{session_id}/tenders"),
+        {**session_id, "requestBody": {"kind": "cash"}, **whole},
+    )
     # A paid sale: its transaction, its receipt again, a refund of it.
     transaction = "$response.body#/transaction_id"
-    for method, path in (("put", "/v1/sessions/{session_id}/basket"), ("post", "/v1/sessions/{session_id}/tenders"), ("get", "/v1/sessions/{session_id}")):
-        link(method, path, "200", "transaction", ("get", "/v1/transactions/{reference}"), {"parameters": {"reference": transaction}})
-        link(method, path, "200", "reprint", ("post", "/v1/transactions/{reference}/reprint"), {"parameters": {"reference": transaction}})
+    for method, path in (
+        ("put", "/v1/sessions/{session_id}/basket"),
+        ("post", "/v1/sessions/{session_id}/tenders"),
+        ("get", "/v1/sessions/{session_id}"),
+    ):
+        link(
+            method,
+            path,
+            "200",
+            "transaction",
+            ("get", "/v1/transactions/{reference}"),
+            {"parameters": {"reference": transaction}},
+        )
+        link(
+            method,
+            path,
+            "200",
+            "reprint",
+            ("post", "/v1/transactions/{reference}/reprint"),
+            {"parameters": {"reference": transaction}},
+        )
         link(method, path, "200", "refund", ("post", "/v1/refunds"), {"requestBody": {"transaction": transaction}})
     return document
 
@@ -129,10 +175,19 @@ def fuzz_each_operation(schema, headers: dict[str, str], examples: int, check) -
         label = f"{operation.method.upper()} {operation.path}"
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(mode))
             def one(case):
-                check(case.call(headers=headers, timeout=15), f"{case.method} {case.formatted_path} query={case.query} body={case.body!r}"[:600])
+                check(
+                    case.call(headers=headers, timeout=15),
+                    f"{case.method} {case.formatted_path} query={case.query} body={case.body!r}"[:600],
+                )
 
             try:
                 one()
@@ -180,7 +235,15 @@ def run_workflow(workflow, failures: list[str], scenarios: int, steps: int) -> N
 
     for _ in range(3):
         try:
-            Counted.run(settings=settings(max_examples=scenarios - done[0], stateful_step_count=steps, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
+            Counted.run(
+                settings=settings(
+                    max_examples=scenarios - done[0],
+                    stateful_step_count=steps,
+                    deadline=None,
+                    phases=[Phase.generate],
+                    suppress_health_check=list(HealthCheck),
+                )
+            )
         except Flaky:
             pass
         except Exception:

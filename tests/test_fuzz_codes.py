@@ -38,7 +38,9 @@ def with_check_digit(body: str) -> str:
 
 
 product = st.sampled_from([(12, "ean13"), (7, "ean8"), (11, "upca")]).flatmap(
-    lambda spec: st.from_regex(rf"\A[0-9]{{{spec[0]}}}\Z").map(lambda body: (with_check_digit(body), Kind.PRODUCT, spec[1]))
+    lambda spec: st.from_regex(rf"\A[0-9]{{{spec[0]}}}\Z").map(
+        lambda body: (with_check_digit(body), Kind.PRODUCT, spec[1])
+    )
 )
 RULES = CodeRules(card_patterns=("8800[0-9]{9}",), coupon_pattern="CP[0-9A-Z]{10}", guide_pattern="G[0-9]{5}")
 store_code = st.one_of(
@@ -56,7 +58,12 @@ any_code = st.one_of(payment, member_code, product, store_code)
 invisible = st.characters(categories=["Cc", "Cf"])
 space = st.one_of(st.characters(categories=["Zs", "Zl", "Zp"]), st.sampled_from("\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85"))
 around = st.text(alphabet=st.one_of(invisible, space), max_size=6)
-aim = st.one_of(st.just(""), st.builds(lambda letter, mod: f"]{letter}{mod}", st.sampled_from(sorted(AIM_SYMBOLOGIES)), st.sampled_from("0123456789")))
+aim = st.one_of(
+    st.just(""),
+    st.builds(
+        lambda letter, mod: f"]{letter}{mod}", st.sampled_from(sorted(AIM_SYMBOLOGIES)), st.sampled_from("0123456789")
+    ),
+)
 
 
 @st.composite
@@ -94,7 +101,9 @@ counted = st.builds(
     st.none() | st.integers(min_value=0, max_value=2**33),
 )
 piece = st.one_of(atom, counted, st.builds(lambda a, q: a + q, atom, st.sampled_from(["*", "+", "?", "*?", "+?"])))
-nested = st.builds(lambda depth, inner: "(" * depth + inner + ")" * depth, st.integers(min_value=0, max_value=1200), piece)
+nested = st.builds(
+    lambda depth, inner: "(" * depth + inner + ")" * depth, st.integers(min_value=0, max_value=1200), piece
+)
 pattern = st.one_of(
     st.lists(st.one_of(piece, nested), min_size=1, max_size=5).map("".join),
     st.text(alphabet=st.sampled_from("()[]{}|.*+?^$\\0123456789,dwsAZMx-:<>=!P"), max_size=20),

@@ -74,7 +74,15 @@ def test_the_framer_never_raises_and_reads_cut_anywhere_give_the_same_scans(stre
 
 
 @FAST
-@given(garbage, line_end, scan_text, line_end, garbage, line_end, st.lists(st.integers(min_value=0, max_value=800), max_size=6))
+@given(
+    garbage,
+    line_end,
+    scan_text,
+    line_end,
+    garbage,
+    line_end,
+    st.lists(st.integers(min_value=0, max_value=800), max_size=6),
+)
 @example(b"9" * (MAX_LINE + 1), b"\r", "134611987654321098", b"\r\n", b"", b"\n", [MAX_LINE + 1])  # overlong first
 @example(b"\xe4\xbc", b"\n", "\u4f1a\u5458", b"\r", b"\xbc", b"\r", [2, 3])  # UTF-8 cut off on either side
 def test_a_scan_between_garbage_lines_arrives_intact_once(before, end1, scan, end2, after, end3, cuts):
@@ -93,7 +101,12 @@ def test_the_serial_driver_over_a_pty_keeps_every_scan_between_garbage():
     scans: queue.Queue[Scan] = queue.Queue()
     statuses: queue.Queue[DeviceStatus] = queue.Queue()
     scanner = SerialScanner.from_url(
-        f"serial://{path}?max_line={MAX_LINE}", "fuzz", scans.put, statuses.put, read_timeout=0.05, backoff=Backoff(first=0.02, cap=0.1)
+        f"serial://{path}?max_line={MAX_LINE}",
+        "fuzz",
+        scans.put,
+        statuses.put,
+        read_timeout=0.05,
+        backoff=Backoff(first=0.02, cap=0.1),
     )
     scanner.start()
     markers = itertools.count()
@@ -128,7 +141,12 @@ def keystrokes(layout: Layout) -> dict[str, list[tuple[int, ...]]]:
     """Every character the layout types without a dead key -> the ways to type it: (key, modifiers held...)."""
     ways: dict[str, list[tuple[int, ...]]] = {}
     for code, (plain, shifted, third) in layout.keys.items():
-        for char, mods in ((plain, ()), (shifted, (KEY_LEFTSHIFT,)), (shifted, (KEY_RIGHTSHIFT,)), (third, (KEY_RIGHTALT,))):
+        for char, mods in (
+            (plain, ()),
+            (shifted, (KEY_LEFTSHIFT,)),
+            (shifted, (KEY_RIGHTSHIFT,)),
+            (third, (KEY_RIGHTALT,)),
+        ):
             if char and char not in layout.dead and (mods != (KEY_RIGHTALT,) or layout.altgr):
                 ways.setdefault(char, []).append((code, *mods))
     for code, char in KEYPAD.items():
@@ -142,7 +160,12 @@ WAYS = {name: keystrokes(layout) for name, layout in LAYOUTS.items()}
 def press(key: int, *mods: int) -> list[tuple[int, int, int]]:
     """One key as a scanner presses it: modifiers down, key down, key up, modifiers up, each reported."""
     events = []
-    for code, value in [*((m, KEY_DOWN) for m in mods), (key, KEY_DOWN), (key, KEY_UP), *((m, KEY_UP) for m in reversed(mods))]:
+    for code, value in [
+        *((m, KEY_DOWN) for m in mods),
+        (key, KEY_DOWN),
+        (key, KEY_UP),
+        *((m, KEY_UP) for m in reversed(mods)),
+    ]:
         events += [(EV_MSC, 4, 0x70000 + code), (EV_KEY, code, value), (EV_SYN, SYN_REPORT, 0)]
     return events
 
@@ -161,8 +184,9 @@ def typed_scan(draw, layout: str) -> tuple[str, list[tuple[int, int, int]]]:
 # Noise from a keyboard interface: any event type, key code and value, except turning CapsLock on (a state a
 # person would see on the scanner's LED and that changes the letters of every later code, by design).
 event = st.tuples(
-    st.sampled_from([EV_SYN, EV_KEY, EV_MSC, 2, 3, 17, 0x1F]) | st.integers(min_value=-2**31, max_value=2**31),
-    st.sampled_from(sorted(MODIFIERS | {KEY_ENTER, KEY_KPENTER, SYN_DROPPED, SYN_REPORT})) | st.integers(min_value=-1, max_value=800),
+    st.sampled_from([EV_SYN, EV_KEY, EV_MSC, 2, 3, 17, 0x1F]) | st.integers(min_value=-(2**31), max_value=2**31),
+    st.sampled_from(sorted(MODIFIERS | {KEY_ENTER, KEY_KPENTER, SYN_DROPPED, SYN_REPORT}))
+    | st.integers(min_value=-1, max_value=800),
     st.integers(min_value=-1, max_value=3) | st.integers(),
 ).filter(lambda e: not (e[0] == EV_KEY and e[1] == KEY_CAPSLOCK))
 noise = st.lists(event, max_size=60)

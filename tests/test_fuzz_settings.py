@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import tomllib
 import typing
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
-import tomllib
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -69,7 +69,13 @@ def _nested(annotation: Any) -> list[tuple[type[BaseModel], tuple[Any, ...]]]:
 
 KEY_PATHS = key_paths()
 # The tables a key can be added to: the document itself and every settings section (one tier, one scanner).
-TABLE_PATHS = [(), *sorted({path[: i + 1] for path in KEY_PATHS for i in range(len(path) - 1) if path[i + 1] != 0} - {("points", "tiers")}, key=str)]
+TABLE_PATHS = [
+    (),
+    *sorted(
+        {path[: i + 1] for path in KEY_PATHS for i in range(len(path) - 1) if path[i + 1] != 0} - {("points", "tiers")},
+        key=str,
+    ),
+]
 
 
 def dotted(path: tuple[Any, ...]) -> str:
@@ -79,11 +85,14 @@ def dotted(path: tuple[Any, ...]) -> str:
         text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
     return text
 
+
 # TOML's values: strings with any character TOML can carry, integers past 64 bits, nan and inf, dates and times.
 toml_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 scalar = st.one_of(
     toml_text,
-    st.sampled_from(["", " ", "UTC", "Asia/Shanghai", "America", "sim://x", "serial:///dev/ttyS0", "http://h", "/tmp/a.db"]),
+    st.sampled_from(
+        ["", " ", "UTC", "Asia/Shanghai", "America", "sim://x", "serial:///dev/ttyS0", "http://h", "/tmp/a.db"]
+    ),
     st.integers(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
@@ -93,11 +102,15 @@ scalar = st.one_of(
     st.dates(),
     st.times(),
 )
-value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(toml_text, inner, max_size=4), max_leaves=8)
+value = st.recursive(
+    scalar, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(toml_text, inner, max_size=4), max_leaves=8
+)
 # Keys that are not settings, including names pydantic and Python give meaning to.
 unknown_key = st.one_of(
     toml_text.filter(lambda key: key not in Settings.model_fields),
-    st.sampled_from(["_case_sensitive", "_env_prefix", "_secrets_dir", "_env_nested_delimiter", "model_config", "__class__", "self"]),
+    st.sampled_from(
+        ["_case_sensitive", "_env_prefix", "_secrets_dir", "_env_nested_delimiter", "model_config", "__class__", "self"]
+    ),
 )
 
 
@@ -122,7 +135,13 @@ def put(document: dict, path: tuple[Any, ...], new: Any) -> None:
 def remove(document: dict, path: tuple[Any, ...]) -> None:
     node: Any = document
     for step in path[:-1]:
-        node = node[0] if isinstance(step, int) and isinstance(node, list) and node else node.get(step) if isinstance(node, dict) else None
+        node = (
+            node[0]
+            if isinstance(step, int) and isinstance(node, list) and node
+            else node.get(step)
+            if isinstance(node, dict)
+            else None
+        )
         if node is None:
             return
     if isinstance(node, dict):
@@ -194,7 +213,9 @@ def test_an_unknown_key_is_refused_by_name(where, key, new):
     with pytest.raises(SettingsError) as refused:
         load(tomli_w.dumps(document))
     named = dotted((*where, key))
-    assert any(problem.startswith(f"{named}: unknown key") for problem in refused.value.problems), refused.value.problems
+    assert any(problem.startswith(f"{named}: unknown key") for problem in refused.value.problems), (
+        refused.value.problems
+    )
 
 
 @FAST
@@ -206,11 +227,18 @@ def test_any_file_gives_settings_or_a_settings_error(text):
 
 
 # Environment variables override the file; lists and tables there are JSON, which a person may get wrong.
-ENV_NAMES = [ENV_PREFIX + "__".join(str(step).upper() for step in path) for path in KEY_PATHS if not any(isinstance(step, int) for step in path)]
+ENV_NAMES = [
+    ENV_PREFIX + "__".join(str(step).upper() for step in path)
+    for path in KEY_PATHS
+    if not any(isinstance(step, int) for step in path)
+]
 
 
 @FAST
-@given(st.sampled_from(ENV_NAMES), st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40))
+@given(
+    st.sampled_from(ENV_NAMES),
+    st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40),
+)
 @example("POS_EDGE_DEVICES", "{")  # not JSON: pydantic-settings' own SettingsError escaped as a traceback
 @example("POS_EDGE_CODES__CARD_PATTERNS", "16[0-9]{16}")
 @example("POS_EDGE_POINTS__TIERS", "[1")

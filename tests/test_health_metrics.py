@@ -100,7 +100,10 @@ def test_metrics_want_the_token_when_one_is_set(stack):
         answer = httpx.get(f"{stack.url}/metrics", headers=headers, timeout=5)
         assert answer.status_code == 401 and answer.json()["error"] == "unauthorized", headers
     assert httpx.get(f"{stack.url}/metrics", params={"token": stack.token}, timeout=5).status_code == 401  # header only
-    assert httpx.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.token}"}, timeout=5).status_code == 200
+    assert (
+        httpx.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.token}"}, timeout=5).status_code
+        == 200
+    )
 
 
 def test_sales_refunds_payments_scans_prints_and_sync_are_counted_per_agent(stack_factory):
@@ -116,9 +119,13 @@ def test_sales_refunds_payments_scans_prints_and_sync_are_counted_per_agent(stac
     assert cash["state"] == "closed"
     # A code payment refused by the provider (NOTENOUGH), then one that is paid.
     session = start_sale(stack)
-    refused = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("32")})
+    refused = stack.api.post(
+        f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("32")}
+    )
     assert refused.status_code == 200 and refused.json()["payment"]["state"] == "FAILED"
-    paid = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("00")}).json()
+    paid = stack.api.post(
+        f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("00")}
+    ).json()
     assert paid["state"] == "closed" and paid["tenders"][0]["kind"] == "wechat"
     # The code-paid sale is refunded through central; its refund receipt is the last print job.
     refund = stack.api.post("/v1/refunds", json={"transaction": paid["transaction_id"]})
@@ -163,17 +170,23 @@ def test_sales_refunds_payments_scans_prints_and_sync_are_counted_per_agent(stac
 
 def test_a_code_payment_with_central_away_is_counted_offline_and_the_backlog_shows_as_sync_lag(stack):
     session = start_sale(stack)
-    part = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "amount_fen": 1000, "tendered_fen": 1000})
+    part = stack.api.post(
+        f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "amount_fen": 1000, "tendered_fen": 1000}
+    )
     assert part.json()["remaining_fen"] == 3190  # a split tender: the payer is not asked for again before the charge
     stack.central.stop()  # the till saw central a moment ago, so it sends the charge, which cannot leave the store
-    answer = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("00")})
+    answer = stack.api.post(
+        f"/v1/sessions/{session['id']}/tenders", json={"kind": "code", "auth_code": wechat_code("00")}
+    )
     assert answer.status_code == 503 and answer.json()["error"] == "offline"
     done = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000}).json()
     assert done["state"] == "closed"
 
     seen = scrape(stack)
     assert seen("pos_edge_code_payments_total", provider="wechat", outcome="offline") == 1
-    assert not [key for key in seen.samples if key[0].startswith("pos_edge_code_payment_seconds")]  # never sent: no time
+    assert not [
+        key for key in seen.samples if key[0].startswith("pos_edge_code_payment_seconds")
+    ]  # never sent: no time
     assert seen("pos_edge_outbox_rows", status="pending") == 1
     assert seen("pos_edge_sync_lag_seconds") >= 0 and seen("pos_edge_journal_rows") == 1
 
@@ -212,17 +225,32 @@ def test_a_till_stays_ready_with_its_printer_off_and_central_away_and_says_so(cu
     # The printer is switched off; a sale's receipt cannot print and waits in the queue.
     printer_server.refuse()
     session = start_sale(stack)
-    assert stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000}).json()["state"] == "closed"
-    assert stack.app.state.agent.devices.printer.wait_for_state({PrinterState.OFFLINE}, 10).state is PrinterState.OFFLINE
+    assert (
+        stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000}).json()[
+            "state"
+        ]
+        == "closed"
+    )
+    assert (
+        stack.app.state.agent.devices.printer.wait_for_state({PrinterState.OFFLINE}, 10).state is PrinterState.OFFLINE
+    )
     # Central goes away; the till finds out at its next request to it.
     stack.central.stop()
     assert stack.api.post("/v1/sync").status_code == 503
 
     status, parts = ready(stack)
     assert status == 200  # it sells: cash and card offline, the receipt kept in the queue
-    assert (parts["printer"]["ok"], parts["printer"]["state"], parts["printer"]["needed_to_sell"]) == (False, "offline", False)
+    assert (parts["printer"]["ok"], parts["printer"]["state"], parts["printer"]["needed_to_sell"]) == (
+        False,
+        "offline",
+        False,
+    )
     assert parts["printer"]["detail"].startswith("1 queued")
-    assert (parts["central"]["ok"], parts["central"]["state"], parts["central"]["needed_to_sell"]) == (False, "unreachable", False)
+    assert (parts["central"]["ok"], parts["central"]["state"], parts["central"]["needed_to_sell"]) == (
+        False,
+        "unreachable",
+        False,
+    )
     assert parts["database"]["ok"] and parts["scanner-1"]["ok"]
 
 
@@ -232,7 +260,9 @@ def test_a_kiosk_without_a_working_scanner_cannot_sell(custom_stack):
     os.close(slave)  # only the driver holds the port open, as with a real one
     try:
         stack = custom_stack("kiosk", scanner=('url = "sim://scanner-1"', f'url = "serial://{path}"'))
-        status, parts = until(lambda: (found := ready(stack))[1]["scanner-1"]["ok"] and found, what="the scanner connected")
+        status, parts = until(
+            lambda: (found := ready(stack))[1]["scanner-1"]["ok"] and found, what="the scanner connected"
+        )
         assert status == 200 and parts["scanning"]["ok"] and parts["central"]["needed_to_sell"]
     finally:
         os.close(master)  # the USB cable pulled

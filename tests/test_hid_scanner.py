@@ -121,8 +121,16 @@ def test_either_shift_key_shifts():
 
 
 def test_capslock_shifts_letters_only_and_shift_undoes_it():
-    events = typed(tap(KEY_CAPSLOCK), tap(KEY_A), tap(KEY_1), tap(KEY_B, KEY_LEFTSHIFT), tap(KEY_1, KEY_LEFTSHIFT),
-                   tap(KEY_CAPSLOCK), tap(KEY_A), tap(KEY_ENTER))  # fmt: skip
+    events = typed(
+        tap(KEY_CAPSLOCK),
+        tap(KEY_A),
+        tap(KEY_1),
+        tap(KEY_B, KEY_LEFTSHIFT),
+        tap(KEY_1, KEY_LEFTSHIFT),
+        tap(KEY_CAPSLOCK),
+        tap(KEY_A),
+        tap(KEY_ENTER),
+    )
     assert decode(events) == ["A1b!a"]
 
 
@@ -189,8 +197,16 @@ def test_german_shifted_digit_row():
 
 
 def test_german_altgr_and_dead_keys():
-    events = typed(tap(KEY_Q, KEY_RIGHTALT), tap(KEY_8, KEY_RIGHTALT), tap(KEY_GRAVE), tap(KEY_SPACE),
-                   tap(KEY_GRAVE), tap(KEY_A), tap(KEY_DOT), tap(KEY_ENTER))  # fmt: skip
+    events = typed(
+        tap(KEY_Q, KEY_RIGHTALT),
+        tap(KEY_8, KEY_RIGHTALT),
+        tap(KEY_GRAVE),
+        tap(KEY_SPACE),
+        tap(KEY_GRAVE),
+        tap(KEY_A),
+        tap(KEY_DOT),
+        tap(KEY_ENTER),
+    )
     assert decode(events, "de") == ["@[^â."]
 
 
@@ -204,7 +220,9 @@ def test_keymap_codes_are_the_kernels():
 # --- finding the device -----------------------------------------------------------------------------------
 
 
-def info(path, name="Honeywell Imaging & Mobility 1900", ids=HONEYWELL, keyboard=True, phys="usb-0000:00:14.0-2/input0"):
+def info(
+    path, name="Honeywell Imaging & Mobility 1900", ids=HONEYWELL, keyboard=True, phys="usb-0000:00:14.0-2/input0"
+):
     return InputDeviceInfo(path, name, ids[0], ids[1], phys, keyboard)
 
 
@@ -244,20 +262,41 @@ def _sysfs_device(root: Path, event: str, name: str, vendor: str, product: str, 
 
 def test_devices_are_listed_from_sysfs(tmp_path):
     # Key bitmaps as a 64-bit kernel prints them for a full keyboard and for a consumer-control interface.
-    _sysfs_device(tmp_path, "event3", "Honeywell Imaging & Mobility 1900", "0c2e", "0b61",
-                  "1000000000007 ff9f207ac14057ff febeffdfffefffff fffffffffffffffe")  # fmt: skip
-    _sysfs_device(tmp_path, "event4", "Honeywell Imaging & Mobility 1900 Consumer Control", "0c2e", "0b61",
-                  "1 0 0 0 0 0 0 0 0 0 0 0 0")  # fmt: skip
+    _sysfs_device(
+        tmp_path,
+        "event3",
+        "Honeywell Imaging & Mobility 1900",
+        "0c2e",
+        "0b61",
+        "1000000000007 ff9f207ac14057ff febeffdfffefffff fffffffffffffffe",
+    )
+    _sysfs_device(
+        tmp_path,
+        "event4",
+        "Honeywell Imaging & Mobility 1900 Consumer Control",
+        "0c2e",
+        "0b61",
+        "1 0 0 0 0 0 0 0 0 0 0 0 0",
+    )
     (tmp_path / "mouse0").mkdir()  # not an event node
     infos = list_input_devices(tmp_path)
     assert infos == [
-        InputDeviceInfo("/dev/input/event3", "Honeywell Imaging & Mobility 1900", 0x0C2E, 0x0B61, "usb-0000:00:14.0-2/input0", True),
-        InputDeviceInfo("/dev/input/event4", "Honeywell Imaging & Mobility 1900 Consumer Control", 0x0C2E, 0x0B61,
-                        "usb-0000:00:14.0-2/input0", False),
-    ]  # fmt: skip
+        InputDeviceInfo(
+            "/dev/input/event3", "Honeywell Imaging & Mobility 1900", 0x0C2E, 0x0B61, "usb-0000:00:14.0-2/input0", True
+        ),
+        InputDeviceInfo(
+            "/dev/input/event4",
+            "Honeywell Imaging & Mobility 1900 Consumer Control",
+            0x0C2E,
+            0x0B61,
+            "usb-0000:00:14.0-2/input0",
+            False,
+        ),
+    ]
 
 
 # --- the reader -------------------------------------------------------------------------------------------
+
 
 def _cpu_ticks(thread: threading.Thread) -> int:
     fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rpartition(")")[2].split()
@@ -449,7 +488,10 @@ def test_real_sysfs_listing_with_no_scanner_reports_not_found(tmp_path):
     try:
         status = statuses.get(timeout=WAIT)
         assert status.state is DeviceState.DISCONNECTED
-        assert status.reason == "no input device 0c2e:0b61 named 'Honeywell' (is the scanner plugged in? is the agent in the input group?)"
+        assert (
+            status.reason
+            == "no input device 0c2e:0b61 named 'Honeywell' (is the scanner plugged in? is the agent in the input group?)"
+        )
     finally:
         scanner.stop()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import SecretStr
@@ -31,7 +31,9 @@ def loop():
 def setup(engine, central, loop):
     central.seed(members=20)
     credentials = central.add_store("SH001")
-    settings = CentralSettings(url=central.url, token=SecretStr(credentials.token), connect_timeout_s=2, read_timeout_s=5)
+    settings = CentralSettings(
+        url=central.url, token=SecretStr(credentials.token), connect_timeout_s=2, read_timeout_s=5
+    )
     client = CentralClient(settings, "SH001")
     cache, gate = MemberCache(engine, PHONE_KEY), MemberCodeGate(engine)
     online = {"up": True}
@@ -74,7 +76,7 @@ def test_member_code_allows_points_once(setup, engine, loop, central):
     loop.run_until_complete(sync.pull())
     member_id, _ = member_with(engine, "card_no")
     with central.session() as session:
-        code = member_code(session, member_id, datetime.now(timezone.utc))  # what the member's phone shows
+        code = member_code(session, member_id, datetime.now(UTC))  # what the member's phone shows
         session.commit()
     found = loop.run_until_complete(identifier.member_code(code))
     assert found.member.id == member_id and found.may_redeem is True

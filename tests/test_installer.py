@@ -78,13 +78,27 @@ def _build_wheel(work: Path, version: str, migration: str | None) -> Path:
         shutil.copytree(REPO / folder, source / folder, ignore=ignore)
     shutil.copy(REPO / "README.md", source / "README.md")
     pyproject = (REPO / "pyproject.toml").read_text()
-    (source / "pyproject.toml").write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject, count=1))
+    (source / "pyproject.toml").write_text(
+        re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject, count=1)
+    )
     if migration is not None:
         (source / "agent" / "migrations" / "versions" / f"{UPGRADE_REVISION}_test.py").write_text(migration)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(work / "wheels"), str(source)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(work / "wheels"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return next((work / "wheels").glob(f"pos_edge_agent-{version}-*.whl"))
 
 
@@ -92,12 +106,25 @@ def _build_wheel(work: Path, version: str, migration: str | None) -> Path:
 def wheels(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("wheels")
     head = head_revision()
-    adds = MIGRATION.format(doc="A table, to see the upgrade migrate.", revision=UPGRADE_REVISION, down=head, table="upgrade_marker", fail="")
+    adds = MIGRATION.format(
+        doc="A table, to see the upgrade migrate.",
+        revision=UPGRADE_REVISION,
+        down=head,
+        table="upgrade_marker",
+        fail="",
+    )
     fails = MIGRATION.format(
-        doc="Fails half-way, to see the installer roll back.", revision=UPGRADE_REVISION, down=head, table="half_done",
+        doc="Fails half-way, to see the installer roll back.",
+        revision=UPGRADE_REVISION,
+        down=head,
+        table="half_done",
         fail='    raise RuntimeError("this migration fails on purpose")\n',
-    )  # fmt: skip
-    return {"v1": _build_wheel(work, "0.1.0", None), "v2": _build_wheel(work, "0.2.0", adds), "broken": _build_wheel(work, "0.3.0", fails)}
+    )
+    return {
+        "v1": _build_wheel(work, "0.1.0", None),
+        "v2": _build_wheel(work, "0.2.0", adds),
+        "broken": _build_wheel(work, "0.3.0", fails),
+    }
 
 
 def release_id(wheel: Path) -> str:
@@ -116,7 +143,10 @@ def new_root(where: Path) -> Path:
     etc.mkdir(parents=True)
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
     (etc / "group").write_text("root:x:0:\nlp:x:7:\ndialout:x:20:\nvideo:x:44:\n")
-    for name, text in (("shadow", "root:*:19000:0:99999:7:::\n"), ("gshadow", "root:*::\nlp:*::\ndialout:*::\nvideo:*::\n")):
+    for name, text in (
+        ("shadow", "root:*:19000:0:99999:7:::\n"),
+        ("gshadow", "root:*::\nlp:*::\ndialout:*::\nvideo:*::\n"),
+    ):
         (etc / name).write_text(text)
         (etc / name).chmod(0o600)
     return where
@@ -129,7 +159,9 @@ def install(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
         "POS_EDGE_PIP_ARGS": "--no-deps --no-index --ignore-installed",
         "PYTHONPATH": SITE_PACKAGES,
     }
-    done = subprocess.run(["bash", str(INSTALLER), "--root", str(root), *args], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", str(INSTALLER), "--root", str(root), *args], env=env, capture_output=True, text=True, timeout=120
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"install.sh {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     return done
@@ -188,7 +220,17 @@ def with_a_member(root: Path) -> None:
     engine = open_database(agent_database(root))
     try:
         MemberCache(engine, KEY).apply(
-            [MemberChange(member_id="m1", version=1, tier="gold", points=1200, display_name="王*明", phone_masked="138****5678", identifiers=(("card_no", "8800012345678"),))],
+            [
+                MemberChange(
+                    member_id="m1",
+                    version=1,
+                    tier="gold",
+                    points=1200,
+                    display_name="王*明",
+                    phone_masked="138****5678",
+                    identifiers=(("card_no", "8800012345678"),),
+                )
+            ],
             cursor="feed-42",
         )
     finally:
@@ -255,12 +297,16 @@ def test_a_fresh_install_lays_out_users_settings_program_and_units(root: Path, w
     assert os.readlink(root / "opt/pos-edge/current") == f"releases/{release}"
     program = root / "opt/pos-edge/releases" / release
     assert (program / ".complete").exists()
-    assert not [p for p in program.rglob("*") if not p.is_symlink() and (p.lstat().st_uid != 0 or p.lstat().st_mode & 0o022)]
+    assert not [
+        p for p in program.rglob("*") if not p.is_symlink() and (p.lstat().st_uid != 0 or p.lstat().st_mode & 0o022)
+    ]
     # Its scripts name where the release is on the box, not the staging root.
     assert (program / "bin/pos-edge").read_text().splitlines()[0] == f"#!/opt/pos-edge/releases/{release}/bin/python"
     checked = run_release(root, "config", "check", str(root / "etc/pos-edge/agent.toml"))
     assert checked.returncode == 0, checked.stderr
-    assert not (program / "lib/python3.11/site-packages/psycopg").exists()  # central's PostgreSQL driver is not a till's
+    assert not (
+        program / "lib/python3.11/site-packages/psycopg"
+    ).exists()  # central's PostgreSQL driver is not a till's
 
     units = root / "etc/systemd/system"
     for unit in ("pos-edge.service", "pos-edge-kiosk.service"):
@@ -269,12 +315,18 @@ def test_a_fresh_install_lays_out_users_settings_program_and_units(root: Path, w
         assert os.readlink(units / "multi-user.target.wants" / unit) == f"/etc/systemd/system/{unit}"
     assert os.access(program / "libexec/pos-edge-kiosk-page", os.X_OK)
     assert os.readlink(root / "usr/local/bin/pos-edge") == "/opt/pos-edge/current/bin/pos-edge"
-    assert (root / "etc/modules-load.d/pos-edge.conf").read_text() == (REPO / "systemd/modules-load.d/pos-edge.conf").read_text()
-    assert (root / "etc/udev/rules.d/70-pos-edge.rules").read_text() == (REPO / "systemd/udev/70-pos-edge.rules").read_text()
+    assert (root / "etc/modules-load.d/pos-edge.conf").read_text() == (
+        REPO / "systemd/modules-load.d/pos-edge.conf"
+    ).read_text()
+    assert (root / "etc/udev/rules.d/70-pos-edge.rules").read_text() == (
+        REPO / "systemd/udev/70-pos-edge.rules"
+    ).read_text()
 
 
 def test_a_second_run_changes_nothing(root: Path, wheels):
-    (root / "etc/udev/rules.d/70-pos-edge.rules").write_text('SUBSYSTEM=="tty", ATTRS{idVendor}=="0c2e", SYMLINK+="pos-scanner-1"\n')
+    (root / "etc/udev/rules.d/70-pos-edge.rules").write_text(
+        'SUBSYSTEM=="tty", ATTRS{idVendor}=="0c2e", SYMLINK+="pos-scanner-1"\n'
+    )
     before = tree(root)
     again = install(root, "--source", str(wheels["v1"]))
     assert f"release {release_id(wheels['v1'])} is already installed" in again.stdout
@@ -302,7 +354,9 @@ def test_an_upgrade_backs_up_migrates_and_keeps_settings_and_data(root: Path, wh
     (backup,) = (root / "var/lib/pos-edge/backups").glob(f"pre-upgrade-{old}-*.db")
     assert member_points(backup) == 1200 and schema(backup)[0] == head_revision()
     uid = int(account(root, "passwd", "pos-edge")[2])
-    assert {p.stat().st_uid for p in agent_database(root).parent.rglob("*")} == {uid}  # the agent can still write it all
+    assert {p.stat().st_uid for p in agent_database(root).parent.rglob("*")} == {
+        uid
+    }  # the agent can still write it all
 
 
 def test_a_failed_migration_restores_the_backup_and_keeps_the_old_release(root: Path, wheels):
@@ -327,9 +381,15 @@ def test_a_failed_migration_restores_the_backup_and_keeps_the_old_release(root: 
 
 def test_uninstall_keeps_settings_and_data_and_purge_removes_them(root: Path):
     with_a_member(root)
-    gone = ["opt/pos-edge", "etc/systemd/system/pos-edge.service", "etc/systemd/system/pos-edge-kiosk.service",
-            "etc/systemd/system/multi-user.target.wants/pos-edge.service", "etc/modules-load.d/pos-edge.conf",
-            "etc/udev/rules.d/70-pos-edge.rules", "usr/local/bin/pos-edge"]  # fmt: skip
+    gone = [
+        "opt/pos-edge",
+        "etc/systemd/system/pos-edge.service",
+        "etc/systemd/system/pos-edge-kiosk.service",
+        "etc/systemd/system/multi-user.target.wants/pos-edge.service",
+        "etc/modules-load.d/pos-edge.conf",
+        "etc/udev/rules.d/70-pos-edge.rules",
+        "usr/local/bin/pos-edge",
+    ]
 
     removed = install(root, "--uninstall")
 
@@ -341,7 +401,9 @@ def test_uninstall_keeps_settings_and_data_and_purge_removes_them(root: Path):
     install(root, "--uninstall", "--purge")
 
     assert not (root / "etc/pos-edge").exists() and not (root / "var/lib/pos-edge").exists()
-    assert not re.search(r"(?m)^pos-(edge|kiosk):", (root / "etc/passwd").read_text() + (root / "etc/group").read_text())
+    assert not re.search(
+        r"(?m)^pos-(edge|kiosk):", (root / "etc/passwd").read_text() + (root / "etc/group").read_text()
+    )
 
 
 def test_uninstall_keeps_udev_rules_the_store_filled_in(root: Path):
@@ -386,7 +448,9 @@ def test_the_installer_and_the_kiosk_page_script_are_shellcheck_clean():
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         _missing("shellcheck")
-    done = subprocess.run([shellcheck, str(INSTALLER), str(REPO / "systemd/pos-edge-kiosk-page")], capture_output=True, text=True)
+    done = subprocess.run(
+        [shellcheck, str(INSTALLER), str(REPO / "systemd/pos-edge-kiosk-page")], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout
 
 
@@ -400,5 +464,14 @@ def test_a_till_gets_no_postgresql_driver_and_central_without_it_says_what_to_in
     settings.write_text('database_url = "postgresql://central@127.0.0.1:1/central"\n')
     hide_psycopg = "import sys; sys.modules['psycopg'] = None; from central.cli import main; main()"
     env = {**os.environ, "POS_CENTRAL_PHONE_HASH_KEY": "0123456789abcdef-test"}
-    done = subprocess.run([sys.executable, "-c", hide_psycopg, "db", "upgrade", "--config", str(settings)], env=env, capture_output=True, text=True, cwd=REPO)
-    assert (done.returncode, done.stderr) == (1, "error: PostgreSQL needs the psycopg driver: pip install 'pos-edge-agent[central]'\n")
+    done = subprocess.run(
+        [sys.executable, "-c", hide_psycopg, "db", "upgrade", "--config", str(settings)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert (done.returncode, done.stderr) == (
+        1,
+        "error: PostgreSQL needs the psycopg driver: pip install 'pos-edge-agent[central]'\n",
+    )

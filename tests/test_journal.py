@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -25,7 +25,10 @@ def sale(total_fen: int = 1990, **overrides) -> JournalEntry:
         total_fen=total_fen,
         member_id="m1",
         points_earned=total_fen // 100,
-        body={"lines": [{"sku": "6901234567892", "name": "矿泉水", "qty": 1, "price_fen": total_fen}], "tenders": [{"kind": "cash", "amount_fen": total_fen}]},
+        body={
+            "lines": [{"sku": "6901234567892", "name": "矿泉水", "qty": 1, "price_fen": total_fen}],
+            "tenders": [{"kind": "cash", "amount_fen": total_fen}],
+        },
     )
     fields.update(overrides)
     return JournalEntry(**fields)
@@ -69,8 +72,8 @@ def test_appending_the_same_id_twice_journals_once(journal, engine):
 
 def test_business_day_follows_the_store_cut_off(journal):
     # 02:30 on 24 November in Shanghai is still the 23rd's business day with a 04:00 cut-off.
-    late = journal.append(sale(created_at=datetime(2026, 11, 23, 18, 30, tzinfo=timezone.utc)))
-    morning = journal.append(sale(created_at=datetime(2026, 11, 23, 20, 30, tzinfo=timezone.utc)))
+    late = journal.append(sale(created_at=datetime(2026, 11, 23, 18, 30, tzinfo=UTC)))
+    morning = journal.append(sale(created_at=datetime(2026, 11, 23, 20, 30, tzinfo=UTC)))
     assert late.business_day == date(2026, 11, 23)
     assert morning.business_day == date(2026, 11, 24)
     assert late.created_at.tzinfo is not None
@@ -105,14 +108,22 @@ def test_verify_finds_an_edited_row(journal, engine):
 
 def test_verify_finds_a_removed_row(journal, engine):
     rows = [journal.append(sale(100 * n)) for n in range(1, 6)]
-    tamper(engine, f"DELETE FROM outbox WHERE journal_id = '{rows[1].id}'", f"DELETE FROM journal WHERE id = '{rows[1].id}'")
+    tamper(
+        engine,
+        f"DELETE FROM outbox WHERE journal_id = '{rows[1].id}'",
+        f"DELETE FROM journal WHERE id = '{rows[1].id}'",
+    )
     report = verify(engine)
     assert report.first_break.id == rows[2].id and "removed" in report.first_break.reason
 
 
 def test_verify_finds_a_truncated_tail(journal, engine):
     rows = [journal.append(sale(100 * n)) for n in range(1, 4)]
-    tamper(engine, f"DELETE FROM outbox WHERE journal_id = '{rows[-1].id}'", f"DELETE FROM journal WHERE seq = {rows[-1].seq}")
+    tamper(
+        engine,
+        f"DELETE FROM outbox WHERE journal_id = '{rows[-1].id}'",
+        f"DELETE FROM journal WHERE seq = {rows[-1].seq}",
+    )
     report = verify(engine)
     assert not report.ok and "removed from the end" in report.first_break.reason
 

@@ -15,14 +15,20 @@ def render(message: str, *args, **extra) -> str:
 
 def test_one_line_with_level_logger_and_fields():
     line = render("print job done", job="01J9", printer="tcp://10.0.0.9:9100", note='two words "quoted"')
-    assert line == 'level=INFO logger=agent.test msg="print job done" job=01J9 printer=tcp://10.0.0.9:9100 note="two words \\"quoted\\""'
+    assert (
+        line
+        == 'level=INFO logger=agent.test msg="print job done" job=01J9 printer=tcp://10.0.0.9:9100 note="two words \\"quoted\\""'
+    )
 
 
 def test_secrets_are_masked_wherever_they_appear():
     line = render(
-        "charged %s for %s", "134512345678901234", "+8613812345678",
-        authorization="Bearer eyJhbGciOi.secret", member_code="M1.AAEAAAAAbTEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDEyMzQ1Njc4OTA",
-    )  # fmt: skip
+        "charged %s for %s",
+        "134512345678901234",
+        "+8613812345678",
+        authorization="Bearer eyJhbGciOi.secret",
+        member_code="M1.AAEAAAAAbTEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDEyMzQ1Njc4OTA",
+    )
     for secret in ("134512345678901234", "13812345678", "eyJhbGciOi.secret", "bTEyMzQ1Njc4OTAxMjM0NTY3ODkw"):
         assert secret not in line
     assert "1345**********1234" in line and "+86138****5678" in line and "Bearer ***" in line
@@ -39,7 +45,9 @@ def test_exceptions_stay_on_one_line():
     assert "\n" not in line and "ValueError" in line and "13812345678" not in line
 
 
-def record_at(created: float, message: str = "scanner %s", level: int = logging.WARNING, name: str = "drivers.base") -> logging.LogRecord:
+def record_at(
+    created: float, message: str = "scanner %s", level: int = logging.WARNING, name: str = "drivers.base"
+) -> logging.LogRecord:
     record = logging.LogRecord(name, level, __file__, 1, message, ("disconnected",), None)
     record.created = created
     return record
@@ -89,7 +97,10 @@ def test_the_agent_under_systemd_logs_no_code_phone_or_token(stack_factory):
     code = wechat_code("00", customer="0077")
     stack.add_member(points=10, phone="13912345678", payer=code)
     session = stack.open_session()
-    stack.api.put(f"/v1/sessions/{session['id']}/basket", json={"lines": [{"sku": "6901234567892", "name": "水", "qty": 1, "unit_price_fen": 200}]})
+    stack.api.put(
+        f"/v1/sessions/{session['id']}/basket",
+        json={"lines": [{"sku": "6901234567892", "name": "水", "qty": 1, "unit_price_fen": 200}]},
+    )
     stack.api.post(f"/v1/sessions/{session['id']}/phone", json={"phone": "13912345678", "confirmed": True})
     stack.scan(code)
     stack.wait_session(session["id"], lambda s: s["state"] == "closed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,7 @@ from agent.member_code import ExpiredMemberCode, ReplayedMemberCode, UnknownSign
 from agent.member_code_gate import MemberCodeGate, PublicKeyRecord
 from central.member_code import generate_signing_key, public_key_b64, sign_member_code
 
-NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -49,7 +49,9 @@ def test_replay_guard_survives_a_restart(gate, signing_key, db_path):
 
 def test_a_fresh_code_for_the_same_member_is_accepted(gate, signing_key):
     gate.accept(code_at(signing_key, NOW), now=NOW)
-    assert gate.accept(code_at(signing_key, NOW + timedelta(seconds=1)), now=NOW + timedelta(seconds=2)).member_id == "m1"
+    assert (
+        gate.accept(code_at(signing_key, NOW + timedelta(seconds=1)), now=NOW + timedelta(seconds=2)).member_id == "m1"
+    )
 
 
 def test_expired_fingerprints_are_pruned_and_stay_refused(gate, signing_key, engine):
@@ -67,7 +69,10 @@ def test_rotated_key_works_through_its_grace_period_only(engine):
     old_key, new_key = generate_signing_key(), generate_signing_key()
     gate = MemberCodeGate(engine)
     gate.replace_keys(
-        [PublicKeyRecord(1, public_key_b64(old_key), not_after=NOW + timedelta(hours=1)), PublicKeyRecord(2, public_key_b64(new_key))],
+        [
+            PublicKeyRecord(1, public_key_b64(old_key), not_after=NOW + timedelta(hours=1)),
+            PublicKeyRecord(2, public_key_b64(new_key)),
+        ],
         now=NOW,
     )
     assert gate.accept(code_at(old_key, NOW, kid=1), now=NOW).kid == 1

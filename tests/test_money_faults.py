@@ -30,7 +30,9 @@ def central_payment(stack, out_trade_no: str) -> dict:
 
 def journaled_code_tenders(stack) -> list[str]:
     sales = [t for t in stack.api.get("/v1/transactions", params={"limit": 200}).json() if t["kind"] == "sale"]
-    return [tender["out_trade_no"] for sale in sales for tender in sale["body"]["tenders"] if tender.get("out_trade_no")]
+    return [
+        tender["out_trade_no"] for sale in sales for tender in sale["body"]["tenders"] if tender.get("out_trade_no")
+    ]
 
 
 def until(condition, within: float = 15) -> None:
@@ -51,7 +53,9 @@ def test_a_charge_that_reaches_central_late_is_never_taken_without_a_sale(stack)
 
     # Central has not seen the payment when the till asks. That is no answer: the till sends the same request again
     # (one out_trade_no is one payment at central), and the sale completes on central's word.
-    done = stack.wait_session(session["id"], lambda s: s["state"] == "closed" or (s["payment"] or {}).get("state") == "FAILED")
+    done = stack.wait_session(
+        session["id"], lambda s: s["state"] == "closed" or (s["payment"] or {}).get("state") == "FAILED"
+    )
     held.release()
     assert held.wait_handled(1) == [200]  # the late copy answers the payment already made, charging nothing more
     assert done["state"] == "closed", done["payment"]["message"]
@@ -168,8 +172,14 @@ def test_a_till_that_dies_right_after_journaling_still_prints_the_receipt(stack,
 
     engine = open_database(stack.database)
     with engine.connect() as connection:
-        jobs = connection.exec_driver_sql("SELECT status FROM print_job WHERE id = ?", (f"{session['id']}-receipt",)).scalars().all()
-        journaled = connection.exec_driver_sql("SELECT count(*) FROM journal WHERE id = ?", (session["id"],)).scalar_one()
+        jobs = (
+            connection.exec_driver_sql("SELECT status FROM print_job WHERE id = ?", (f"{session['id']}-receipt",))
+            .scalars()
+            .all()
+        )
+        journaled = connection.exec_driver_sql(
+            "SELECT count(*) FROM journal WHERE id = ?", (session["id"],)
+        ).scalar_one()
     engine.dispose()
     assert journaled == 1 and jobs == ["queued"]
     stack.start()

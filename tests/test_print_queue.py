@@ -130,7 +130,9 @@ def test_kill_9_while_sending_holds_the_job_for_a_person(db_path):
     open_database(db_path).dispose()
     with PrinterServer(receive_buffer=4096) as jammed:
         jammed.stalled = True  # takes the connection, reads nothing: the agent is stuck mid-job
-        agent = subprocess.Popen([sys.executable, "-c", WRITER, str(db_path), jammed.url], stdout=subprocess.PIPE, text=True)
+        agent = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db_path), jammed.url], stdout=subprocess.PIPE, text=True
+        )
         assert agent.stdout.readline().strip() == "sending"
         os.kill(agent.pid, signal.SIGKILL)
         agent.wait()

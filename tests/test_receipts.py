@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -39,7 +39,7 @@ def sale_receipt(**changes: object) -> Receipt:
         kind="sale",
         store=StoreHeader("好邻居便利店（中关村店）", "01号收银台", "北京市海淀区中关村大街1号"),
         transaction_id=TRANSACTION_ID,
-        created_at=datetime(2024, 3, 11, 16, 30, 5, tzinfo=timezone.utc),
+        created_at=datetime(2024, 3, 11, 16, 30, 5, tzinfo=UTC),
         lines=(
             ReceiptLine("农夫山泉饮用天然水550ml", 2, 200, 400),
             ReceiptLine(LONG_NAME, 1, 2990, 2490, discount_fen=500),
@@ -178,7 +178,19 @@ def test_only_a_masked_phone_number_reaches_paper():
 
 def test_member_and_points_blocks_show_what_the_member_gets():
     text = all_text(layout(sale_receipt(), 48, SHANGHAI))
-    for expected in ("会员", "张*", "金卡会员", "本次积分", "+46", "使用积分", "-100", "积分余额", "1234", "满30减5元", "找零"):
+    for expected in (
+        "会员",
+        "张*",
+        "金卡会员",
+        "本次积分",
+        "+46",
+        "使用积分",
+        "-100",
+        "积分余额",
+        "1234",
+        "满30减5元",
+        "找零",
+    ):
         assert expected in text
 
 
@@ -194,7 +206,10 @@ def test_the_qr_code_carries_the_e_receipt_url():
 
 
 def test_the_e_receipt_url_comes_from_the_settings_template():
-    assert e_receipt_url("https://r.example.com/e/{transaction_id}?s=1", "a/b c") == "https://r.example.com/e/a%2Fb%20c?s=1"
+    assert (
+        e_receipt_url("https://r.example.com/e/{transaction_id}?s=1", "a/b c")
+        == "https://r.example.com/e/a%2Fb%20c?s=1"
+    )
     with pytest.raises(ValueError, match="transaction_id"):
         e_receipt_url("https://r.example.com/e/", TRANSACTION_ID)
 

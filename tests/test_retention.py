@@ -41,10 +41,24 @@ POLICY = RetentionPolicy(journal_days=180, print_job_days=7, member_days=365)
 
 def sale(at: datetime, total_fen: int = 1990, member_id: str | None = None, **body) -> JournalEntry:
     return JournalEntry(
-        kind="sale", total_fen=total_fen, created_at=at, member_id=member_id,
-        body={"lines": [{"sku": "6901234567892", "name": "矿泉水", "qty": 1, "unit_price_fen": total_fen, "amount_fen": total_fen}],
-              "tenders": [{"kind": "cash", "amount_fen": total_fen}], **body},
-    )  # fmt: skip
+        kind="sale",
+        total_fen=total_fen,
+        created_at=at,
+        member_id=member_id,
+        body={
+            "lines": [
+                {
+                    "sku": "6901234567892",
+                    "name": "矿泉水",
+                    "qty": 1,
+                    "unit_price_fen": total_fen,
+                    "amount_fen": total_fen,
+                }
+            ],
+            "tenders": [{"kind": "cash", "amount_fen": total_fen}],
+            **body,
+        },
+    )
 
 
 def confirm(engine: sa.Engine, *ids: str) -> None:
@@ -63,16 +77,34 @@ def fill_journal(engine: sa.Engine, rows: int, at: datetime, station: str = "T01
     would wait for the disk each time). Confirmed rows have no outbox row, as after a push."""
     ids = []
     with engine.begin() as connection:
-        prev = connection.exec_driver_sql("SELECT hash FROM journal WHERE station_id = ? ORDER BY seq DESC LIMIT 1", (station,)).scalar() or GENESIS
+        prev = (
+            connection.exec_driver_sql(
+                "SELECT hash FROM journal WHERE station_id = ? ORDER BY seq DESC LIMIT 1", (station,)
+            ).scalar()
+            or GENESIS
+        )
         journal, outbox = [], []
         for n in range(rows):
             row = {
-                "id": f"{station}-{at:%Y%m%d}-{n:07d}", "station_id": station, "kind": "sale", "business_day": at.date().isoformat(),
-                "created_at": to_storage(at + timedelta(microseconds=n)), "member_id": None, "total_fen": 100 + n % 900,
-                "points_earned": 0, "points_redeemed": 0,
-                "body": canonical_json({"lines": [{"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 1, "amount_fen": 100 + n % 900}],
-                                        "tenders": [{"kind": "cash", "amount_fen": 100 + n % 900}], "receipt_no": f"{station}{n:08d}"}),
-            }  # fmt: skip
+                "id": f"{station}-{at:%Y%m%d}-{n:07d}",
+                "station_id": station,
+                "kind": "sale",
+                "business_day": at.date().isoformat(),
+                "created_at": to_storage(at + timedelta(microseconds=n)),
+                "member_id": None,
+                "total_fen": 100 + n % 900,
+                "points_earned": 0,
+                "points_redeemed": 0,
+                "body": canonical_json(
+                    {
+                        "lines": [
+                            {"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 1, "amount_fen": 100 + n % 900}
+                        ],
+                        "tenders": [{"kind": "cash", "amount_fen": 100 + n % 900}],
+                        "receipt_no": f"{station}{n:08d}",
+                    }
+                ),
+            }
             row["prev_hash"] = prev
             row["hash"] = prev = row_hash(prev, row)
             journal.append(tuple(row.values()))
@@ -86,7 +118,8 @@ def fill_journal(engine: sa.Engine, rows: int, at: datetime, station: str = "T01
         )
         if outbox:
             connection.exec_driver_sql(
-                "INSERT INTO outbox (journal_id, status, attempts, created_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?)", outbox
+                "INSERT INTO outbox (journal_id, status, attempts, created_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?)",
+                outbox,
             )
     return ids
 
@@ -102,7 +135,9 @@ def journal(engine) -> Journal:
 @pytest.mark.parametrize("central_database_url", ["sqlite"], indirect=True)
 def test_only_rows_central_accepted_and_older_than_the_retention_go(central, engine, journal):
     credentials = central.add_store("SH001")
-    client_settings = CentralSettings(url=central.url, token=SecretStr(credentials.token), connect_timeout_s=2, read_timeout_s=5)
+    client_settings = CentralSettings(
+        url=central.url, token=SecretStr(credentials.token), connect_timeout_s=2, read_timeout_s=5
+    )
     from agent.central_client import CentralClient
 
     sync = Sync(engine, MemberCache(engine, PHONE_KEY), MemberCodeGate(engine), CentralClient(client_settings, "SH001"))
@@ -148,12 +183,15 @@ def test_the_database_refuses_a_purge_past_the_checkpoint_or_of_an_unconfirmed_r
     with pytest.raises(sa.exc.IntegrityError, match="append-only"):
         with engine.begin() as connection:  # covered, but central has not confirmed rows[2]
             connection.exec_driver_sql(
-                "INSERT INTO journal_checkpoint VALUES ('T01', ?, ?, 3, '2027-01-01T00:00:00.000000+00:00')", (rows[2].seq, rows[2].hash)
+                "INSERT INTO journal_checkpoint VALUES ('T01', ?, ?, 3, '2027-01-01T00:00:00.000000+00:00')",
+                (rows[2].seq, rows[2].hash),
             )
             connection.exec_driver_sql("DELETE FROM journal WHERE seq <= ?", (rows[2].seq,))
     with pytest.raises(sa.exc.IntegrityError, match="only moves forward"):
         with engine.begin() as connection:
-            connection.exec_driver_sql("INSERT INTO journal_checkpoint VALUES ('T01', 2, 'x', 2, '2027-01-01T00:00:00.000000+00:00')")
+            connection.exec_driver_sql(
+                "INSERT INTO journal_checkpoint VALUES ('T01', 2, 'x', 2, '2027-01-01T00:00:00.000000+00:00')"
+            )
             connection.exec_driver_sql("UPDATE journal_checkpoint SET seq = 1")
     assert len(journal_ids(engine)) == 4 and verify(engine).ok
 
@@ -162,7 +200,7 @@ def test_the_database_refuses_a_purge_past_the_checkpoint_or_of_an_unconfirmed_r
 
 
 def test_the_chain_verifies_after_a_purge_and_still_catches_tampering_after_the_checkpoint(engine, journal):
-    old = fill_journal(engine, 50, OLD)
+    fill_journal(engine, 50, OLD)
     kept = [journal.append(sale(YOUNG + timedelta(minutes=n))) for n in range(3)]
     assert purge_journal(engine, NOW - timedelta(days=180), NOW, batch_size=7)[0] == 50
     report = verify(engine)
@@ -178,7 +216,11 @@ def test_a_row_removed_right_after_the_checkpoint_is_caught(engine, journal):
     fill_journal(engine, 5, OLD)
     kept = [journal.append(sale(YOUNG)) for _ in range(3)]
     purge_journal(engine, NOW - timedelta(days=180), NOW)
-    tamper(engine, f"DELETE FROM outbox WHERE journal_id = '{kept[0].id}'", f"DELETE FROM journal WHERE id = '{kept[0].id}'")
+    tamper(
+        engine,
+        f"DELETE FROM outbox WHERE journal_id = '{kept[0].id}'",
+        f"DELETE FROM journal WHERE id = '{kept[0].id}'",
+    )
     broken = verify(engine).first_break
     assert broken.id == kept[1].id and "removed" in broken.reason
 
@@ -205,7 +247,9 @@ def test_a_journal_purged_to_the_last_row_still_verifies_and_chains_on(engine, j
 
 def _refund_in_flight(engine, sale_id):
     with engine.begin() as connection:
-        connection.exec_driver_sql("INSERT INTO pending_refund VALUES ('r1', ?, '{}', '2027-01-01', '2027-01-01')", (sale_id,))
+        connection.exec_driver_sql(
+            "INSERT INTO pending_refund VALUES ('r1', ?, '{}', '2027-01-01', '2027-01-01')", (sale_id,)
+        )
 
 
 def _receipt_uncertain(engine, sale_id):
@@ -229,7 +273,14 @@ def test_a_refund_goes_only_with_its_sale(engine, journal):
     # stay too, or the sale would look refundable in full again.
     kiosk = Journal(engine, "K01", SHANGHAI, 4)
     kept_sale = kiosk.append(sale(OLD))
-    refund = journal.append(JournalEntry(kind="refund", total_fen=-1990, created_at=OLD + timedelta(hours=1), body={"original_id": kept_sale.id, "lines": [], "tenders": []}))
+    refund = journal.append(
+        JournalEntry(
+            kind="refund",
+            total_fen=-1990,
+            created_at=OLD + timedelta(hours=1),
+            body={"original_id": kept_sale.id, "lines": [], "tenders": []},
+        )
+    )
     later = journal.append(sale(OLD + timedelta(hours=2)))
     confirm(engine, refund.id, later.id)
     purged, held_back, _ = purge_journal(engine, NOW - timedelta(days=180), NOW)
@@ -288,7 +339,9 @@ PURGER = textwrap.dedent(
 def test_kill_9_mid_purge_leaves_a_verifiable_chain(db_path, engine, journal):
     fill_journal(engine, 20_000, OLD)
     kept = journal.append(sale(NOW))
-    purger = subprocess.Popen([sys.executable, "-c", PURGER, str(db_path), NOW.isoformat()], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    purger = subprocess.Popen(
+        [sys.executable, "-c", PURGER, str(db_path), NOW.isoformat()], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     committed = [int(purger.stdout.readline()) for _ in range(5)]
     os.kill(purger.pid, signal.SIGKILL)
     purger.wait()
@@ -308,10 +361,13 @@ def test_kill_9_mid_purge_leaves_a_verifiable_chain(db_path, engine, journal):
 
 def test_printed_receipts_go_after_their_retention_and_unfinished_ones_stay(engine):
     with engine.begin() as connection:
-        for n, (status, days) in enumerate([("printed", 30), ("cancelled", 30), ("queued", 30), ("uncertain", 30), ("printed", 2)]):
+        for n, (status, days) in enumerate(
+            [("printed", 30), ("cancelled", 30), ("queued", 30), ("uncertain", 30), ("printed", 2)]
+        ):
             insert_job(connection, "printer", f"job-{n}", b"\x1b@" + b"x" * 1000, "receipt", None)
             connection.exec_driver_sql(
-                "UPDATE print_job SET status = ?, updated_at = ? WHERE id = ?", (status, to_storage(NOW - timedelta(days=days)), f"job-{n}")
+                "UPDATE print_job SET status = ?, updated_at = ? WHERE id = ?",
+                (status, to_storage(NOW - timedelta(days=days)), f"job-{n}"),
             )
     assert purge_print_jobs(engine, NOW - timedelta(days=7), batch_size=1) == 2
     with engine.connect() as connection:
@@ -324,14 +380,27 @@ def test_printed_receipts_go_after_their_retention_and_unfinished_ones_stay(engi
 
 def member(member_id: str, card: str) -> MemberChange:
     return MemberChange(
-        member_id, 1, tier="gold", points=1200, display_name="王小明", phone_masked="138****5678",
-        identifiers=(("card_no", card), ("unionid", f"o6_{member_id}"), ("openid:wx123", f"oA_{member_id}"), ("phone_hash", f"ph-{member_id}")),
-    )  # fmt: skip
+        member_id,
+        1,
+        tier="gold",
+        points=1200,
+        display_name="王小明",
+        phone_masked="138****5678",
+        identifiers=(
+            ("card_no", card),
+            ("unionid", f"o6_{member_id}"),
+            ("openid:wx123", f"oA_{member_id}"),
+            ("phone_hash", f"ph-{member_id}"),
+        ),
+    )
 
 
 @pytest.mark.parametrize("batch_size", [1, 500])
 def test_personal_data_of_members_not_seen_goes_and_what_identifies_them_offline_stays(engine, cache, batch_size):
-    cache.apply([member("gone", "88000001"), member("seen", "88000002"), member("new", "88000003")], now=NOW - timedelta(days=400))
+    cache.apply(
+        [member("gone", "88000001"), member("seen", "88000002"), member("new", "88000003")],
+        now=NOW - timedelta(days=400),
+    )
     cache.mark_seen("seen", NOW - timedelta(days=10))
     cache.apply([member("new", "88000003")], now=NOW - timedelta(days=300))  # a feed change does not count as seen...
     cache.apply([member("fresh", "88000004")], now=NOW - timedelta(days=5))  # ...arriving in the cache does
@@ -340,7 +409,13 @@ def test_personal_data_of_members_not_seen_goes_and_what_identifies_them_offline
 
     assert report.members == 2
     purged = cache.lookup("card_no", "88000001")
-    assert (purged.id, purged.tier, purged.points, purged.display_name, purged.phone_masked) == ("gone", "gold", 1200, "", None)
+    assert (purged.id, purged.tier, purged.points, purged.display_name, purged.phone_masked) == (
+        "gone",
+        "gold",
+        1200,
+        "",
+        None,
+    )
     assert cache.get("gone") is not None  # a member code (which carries the id) still finds them offline
     for kind, value in (("unionid", "o6_gone"), ("openid:wx123", "oA_gone"), ("phone_hash", "ph-gone")):
         assert cache.lookup(kind, value) is None

@@ -35,7 +35,19 @@ from tests.checkout_stack import API_TOKEN, APPID, Stack, wechat_code
 # Open without a token, on purpose: liveness, the static screens (they take the token from the URL fragment),
 # the home page's redirect to the console, and the API's own description.
 ROOT = Path(__file__).resolve().parents[1]
-OPEN_PATHS = {"/healthz", "/readyz", "/", "/console", "/kiosk", "/till", "/shared", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS = {
+    "/healthz",
+    "/readyz",
+    "/",
+    "/console",
+    "/kiosk",
+    "/till",
+    "/shared",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+}
 # Outside /v1/ yet behind the token all the same: the route checks it itself (docs/metrics.md).
 TOKEN_PATHS = {"/metrics"}
 PHONE = "13812345678"
@@ -62,10 +74,14 @@ def test_every_local_api_route_without_the_token_or_with_a_wrong_one_is_401_and_
     scans_before = stack.api.get("/v1/scans").json()
     # Every route the app serves, those of included routers and mounts too.
     contexts = list(iter_route_contexts(stack.app.routes))
-    routes = [(method, context.path) for context in contexts for method in sorted(context.methods or ()) if method != "HEAD"]
+    routes = [
+        (method, context.path) for context in contexts for method in sorted(context.methods or ()) if method != "HEAD"
+    ]
     assert ("POST", "/v1/sessions") in routes and ("GET", "/v1/events") in routes  # the enumeration sees the API
     unprotected = {context.path for context in contexts if not context.path.startswith("/v1/")} - TOKEN_PATHS
-    assert unprotected <= OPEN_PATHS, f"routes outside /v1/ are served without a token: {sorted(unprotected - OPEN_PATHS)}"
+    assert unprotected <= OPEN_PATHS, (
+        f"routes outside /v1/ are served without a token: {sorted(unprotected - OPEN_PATHS)}"
+    )
 
     with httpx.Client(base_url=stack.url, timeout=10) as client:
         for method, path in routes:
@@ -73,9 +89,19 @@ def test_every_local_api_route_without_the_token_or_with_a_wrong_one_is_401_and_
                 continue
             url = filled(path)
             body = {} if method in ("POST", "PUT") else None
-            for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": API_TOKEN}, {"Authorization": f"Basic {API_TOKEN}"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong-token"},
+                {"Authorization": API_TOKEN},
+                {"Authorization": f"Basic {API_TOKEN}"},
+            ):
                 answer = client.request(method, url, json=body, headers=headers)
-                assert answer.status_code == 401 and answer.json()["error"] == "unauthorized", (method, path, headers, answer.text)
+                assert answer.status_code == 401 and answer.json()["error"] == "unauthorized", (
+                    method,
+                    path,
+                    headers,
+                    answer.text,
+                )
             wrong_query = client.request(method, url, json=body, params={"token": "wrong-token"})
             assert wrong_query.status_code == 401, (method, path)
             if method != "GET":  # the token in the URL is for event streams and images only, never for a change
@@ -109,9 +135,12 @@ class Recorder:
     def events_until(self, done, within: float = 15) -> list[dict]:
         """The station's event stream from its start, as the kiosk follows it, until `done(event)`."""
         events = []
-        with httpx.Client(timeout=within) as client, client.stream(
-            "GET", f"{self.stack.url}/v1/events", params={"token": API_TOKEN}, headers={"Last-Event-ID": "0"}
-        ) as stream:
+        with (
+            httpx.Client(timeout=within) as client,
+            client.stream(
+                "GET", f"{self.stack.url}/v1/events", params={"token": API_TOKEN}, headers={"Last-Event-ID": "0"}
+            ) as stream,
+        ):
             for line in stream.iter_lines():
                 if line.startswith("data:"):
                     self.texts.append(line[5:])
@@ -126,9 +155,12 @@ def test_a_kiosk_sale_by_a_member_never_shows_their_phone_openid_or_unionid(stac
     payment_code = wechat_code("00", customer="0321")
     openid = kiosk.wechat.openid_for(payment_code)
     member = kiosk.central.add_member(
-        points=600, tier="gold", display_name="林*华", phone=PHONE,
+        points=600,
+        tier="gold",
+        display_name="林*华",
+        phone=PHONE,
         identifiers={f"openid:{APPID}": openid, "unionid": UNIONID, "card_no": "8800012345678"},
-    )  # fmt: skip
+    )
     kiosk.sync_now()
     ui = Recorder(kiosk)
 
@@ -151,7 +183,12 @@ def test_a_kiosk_sale_by_a_member_never_shows_their_phone_openid_or_unionid(stac
     ui.call("GET", "/v1/status")
 
     everything = "\n".join(ui.texts)
-    for secret, what in ((PHONE, "phone number"), (openid, "openid"), (UNIONID, "unionid"), (payment_code, "payment code")):
+    for secret, what in (
+        (PHONE, "phone number"),
+        (openid, "openid"),
+        (UNIONID, "unionid"),
+        (payment_code, "payment code"),
+    ):
         assert secret not in everything, f"the kiosk's API shows the {what} in clear"
     assert "138****5678" in everything  # the masked form is what a screen shows
 
@@ -184,7 +221,9 @@ def altered(code: str, member_id: str) -> str:
     raw = base64.urlsafe_b64decode(code[3:] + "=" * (-len(code[3:]) % 4))
     old = raw[HEADER_LEN:-SIGNATURE_LEN]
     assert len(member_id.encode()) == len(old)
-    return "M1." + base64.urlsafe_b64encode(raw[:HEADER_LEN] + member_id.encode() + raw[-SIGNATURE_LEN:]).decode().rstrip("=")
+    return "M1." + base64.urlsafe_b64encode(
+        raw[:HEADER_LEN] + member_id.encode() + raw[-SIGNATURE_LEN:]
+    ).decode().rstrip("=")
 
 
 def flipped_signature(code: str) -> str:
@@ -215,9 +254,21 @@ def test_member_codes_replayed_or_forged_are_refused_at_the_till_with_what_to_do
         "replayed": (first, "already used", refresh),
         "expired": (stack.member_code(member, seconds_ago=600), "expired", refresh),
         "bad signature": (flipped_signature(stack.member_code(member, seconds_ago=2)), "signature is invalid", refresh),
-        "another key, the real kid": (sign_member_code(stranger, claim.kid, member, now), "signature is invalid", refresh),
-        "unknown kid": (sign_member_code(stranger, (claim.kid + 1) % 0x10000, member, now), "key this till does not know", other_way),
-        "altered member id": (altered(stack.member_code(member, seconds_ago=3), victim), "signature is invalid", refresh),
+        "another key, the real kid": (
+            sign_member_code(stranger, claim.kid, member, now),
+            "signature is invalid",
+            refresh,
+        ),
+        "unknown kid": (
+            sign_member_code(stranger, (claim.kid + 1) % 0x10000, member, now),
+            "key this till does not know",
+            other_way,
+        ),
+        "altered member id": (
+            altered(stack.member_code(member, seconds_ago=3), victim),
+            "signature is invalid",
+            refresh,
+        ),
     }
     for name, (code, says, advice) in cases.items():
         refused = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": code})

@@ -87,7 +87,11 @@ def start(ports):
         options.setdefault("read_timeout", READ_TIMEOUT)
         options.setdefault("backoff", Backoff(first=0.02, cap=0.1))
         scanner = SerialScanner.from_url(
-            f"serial://{path}{'?' + query if query else ''}", f"serial-{len(started)}", scans.put, statuses.put, **options
+            f"serial://{path}{'?' + query if query else ''}",
+            f"serial-{len(started)}",
+            scans.put,
+            statuses.put,
+            **options,
         )
         started.append(scanner)
         scanner.start()
@@ -267,9 +271,15 @@ def test_settings_come_from_the_url():
 
 @pytest.mark.parametrize(
     ("query", "named"),
-    [("baudrate=fast", "baudrate"), ("parity=X", "parity"), ("bytesize=9", "bytesize"), ("stopbits=3", "stopbits"),
-     ("max_line=0", "max_line"), ("baud=9600", "baud")],
-)  # fmt: skip
+    [
+        ("baudrate=fast", "baudrate"),
+        ("parity=X", "parity"),
+        ("bytesize=9", "bytesize"),
+        ("stopbits=3", "stopbits"),
+        ("max_line=0", "max_line"),
+        ("baud=9600", "baud"),
+    ],
+)
 def test_a_bad_url_option_is_refused_by_name(query, named):
     with pytest.raises(UnsupportedDeviceUrl, match=named):
         SerialScanner.from_url(f"serial:///dev/ttyS0?{query}", "s", print, print)

@@ -54,7 +54,9 @@ def test_minimal_settings_take_defaults(tmp_path):
 
 
 def test_typo_is_named_with_a_suggestion(tmp_path):
-    found = problems(tmp_path, MINIMAL.replace('name = "上海徐汇店"', 'name = "上海徐汇店"\nbusiness_day_cutof_hour = 4'))
+    found = problems(
+        tmp_path, MINIMAL.replace('name = "上海徐汇店"', 'name = "上海徐汇店"\nbusiness_day_cutof_hour = 4')
+    )
     assert found == ["store.business_day_cutof_hour: unknown key; did you mean 'business_day_cutoff_hour'?"]
 
 
@@ -64,7 +66,10 @@ def test_unknown_section_lists_the_known_ones(tmp_path):
 
 
 def test_every_bad_key_is_reported_with_an_example(tmp_path):
-    text = MINIMAL.replace('[station]\nid = "T01"', '[station]\nid = "T 01"\nkind = "cashier"') + "\n[api]\nport = \"eighty\"\n"
+    text = (
+        MINIMAL.replace('[station]\nid = "T01"', '[station]\nid = "T 01"\nkind = "cashier"')
+        + '\n[api]\nport = "eighty"\n'
+    )
     found = problems(tmp_path, text)
     assert len(found) == 3
     assert any(p.startswith("station.id: ") and 'for example: id = "T01"' in p for p in found)
@@ -90,7 +95,9 @@ def test_values_are_checked_for_meaning(tmp_path, replace, expected):
 
 
 def test_device_urls_and_code_patterns_are_checked(tmp_path):
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [[devices.scanners]]
 id = "s1"
 url = "tcp://10.0.0.5:9100"
@@ -101,8 +108,11 @@ url = "lpt://1"
 [codes]
 card_patterns = ['16[0-9]{16}', '([0-9]']
 """
+    )
     found = problems(tmp_path, text)
-    assert any(p.startswith("devices.scanners[0].url: scheme 'tcp' not supported here; use one of serial, hid") for p in found)
+    assert any(
+        p.startswith("devices.scanners[0].url: scheme 'tcp' not supported here; use one of serial, hid") for p in found
+    )
     assert any(p.startswith("devices.printer.url: scheme 'lpt'") and "tcp://192.168.1.50:9100" in p for p in found)
     assert any(p.startswith("codes.card_patterns: ") for p in found)
 
@@ -124,7 +134,7 @@ def test_not_utf8_and_missing_file(tmp_path):
 def test_environment_overrides_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("POS_EDGE_CENTRAL__TOKEN", "from-env")
     monkeypatch.setenv("POS_EDGE_API__PORT", "9000")
-    settings = load_settings(write(tmp_path, MINIMAL + '\n[api]\nport = 8000\n')).settings
+    settings = load_settings(write(tmp_path, MINIMAL + "\n[api]\nport = 8000\n")).settings
     assert settings.central.token.get_secret_value() == "from-env"
     assert settings.central.url == "https://central.example.com"  # the rest of the section stays
     assert settings.api.port == 9000
@@ -136,7 +146,9 @@ def test_bad_environment_value_is_named(tmp_path, monkeypatch):
 
 
 def test_secret_in_a_world_readable_file_is_warned_about(tmp_path):
-    text = MINIMAL.replace('url = "https://central.example.com"', 'url = "https://central.example.com"\ntoken = "s3cret"')
+    text = MINIMAL.replace(
+        'url = "https://central.example.com"', 'url = "https://central.example.com"\ntoken = "s3cret"'
+    )
     warnings = load_settings(write(tmp_path, text, mode=0o644)).warnings
     assert len(warnings) == 1 and "central.token" in warnings[0] and "chmod 600" in warnings[0]
     assert "s3cret" not in warnings[0]

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -16,7 +16,13 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from agent.central_client import CentralBadResponse, CentralClient, CentralRejected, CentralServerError, CentralUnreachable
+from agent.central_client import (
+    CentralBadResponse,
+    CentralClient,
+    CentralRejected,
+    CentralServerError,
+    CentralUnreachable,
+)
 from agent.journal import Journal, JournalEntry
 from agent.member_cache import MemberCache
 from agent.member_code_gate import MemberCodeGate
@@ -29,7 +35,7 @@ from tests.conftest import PHONE_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-AT = datetime(2026, 11, 23, 3, 0, tzinfo=timezone.utc)  # 11:00 in Shanghai
+AT = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)  # 11:00 in Shanghai
 DAY = date(2026, 11, 23)
 
 
@@ -40,7 +46,9 @@ def store(central):
 
 
 def make_sync(engine, central, credentials, store_id: str | None = None, batch_size: int = 200) -> Sync:
-    settings = CentralSettings(url=central.url, token=SecretStr(credentials.token), connect_timeout_s=2, read_timeout_s=5)
+    settings = CentralSettings(
+        url=central.url, token=SecretStr(credentials.token), connect_timeout_s=2, read_timeout_s=5
+    )
     return Sync(
         engine=engine,
         cache=MemberCache(engine, PHONE_KEY),
@@ -86,9 +94,20 @@ def points_of(sync: Sync, member_id: str) -> int:
 
 
 def sale(journal: Journal, total_fen: int, member_id: str | None = None, tender: str = "cash", **extra) -> str:
-    body = {"lines": [{"sku": "6901234567892", "qty": 1, "amount_fen": total_fen}], "tenders": [{"kind": tender, "amount_fen": total_fen}]}
+    body = {
+        "lines": [{"sku": "6901234567892", "qty": 1, "amount_fen": total_fen}],
+        "tenders": [{"kind": tender, "amount_fen": total_fen}],
+    }
     record = journal.append(
-        JournalEntry(kind="sale", total_fen=total_fen, body=body, member_id=member_id, points_earned=total_fen // 100 if member_id else 0, created_at=AT, **extra)
+        JournalEntry(
+            kind="sale",
+            total_fen=total_fen,
+            body=body,
+            member_id=member_id,
+            points_earned=total_fen // 100 if member_id else 0,
+            created_at=AT,
+            **extra,
+        )
     )
     return record.id
 
@@ -115,7 +134,9 @@ def test_first_pull_fills_the_cache_then_follows_changes(sync, central):
 
 def _cards(sync: Sync) -> list[str]:
     with sync.engine.connect() as connection:
-        return [row[0] for row in connection.exec_driver_sql("SELECT value FROM member_identifier WHERE kind = 'card_no'")]
+        return [
+            row[0] for row in connection.exec_driver_sql("SELECT value FROM member_identifier WHERE kind = 'card_no'")
+        ]
 
 
 def test_push_sends_each_transaction_once_and_takes_central_balances(sync, journal, central):
@@ -238,7 +259,7 @@ def test_a_merge_at_central_reaches_the_cache(sync, central):
         ).all()
     with central.session() as session:
         feed.lock(session)
-        merge(session, b, a, datetime.now(timezone.utc))
+        merge(session, b, a, datetime.now(UTC))
         session.commit()
     report = run(sync.pull())
     assert report.deleted == 1
@@ -278,7 +299,13 @@ def test_reconcile_reports_what_only_central_has(sync, journal, central, store, 
 
 
 def pos_edge(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args, "--config", str(config)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def test_cli_sync_now_and_reconcile(central, store, engine, db_path, journal, tmp_path):
@@ -317,13 +344,22 @@ def test_the_running_agent_syncs_on_its_schedule(central, store, engine, db_path
     )
     port = free_port()
     env = {**os.environ, "POS_EDGE_API__PORT": str(port), "POS_EDGE_CENTRAL__TOKEN": store.token}
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in agent.stderr:
             if "Uvicorn running" in line or agent.poll() is not None:
                 break
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
-        status = wait_until(lambda: (s := api.get("/v1/sync").json())["push"]["last_success"] and s["pull"]["last_success"] and s, timeout=20)
+        status = wait_until(
+            lambda: (s := api.get("/v1/sync").json())["push"]["last_success"] and s["pull"]["last_success"] and s,
+            timeout=20,
+        )
         assert status["outbox_pending"] == 0 and status["member_cursor"]
         with central.client(store) as client:
             summary = client.get(f"/v1/stores/SH001/days/{DAY.isoformat()}/summary").json()
@@ -348,7 +384,9 @@ def test_reconcile_reports_a_customer_charged_with_no_sale(central_factory, engi
     simulator = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY)
     served = serve_in_thread(simulator.app())
     try:
-        central = central_factory(wechat_base_url=served.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST)
+        central = central_factory(
+            wechat_base_url=served.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST
+        )
         store = central.add_store("SH001")
         with central.client(store) as client:
             sold, planted = pay(client, code("00"), 1500).json(), pay(client, code("00"), 2000).json()
@@ -356,7 +394,9 @@ def test_reconcile_reports_a_customer_charged_with_no_sale(central_factory, engi
         journal = Journal(engine, "T01", SHANGHAI, 4)
         now = utcnow()
         tender = {"kind": "wechat", "amount_fen": 1500, "tendered_fen": 1500, "out_trade_no": sold["out_trade_no"]}
-        journal.append(JournalEntry(kind="sale", total_fen=1500, body={"lines": [], "tenders": [tender]}, created_at=now))
+        journal.append(
+            JournalEntry(kind="sale", total_fen=1500, body={"lines": [], "tenders": [tender]}, created_at=now)
+        )
         cash = lambda fen: {"lines": [], "tenders": [{"kind": "cash", "amount_fen": fen, "tendered_fen": fen}]}  # noqa: E731
         journal.append(JournalEntry(kind="sale", total_fen=300, body=cash(300)))  # the next sale, seconds later
         sync = make_sync(engine, central, store)
@@ -372,21 +412,34 @@ def test_reconcile_reports_a_customer_charged_with_no_sale(central_factory, engi
         # Past central's grace period, but the station has pushed nothing journaled well after it: not an orphan (yet).
         central.set_now(now + timedelta(hours=2))
         early = run(reconcile(engine, sync.client, "T01", day))
-        assert early.payment_problems == [] and early.payments_awaiting == 1 and early.payments_paid == {"wechat": {"count": 2, "paid_fen": 3500}}
+        assert (
+            early.payment_problems == []
+            and early.payments_awaiting == 1
+            and early.payments_paid == {"wechat": {"count": 2, "paid_fen": 3500}}
+        )
         journal.append(JournalEntry(kind="sale", total_fen=400, body=cash(400), created_at=now + timedelta(minutes=10)))
         run(sync.push())
         result = run(reconcile(engine, sync.client, "T01", day))
         run(sync.client.aclose())
         [orphan] = result.payment_problems
-        assert not result.matched and (orphan.kind, orphan.out_trade_no, orphan.amount_fen) == ("orphan_charge", planted["out_trade_no"], 2000)
+        assert not result.matched and (orphan.kind, orphan.out_trade_no, orphan.amount_fen) == (
+            "orphan_charge",
+            planted["out_trade_no"],
+            2000,
+        )
 
         as_json = pos_edge(config, "reconcile", "--day", day.isoformat(), "--json")
         assert as_json.returncode == 1, as_json.stderr
         report = json.loads(as_json.stdout)
-        assert report["matched"] is False and [p["out_trade_no"] for p in report["payment_problems"]] == [planted["out_trade_no"]]
+        assert report["matched"] is False and [p["out_trade_no"] for p in report["payment_problems"]] == [
+            planted["out_trade_no"]
+        ]
         text = pos_edge(config, "reconcile", "--day", day.isoformat())
         assert text.returncode == 1 and "DIFFERENT" in text.stdout
-        assert f"payment orphan_charge {planted['out_trade_no']} wechat 2000 fen: the customer was charged 2000 fen" in text.stdout
+        assert (
+            f"payment orphan_charge {planted['out_trade_no']} wechat 2000 fen: the customer was charged 2000 fen"
+            in text.stdout
+        )
         assert "code payments: wechat 2 paid 3500 fen" in text.stdout
     finally:
         served.stop()

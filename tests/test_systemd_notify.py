@@ -138,7 +138,10 @@ def test_status_is_sent_only_when_it_changes(systemd_socket):
 
 def test_status_line_says_what_a_person_checks_first():
     assert status_line(True, 0, "ready", False) == "online · outbox empty · printer ready"
-    assert status_line(False, 12, "paper_out", True) == "OFFLINE (selling offline) · outbox 12 waiting · printer paper_out · sale open"
+    assert (
+        status_line(False, 12, "paper_out", True)
+        == "OFFLINE (selling offline) · outbox 12 waiting · printer paper_out · sale open"
+    )
     assert status_line(True, 0, None, False).endswith("no printer")
 
 
@@ -154,7 +157,9 @@ def test_the_agent_says_ready_only_once_its_api_answers_and_stopping_on_sigterm(
         '[devices.printer]\nurl = "sim://printer"\n'
     )
     env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000"}
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+    )
     try:
         ready = receive(listener)
         assert ready["READY"] == "1" and ready["MAINPID"] == str(agent.pid)

@@ -54,9 +54,16 @@ def unit_lines(unit: str, key: str) -> list[str]:
 def test_the_agent_unit_scores_an_exposure_of_at_most_2_5():
     # --threshold= counts in tenths: the default 100 is the worst exposure, 10.0.
     done = subprocess.run(
-        [systemd_analyze(), "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}", str(UNITS / "pos-edge.service")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            systemd_analyze(),
+            "security",
+            "--offline=yes",
+            f"--threshold={int(MAX_EXPOSURE * 10)}",
+            str(UNITS / "pos-edge.service"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     score = re.search(r"Overall exposure level for pos-edge\.service: (\d+\.\d)", done.stdout)
     assert score, done.stdout + done.stderr
     assert done.returncode == 0 and float(score.group(1)) <= MAX_EXPOSURE, done.stdout
@@ -86,23 +93,38 @@ def box(tmp_path: Path) -> Path:
 
 def test_both_units_verify_without_a_warning(box: Path):
     units = ["/etc/systemd/system/pos-edge.service", "/etc/systemd/system/pos-edge-kiosk.service"]
-    done = subprocess.run([systemd_analyze(), "verify", "--man=no", f"--root={box}", *units], capture_output=True, text=True)
+    done = subprocess.run(
+        [systemd_analyze(), "verify", "--man=no", f"--root={box}", *units], capture_output=True, text=True
+    )
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
 def test_verify_does_fail_when_a_program_the_unit_names_is_missing(box: Path):
     (box / "usr/bin/cage").unlink()
-    done = subprocess.run([systemd_analyze(), "verify", "--man=no", f"--root={box}", "/etc/systemd/system/pos-edge-kiosk.service"], capture_output=True, text=True)
+    done = subprocess.run(
+        [systemd_analyze(), "verify", "--man=no", f"--root={box}", "/etc/systemd/system/pos-edge-kiosk.service"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "/usr/bin/cage" in done.stderr
 
 
 def test_devices_are_allowed_by_class_so_a_replugged_scanner_is_still_allowed():
     allowed = unit_lines("pos-edge.service", "DeviceAllow")
     assert allowed and all(re.fullmatch(r"char-[A-Za-z0-9_]+ rw", rule) for rule in allowed), allowed
-    assert {"char-ttyUSB rw", "char-ttyACM rw", "char-usb_device rw", "char-usb rw", "char-video4linux rw", "char-input rw"} <= set(allowed)
+    assert {
+        "char-ttyUSB rw",
+        "char-ttyACM rw",
+        "char-usb_device rw",
+        "char-usb rw",
+        "char-video4linux rw",
+        "char-input rw",
+    } <= set(allowed)
     assert unit_lines("pos-edge.service", "DevicePolicy") == ["closed"]
     # The classes' kernel modules load at boot, before the unit resolves the classes to major numbers.
-    modules = [m for m in (UNITS / "modules-load.d/pos-edge.conf").read_text().splitlines() if m and not m.startswith("#")]
+    modules = [
+        m for m in (UNITS / "modules-load.d/pos-edge.conf").read_text().splitlines() if m and not m.startswith("#")
+    ]
     assert {"usbserial", "cdc_acm", "ch341", "cp210x", "ftdi_sio", "pl2303", "usblp"} == set(modules)
 
 
@@ -121,7 +143,11 @@ def write_page(tmp_path: Path, secrets: str, url: str | None = None) -> tuple[su
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700, exist_ok=True)
     (tmp_path / "secrets.env").write_text(secrets)
-    env = {"PATH": os.environ["PATH"], "RUNTIME_DIRECTORY": str(runtime), "POS_EDGE_SECRETS": str(tmp_path / "secrets.env")}
+    env = {
+        "PATH": os.environ["PATH"],
+        "RUNTIME_DIRECTORY": str(runtime),
+        "POS_EDGE_SECRETS": str(tmp_path / "secrets.env"),
+    }
     if url is not None:
         env["POS_EDGE_KIOSK_URL"] = url
     done = subprocess.run([str(UNITS / "pos-edge-kiosk-page")], env=env, capture_output=True, text=True)
@@ -129,13 +155,16 @@ def write_page(tmp_path: Path, secrets: str, url: str | None = None) -> tuple[su
 
 
 def test_the_start_page_carries_the_api_token_and_only_its_user_reads_it(tmp_path: Path):
-    secrets = f"# central\nPOS_EDGE_CENTRAL__TOKEN=central-secret\nPOS_EDGE_API__TOKEN=\"{TOKEN}\"\nPOS_EDGE_PRIVACY__PHONE_HASH_KEY=phone-secret\n"
+    secrets = f'# central\nPOS_EDGE_CENTRAL__TOKEN=central-secret\nPOS_EDGE_API__TOKEN="{TOKEN}"\nPOS_EDGE_PRIVACY__PHONE_HASH_KEY=phone-secret\n'
     done, page = write_page(tmp_path, secrets, "http://127.0.0.1:9000/kiosk/?final=8")
     assert done.returncode == 0, done.stderr
     assert f'location.replace("http://127.0.0.1:9000/kiosk/?final=8#token={TOKEN}")' in page.read_text()
     assert "central-secret" not in page.read_text() and "phone-secret" not in page.read_text()
     info = page.stat()
-    assert stat.S_IMODE(info.st_mode) == 0o600 and (info.st_uid, info.st_gid) == (page.parent.stat().st_uid, page.parent.stat().st_gid)
+    assert stat.S_IMODE(info.st_mode) == 0o600 and (info.st_uid, info.st_gid) == (
+        page.parent.stat().st_uid,
+        page.parent.stat().st_gid,
+    )
 
 
 @pytest.mark.parametrize(
@@ -170,7 +199,9 @@ def kiosk_site() -> Iterator[str]:
     server.server_close()
 
 
-def test_chromium_opens_the_kiosk_screen_from_the_start_page_with_the_token_out_of_sight(tmp_path: Path, kiosk_site: str):
+def test_chromium_opens_the_kiosk_screen_from_the_start_page_with_the_token_out_of_sight(
+    tmp_path: Path, kiosk_site: str
+):
     if not os.access("/usr/bin/chromium", os.X_OK):
         _missing("/usr/bin/chromium (Debian's chromium package)")
     from playwright.sync_api import sync_playwright
@@ -178,11 +209,15 @@ def test_chromium_opens_the_kiosk_screen_from_the_start_page_with_the_token_out_
     done, page_file = write_page(tmp_path, f"POS_EDGE_API__TOKEN={TOKEN}\n", kiosk_site)
     assert done.returncode == 0, done.stderr
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
         try:
             page = browser.new_page()
             page.goto(page_file.as_uri())
-            page.wait_for_function("() => sessionStorage.getItem('pos-edge-api-token') !== null && !location.hash.includes('token')")
+            page.wait_for_function(
+                "() => sessionStorage.getItem('pos-edge-api-token') !== null && !location.hash.includes('token')"
+            )
             assert page.url.startswith(kiosk_site) and TOKEN not in page.url
             assert page.evaluate("sessionStorage.getItem('pos-edge-api-token')") == TOKEN
         finally:
@@ -275,7 +310,10 @@ def test_rules_name_each_attached_device_by_its_ids_with_the_agents_groups(attac
 
 
 def test_alike_devices_with_no_port_known_are_flagged_not_silently_merged():
-    twins = [UdevDevice("serial", f"/dev/ttyUSB{n}", f"serial:///dev/ttyUSB{n}?baudrate=9600", "CH340", "1a86", "7523") for n in (0, 1)]
+    twins = [
+        UdevDevice("serial", f"/dev/ttyUSB{n}", f"serial:///dev/ttyUSB{n}?baudrate=9600", "CH340", "1a86", "7523")
+        for n in (0, 1)
+    ]
     text = rules(twins)
     assert text.count("# WARNING: an alike device has no serial number either") == 2
     assert 'SYMLINK+="pos-scanner-1"' in text and 'SYMLINK+="pos-scanner-2"' in text
@@ -289,7 +327,9 @@ def test_the_rules_template_is_valid_once_uncommented():
 
 
 def test_pos_edge_devices_udev_prints_rules():
-    done = subprocess.run([str(Path(sys.executable).parent / "pos-edge"), "devices", "--udev"], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "pos-edge"), "devices", "--udev"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("# /etc/udev/rules.d/70-pos-edge.rules")
     assert_udev_syntax(done.stdout)

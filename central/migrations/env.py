@@ -4,7 +4,9 @@ from alembic import context
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations through central.db.migrate (or `pos-central db upgrade`), which passes its connection")
+    raise RuntimeError(
+        "run migrations through central.db.migrate (or `pos-central db upgrade`), which passes its connection"
+    )
 
 # render_as_batch: SQLite can only alter a table by copying it; Alembic's batch mode does that.
 context.configure(

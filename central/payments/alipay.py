@@ -96,7 +96,7 @@ def fen_to_yuan(fen: int) -> str:
 
 
 def yuan_to_fen(text: str) -> int:
-    """"12.3" or "12.30" -> 1230, "-35.80" -> -3580 (bill refund rows). More than two decimals, exponents or
+    """ "12.3" or "12.30" -> 1230, "-35.80" -> -3580 (bill refund rows). More than two decimals, exponents or
     anything else that is not a plain decimal is refused rather than rounded."""
     cleaned = text.strip() if isinstance(text, str) else ""
     if not _YUAN.match(cleaned):
@@ -130,7 +130,9 @@ def expiry_fields(expires_at: datetime, now: datetime) -> dict[str, str]:
 
 def signing_string(params: Mapping[str, str | None]) -> str:
     """Non-empty parameters except `sign`, sorted by key, `k=v` joined by `&` (values raw, not URL-encoded)."""
-    return "&".join(f"{key}={value}" for key, value in sorted(params.items()) if key != "sign" and value not in (None, ""))
+    return "&".join(
+        f"{key}={value}" for key, value in sorted(params.items()) if key != "sign" and value not in (None, "")
+    )
 
 
 def _pem_body(text: str | bytes) -> tuple[bytes, bool]:
@@ -143,7 +145,11 @@ def load_private_key(text: str | bytes) -> rsa.RSAPrivateKey:
     """A PEM (PKCS#8 or PKCS#1), or the bare base64 that Alipay's key tool hands out."""
     raw, is_pem = _pem_body(text)
     try:
-        key = serialization.load_pem_private_key(raw, None) if is_pem else serialization.load_der_private_key(base64.b64decode(raw), None)
+        key = (
+            serialization.load_pem_private_key(raw, None)
+            if is_pem
+            else serialization.load_der_private_key(base64.b64decode(raw), None)
+        )
     except (ValueError, TypeError, binascii.Error) as exc:
         raise ValueError(f"not an RSA private key (PEM or base64 DER): {exc}") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
@@ -249,7 +255,10 @@ def verified_node(body: bytes, method: str, alipay_key: rsa.RSAPublicKey) -> dic
         if code and code != "10000":
             # The gateway leaves its own refusals (40001, 40002 invalid signature, ...) unsigned.
             raise AlipayRejected(
-                f"alipay {method}: refused, unsigned: {_describe(node)}", code=code, sub_code=node.get("sub_code"), signed=False
+                f"alipay {method}: refused, unsigned: {_describe(node)}",
+                code=code,
+                sub_code=node.get("sub_code"),
+                signed=False,
             )
         raise ProviderBadResponse(f"alipay {method}: the answer carries no signature")
     if not rsa2_verify(member.raw.encode("utf-8"), sign, alipay_key):
@@ -280,14 +289,17 @@ class Meaning:
 
 
 PAID = Meaning(Outcome.SUCCESS, "支付成功", "Paid")
-WAITING = Meaning(Outcome.USERPAYING, "等待顾客在手机上输入密码确认", "Waiting for the customer to confirm on their phone")
+WAITING = Meaning(
+    Outcome.USERPAYING, "等待顾客在手机上输入密码确认", "Waiting for the customer to confirm on their phone"
+)
 CONFIRMING = Meaning(Outcome.UNKNOWN, "正在确认支付结果，请稍候", "Confirming the payment with Alipay; please wait")
 CLOSED = Meaning(Outcome.REVERSED, "交易已关闭（未付款或已退回）", "The trade is closed (not paid, or paid back)")
 NOT_FOUND = Meaning(Outcome.NOT_FOUND, "支付宝无此订单", "Alipay has no such order")
 _FIX_CONFIG = Meaning(
-    Outcome.FAILED, "支付请求被拒绝（商户配置错误），请使用其他方式付款并联系管理员",
+    Outcome.FAILED,
+    "支付请求被拒绝（商户配置错误），请使用其他方式付款并联系管理员",
     "The payment was refused (merchant set-up); pay another way and tell the store manager",
-)  # fmt: skip
+)
 
 # sub_code of a 40004 answer to alipay.trade.pay -> what it means for the sale. A sub_code not listed is
 # UNKNOWN: the gateway then queries, which is always safe, where guessing "failed" could lose a payment.
@@ -295,36 +307,67 @@ PAY_SUB_CODES: dict[str, Meaning] = {
     "ACQ.SYSTEM_ERROR": CONFIRMING,  # Alipay: "系统异常，请重新发起请求" - the outcome is not known
     "ACQ.TRADE_HAS_SUCCESS": Meaning(Outcome.UNKNOWN, "该订单已支付", "This order is already paid"),  # a query gives it
     # The out_trade_no exists with another amount or code: what became of it is for the query to say.
-    "ACQ.CONTEXT_INCONSISTENT": Meaning(Outcome.UNKNOWN, "订单号已使用，正在确认结果", "This order number was used before; confirming its result"),
-    "ACQ.TRADE_HAS_CLOSE": Meaning(Outcome.REVERSED, "订单已关闭，请重新下单", "The order is closed; start a new payment"),
+    "ACQ.CONTEXT_INCONSISTENT": Meaning(
+        Outcome.UNKNOWN, "订单号已使用，正在确认结果", "This order number was used before; confirming its result"
+    ),
+    "ACQ.TRADE_HAS_CLOSE": Meaning(
+        Outcome.REVERSED, "订单已关闭，请重新下单", "The order is closed; start a new payment"
+    ),
     "ACQ.PAYMENT_AUTH_CODE_INVALID": Meaning(
-        Outcome.FAILED, "付款码无效或已过期，请顾客刷新付款码后重新扫码",
+        Outcome.FAILED,
+        "付款码无效或已过期，请顾客刷新付款码后重新扫码",
         "The payment code is invalid or expired; ask the customer to refresh it and scan again",
     ),
     "ACQ.BUYER_BALANCE_NOT_ENOUGH": Meaning(
-        Outcome.FAILED, "余额不足，请顾客在支付宝中更换付款方式",
+        Outcome.FAILED,
+        "余额不足，请顾客在支付宝中更换付款方式",
         "Insufficient balance; ask the customer to choose another payment method in Alipay",
     ),
     "ACQ.BUYER_BANKCARD_BALANCE_NOT_ENOUGH": Meaning(
-        Outcome.FAILED, "银行卡余额不足，请更换银行卡或其他方式付款", "Insufficient card balance; choose another card or pay another way"
+        Outcome.FAILED,
+        "银行卡余额不足，请更换银行卡或其他方式付款",
+        "Insufficient card balance; choose another card or pay another way",
     ),
     "ACQ.BUYER_PAYMENT_AMOUNT_DAY_LIMIT_ERROR": Meaning(
         Outcome.FAILED, "超出顾客当日付款限额，请更换付款方式", "The customer's daily limit is reached; pay another way"
     ),
     "ACQ.BUYER_PAYMENT_AMOUNT_MONTH_LIMIT_ERROR": Meaning(
-        Outcome.FAILED, "超出顾客当月付款限额，请更换付款方式", "The customer's monthly limit is reached; pay another way"
+        Outcome.FAILED,
+        "超出顾客当月付款限额，请更换付款方式",
+        "The customer's monthly limit is reached; pay another way",
     ),
-    "ACQ.BUYER_ENABLE_STATUS_FORBID": Meaning(Outcome.FAILED, "顾客支付宝账户不可用，请更换付款方式", "The customer's Alipay account cannot pay; pay another way"),
-    "ACQ.PAYMENT_REQUEST_HAS_RISK": Meaning(Outcome.FAILED, "支付存在风险被拦截，请更换付款方式", "Alipay's risk control declined the payment; pay another way"),
-    "ACQ.NO_PAYMENT_INSTRUMENTS_AVAILABLE": Meaning(Outcome.FAILED, "没有可用的付款方式，请更换付款方式", "No payment method available in Alipay; pay another way"),
-    "ACQ.ERROR_BALANCE_PAYMENT_DISABLE": Meaning(Outcome.FAILED, "余额支付已关闭，请更换付款方式", "Balance payment is switched off; pay another way"),
+    "ACQ.BUYER_ENABLE_STATUS_FORBID": Meaning(
+        Outcome.FAILED,
+        "顾客支付宝账户不可用，请更换付款方式",
+        "The customer's Alipay account cannot pay; pay another way",
+    ),
+    "ACQ.PAYMENT_REQUEST_HAS_RISK": Meaning(
+        Outcome.FAILED,
+        "支付存在风险被拦截，请更换付款方式",
+        "Alipay's risk control declined the payment; pay another way",
+    ),
+    "ACQ.NO_PAYMENT_INSTRUMENTS_AVAILABLE": Meaning(
+        Outcome.FAILED, "没有可用的付款方式，请更换付款方式", "No payment method available in Alipay; pay another way"
+    ),
+    "ACQ.ERROR_BALANCE_PAYMENT_DISABLE": Meaning(
+        Outcome.FAILED, "余额支付已关闭，请更换付款方式", "Balance payment is switched off; pay another way"
+    ),
     "ACQ.PAYMENT_FAIL": Meaning(Outcome.FAILED, "支付失败，请重新付款", "The payment failed; try again"),
     "ACQ.TRADE_BUYER_NOT_MATCH": Meaning(
-        Outcome.FAILED, "付款人与首次付款不一致，请使用原付款账户", "The payer differs from the first attempt; use the same Alipay account"
+        Outcome.FAILED,
+        "付款人与首次付款不一致，请使用原付款账户",
+        "The payer differs from the first attempt; use the same Alipay account",
     ),
-    "ACQ.BUYER_SELLER_EQUAL": Meaning(Outcome.FAILED, "买家与卖家不能为同一账户", "Buyer and seller are the same account"),
-    "ACQ.TOTAL_FEE_EXCEED": Meaning(Outcome.FAILED, "金额超出支付宝限额，请更换付款方式", "The amount exceeds Alipay's limit; pay another way"),
-    **{code: _FIX_CONFIG for code in ("ACQ.INVALID_PARAMETER", "ACQ.ACCESS_FORBIDDEN", "ACQ.PARTNER_ERROR", "ACQ.EXIST_FORBIDDEN_WORD")},
+    "ACQ.BUYER_SELLER_EQUAL": Meaning(
+        Outcome.FAILED, "买家与卖家不能为同一账户", "Buyer and seller are the same account"
+    ),
+    "ACQ.TOTAL_FEE_EXCEED": Meaning(
+        Outcome.FAILED, "金额超出支付宝限额，请更换付款方式", "The amount exceeds Alipay's limit; pay another way"
+    ),
+    **{
+        code: _FIX_CONFIG
+        for code in ("ACQ.INVALID_PARAMETER", "ACQ.ACCESS_FORBIDDEN", "ACQ.PARTNER_ERROR", "ACQ.EXIST_FORBIDDEN_WORD")
+    },
 }
 
 # trade_status of alipay.trade.query -> outcome.
@@ -343,51 +386,70 @@ class RefundMeaning:
     en: str
 
 
-REFUNDED = RefundMeaning(RefundStatus.SUCCESS, "退款成功，款项已原路退回", "Refunded; the money went back the way it was paid")
+REFUNDED = RefundMeaning(
+    RefundStatus.SUCCESS, "退款成功，款项已原路退回", "Refunded; the money went back the way it was paid"
+)
 REFUND_CONFIRMING = RefundMeaning(RefundStatus.UNKNOWN, "正在向支付宝确认退款结果", "Confirming the refund with Alipay")
 REFUND_ACCEPTED = RefundMeaning(
     RefundStatus.PROCESSING, "退款已受理，正在确认是否到账", "Refund accepted; confirming that the money moved"
 )
 _REFUND_FIX_CONFIG = RefundMeaning(
-    RefundStatus.FAILED, "退款请求被拒绝（商户配置错误），请联系管理员，或用其他方式退款",
+    RefundStatus.FAILED,
+    "退款请求被拒绝（商户配置错误），请联系管理员，或用其他方式退款",
     "The refund was refused (merchant set-up); tell the store manager, or refund another way",
-)  # fmt: skip
+)
 
 # sub_code of a 40004 answer to alipay.trade.refund. ACQ.SYSTEM_ERROR means "send the same out_request_no again";
 # a sub_code not listed is UNKNOWN too: queried, then sent again under the same out_request_no if Alipay lacks it.
 REFUND_SUB_CODES: dict[str, RefundMeaning] = {
     "ACQ.SYSTEM_ERROR": REFUND_CONFIRMING,
     "ACQ.SELLER_BALANCE_NOT_ENOUGH": RefundMeaning(
-        RefundStatus.FAILED, "商户支付宝账户余额不足，未退款；请充值后重新退款，或用其他方式退款",
+        RefundStatus.FAILED,
+        "商户支付宝账户余额不足，未退款；请充值后重新退款，或用其他方式退款",
         "Not refunded: the merchant's Alipay balance is too low; top it up and refund again, or refund another way",
     ),
     "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL": RefundMeaning(
         RefundStatus.FAILED, "退款金额超过可退金额，未退款", "Not refunded: more than what is left to refund"
     ),
     "ACQ.DISCORDANT_REPEAT_REQUEST": RefundMeaning(
-        RefundStatus.FAILED, "退款请求号已用于另一笔不同金额的退款，未退款",
+        RefundStatus.FAILED,
+        "退款请求号已用于另一笔不同金额的退款，未退款",
         "Not refunded: this refund number was used for a different refund",
     ),
-    "ACQ.TRADE_NOT_EXIST": RefundMeaning(RefundStatus.FAILED, "支付宝无此交易，未退款", "Not refunded: Alipay has no such trade"),
+    "ACQ.TRADE_NOT_EXIST": RefundMeaning(
+        RefundStatus.FAILED, "支付宝无此交易，未退款", "Not refunded: Alipay has no such trade"
+    ),
     "ACQ.TRADE_HAS_CLOSE": RefundMeaning(
-        RefundStatus.FAILED, "交易已关闭（已撤销或已全额退款），未退款", "Not refunded: the trade is closed (cancelled or fully refunded)"
+        RefundStatus.FAILED,
+        "交易已关闭（已撤销或已全额退款），未退款",
+        "Not refunded: the trade is closed (cancelled or fully refunded)",
     ),
     "ACQ.TRADE_STATUS_ERROR": RefundMeaning(
-        RefundStatus.FAILED, "交易状态不允许退款（未付款或已全额退款）", "Not refunded: the trade cannot be refunded (not paid, or fully refunded)"
+        RefundStatus.FAILED,
+        "交易状态不允许退款（未付款或已全额退款）",
+        "Not refunded: the trade cannot be refunded (not paid, or fully refunded)",
     ),
     "ACQ.TRADE_HAS_FINISHED": RefundMeaning(
-        RefundStatus.FAILED, "交易已完结，超过退款期限，请用其他方式退款", "Not refunded: the trade is past Alipay's refund period; refund another way"
+        RefundStatus.FAILED,
+        "交易已完结，超过退款期限，请用其他方式退款",
+        "Not refunded: the trade is past Alipay's refund period; refund another way",
     ),
-    "ACQ.REFUND_FEE_ERROR": RefundMeaning(RefundStatus.FAILED, "退款金额无效，未退款", "Not refunded: the amount is not valid"),
-    "ACQ.REASON_TRADE_REFUND_FEE_ERR": RefundMeaning(RefundStatus.FAILED, "退款金额无效，未退款", "Not refunded: the amount is not valid"),
+    "ACQ.REFUND_FEE_ERROR": RefundMeaning(
+        RefundStatus.FAILED, "退款金额无效，未退款", "Not refunded: the amount is not valid"
+    ),
+    "ACQ.REASON_TRADE_REFUND_FEE_ERR": RefundMeaning(
+        RefundStatus.FAILED, "退款金额无效，未退款", "Not refunded: the amount is not valid"
+    ),
     "ACQ.BUYER_ERROR": RefundMeaning(
-        RefundStatus.FAILED, "买家账户状态异常，无法原路退回，请用其他方式退款", "Not refunded: the payer's account cannot receive it; refund another way"
+        RefundStatus.FAILED,
+        "买家账户状态异常，无法原路退回，请用其他方式退款",
+        "Not refunded: the payer's account cannot receive it; refund another way",
     ),
     "ACQ.REASON_TRADE_BEEN_FREEZEN": RefundMeaning(
         RefundStatus.FAILED, "交易已被冻结，暂不能退款", "Not refunded: the trade is frozen at Alipay"
     ),
     **{code: _REFUND_FIX_CONFIG for code in ("ACQ.INVALID_PARAMETER", "ACQ.ACCESS_FORBIDDEN", "ACQ.PARTNER_ERROR")},
-}  # fmt: skip
+}
 
 
 # --- the client ----------------------------------------------------------------------------------------------
@@ -412,13 +474,19 @@ class AlipayClient:
             keys[setting] = path.read_bytes()
         try:
             self._configure(
-                str(settings.alipay_base_url or ""), str(settings.alipay_app_id or ""), keys["alipay_private_key_path"],
-                keys["alipay_public_key_path"], float(timeout_s), None,
-            )  # fmt: skip
+                str(settings.alipay_base_url or ""),
+                str(settings.alipay_app_id or ""),
+                keys["alipay_private_key_path"],
+                keys["alipay_public_key_path"],
+                float(timeout_s),
+                None,
+            )
         except ValueError as exc:
             # Say which setting holds the wrong thing: the merchant's private key and Alipay's public key look alike.
-            raise ValueError(f"{exc} (settings alipay_private_key_path={settings.alipay_private_key_path}, "
-                             f"alipay_public_key_path={settings.alipay_public_key_path})") from exc  # fmt: skip
+            raise ValueError(
+                f"{exc} (settings alipay_private_key_path={settings.alipay_private_key_path}, "
+                f"alipay_public_key_path={settings.alipay_public_key_path})"
+            ) from exc
 
     @classmethod
     def from_settings(cls, settings: Any) -> AlipayClient:
@@ -426,17 +494,28 @@ class AlipayClient:
 
     @classmethod
     def from_values(
-        cls, base_url: str, app_id: str, private_key_pem: str | bytes, alipay_public_key_pem: str | bytes, *,
-        timeout_s: float = DEFAULT_TIMEOUT_S, now: Callable[[], datetime] | None = None,
-    ) -> AlipayClient:  # fmt: skip
+        cls,
+        base_url: str,
+        app_id: str,
+        private_key_pem: str | bytes,
+        alipay_public_key_pem: str | bytes,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        now: Callable[[], datetime] | None = None,
+    ) -> AlipayClient:
         client = cls.__new__(cls)
         client._configure(base_url, app_id, private_key_pem, alipay_public_key_pem, timeout_s, now)
         return client
 
     def _configure(
-        self, base_url: str, app_id: str, private_key: str | bytes, alipay_public_key: str | bytes, timeout_s: float,
+        self,
+        base_url: str,
+        app_id: str,
+        private_key: str | bytes,
+        alipay_public_key: str | bytes,
+        timeout_s: float,
         now: Callable[[], datetime] | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not app_id:
             raise ValueError("alipay_app_id is empty: give the APPID of the merchant's application")
         self.gateway_url = gateway_url(base_url)
@@ -488,11 +567,15 @@ class AlipayClient:
                     headers={"Content-Type": "application/x-www-form-urlencoded;charset=utf-8"},
                 )
         except httpx.TimeoutException as exc:
-            raise ProviderUnreachable(f"alipay {method}: no answer within {self.timeout_s:g} s (it may have been processed)") from exc
+            raise ProviderUnreachable(
+                f"alipay {method}: no answer within {self.timeout_s:g} s (it may have been processed)"
+            ) from exc
         except httpx.TransportError as exc:
             raise ProviderUnreachable(f"alipay {method}: cannot reach {self.gateway_url}: {exc!r}") from exc
         if response.status_code != 200:
-            raise ProviderBadResponse(f"alipay {method}: HTTP {response.status_code} from {self.gateway_url}: {response.content[:200]!r}")
+            raise ProviderBadResponse(
+                f"alipay {method}: HTTP {response.status_code} from {self.gateway_url}: {response.content[:200]!r}"
+            )
         return verified_node(response.content, method, self._alipay_key)
 
     # -- Provider --
@@ -525,7 +608,12 @@ class AlipayClient:
         if code == "40004":
             found = PAY_SUB_CODES.get(sub_code or "")
             if found is None:
-                log.warning("alipay.trade.pay %s: unknown sub_code %s (%s); querying", charge.out_trade_no, sub_code, node.get("sub_msg"))
+                log.warning(
+                    "alipay.trade.pay %s: unknown sub_code %s (%s); querying",
+                    charge.out_trade_no,
+                    sub_code,
+                    node.get("sub_msg"),
+                )
                 found = CONFIRMING
             return _result(found, charge.out_trade_no, sub_code or code, trade_no)
         raise _rejected("alipay.trade.pay", node)
@@ -587,7 +675,9 @@ class AlipayClient:
         if code == "10000":
             echoed = node.get("out_trade_no")
             if echoed is not None and echoed != order.out_trade_no:
-                raise ProviderBadResponse(f"alipay.trade.refund: answer for out_trade_no {echoed!r}, asked about {order.out_trade_no!r}")
+                raise ProviderBadResponse(
+                    f"alipay.trade.refund: answer for out_trade_no {echoed!r}, asked about {order.out_trade_no!r}"
+                )
             trade_no = node.get("trade_no") or None
             if node.get("fund_change") == "Y":
                 try:
@@ -602,7 +692,12 @@ class AlipayClient:
         if code == "40004":
             found = REFUND_SUB_CODES.get(sub_code or "")
             if found is None:
-                log.warning("alipay.trade.refund %s: unknown sub_code %s (%s); querying", order.out_refund_no, sub_code, node.get("sub_msg"))
+                log.warning(
+                    "alipay.trade.refund %s: unknown sub_code %s (%s); querying",
+                    order.out_refund_no,
+                    sub_code,
+                    node.get("sub_msg"),
+                )
                 found = REFUND_CONFIRMING
             return _refund_result(found, order.out_refund_no, sub_code or code)
         raise _rejected("alipay.trade.refund", node)
@@ -617,12 +712,15 @@ class AlipayClient:
         if code == "10000":
             echoed = node.get("out_request_no")
             if echoed is not None and echoed != out_refund_no:
-                raise ProviderBadResponse(f"alipay {method}: answer for out_request_no {echoed!r}, asked about {out_refund_no!r}")
+                raise ProviderBadResponse(
+                    f"alipay {method}: answer for out_request_no {echoed!r}, asked about {out_refund_no!r}"
+                )
             if node.get("refund_status") != "REFUND_SUCCESS":
                 return _refund_result(
-                    RefundMeaning(RefundStatus.NOT_FOUND, "支付宝无此退款", "Alipay has no such refund"), out_refund_no,
+                    RefundMeaning(RefundStatus.NOT_FOUND, "支付宝无此退款", "Alipay has no such refund"),
+                    out_refund_no,
                     str(node.get("refund_status") or "") or None,
-                )  # fmt: skip
+                )
             try:
                 amount = yuan_to_fen(node["refund_amount"]) if node.get("refund_amount") is not None else None
                 at = parse_time(node["gmt_refund_pay"]) if node.get("gmt_refund_pay") else None
@@ -630,7 +728,11 @@ class AlipayClient:
                 raise ProviderBadResponse(f"alipay {method}: bad amount or time: {exc}") from exc
             return _refund_result(REFUNDED, out_refund_no, "REFUND_SUCCESS", node.get("trade_no") or None, amount, at)
         if code == "40004" and sub_code == "ACQ.TRADE_NOT_EXIST":
-            return _refund_result(RefundMeaning(RefundStatus.NOT_FOUND, "支付宝无此交易", "Alipay has no such trade"), out_refund_no, sub_code)
+            return _refund_result(
+                RefundMeaning(RefundStatus.NOT_FOUND, "支付宝无此交易", "Alipay has no such trade"),
+                out_refund_no,
+                sub_code,
+            )
         if code == "20000" or (code == "40004" and sub_code == "ACQ.SYSTEM_ERROR"):
             return _refund_result(REFUND_CONFIRMING, out_refund_no, sub_code or code)
         raise _rejected(method, node)
@@ -649,7 +751,9 @@ class AlipayClient:
             async with httpx.AsyncClient(timeout=max(self.timeout_s, 30.0), trust_env=False) as http:
                 response = await http.get(url)
         except httpx.TimeoutException as exc:
-            raise ProviderUnreachable(f"alipay bill download: no answer within {max(self.timeout_s, 30.0):g} s") from exc
+            raise ProviderUnreachable(
+                f"alipay bill download: no answer within {max(self.timeout_s, 30.0):g} s"
+            ) from exc
         except httpx.TransportError as exc:
             raise ProviderUnreachable(f"alipay bill download: {exc!r}") from exc
         if response.status_code != 200:
@@ -694,17 +798,29 @@ def gateway_url(base_url: str) -> str:
 
 
 def _result(meaning: Meaning, out_trade_no: str, code: str | None, trade_no: str | None = None) -> Result:
-    return Result(meaning.outcome, out_trade_no, provider_trade_no=trade_no, code=code, reason_zh=meaning.zh, reason_en=meaning.en)
+    return Result(
+        meaning.outcome, out_trade_no, provider_trade_no=trade_no, code=code, reason_zh=meaning.zh, reason_en=meaning.en
+    )
 
 
 def _refund_result(
-    meaning: RefundMeaning, out_refund_no: str, code: str | None, trade_no: str | None = None,
-    amount_fen: int | None = None, refunded_at: datetime | None = None,
-) -> RefundResult:  # fmt: skip
+    meaning: RefundMeaning,
+    out_refund_no: str,
+    code: str | None,
+    trade_no: str | None = None,
+    amount_fen: int | None = None,
+    refunded_at: datetime | None = None,
+) -> RefundResult:
     return RefundResult(
-        meaning.status, out_refund_no, provider_refund_no=trade_no, amount_fen=amount_fen, refunded_at=refunded_at,
-        code=code, reason_zh=meaning.zh, reason_en=meaning.en,
-    )  # fmt: skip
+        meaning.status,
+        out_refund_no,
+        provider_refund_no=trade_no,
+        amount_fen=amount_fen,
+        refunded_at=refunded_at,
+        code=code,
+        reason_zh=meaning.zh,
+        reason_en=meaning.en,
+    )
 
 
 def _codes(node: Mapping[str, Any]) -> tuple[str, str | None]:
@@ -785,7 +901,9 @@ def parse_bill_csv(text: str) -> list[BillRow]:
         # Whether 交易合计 counts the refund rows too is not documented: accept either reading.
         allowed = {read, len(found)} if status == "SUCCESS" else {read}
         if counted and int(counted.group(1)) not in allowed:
-            raise ProviderBadResponse(f"alipay bill: the footer counts {counted.group(1)} {label} rows, {read} were read")
+            raise ProviderBadResponse(
+                f"alipay bill: the footer counts {counted.group(1)} {label} rows, {read} were read"
+            )
     return found
 
 
@@ -801,4 +919,3 @@ def parse_bill_zip(content: bytes) -> list[BillRow]:
         if any(line.startswith("#") and _DETAIL_START in line for line in text.splitlines()):
             return parse_bill_csv(text)
     raise ProviderBadResponse("alipay bill: no 业务明细 file in the zip")
-

@@ -83,14 +83,15 @@ def enqueue(session: Session, sources: Iterable[str], now: datetime) -> None:
             sa.literal(0),
             sa.literal(now, type_=job.c.next_attempt_at.type),
             sa.literal(now, type_=job.c.created_at.type),
-        )  # fmt: skip
+        )
         .select_from(entry.join(card, card.c.member_id == entry.c.member_id))
         .where(entry.c.transaction_id.in_(ids), ~sa.exists(already))
         .order_by(entry.c.id)
     )
     session.execute(
         sa.insert(job).from_select(
-            ["ledger_entry_id", "card_id", "code", "member_id", "state", "attempts", "next_attempt_at", "created_at"], chosen
+            ["ledger_entry_id", "card_id", "code", "member_id", "state", "attempts", "next_attempt_at", "created_at"],
+            chosen,
         )
     )
 
@@ -177,10 +178,11 @@ class CardSync:
         if not settings.wechat_card_api_base_url:
             return None
         api = CardApi(
-            settings.wechat_card_api_base_url, settings.wechat_appid or "",
+            settings.wechat_card_api_base_url,
+            settings.wechat_appid or "",
             settings.wechat_card_appsecret.get_secret_value() if settings.wechat_card_appsecret else "",
             timeout=settings.wechat_timeout_seconds,
-        )  # fmt: skip
+        )
         return cls(engine, api, settings.wechat_card_sync_seconds)
 
     def start(self) -> None:
@@ -246,14 +248,20 @@ class CardSync:
     def _body(self, job: sa.Row) -> dict:
         entry = LedgerEntry.__table__
         with read_session(self.engine) as session:
-            kind, points = session.execute(sa.select(entry.c.kind, entry.c.points).where(entry.c.id == job.ledger_entry_id)).one()
+            kind, points = session.execute(
+                sa.select(entry.c.kind, entry.c.points).where(entry.c.id == job.ledger_entry_id)
+            ).one()
             member = identity.resolve(session, job.member_id)
             balance = feed.balances(session, [member.id if member else job.member_id])
             bonus = next(iter(balance.values()))
         return {
-            "code": job.code, "card_id": job.card_id, "bonus": bonus, "add_bonus": points,
-            "record_bonus": RECORDS.get(kind, "积分调整"), "notify_optional": {"is_notify_bonus": True},
-        }  # fmt: skip
+            "code": job.code,
+            "card_id": job.card_id,
+            "bonus": bonus,
+            "add_bonus": points,
+            "record_bonus": RECORDS.get(kind, "积分调整"),
+            "notify_optional": {"is_notify_bonus": True},
+        }
 
     def _done(self, job: sa.Row, bonus: int) -> None:
         table = CardSyncJob.__table__
@@ -261,7 +269,9 @@ class CardSync:
             session.execute(
                 sa.update(table)
                 .where(table.c.id == job.id)
-                .values(state="done", attempts=job.attempts + 1, bonus_sent=bonus, done_at=self.clock(), last_error=None)
+                .values(
+                    state="done", attempts=job.attempts + 1, bonus_sent=bonus, done_at=self.clock(), last_error=None
+                )
             )
             session.commit()
 
@@ -278,7 +288,7 @@ class CardSync:
                     attempts=attempts,
                     last_error=error[:256],
                     next_attempt_at=self.clock() + timedelta(seconds=pause),
-                )  # fmt: skip
+                )
             )
             session.commit()
         if attempts == 1 or permanent:

@@ -139,10 +139,12 @@ class Timings:
     @classmethod
     def from_settings(cls, settings: Settings) -> Timings:
         return cls(
-            poll=settings.payments_poll_seconds, limit=settings.payments_limit_seconds,
-            reverse_not_before=settings.payments_reverse_not_before_seconds, answer=settings.payments_answer_seconds,
+            poll=settings.payments_poll_seconds,
+            limit=settings.payments_limit_seconds,
+            reverse_not_before=settings.payments_reverse_not_before_seconds,
+            answer=settings.payments_answer_seconds,
             retry_max=settings.payments_retry_max_seconds,
-        )  # fmt: skip
+        )
 
 
 class Gateway:
@@ -179,7 +181,9 @@ class Gateway:
         for out_trade_no, provider in unfinished:
             if provider not in self.providers:
                 log.error(
-                    "payment %s is unfinished but %s is not configured; it stays as it is until it is", out_trade_no, provider
+                    "payment %s is unfinished but %s is not configured; it stays as it is until it is",
+                    out_trade_no,
+                    provider,
                 )
                 continue
             self._spawn(out_trade_no, None)
@@ -188,7 +192,11 @@ class Gateway:
         refunds = await asyncio.to_thread(self._unfinished_refunds)
         for out_refund_no, provider in refunds:
             if provider not in self.providers:
-                log.error("refund %s is unfinished but %s is not configured; it stays as it is until it is", out_refund_no, provider)
+                log.error(
+                    "refund %s is unfinished but %s is not configured; it stays as it is until it is",
+                    out_refund_no,
+                    provider,
+                )
                 continue
             self._spawn_refund(out_refund_no, send=False)  # it may have been sent: ask before sending again
         if refunds:
@@ -293,13 +301,17 @@ class Gateway:
                 raise Conflict(
                     "this out_trade_no was used for a different payment (other code, amount or till); a new auth code needs a new out_trade_no",
                     code="out_trade_no_reused",
-                )  # fmt: skip
+                )
         else:
             charge = Charge(
-                out_trade_no=request.out_trade_no, auth_code=request.auth_code, amount_fen=request.amount_fen,
-                description=request.description or "门店消费", store_id=store_id, station_id=request.station_id,
+                out_trade_no=request.out_trade_no,
+                auth_code=request.auth_code,
+                amount_fen=request.amount_fen,
+                description=request.description or "门店消费",
+                store_id=store_id,
+                station_id=request.station_id,
                 expires_at=now + timedelta(seconds=self.timings.limit),  # the provider closes it when we give up
-            )  # fmt: skip
+            )
             self._spawn(request.out_trade_no, charge)
         if row.state == "PENDING" and self.timings.answer > 0:
             return await self.wait(store_id, request.out_trade_no, self.timings.answer, since="PENDING"), created
@@ -311,7 +323,9 @@ class Gateway:
             raise NotFound(f"no payment {out_trade_no} at this store")
         return _wire(row, self)
 
-    async def wait(self, store_id: str, out_trade_no: str, seconds: float, since: str | None = None) -> contract.Payment:
+    async def wait(
+        self, store_id: str, out_trade_no: str, seconds: float, since: str | None = None
+    ) -> contract.Payment:
         """The payment once its state differs from `since` (default: its state now), or after `seconds`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
@@ -343,18 +357,26 @@ class Gateway:
         if row.state == "SUCCESS" and self.clock() - (row.paid_at or row.charge_sent_at) > REVERSE_PAID_WITHIN:
             # Providers reverse a paid order only for a while (Alipay 24 h, WeChat 7 days); later is a refund.
             raise Conflict(
-                "this payment was made more than 24 hours ago; refund it instead (POST .../refunds)", code="too_late_to_reverse"
+                "this payment was made more than 24 hours ago; refund it instead (POST .../refunds)",
+                code="too_late_to_reverse",
             )
         changed = await asyncio.to_thread(
-            self._transition, out_trade_no, (*WAITING, "SUCCESS"), "REVERSING", "cancel", code="CANCELLED",
-            cancel_requested=True, unless_refunded=True,
-        )  # fmt: skip
+            self._transition,
+            out_trade_no,
+            (*WAITING, "SUCCESS"),
+            "REVERSING",
+            "cancel",
+            code="CANCELLED",
+            cancel_requested=True,
+            unless_refunded=True,
+        )
         if changed:
             self._notify(out_trade_no)
             self._spawn(out_trade_no, None)  # a SUCCESS has no task any more; a waiting one keeps its own
         elif row.state == "SUCCESS" and await asyncio.to_thread(self._refunded_fen, out_trade_no):
             raise Conflict(
-                "part of this payment is refunded or being refunded; refund the rest instead of reversing it", code="refunded"
+                "part of this payment is refunded or being refunded; refund the rest instead of reversing it",
+                code="refunded",
             )
         return await self.get(store_id, out_trade_no)
 
@@ -373,14 +395,18 @@ class Gateway:
 
     # --- refunds -----------------------------------------------------------------------------------------------
 
-    async def refund(self, store_id: str, out_trade_no: str, request: contract.RefundRequest) -> tuple[contract.Refund, bool]:
+    async def refund(
+        self, store_id: str, out_trade_no: str, request: contract.RefundRequest
+    ) -> tuple[contract.Refund, bool]:
         """Refund part or all of a paid payment, or answer the refund this `out_refund_no` already is.
         (refund, created). Answers once the provider's first answer is in, or after `answer` s as PROCESSING."""
         row, created = await asyncio.to_thread(self._create_refund, store_id, out_trade_no, request, self.clock())
         if created:
             self._spawn_refund(request.out_refund_no, send=True)
         if row.state == "PENDING" and self.timings.answer > 0:
-            return await self.wait_refund(store_id, out_trade_no, request.out_refund_no, self.timings.answer, since="PENDING"), created
+            return await self.wait_refund(
+                store_id, out_trade_no, request.out_refund_no, self.timings.answer, since="PENDING"
+            ), created
         return _wire_refund(row), created
 
     async def get_refund(self, store_id: str, out_trade_no: str, out_refund_no: str) -> contract.Refund:
@@ -442,21 +468,31 @@ class Gateway:
             return
         otn = row.out_trade_no
         order = RefundOrder(
-            out_trade_no=otn, out_refund_no=out_refund_no, total_fen=row.paid_fen, amount_fen=row.amount_fen,
+            out_trade_no=otn,
+            out_refund_no=out_refund_no,
+            total_fen=row.paid_fen,
+            amount_fen=row.amount_fen,
             reason=row.reason,
-        )  # fmt: skip
+        )
         try:
             result = await self.providers[row.provider].refund(order)
         except ProviderRejected as exc:
             # Refused before any processing. Not yet FAILED: the query decides (a refusal of a refund the provider
             # holds all the same must not make the till pay the customer a second time).
             await self._record(otn, "refund", "REJECTED", None, str(exc), out_refund_no=out_refund_no)
-            await self._move_refund(out_refund_no, REFUND_OPEN, "PROCESSING", "refund", code="REJECTED", reasons=REFUND_REASONS["UNKNOWN"])
+            await self._move_refund(
+                out_refund_no, REFUND_OPEN, "PROCESSING", "refund", code="REJECTED", reasons=REFUND_REASONS["UNKNOWN"]
+            )
             return
         except ProviderError as exc:
             await self._record(otn, "refund", "ERROR", type(exc).__name__, str(exc), out_refund_no=out_refund_no)
             await self._move_refund(
-                out_refund_no, ("PENDING",), "PROCESSING", "refund", code=type(exc).__name__, reasons=REFUND_REASONS["UNKNOWN"]
+                out_refund_no,
+                ("PENDING",),
+                "PROCESSING",
+                "refund",
+                code=type(exc).__name__,
+                reasons=REFUND_REASONS["UNKNOWN"],
             )
             return
         await self._apply_refund(row, result, "refund")
@@ -477,18 +513,27 @@ class Gateway:
             try:
                 result = await self.providers[row.provider].refund_query(row.out_trade_no, out_refund_no)
             except ProviderError as exc:
-                await self._record(row.out_trade_no, "refund_query", "ERROR", type(exc).__name__, str(exc), out_refund_no=out_refund_no)
+                await self._record(
+                    row.out_trade_no, "refund_query", "ERROR", type(exc).__name__, str(exc), out_refund_no=out_refund_no
+                )
                 if tries == 1 or tries % 10 == 0:
                     log.warning("refund %s: query failed (%s), try %d; trying again", out_refund_no, exc, tries)
                 continue
             if result.status is not RefundStatus.NOT_FOUND:
                 await self._apply_refund(row, result, "refund_query")
                 continue
-            await self._record(row.out_trade_no, "refund_query", "NOT_FOUND", result.code, None, out_refund_no=out_refund_no)
+            await self._record(
+                row.out_trade_no, "refund_query", "NOT_FOUND", result.code, None, out_refund_no=out_refund_no
+            )
             if row.code == "REJECTED":
                 # Refused before processing, and the provider holds no such refund: definitely not refunded.
                 await self._move_refund(
-                    out_refund_no, REFUND_OPEN, "FAILED", "refund_query", code="REJECTED", reasons=REFUND_REASONS["REJECTED"]
+                    out_refund_no,
+                    REFUND_OPEN,
+                    "FAILED",
+                    "refund_query",
+                    code="REJECTED",
+                    reasons=REFUND_REASONS["REJECTED"],
                 )
             else:
                 # It never arrived (or the provider lost it): the same out_refund_no again, refunded at most once.
@@ -498,36 +543,78 @@ class Gateway:
         orn = row.out_refund_no
         await self._record(row.out_trade_no, action, result.status.value, result.code, None, out_refund_no=orn)
         if result.amount_fen is not None and result.amount_fen != row.amount_fen:
-            log.error("refund %s: %s reports %d fen, %d fen were asked", orn, row.provider, result.amount_fen, row.amount_fen)
+            log.error(
+                "refund %s: %s reports %d fen, %d fen were asked", orn, row.provider, result.amount_fen, row.amount_fen
+            )
         reasons = (result.reason_zh, result.reason_en)
         if result.status is RefundStatus.SUCCESS:
             await self._move_refund(
-                orn, REFUND_OPEN, "SUCCESS", action, code=result.code, reasons=reasons, final=True,
-                provider_refund_no=result.provider_refund_no, refunded_at=result.refunded_at or self.clock(),
-            )  # fmt: skip
+                orn,
+                REFUND_OPEN,
+                "SUCCESS",
+                action,
+                code=result.code,
+                reasons=reasons,
+                final=True,
+                provider_refund_no=result.provider_refund_no,
+                refunded_at=result.refunded_at or self.clock(),
+            )
         elif result.status is RefundStatus.FAILED:
             await self._move_refund(
-                orn, REFUND_OPEN, "FAILED", action, code=result.code, reasons=reasons, final=True,
+                orn,
+                REFUND_OPEN,
+                "FAILED",
+                action,
+                code=result.code,
+                reasons=reasons,
+                final=True,
                 provider_refund_no=result.provider_refund_no,
-            )  # fmt: skip
+            )
         elif result.status is RefundStatus.PROCESSING:
-            if row.state != "PROCESSING" or row.code != result.code or (result.provider_refund_no and not row.provider_refund_no):
+            if (
+                row.state != "PROCESSING"
+                or row.code != result.code
+                or (result.provider_refund_no and not row.provider_refund_no)
+            ):
                 await self._move_refund(
-                    orn, REFUND_OPEN, "PROCESSING", action, code=result.code, reasons=reasons,
+                    orn,
+                    REFUND_OPEN,
+                    "PROCESSING",
+                    action,
+                    code=result.code,
+                    reasons=reasons,
                     provider_refund_no=result.provider_refund_no,
-                )  # fmt: skip
+                )
         elif row.state == "PENDING":  # UNKNOWN: ask again later
-            await self._move_refund(orn, ("PENDING",), "PROCESSING", action, code=result.code, reasons=REFUND_REASONS["UNKNOWN"])
+            await self._move_refund(
+                orn, ("PENDING",), "PROCESSING", action, code=result.code, reasons=REFUND_REASONS["UNKNOWN"]
+            )
 
     async def _move_refund(
-        self, out_refund_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
-        reasons: tuple[str | None, str | None] | None = None, final: bool = False, provider_refund_no: str | None = None,
+        self,
+        out_refund_no: str,
+        allowed: tuple[str, ...],
+        state: str,
+        action: str,
+        *,
+        code: str | None = None,
+        reasons: tuple[str | None, str | None] | None = None,
+        final: bool = False,
+        provider_refund_no: str | None = None,
         refunded_at: datetime | None = None,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         changed = await asyncio.to_thread(
-            self._refund_transition, out_refund_no, allowed, state, action, code=code, reasons=reasons, final=final,
-            provider_refund_no=provider_refund_no, refunded_at=refunded_at,
-        )  # fmt: skip
+            self._refund_transition,
+            out_refund_no,
+            allowed,
+            state,
+            action,
+            code=code,
+            reasons=reasons,
+            final=final,
+            provider_refund_no=provider_refund_no,
+            refunded_at=refunded_at,
+        )
         if changed:
             self._notify(_refund_key(out_refund_no))
         return changed
@@ -586,7 +673,9 @@ class Gateway:
             # Refused before processing: nothing was charged, but close the order anyway (after the 15 s) so
             # that nothing can ever be charged on it.
             await self._record(charge.out_trade_no, "charge", "REJECTED", None, str(result))
-            await self._move(charge.out_trade_no, ("PENDING",), "REVERSING", "charge", code="REJECTED", detail=str(result))
+            await self._move(
+                charge.out_trade_no, ("PENDING",), "REVERSING", "charge", code="REJECTED", detail=str(result)
+            )
             return
         if isinstance(result, ProviderError):
             await self._record(charge.out_trade_no, "charge", "ERROR", type(result).__name__, str(result))
@@ -632,19 +721,35 @@ class Gateway:
         elif result.outcome is Outcome.USERPAYING:
             if row.state == "USERPAYING":
                 return  # no news
-            await self._move(otn, allowed, "USERPAYING", action, code=result.code, reasons=(result.reason_zh, result.reason_en))
+            await self._move(
+                otn, allowed, "USERPAYING", action, code=result.code, reasons=(result.reason_zh, result.reason_en)
+            )
         elif result.outcome is Outcome.FAILED:
             if await self._move(
-                otn, allowed, "FAILED", action, code=result.code, reasons=(result.reason_zh, result.reason_en), final=True
+                otn,
+                allowed,
+                "FAILED",
+                action,
+                code=result.code,
+                reasons=(result.reason_zh, result.reason_en),
+                final=True,
             ):
                 self._ended(row, "FAILED", result.code)
         elif result.outcome is Outcome.REVERSED:
             if await self._move(
-                otn, allowed, "REVERSED", action, code=result.code, reasons=(result.reason_zh, result.reason_en), final=True
+                otn,
+                allowed,
+                "REVERSED",
+                action,
+                code=result.code,
+                reasons=(result.reason_zh, result.reason_en),
+                final=True,
             ):
                 self._ended(row, "REVERSED", result.code)
         elif row.state == "PENDING":  # UNKNOWN, NOT_FOUND: keep asking
-            await self._move(otn, ("PENDING",), "UNKNOWN", action, code=result.code, reasons=(result.reason_zh, result.reason_en))
+            await self._move(
+                otn, ("PENDING",), "UNKNOWN", action, code=result.code, reasons=(result.reason_zh, result.reason_en)
+            )
 
     async def _reverse(self, row: sa.Row, provider: Provider) -> None:
         otn = row.out_trade_no
@@ -716,18 +821,41 @@ class Gateway:
             event.set()
 
     async def _move(
-        self, out_trade_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
-        reasons: tuple[str | None, str | None] | None = None, final: bool = False, detail: str | None = None,
-    ) -> bool:  # fmt: skip
+        self,
+        out_trade_no: str,
+        allowed: tuple[str, ...],
+        state: str,
+        action: str,
+        *,
+        code: str | None = None,
+        reasons: tuple[str | None, str | None] | None = None,
+        final: bool = False,
+        detail: str | None = None,
+    ) -> bool:
         changed = await asyncio.to_thread(
-            self._transition, out_trade_no, allowed, state, action, code=code, reasons=reasons, final=final, detail=detail
+            self._transition,
+            out_trade_no,
+            allowed,
+            state,
+            action,
+            code=code,
+            reasons=reasons,
+            final=final,
+            detail=detail,
         )
         if changed:
             self._notify(out_trade_no)
         return changed
 
     async def _record(
-        self, out_trade_no: str, action: str, outcome: str, code: str | None, detail: str | None, *, out_refund_no: str | None = None
+        self,
+        out_trade_no: str,
+        action: str,
+        outcome: str,
+        code: str | None,
+        detail: str | None,
+        *,
+        out_refund_no: str | None = None,
     ) -> None:
         await asyncio.to_thread(self._event_row, out_trade_no, action, outcome, code, detail, out_refund_no)
 
@@ -735,7 +863,9 @@ class Gateway:
 
     def _fingerprint(self, store_id: str, request: contract.PaymentRequest) -> str:
         # Keyed: the request holds the auth code, and the hash of an 18-digit code would be easy to reverse.
-        canonical = json.dumps([store_id, request.model_dump(mode="json", exclude={"provider"})], sort_keys=True).encode()
+        canonical = json.dumps(
+            [store_id, request.model_dump(mode="json", exclude={"provider"})], sort_keys=True
+        ).encode()
         return hmac.new(self.settings.key_bytes(), canonical, hashlib.sha256).hexdigest()
 
     def _unfinished(self) -> list[tuple[str, str]]:
@@ -743,7 +873,9 @@ class Gateway:
         with read_session(self.engine) as session:
             return [
                 (r.out_trade_no, r.provider)
-                for r in session.execute(sa.select(table.c.out_trade_no, table.c.provider).where(table.c.state.in_(ACTIVE)))
+                for r in session.execute(
+                    sa.select(table.c.out_trade_no, table.c.provider).where(table.c.state.in_(ACTIVE))
+                )
             ]
 
     def _load(self, out_trade_no: str) -> sa.Row | None:
@@ -783,7 +915,7 @@ class Gateway:
                     charge_sent_at=now,
                     created_at=now,
                     updated_at=now,
-                )  # fmt: skip
+                )
             )
             session.execute(
                 sa.insert(PaymentEvent.__table__).values(
@@ -794,7 +926,9 @@ class Gateway:
                 session.commit()
             except sa.exc.IntegrityError:
                 session.rollback()  # the same out_trade_no, sent twice at once: the other one won
-                return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), False
+                return session.execute(
+                    sa.select(table).where(table.c.out_trade_no == request.out_trade_no)
+                ).first(), False
             return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), True
 
     def _create_void(
@@ -810,14 +944,29 @@ class Gateway:
             zh, en = REASONS[VOIDED]
             session.execute(
                 sa.insert(table).values(
-                    out_trade_no=out_trade_no, store_id=store_id, station_id=request.station_id, provider=request.provider,
-                    amount_fen=request.amount_fen, description="", member_id=None, request_hash="", state="FAILED",
-                    code=VOIDED, reason_zh=zh, reason_en=en, cancel_requested=True, charge_sent_at=now, finished_at=now,
-                    created_at=now, updated_at=now,
-                )  # fmt: skip
+                    out_trade_no=out_trade_no,
+                    store_id=store_id,
+                    station_id=request.station_id,
+                    provider=request.provider,
+                    amount_fen=request.amount_fen,
+                    description="",
+                    member_id=None,
+                    request_hash="",
+                    state="FAILED",
+                    code=VOIDED,
+                    reason_zh=zh,
+                    reason_en=en,
+                    cancel_requested=True,
+                    charge_sent_at=now,
+                    finished_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
             )
             session.execute(
-                sa.insert(PaymentEvent.__table__).values(out_trade_no=out_trade_no, at=now, action="void", outcome="FAILED", code=VOIDED)
+                sa.insert(PaymentEvent.__table__).values(
+                    out_trade_no=out_trade_no, at=now, action="void", outcome="FAILED", code=VOIDED
+                )
             )
             try:
                 session.commit()
@@ -852,10 +1001,19 @@ class Gateway:
             return session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
 
     def _transition(
-        self, out_trade_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
-        reasons: tuple[str | None, str | None] | None = None, final: bool = False, cancel_requested: bool | None = None,
-        detail: str | None = None, unless_refunded: bool = False,
-    ) -> bool:  # fmt: skip
+        self,
+        out_trade_no: str,
+        allowed: tuple[str, ...],
+        state: str,
+        action: str,
+        *,
+        code: str | None = None,
+        reasons: tuple[str | None, str | None] | None = None,
+        final: bool = False,
+        cancel_requested: bool | None = None,
+        detail: str | None = None,
+        unless_refunded: bool = False,
+    ) -> bool:
         """Move a payment to `state` if it is in one of `allowed` (atomically: a cancel and an answer can race).
         `unless_refunded`: not if any of its refunds is not FAILED (checked under the payment's row lock)."""
         now = self.clock()
@@ -874,12 +1032,16 @@ class Gateway:
         table = Payment.__table__
         with write_session(self.engine) as session:
             if unless_refunded:
-                session.execute(sa.select(table.c.out_trade_no).where(table.c.out_trade_no == out_trade_no).with_for_update())
+                session.execute(
+                    sa.select(table.c.out_trade_no).where(table.c.out_trade_no == out_trade_no).with_for_update()
+                )
                 if self._refunded_fen(out_trade_no, session):
                     session.rollback()
                     return False
             done = session.execute(
-                sa.update(table).where(table.c.out_trade_no == out_trade_no, table.c.state.in_(allowed)).values(**values)
+                sa.update(table)
+                .where(table.c.out_trade_no == out_trade_no, table.c.state.in_(allowed))
+                .values(**values)
             ).rowcount
             if done:
                 session.execute(
@@ -913,7 +1075,10 @@ class Gateway:
                 elif member is not None and holder != member.id:
                     # Two members would be one only on a payment's word: leave it to a person (member merge).
                     log.warning(
-                        "payment %s: the payer's openid belongs to member %s, not %s; not linked", out_trade_no, holder, member.id
+                        "payment %s: the payer's openid belongs to member %s, not %s; not linked",
+                        out_trade_no,
+                        holder,
+                        member.id,
                     )
                 elif member is None and holder is not None:
                     member_id = holder
@@ -940,7 +1105,7 @@ class Gateway:
                     finished_at=now,
                     updated_at=now,
                     member_id=member_id,
-                )  # fmt: skip
+                )
             )
             session.execute(
                 sa.insert(PaymentEvent.__table__).values(
@@ -952,7 +1117,13 @@ class Gateway:
         log.info("payment %s → SUCCESS", out_trade_no)
 
     def _event_row(
-        self, out_trade_no: str, action: str, outcome: str, code: str | None, detail: str | None, out_refund_no: str | None = None
+        self,
+        out_trade_no: str,
+        action: str,
+        outcome: str,
+        code: str | None,
+        detail: str | None,
+        out_refund_no: str | None = None,
     ) -> None:
         with write_session(self.engine) as session:
             session.execute(
@@ -976,7 +1147,9 @@ class Gateway:
             return [
                 (r.out_refund_no, r.provider)
                 for r in session.execute(
-                    sa.select(table.c.out_refund_no, table.c.provider).where(table.c.state.in_(REFUND_OPEN)).order_by(table.c.created_at)
+                    sa.select(table.c.out_refund_no, table.c.provider)
+                    .where(table.c.state.in_(REFUND_OPEN))
+                    .order_by(table.c.created_at)
                 )
             ]
 
@@ -1024,7 +1197,9 @@ class Gateway:
                 session.rollback()
                 return self._replay_refund(store_id, out_trade_no, request), False
             if payment.state != "SUCCESS":
-                raise Conflict(f"payment {out_trade_no} is {payment.state}, not paid: there is nothing to refund", code="not_paid")
+                raise Conflict(
+                    f"payment {out_trade_no} is {payment.state}, not paid: there is nothing to refund", code="not_paid"
+                )
             if payment.provider not in self.providers:
                 raise Invalid(
                     f"{PROVIDER_LABELS.get(payment.provider, payment.provider)} is not configured any more; cannot refund",
@@ -1037,18 +1212,29 @@ class Gateway:
                     f"refunds of payment {out_trade_no} would add up to more than was paid: {paid} fen paid, {taken} fen "
                     f"refunded or being refunded, {paid - taken} fen left",
                     code="refund_exceeds_payment",
-                )  # fmt: skip
+                )
             zh, en = REFUND_REASONS["PENDING"]
             session.execute(
                 sa.insert(refunds).values(
-                    out_refund_no=request.out_refund_no, out_trade_no=out_trade_no, provider=payment.provider,
-                    amount_fen=request.amount_fen, reason=request.reason, state="PENDING", reason_zh=zh, reason_en=en,
-                    created_at=now, updated_at=now,
-                )  # fmt: skip
+                    out_refund_no=request.out_refund_no,
+                    out_trade_no=out_trade_no,
+                    provider=payment.provider,
+                    amount_fen=request.amount_fen,
+                    reason=request.reason,
+                    state="PENDING",
+                    reason_zh=zh,
+                    reason_en=en,
+                    created_at=now,
+                    updated_at=now,
+                )
             )
             session.execute(
                 sa.insert(PaymentEvent.__table__).values(
-                    out_trade_no=out_trade_no, at=now, action="refund_state", outcome="PENDING", out_refund_no=request.out_refund_no
+                    out_trade_no=out_trade_no,
+                    at=now,
+                    action="refund_state",
+                    outcome="PENDING",
+                    out_refund_no=request.out_refund_no,
                 )
             )
             try:
@@ -1070,17 +1256,28 @@ class Gateway:
         return row
 
     def _refund_transition(
-        self, out_refund_no: str, allowed: tuple[str, ...], state: str, action: str, *, code: str | None = None,
-        reasons: tuple[str | None, str | None] | None = None, final: bool = False, provider_refund_no: str | None = None,
+        self,
+        out_refund_no: str,
+        allowed: tuple[str, ...],
+        state: str,
+        action: str,
+        *,
+        code: str | None = None,
+        reasons: tuple[str | None, str | None] | None = None,
+        final: bool = False,
+        provider_refund_no: str | None = None,
         refunded_at: datetime | None = None,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Move a refund to `state` if it is in one of `allowed`, with its audit event, atomically."""
         now = self.clock()
         zh, en = reasons if reasons and reasons[0] else (None, None)
         values: dict[str, Any] = {
-            "state": state, "updated_at": now, "code": code and code[:64], "reason_zh": zh and zh[:128],
+            "state": state,
+            "updated_at": now,
+            "code": code and code[:64],
+            "reason_zh": zh and zh[:128],
             "reason_en": en and en[:256],
-        }  # fmt: skip
+        }
         if provider_refund_no:
             values["provider_refund_no"] = provider_refund_no[:64]
         if refunded_at is not None:
@@ -1089,16 +1286,24 @@ class Gateway:
             values["finished_at"] = now
         table = PaymentRefund.__table__
         with write_session(self.engine) as session:
-            otn = session.execute(sa.select(table.c.out_trade_no).where(table.c.out_refund_no == out_refund_no)).scalar_one_or_none()
+            otn = session.execute(
+                sa.select(table.c.out_trade_no).where(table.c.out_refund_no == out_refund_no)
+            ).scalar_one_or_none()
             done = session.execute(
-                sa.update(table).where(table.c.out_refund_no == out_refund_no, table.c.state.in_(allowed)).values(**values)
+                sa.update(table)
+                .where(table.c.out_refund_no == out_refund_no, table.c.state.in_(allowed))
+                .values(**values)
             ).rowcount
             if done:
                 session.execute(
                     sa.insert(PaymentEvent.__table__).values(
-                        out_trade_no=otn, at=now, action="refund_state", outcome=state, code=code and code[:64],
+                        out_trade_no=otn,
+                        at=now,
+                        action="refund_state",
+                        outcome=state,
+                        code=code and code[:64],
                         out_refund_no=out_refund_no,
-                    )  # fmt: skip
+                    )
                 )
             session.commit()
         if done:
@@ -1122,19 +1327,40 @@ def _refund_key(out_refund_no: str) -> str:
 
 def _wire_refund(row: sa.Row) -> contract.Refund:
     return contract.Refund(
-        out_refund_no=row.out_refund_no, out_trade_no=row.out_trade_no, provider=row.provider,
-        state="PROCESSING" if row.state == "PENDING" else row.state, final=row.state in REFUND_FINAL,
-        amount_fen=row.amount_fen, provider_refund_no=row.provider_refund_no, code=row.code, reason_zh=row.reason_zh,
-        reason_en=row.reason_en, created_at=row.created_at, updated_at=row.updated_at, refunded_at=row.refunded_at,
-    )  # fmt: skip
+        out_refund_no=row.out_refund_no,
+        out_trade_no=row.out_trade_no,
+        provider=row.provider,
+        state="PROCESSING" if row.state == "PENDING" else row.state,
+        final=row.state in REFUND_FINAL,
+        amount_fen=row.amount_fen,
+        provider_refund_no=row.provider_refund_no,
+        code=row.code,
+        reason_zh=row.reason_zh,
+        reason_en=row.reason_en,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        refunded_at=row.refunded_at,
+    )
 
 
 def _wire(row: sa.Row, gateway: Gateway) -> contract.Payment:
     kind = gateway.payer_kind(row.provider)
     payer = contract.OpenId(appid=kind.split(":", 1)[1], openid=row.payer_id) if row.payer_id and kind else None
     return contract.Payment(
-        out_trade_no=row.out_trade_no, provider=row.provider, state=row.state, paid=row.state == "SUCCESS",
-        final=row.state in FINAL, amount_fen=row.amount_fen, station_id=row.station_id, member_id=row.member_id,
-        payer=payer, provider_trade_no=row.provider_trade_no, code=row.code, reason_zh=row.reason_zh,
-        reason_en=row.reason_en, created_at=row.created_at, updated_at=row.updated_at, paid_at=row.paid_at,
-    )  # fmt: skip
+        out_trade_no=row.out_trade_no,
+        provider=row.provider,
+        state=row.state,
+        paid=row.state == "SUCCESS",
+        final=row.state in FINAL,
+        amount_fen=row.amount_fen,
+        station_id=row.station_id,
+        member_id=row.member_id,
+        payer=payer,
+        provider_trade_no=row.provider_trade_no,
+        code=row.code,
+        reason_zh=row.reason_zh,
+        reason_en=row.reason_en,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        paid_at=row.paid_at,
+    )

@@ -104,7 +104,9 @@ def check_day(
         row.out_trade_no: row
         for row in session.execute(
             sa.select(payments_table).where(
-                payments_table.c.store_id == store_id, payments_table.c.created_at >= start, payments_table.c.created_at < end
+                payments_table.c.store_id == store_id,
+                payments_table.c.created_at >= start,
+                payments_table.c.created_at < end,
             )
         )
     }
@@ -185,10 +187,14 @@ def check_day(
     problems += _tender_problems(holders, tendered, known, day, ours)
     problems.sort(key=lambda p: (p.station_id or "", p.out_trade_no, p.kind))
     return contract.PaymentsCheck(
-        day=day, checked_at=now, grace_seconds=int(rules.grace.total_seconds()),
+        day=day,
+        checked_at=now,
+        grace_seconds=int(rules.grace.total_seconds()),
         paid={name: contract.ProviderPayments(count=c, paid_fen=f) for name, (c, f) in sorted(paid.items())},
-        matched=matched, awaiting=awaiting, problems=problems,
-    )  # fmt: skip
+        matched=matched,
+        awaiting=awaiting,
+        problems=problems,
+    )
 
 
 def _tender_problems(holders, tendered: set[str], known: dict, day: date, ours) -> list[contract.PaymentProblem]:
@@ -205,22 +211,33 @@ def _tender_problems(holders, tendered: set[str], known: dict, day: date, ours) 
                 where = "central never saw this payment" if payment is None else f"central has it {payment.state}"
                 problems.append(
                     contract.PaymentProblem(
-                        kind="tender_not_paid", out_trade_no=otn, provider=payment.provider if payment else first.tender_kind,
-                        station_id=first.station_id, amount_fen=payment.amount_fen if payment else tender_fen,
-                        tender_fen=tender_fen, payment_state=payment.state if payment else None, source="central",
+                        kind="tender_not_paid",
+                        out_trade_no=otn,
+                        provider=payment.provider if payment else first.tender_kind,
+                        station_id=first.station_id,
+                        amount_fen=payment.amount_fen if payment else tender_fen,
+                        tender_fen=tender_fen,
+                        payment_state=payment.state if payment else None,
+                        source="central",
                         transaction_id=sale_id,
                         reason=f"sale {sale_id} counts {tender_fen} fen paid by {first.tender_kind}, but {where}: "
                         "the store thinks it was paid; check the payment, take the money another way or undo the sale",
-                    )  # fmt: skip
+                    )
                 )
             elif tender_fen != (charged := _charged(payment)):
                 problems.append(
                     contract.PaymentProblem(
-                        kind="amount_mismatch", out_trade_no=otn, provider=payment.provider, station_id=first.station_id,
-                        amount_fen=charged, tender_fen=tender_fen, payment_state=payment.state, source="central",
+                        kind="amount_mismatch",
+                        out_trade_no=otn,
+                        provider=payment.provider,
+                        station_id=first.station_id,
+                        amount_fen=charged,
+                        tender_fen=tender_fen,
+                        payment_state=payment.state,
+                        source="central",
                         transaction_id=sale_id,
                         reason=f"sale {sale_id} counts {tender_fen} fen, the customer was charged {charged} fen",
-                    )  # fmt: skip
+                    )
                 )
     return problems
 
@@ -256,20 +273,32 @@ def _orphan(payment, found: list[_Holder], refunds: list[Any], issue) -> contrac
             then = "refund it, or find the sale"
         what = "the reversal never happened" if voids else "no sale holds this payment"
         return contract.PaymentProblem(
-            kind=kind, out_trade_no=payment.out_trade_no, provider=payment.provider, station_id=payment.station_id,
-            amount_fen=amount, payment_state=payment.state, source="central",
-            transaction_id=voids[0].transaction_id if voids else None, out_refund_no=refund_no, refund_state=refund_state,
-            refunded_fen=refunded, reason=f"the customer was charged {amount} fen and {what}{via}: {then}",
-        )  # fmt: skip
+            kind=kind,
+            out_trade_no=payment.out_trade_no,
+            provider=payment.provider,
+            station_id=payment.station_id,
+            amount_fen=amount,
+            payment_state=payment.state,
+            source="central",
+            transaction_id=voids[0].transaction_id if voids else None,
+            out_refund_no=refund_no,
+            refund_state=refund_state,
+            refunded_fen=refunded,
+            reason=f"the customer was charged {amount} fen and {what}{via}: {then}",
+        )
     where = "central never saw it" if payment is None else f"central has it {payment.state}"
     return contract.PaymentProblem(
-        kind=kind, out_trade_no=issue.out_trade_no, provider=issue.provider,
+        kind=kind,
+        out_trade_no=issue.out_trade_no,
+        provider=issue.provider,
         station_id=payment.station_id if payment is not None else None,
-        amount_fen=issue.bill_amount_fen or 0, payment_state=payment.state if payment is not None else None,
-        source="bill", transaction_id=voids[0].transaction_id if voids else None,
+        amount_fen=issue.bill_amount_fen or 0,
+        payment_state=payment.state if payment is not None else None,
+        source="bill",
+        transaction_id=voids[0].transaction_id if voids else None,
         reason=f"the {issue.provider} bill shows the customer charged {issue.bill_amount_fen} fen, {where} and no sale "
         f"holds it{via}: refund it at the provider",
-    )  # fmt: skip
+    )
 
 
 def _charged(payment) -> int:
@@ -330,7 +359,11 @@ def _holders(rows: Iterable[sa.Row]) -> dict[str, list[_Holder]]:
                 amount = tender.get("amount_fen")
                 holders[otn].append(
                     _Holder(
-                        row.id, row.kind, row.station_id, row.business_day, str(tender.get("kind")),
+                        row.id,
+                        row.kind,
+                        row.station_id,
+                        row.business_day,
+                        str(tender.get("kind")),
                         amount if isinstance(amount, int) else 0,
                     )
                 )
@@ -445,12 +478,14 @@ class _Chain:
         table = Transaction.__table__
         return (
             self.session.execute(
-                sa.select(table.c.id).where(
+                sa.select(table.c.id)
+                .where(
                     table.c.store_id == self.store_id,
                     table.c.station_id == self.station_id,
                     table.c.business_day < self.since,
                     table.c.hash == row_hash,
-                ).limit(1)
+                )
+                .limit(1)
             ).first()
             is not None
         )
@@ -486,9 +521,14 @@ async def refund_orphans(gateway, store_id: str, check: contract.PaymentsCheck) 
             continue
         asked += 1
         log.warning(
-            "orphan charge %s of store %s: %d fen %s (refund %s, %s)", problem.out_trade_no, store_id, problem.amount_fen,
-            "refund asked" if created else "refund already asked", refund.out_refund_no, refund.state,
-        )  # fmt: skip
+            "orphan charge %s of store %s: %d fen %s (refund %s, %s)",
+            problem.out_trade_no,
+            store_id,
+            problem.amount_fen,
+            "refund asked" if created else "refund already asked",
+            refund.out_refund_no,
+            refund.state,
+        )
     return asked
 
 
@@ -516,9 +556,7 @@ class OrphanWatch:
     central process next to the gateway (whose refund path it uses); refunds orphans when `refund` is set,
     else logs each once for a person (and the day summaries show them)."""
 
-    def __init__(
-        self, engine: sa.Engine, gateway, rules: Rules, *, refund: bool, interval: float, clock=utcnow
-    ):  # fmt: skip
+    def __init__(self, engine: sa.Engine, gateway, rules: Rules, *, refund: bool, interval: float, clock=utcnow):
         self.engine = engine
         self.gateway = gateway
         self.rules = rules
@@ -532,9 +570,12 @@ class OrphanWatch:
     @classmethod
     def from_settings(cls, settings: Settings, engine: sa.Engine, gateway) -> OrphanWatch:
         return cls(
-            engine, gateway, Rules.from_settings(settings), refund=settings.payments_orphan_refund,
+            engine,
+            gateway,
+            Rules.from_settings(settings),
+            refund=settings.payments_orphan_refund,
             interval=settings.payments_orphan_check_seconds,
-        )  # fmt: skip
+        )
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -587,6 +628,11 @@ class OrphanWatch:
             if key not in self._told:
                 self._told.add(key)
                 log.warning(
-                    "payments reconciliation: store %s %s %s %s, %d fen: %s", store_id, check.day, problem.kind,
-                    problem.out_trade_no, problem.amount_fen, problem.reason,
-                )  # fmt: skip
+                    "payments reconciliation: store %s %s %s %s, %d fen: %s",
+                    store_id,
+                    check.day,
+                    problem.kind,
+                    problem.out_trade_no,
+                    problem.amount_fen,
+                    problem.reason,
+                )

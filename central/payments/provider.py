@@ -91,7 +91,9 @@ class BillRow:
     amount_fen: int
     paid_at: datetime  # aware UTC
     payer_id: str | None = None
-    device: str | None = None  # optional: WeChat device_info (store-station), Alipay terminal_id; attributes a row to a store
+    device: str | None = (
+        None  # optional: WeChat device_info (store-station), Alipay terminal_id; attributes a row to a store
+    )
 
 
 class RefundStatus(StrEnum):
@@ -121,7 +123,9 @@ class RefundResult:
     provider_refund_no: str | None = None  # WeChat refund_id / Alipay trade_no (Alipay gives refunds no number)
     amount_fen: int | None = None  # this refund, as the provider states it
     refunded_at: datetime | None = None  # aware UTC, when SUCCESS and the provider says when
-    code: str | None = None  # the provider's code or status (NOTENOUGH, REFUNDCLOSE, ACQ.SELLER_BALANCE_NOT_ENOUGH, ...)
+    code: str | None = (
+        None  # the provider's code or status (NOTENOUGH, REFUNDCLOSE, ACQ.SELLER_BALANCE_NOT_ENOUGH, ...)
+    )
     reason_zh: str | None = None
     reason_en: str | None = None
 

@@ -104,7 +104,7 @@ def check(engine: sa.Engine, name: str, day: date, rows: list[BillRow], now: dat
                     bill_amount_fen=billed,
                     provider_trade_no=trade_no,
                     detail=detail,
-                )  # fmt: skip
+                )
             )
             issue_stores[otn] = store_id
 
@@ -114,8 +114,12 @@ def check(engine: sa.Engine, name: str, day: date, rows: list[BillRow], now: dat
             paid = [line for line in lines if line.status == "SUCCESS"]
             reversed_ = any(line.status == "REVOKED" for line in lines)
             billed = sum(line.amount_fen for line in paid) if paid else None
-            given_back = billed is not None and sum(line.amount_fen for line in lines if line.status == "REFUND") >= billed
-            charged = bool(paid) and not reversed_ and not (given_back and (payment is None or payment.state != "SUCCESS"))
+            given_back = (
+                billed is not None and sum(line.amount_fen for line in lines if line.status == "REFUND") >= billed
+            )
+            charged = (
+                bool(paid) and not reversed_ and not (given_back and (payment is None or payment.state != "SUCCESS"))
+            )
             first = lines[0]
             if charged and (payment is None or payment.state != "SUCCESS"):
                 where = "central has no such payment" if payment is None else f"central has it {payment.state}"
@@ -149,7 +153,12 @@ def check(engine: sa.Engine, name: str, day: date, rows: list[BillRow], now: dat
             else:
                 matched += 1
         for otn, payment in sorted(known.items()):
-            if otn not in bill and payment.state == "SUCCESS" and payment.paid_at is not None and start <= payment.paid_at < end:
+            if (
+                otn not in bill
+                and payment.state == "SUCCESS"
+                and payment.paid_at is not None
+                and start <= payment.paid_at < end
+            ):
                 issue(
                     otn,
                     "missing_from_bill",
@@ -182,7 +191,7 @@ def check(engine: sa.Engine, name: str, day: date, rows: list[BillRow], now: dat
                         bill_amount_fen=i.bill_amount_fen,
                         provider_trade_no=i.provider_trade_no,
                         detail=i.detail[:256],
-                    )  # fmt: skip
+                    )
                     for i in issues
                 ],
             )
@@ -216,7 +225,12 @@ def payment_day(session, store_id: str, day: date, check: contract.PaymentsCheck
     checks, problems = BillCheck.__table__, BillIssue.__table__
     bill_checks = [
         contract.BillCheck(
-            provider=r.provider, day=r.day, checked_at=r.checked_at, bill_rows=r.bill_rows, matched=r.matched, issues=r.issues
+            provider=r.provider,
+            day=r.day,
+            checked_at=r.checked_at,
+            bill_rows=r.bill_rows,
+            matched=r.matched,
+            issues=r.issues,
         )
         for r in session.execute(sa.select(checks).where(checks.c.day == day).order_by(checks.c.provider))
     ]
@@ -231,7 +245,7 @@ def payment_day(session, store_id: str, day: date, check: contract.PaymentsCheck
             bill_amount_fen=r.bill_amount_fen,
             provider_trade_no=r.provider_trade_no,
             detail=r.detail,
-        )  # fmt: skip
+        )
         for r in session.execute(
             sa.select(problems)
             .where(problems.c.day == day, problems.c.store_id == store_id)
@@ -239,6 +253,11 @@ def payment_day(session, store_id: str, day: date, check: contract.PaymentsCheck
         )
     ]
     return contract.PaymentDay(
-        store_id=store_id, business_day=day, paid_fen=dict(sorted(paid.items())), counts=dict(sorted(counts.items())),
-        bill_checks=bill_checks, issues=issues, check=check,
-    )  # fmt: skip
+        store_id=store_id,
+        business_day=day,
+        paid_fen=dict(sorted(paid.items())),
+        counts=dict(sorted(counts.items())),
+        bill_checks=bill_checks,
+        issues=issues,
+        check=check,
+    )

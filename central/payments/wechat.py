@@ -73,7 +73,9 @@ EXPIRY_ALLOWANCE = timedelta(seconds=10)
 def sign_text(params: Mapping[str, object], key: str) -> str:
     """The text that is hashed: `stringSignTemp` of the spec."""
     pairs = sorted(
-        (name, str(value)) for name, value in params.items() if name != "sign" and value is not None and str(value) != ""
+        (name, str(value))
+        for name, value in params.items()
+        if name != "sign" and value is not None and str(value) != ""
     )
     return "&".join(f"{name}={value}" for name, value in pairs) + f"&key={key}"
 
@@ -141,7 +143,9 @@ _FIX_CONFIG = Meaning(
     "支付请求被拒绝（商户配置错误），请使用其他方式付款并联系管理员",
     "The payment was refused (merchant set-up); pay another way and tell the store manager",
 )
-_CONFIRMING = Meaning(Outcome.UNKNOWN, "正在确认支付结果，请稍候", "Confirming the payment with WeChat Pay; please wait")
+_CONFIRMING = Meaning(
+    Outcome.UNKNOWN, "正在确认支付结果，请稍候", "Confirming the payment with WeChat Pay; please wait"
+)
 
 # err_code of micropay (result_code FAIL) → what it means for the sale. A code not listed is UNKNOWN: the
 # gateway then queries, which is always safe, where guessing "failed" could lose a payment.
@@ -167,7 +171,9 @@ ERROR_CODES: dict[str, Meaning] = {
         Outcome.FAILED, "付款码有误，请重新出示付款码", "The payment code was not read correctly; show it again"
     ),
     "NOTENOUGH": Meaning(
-        Outcome.FAILED, "余额不足，请更换银行卡或其他方式付款", "Insufficient balance; choose another card or pay another way"
+        Outcome.FAILED,
+        "余额不足，请更换银行卡或其他方式付款",
+        "Insufficient balance; choose another card or pay another way",
     ),
     "NOTSUPORTCARD": Meaning(
         Outcome.FAILED, "不支持该卡付款，请更换其他银行卡", "This card cannot be used here; choose another card"
@@ -199,7 +205,7 @@ ERROR_CODES: dict[str, Meaning] = {
             "APPID_MCHID_NOT_MATCH",
             "INVALID_REQUEST",
         )
-    },  # fmt: skip
+    },
 }
 
 # trade_state of orderquery → outcome.
@@ -236,31 +242,43 @@ _REFUND_ACCEPTED = RefundMeaning(
     RefundStatus.PROCESSING, "退款已受理，款项将原路退回", "Refund accepted; the money goes back the way it was paid"
 )
 _REFUND_FIX_CONFIG = RefundMeaning(
-    RefundStatus.FAILED, "退款请求被拒绝（商户配置错误），请联系管理员，或用其他方式退款",
+    RefundStatus.FAILED,
+    "退款请求被拒绝（商户配置错误），请联系管理员，或用其他方式退款",
     "The refund was refused (merchant set-up); tell the store manager, or refund another way",
-)  # fmt: skip
+)
 
 # err_code of secapi/pay/refund (result_code FAIL). SYSTEMERROR and BIZERR_NEED_RETRY mean "call again with the
 # same parameters"; a code not listed is UNKNOWN too: the refund is then queried and, if WeChat never got it,
 # sent again under the same out_refund_no (which WeChat refunds once, however often it is sent).
 REFUND_ERROR_CODES: dict[str, RefundMeaning] = {
-    **{code: _REFUND_CONFIRMING for code in ("SYSTEMERROR", "BIZERR_NEED_RETRY", "FREQUENCY_LIMITED", "INVALID_REQ_TOO_MUCH", "ORDER_NOT_READY")},
+    **{
+        code: _REFUND_CONFIRMING
+        for code in ("SYSTEMERROR", "BIZERR_NEED_RETRY", "FREQUENCY_LIMITED", "INVALID_REQ_TOO_MUCH", "ORDER_NOT_READY")
+    },
     "NOTENOUGH": RefundMeaning(
-        RefundStatus.FAILED, "商户可用退款余额不足，未退款；请充值后重新退款，或用其他方式退款",
+        RefundStatus.FAILED,
+        "商户可用退款余额不足，未退款；请充值后重新退款，或用其他方式退款",
         "Not refunded: the merchant's refundable balance is too low; top it up and refund again, or refund another way",
     ),
     "TRADE_OVERDUE": RefundMeaning(
-        RefundStatus.FAILED, "订单已超过退款期限，未退款，请用其他方式退款",
+        RefundStatus.FAILED,
+        "订单已超过退款期限，未退款，请用其他方式退款",
         "Not refunded: the order is past WeChat Pay's refund period; refund another way",
     ),
     "USER_ACCOUNT_ABNORMAL": RefundMeaning(
-        RefundStatus.FAILED, "顾客的微信账户异常（如已注销），无法原路退回，请用其他方式退款",
+        RefundStatus.FAILED,
+        "顾客的微信账户异常（如已注销），无法原路退回，请用其他方式退款",
         "Not refunded: the payer's WeChat account cannot receive it (closed?); refund another way",
     ),
-    "ORDERNOTEXIST": RefundMeaning(RefundStatus.FAILED, "微信支付无此订单，未退款", "Not refunded: WeChat Pay has no such order"),
-    "INVALID_TRANSACTIONID": RefundMeaning(RefundStatus.FAILED, "微信支付无此订单，未退款", "Not refunded: WeChat Pay has no such order"),
+    "ORDERNOTEXIST": RefundMeaning(
+        RefundStatus.FAILED, "微信支付无此订单，未退款", "Not refunded: WeChat Pay has no such order"
+    ),
+    "INVALID_TRANSACTIONID": RefundMeaning(
+        RefundStatus.FAILED, "微信支付无此订单，未退款", "Not refunded: WeChat Pay has no such order"
+    ),
     "REFUND_FEE_MISMATCH": RefundMeaning(
-        RefundStatus.FAILED, "订单金额或退款金额与之前请求不一致，未退款",
+        RefundStatus.FAILED,
+        "订单金额或退款金额与之前请求不一致，未退款",
         "Not refunded: the amounts differ from an earlier request with this refund number",
     ),
     # Business refusals whose err_code_des says what is wrong (订单已全额退款, refund_fee大于可退金额, ...).
@@ -269,25 +287,39 @@ REFUND_ERROR_CODES: dict[str, RefundMeaning] = {
     **{
         code: _REFUND_FIX_CONFIG
         for code in (
-            "PARAM_ERROR", "XML_FORMAT_ERROR", "REQUIRE_POST_METHOD", "SIGNERROR", "LACK_PARAMS", "NOT_UTF8",
-            "APPID_NOT_EXIST", "MCHID_NOT_EXIST", "APPID_MCHID_NOT_MATCH", "NOAUTH", "CERT_ERROR",
+            "PARAM_ERROR",
+            "XML_FORMAT_ERROR",
+            "REQUIRE_POST_METHOD",
+            "SIGNERROR",
+            "LACK_PARAMS",
+            "NOT_UTF8",
+            "APPID_NOT_EXIST",
+            "MCHID_NOT_EXIST",
+            "APPID_MCHID_NOT_MATCH",
+            "NOAUTH",
+            "CERT_ERROR",
         )
     },
-}  # fmt: skip
+}
 
 # refund_status_$n of refundquery. CHANGE: the money could not go back the way it came (the card was closed or
 # frozen); it waits at WeChat until someone routes it in the merchant platform, after which it reads SUCCESS.
 REFUND_STATUSES: dict[str, RefundMeaning] = {
-    "SUCCESS": RefundMeaning(RefundStatus.SUCCESS, "退款成功，款项已原路退回", "Refunded; the money went back the way it was paid"),
+    "SUCCESS": RefundMeaning(
+        RefundStatus.SUCCESS, "退款成功，款项已原路退回", "Refunded; the money went back the way it was paid"
+    ),
     "PROCESSING": _REFUND_ACCEPTED,
     "CHANGE": RefundMeaning(
-        RefundStatus.PROCESSING, "退款异常：原路退回失败（如银行卡已注销），请在微信支付商户平台手动处理此笔退款",
+        RefundStatus.PROCESSING,
+        "退款异常：原路退回失败（如银行卡已注销），请在微信支付商户平台手动处理此笔退款",
         "The refund could not go back to the payer's card (closed?); handle it in the WeChat Pay merchant platform",
     ),
     "REFUNDCLOSE": RefundMeaning(
-        RefundStatus.FAILED, "退款已关闭，未退款，请用其他方式退款", "The refund was closed, nothing refunded; refund another way"
+        RefundStatus.FAILED,
+        "退款已关闭，未退款，请用其他方式退款",
+        "The refund was closed, nothing refunded; refund another way",
     ),
-}  # fmt: skip
+}
 
 
 def parse_refund_time(text: str | None) -> datetime | None:
@@ -398,7 +430,9 @@ def parse_bill(text: str) -> list[BillRow]:
             amount_column = order_amount
         try:
             paid_at = (
-                datetime.strptime(fields[column["交易时间"]].strip(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING).astimezone(UTC)
+                datetime.strptime(fields[column["交易时间"]].strip(), "%Y-%m-%d %H:%M:%S")
+                .replace(tzinfo=BEIJING)
+                .astimezone(UTC)
             )
         except ValueError:
             raise ProviderBadResponse(f"bill line {number}: bad time {fields[column['交易时间']]!r}") from None
@@ -515,7 +549,9 @@ class WeChatPayClient:
         code = fields.get("err_code") or None
         found = meaning(code)
         if code not in ERROR_CODES:
-            log.warning("micropay %s: unknown err_code %s (%s); querying", charge.out_trade_no, code, fields.get("err_code_des"))
+            log.warning(
+                "micropay %s: unknown err_code %s (%s); querying", charge.out_trade_no, code, fields.get("err_code_des")
+            )
         return Result(found.outcome, charge.out_trade_no, code=code, reason_zh=found.zh, reason_en=found.en)
 
     async def query(self, out_trade_no: str) -> Result:
@@ -537,13 +573,20 @@ class WeChatPayClient:
         found = TRADE_STATES.get(state)
         if found is None:
             log.warning("orderquery %s: unknown trade_state %r", out_trade_no, state)
-            return Result(Outcome.UNKNOWN, out_trade_no, code=state or None, reason_zh=_CONFIRMING.zh, reason_en=_CONFIRMING.en)
+            return Result(
+                Outcome.UNKNOWN, out_trade_no, code=state or None, reason_zh=_CONFIRMING.zh, reason_en=_CONFIRMING.en
+            )
         description = fields.get("trade_state_desc") or found.zh
         return Result(
-            found.outcome, out_trade_no, provider_trade_no=fields.get("transaction_id") or None,
-            payer_id=fields.get("openid") or None, amount_fen=_int_field(fields, "total_fee"),
-            code=state, reason_zh=description, reason_en=found.en,
-        )  # fmt: skip
+            found.outcome,
+            out_trade_no,
+            provider_trade_no=fields.get("transaction_id") or None,
+            payer_id=fields.get("openid") or None,
+            amount_fen=_int_field(fields, "total_fee"),
+            code=state,
+            reason_zh=description,
+            reason_en=found.en,
+        )
 
     async def reverse(self, out_trade_no: str) -> ReverseResult:
         fields = await self._call("secapi/pay/reverse", {"out_trade_no": out_trade_no}, certificate=True)
@@ -582,14 +625,20 @@ class WeChatPayClient:
                 if fields.get(name) and fields[name] != ours:
                     raise ProviderBadResponse(f"refund: the answer is for {name} {fields[name]}, not {ours}")
             return RefundResult(
-                RefundStatus.PROCESSING, order.out_refund_no, provider_refund_no=fields.get("refund_id") or None,
-                amount_fen=_int_field(fields, "refund_fee"), code="PROCESSING", reason_zh=_REFUND_ACCEPTED.zh,
+                RefundStatus.PROCESSING,
+                order.out_refund_no,
+                provider_refund_no=fields.get("refund_id") or None,
+                amount_fen=_int_field(fields, "refund_fee"),
+                code="PROCESSING",
+                reason_zh=_REFUND_ACCEPTED.zh,
                 reason_en=_REFUND_ACCEPTED.en,
-            )  # fmt: skip
+            )
         code = fields.get("err_code") or None
         found = REFUND_ERROR_CODES.get(code or "")
         if found is None:
-            log.warning("refund %s: unknown err_code %s (%s); querying", order.out_refund_no, code, fields.get("err_code_des"))
+            log.warning(
+                "refund %s: unknown err_code %s (%s); querying", order.out_refund_no, code, fields.get("err_code_des")
+            )
             found = _REFUND_CONFIRMING
         zh = found.zh
         if code in ("INVALID_REQUEST", "ERROR") and fields.get("err_code_des"):
@@ -603,13 +652,23 @@ class WeChatPayClient:
             code = fields.get("err_code") or None
             if code == "REFUNDNOTEXIST":
                 return RefundResult(
-                    RefundStatus.NOT_FOUND, out_refund_no, code=code, reason_zh="微信支付无此退款", reason_en="WeChat Pay has no such refund"
+                    RefundStatus.NOT_FOUND,
+                    out_refund_no,
+                    code=code,
+                    reason_zh="微信支付无此退款",
+                    reason_en="WeChat Pay has no such refund",
                 )
             return RefundResult(
-                RefundStatus.UNKNOWN, out_refund_no, code=code, reason_zh=_REFUND_CONFIRMING.zh, reason_en=_REFUND_CONFIRMING.en
+                RefundStatus.UNKNOWN,
+                out_refund_no,
+                code=code,
+                reason_zh=_REFUND_CONFIRMING.zh,
+                reason_en=_REFUND_CONFIRMING.en,
             )
         if fields.get("out_trade_no") and fields["out_trade_no"] != out_trade_no:
-            raise ProviderBadResponse(f"refundquery: the answer is for order {fields['out_trade_no']}, not {out_trade_no}")
+            raise ProviderBadResponse(
+                f"refundquery: the answer is for order {fields['out_trade_no']}, not {out_trade_no}"
+            )
         count = _int_field(fields, "refund_count") or 0
         index = next((n for n in range(count) if fields.get(f"out_refund_no_{n}") == out_refund_no), None)
         if index is None:
@@ -620,13 +679,19 @@ class WeChatPayClient:
             log.warning("refundquery %s: unknown refund_status %r", out_refund_no, status)
             found = _REFUND_CONFIRMING
         if status == "CHANGE":
-            log.warning("refund %s: WeChat could not pay it back (CHANGE); handle it in the merchant platform", out_refund_no)
+            log.warning(
+                "refund %s: WeChat could not pay it back (CHANGE); handle it in the merchant platform", out_refund_no
+            )
         return RefundResult(
-            found.status, out_refund_no, provider_refund_no=fields.get(f"refund_id_{index}") or None,
+            found.status,
+            out_refund_no,
+            provider_refund_no=fields.get(f"refund_id_{index}") or None,
             amount_fen=_int_field(fields, f"refund_fee_{index}"),
             refunded_at=parse_refund_time(fields.get(f"refund_success_time_{index}")) if status == "SUCCESS" else None,
-            code=status or None, reason_zh=found.zh, reason_en=found.en,
-        )  # fmt: skip
+            code=status or None,
+            reason_zh=found.zh,
+            reason_en=found.en,
+        )
 
     async def bill(self, day: date) -> list[BillRow]:
         params = {"bill_date": day.strftime("%Y%m%d"), "bill_type": "ALL"}
@@ -677,7 +742,9 @@ class WeChatPayClient:
                 url, content=to_xml(signed), headers={"Content-Type": "text/xml; charset=utf-8"}
             )
         except httpx.TimeoutException as exc:
-            raise ProviderUnreachable(f"{path}: no answer within {self.timeout:g} s (it may have been processed)") from exc
+            raise ProviderUnreachable(
+                f"{path}: no answer within {self.timeout:g} s (it may have been processed)"
+            ) from exc
         except httpx.TransportError as exc:
             raise ProviderUnreachable(f"{path}: cannot reach WeChat Pay ({type(exc).__name__}: {exc})") from exc
         if response.status_code != 200:
@@ -695,7 +762,9 @@ class WeChatPayClient:
             raise ProviderBadResponse(f"{path}: no return_code in the answer")
         if not signature_ok(fields, self._key, self._sign_type_of(path)):
             raise ProviderBadResponse(
-                f"{path}: the answer's signature does not verify" if fields.get("sign") else f"{path}: the answer is not signed"
+                f"{path}: the answer's signature does not verify"
+                if fields.get("sign")
+                else f"{path}: the answer is not signed"
             )
         for name, ours in (("appid", self.appid), ("mch_id", self.mch_id)):
             if fields.get(name) and fields[name] != ours:
@@ -708,10 +777,16 @@ class WeChatPayClient:
         if not fields.get("transaction_id"):
             raise ProviderBadResponse("a paid answer without transaction_id")
         return Result(
-            Outcome.SUCCESS, out_trade_no, provider_trade_no=fields["transaction_id"], payer_id=fields.get("openid") or None,
-            amount_fen=_int_field(fields, "total_fee"), paid_at=parse_time_end(fields.get("time_end")),
-            code="SUCCESS", reason_zh="支付成功", reason_en="Paid",
-        )  # fmt: skip
+            Outcome.SUCCESS,
+            out_trade_no,
+            provider_trade_no=fields["transaction_id"],
+            payer_id=fields.get("openid") or None,
+            amount_fen=_int_field(fields, "total_fee"),
+            paid_at=parse_time_end(fields.get("time_end")),
+            code="SUCCESS",
+            reason_zh="支付成功",
+            reason_en="Paid",
+        )
 
 
 def _truncate_utf8(text: str, limit: int) -> str:

@@ -47,7 +47,11 @@ def lookup(
     openid: Annotated[str | None, Query(max_length=128, description="with appid")] = None,
 ) -> contract.MemberLookup:
     """The member holding one identifier: give exactly one of card_no, unionid, phone_hash, or appid + openid."""
-    given = [(kind, value) for kind, value in (("card_no", card_no), ("unionid", unionid), ("phone_hash", phone_hash)) if value]
+    given = [
+        (kind, value)
+        for kind, value in (("card_no", card_no), ("unionid", unionid), ("phone_hash", phone_hash))
+        if value
+    ]
     if (appid is None) != (openid is None):
         raise Invalid("give appid and openid together")
     if openid:
@@ -65,7 +69,10 @@ def lookup(
 @router.post(
     "",
     status_code=201,
-    responses={200: {"model": contract.EnrolResult, "description": "an existing member"}, 409: {"model": contract.ErrorBody}},
+    responses={
+        200: {"model": contract.EnrolResult, "description": "an existing member"},
+        409: {"model": contract.ErrorBody},
+    },
 )
 def enrol(
     request: contract.EnrolRequest,
@@ -75,12 +82,15 @@ def enrol(
     settings: SettingsDep,
     now: Now,
     idempotency_key: Annotated[
-        str | None, Header(min_length=8, max_length=128, description="chosen by the client; the same key answers the same again")
+        str | None,
+        Header(min_length=8, max_length=128, description="chosen by the client; the same key answers the same again"),
     ] = None,
 ) -> contract.EnrolResult:
     """Enrol a customer (phone with consent), or answer the member they already are (200)."""
     if idempotency_key is None:
-        raise CentralError("send an Idempotency-Key header (e.g. a UUID) so a retry cannot enrol twice", code="idempotency_key_missing")
+        raise CentralError(
+            "send an Idempotency-Key header (e.g. a UUID) so a retry cannot enrol twice", code="idempotency_key_missing"
+        )
     # Keyed, because the request may hold a phone number in clear, and a plain hash of one is easy to reverse.
     canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True).encode()
     fingerprint = hmac.new(settings.key_bytes(), canonical, hashlib.sha256).hexdigest()
@@ -88,7 +98,9 @@ def enrol(
     earlier = session.get(IdempotencyRecord, (store, idempotency_key))
     if earlier is not None:
         if earlier.request_hash != fingerprint:
-            raise Conflict("this Idempotency-Key was used for a different request; use a new key", code="idempotency_key_reused")
+            raise Conflict(
+                "this Idempotency-Key was used for a different request; use a new key", code="idempotency_key_reused"
+            )
         response.status_code = earlier.status_code
         response.headers["Idempotent-Replayed"] = "true"
         return contract.EnrolResult.model_validate(earlier.response)
@@ -99,9 +111,13 @@ def enrol(
     response.status_code = 201 if created else 200
     session.add(
         IdempotencyRecord(
-            store_id=store, key=idempotency_key, request_hash=fingerprint, status_code=response.status_code,
-            response=result.model_dump(mode="json"), created_at=now,
-        )  # fmt: skip
+            store_id=store,
+            key=idempotency_key,
+            request_hash=fingerprint,
+            status_code=response.status_code,
+            response=result.model_dump(mode="json"),
+            created_at=now,
+        )
     )
     session.commit()
     return result

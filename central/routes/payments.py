@@ -29,7 +29,9 @@ class GatewayUnavailable(CentralError):
 def get_gateway(request: Request) -> Gateway:
     gateway = getattr(request.app.state, "gateway", None)
     if gateway is None:
-        raise GatewayUnavailable("the payment gateway is not running (the service is starting or stopping); retry shortly")
+        raise GatewayUnavailable(
+            "the payment gateway is not running (the service is starting or stopping); retry shortly"
+        )
     return gateway
 
 
@@ -42,7 +44,9 @@ Wait = Annotated[
 
 
 @router.post("/identify", responses={502: {"model": contract.ErrorBody}})
-async def identify(request: contract.IdentifyRequest, store: CurrentStore, gateway: GatewayDep) -> contract.IdentifyResult:
+async def identify(
+    request: contract.IdentifyRequest, store: CurrentStore, gateway: GatewayDep
+) -> contract.IdentifyResult:
     """The member behind a payment code, before charging it (nothing is charged). `may_redeem` is always false:
     a payment code alone does not authorise spending points."""
     return await gateway.identify(store, request.auth_code)
@@ -51,9 +55,14 @@ async def identify(request: contract.IdentifyRequest, store: CurrentStore, gatew
 @router.post(
     "",
     status_code=201,
-    responses={200: {"model": contract.Payment, "description": "this out_trade_no was sent before: its payment"}, **_ERRORS},
+    responses={
+        200: {"model": contract.Payment, "description": "this out_trade_no was sent before: its payment"},
+        **_ERRORS,
+    },
 )
-async def pay(request: contract.PaymentRequest, response: Response, store: CurrentStore, gateway: GatewayDep) -> contract.Payment:
+async def pay(
+    request: contract.PaymentRequest, response: Response, store: CurrentStore, gateway: GatewayDep
+) -> contract.Payment:
     """Charge a payment code. Answers within a few seconds with the state then: SUCCESS, FAILED (with a reason
     for the customer), or USERPAYING / UNKNOWN / PENDING, then follow it with `GET ...?wait=`. The same request
     again answers the same payment (200, `Idempotent-Replayed: true`) and never charges twice."""
@@ -112,7 +121,11 @@ async def void(
     },
 )
 async def refund(
-    out_trade_no: OutTradeNo, request: contract.RefundRequest, response: Response, store: CurrentStore, gateway: GatewayDep
+    out_trade_no: OutTradeNo,
+    request: contract.RefundRequest,
+    response: Response,
+    store: CurrentStore,
+    gateway: GatewayDep,
 ) -> contract.Refund:
     """Give back part or all of a paid payment, through the provider it was paid with. Answers with the
     provider's first answer: SUCCESS, FAILED (with a reason), or PROCESSING (WeChat always: the money is on its

@@ -40,7 +40,11 @@ async def batch_rows(request: Request) -> list[Any]:
     responses={413: {"model": contract.ErrorBody, "description": f"more than {contract.MAX_BATCH_SIZE} rows"}},
 )
 def ingest_batch(
-    request: Request, store: CurrentStore, rows: Annotated[list[Any], Depends(batch_rows)], session: SessionDep, now: Now
+    request: Request,
+    store: CurrentStore,
+    rows: Annotated[list[Any], Depends(batch_rows)],
+    session: SessionDep,
+    now: Now,
 ) -> contract.BatchResult:
     """Ingest journal rows: per row accepted, duplicate or rejected (with a reason), plus the authoritative
     points balance of every member the rows touch. Retrying a batch is always safe."""

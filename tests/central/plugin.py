@@ -58,7 +58,9 @@ PHONE_KEY = "test-phone-hash-key-0123456789"
 def _pg_bindir() -> Path | None:
     if found := os.environ.get("POS_CENTRAL_PG_BINDIR"):
         return Path(found)
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]), reverse=True)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]), reverse=True
+    )
     if candidates:
         return Path(candidates[0]).parent
     initdb = shutil.which("initdb")
@@ -192,7 +194,9 @@ class Held:
 
     def wait_handled(self, count: int, within: float = 15) -> list[int]:
         with self._handled:
-            assert self._handled.wait_for(lambda: len(self.statuses) >= count, within), f"{len(self.statuses)} of {count} handled"
+            assert self._handled.wait_for(lambda: len(self.statuses) >= count, within), (
+                f"{len(self.statuses)} of {count} handled"
+            )
         return list(self.statuses)
 
     def _record(self, status: int) -> None:
@@ -238,9 +242,15 @@ class Faults:
             self._rules.append(_Rule(method, path, times, "drop"))
 
     def respond(
-        self, path: str, status: int, body: bytes | str = b"", *, headers: dict[str, str] | None = None,
-        times: int = 1, method: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        path: str,
+        status: int,
+        body: bytes | str = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+        method: str | None = None,
+    ) -> None:
         raw = body.encode() if isinstance(body, str) else body
         pairs = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         with self._lock:
@@ -280,7 +290,11 @@ class Faults:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
             raise InjectedFault(f"fault injected: {scope['path']} held, its answer lost")
         elif rule.action == "respond":
-            headers = [(b"content-length", str(len(rule.body)).encode()), (b"content-type", b"application/json"), *rule.headers]
+            headers = [
+                (b"content-length", str(len(rule.body)).encode()),
+                (b"content-type", b"application/json"),
+                *rule.headers,
+            ]
             await send({"type": "http.response.start", "status": rule.status, "headers": headers})
             await send({"type": "http.response.body", "body": rule.body})
         else:
@@ -292,7 +306,6 @@ class Faults:
             await self.app(scope, receive, keep)
             await send(messages[0])  # the status line and headers, then nothing
             raise InjectedFault(f"fault injected: answer to {scope['path']} dropped after it was handled")
-
 
     async def _handle_later(self, scope: dict, body: bytes, held: Held) -> None:
         while not held.released.is_set():
@@ -338,10 +351,17 @@ class CentralServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         config = uvicorn.Config(
-            self.faults, log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=2, lifespan="on"
+            self.faults,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            lifespan="on",
         )
         server = uvicorn.Server(config)
-        thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), name=f"central:{self.port}", daemon=True)
+        thread = threading.Thread(
+            target=lambda: asyncio.run(server.serve(sockets=[sock])), name=f"central:{self.port}", daemon=True
+        )
         thread.start()
         deadline = time.monotonic() + 15
         while not server.started:
@@ -380,15 +400,26 @@ class CentralServer:
         return write_session(self.engine)
 
     def add_member(
-        self, member_id: str | None = None, *, points: int = 0, tier: str = "normal", display_name: str = "王*明",
-        phone: str | None = None, identifiers: dict[str, str] | None = None,
-    ) -> str:  # fmt: skip
+        self,
+        member_id: str | None = None,
+        *,
+        points: int = 0,
+        tier: str = "normal",
+        display_name: str = "王*明",
+        phone: str | None = None,
+        identifiers: dict[str, str] | None = None,
+    ) -> str:
         """A member with these identifiers (kind -> value) and an opening balance; its id."""
         now = datetime.now(UTC)
         with self.session() as session:
             feed.lock(session)
             member = identity.create_member(
-                session, now, tier=tier, display_name=display_name, phone_masked=mask_phone(phone) if phone else None, member_id=member_id
+                session,
+                now,
+                tier=tier,
+                display_name=display_name,
+                phone_masked=mask_phone(phone) if phone else None,
+                member_id=member_id,
             )
             wanted = dict(identifiers or {})
             if phone:
@@ -417,7 +448,9 @@ def central_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def central_factory(central_database_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., CentralServer]]:
+def central_factory(
+    central_database_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., CentralServer]]:
     """Start a central service with these settings overrides; the first one gets `central_database_url`,
     later ones a fresh database of the same kind."""
     servers: list[CentralServer] = []

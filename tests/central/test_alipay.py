@@ -77,15 +77,25 @@ def keys() -> SimpleNamespace:
     alipay_private, alipay_public = generate_rsa_keypair()
     stranger_private, _ = generate_rsa_keypair()
     return SimpleNamespace(
-        merchant_private=merchant_private, merchant_public=merchant_public, alipay_private=alipay_private,
-        alipay_public=alipay_public, stranger_private=stranger_private,
-    )  # fmt: skip
+        merchant_private=merchant_private,
+        merchant_public=merchant_public,
+        alipay_private=alipay_private,
+        alipay_public=alipay_public,
+        stranger_private=stranger_private,
+    )
 
 
 @pytest.fixture
 def sim(keys: SimpleNamespace) -> Iterator[AlipaySimulator]:
     """The simulator on a real socket; `sim.url` is where it listens."""
-    simulator = AlipaySimulator(keys.merchant_public, keys.alipay_private, app_id=APP_ID, clock=lambda: T0, userpaying_seconds=5, slow_seconds=1.0)
+    simulator = AlipaySimulator(
+        keys.merchant_public,
+        keys.alipay_private,
+        app_id=APP_ID,
+        clock=lambda: T0,
+        userpaying_seconds=5,
+        slow_seconds=1.0,
+    )
     served = serve_in_thread(simulator.app())
     simulator.url = served.url  # type: ignore[attr-defined]
     yield simulator
@@ -94,9 +104,13 @@ def sim(keys: SimpleNamespace) -> Iterator[AlipaySimulator]:
 
 def make_client(sim: AlipaySimulator, keys: SimpleNamespace, **overrides: Any) -> AlipayClient:
     values: dict[str, Any] = {
-        "base_url": sim.url, "app_id": APP_ID, "private_key_pem": keys.merchant_private,
-        "alipay_public_key_pem": keys.alipay_public, "timeout_s": 5.0, "now": lambda: T0,
-    }  # fmt: skip
+        "base_url": sim.url,
+        "app_id": APP_ID,
+        "private_key_pem": keys.merchant_private,
+        "alipay_public_key_pem": keys.alipay_public,
+        "timeout_s": 5.0,
+        "now": lambda: T0,
+    }
     values |= overrides
     return AlipayClient.from_values(**values)
 
@@ -107,7 +121,14 @@ def client(sim: AlipaySimulator, keys: SimpleNamespace) -> AlipayClient:
 
 
 def charge(code: str, out_trade_no: str, amount_fen: int = 1230) -> Charge:
-    return Charge(out_trade_no=out_trade_no, auth_code=code, amount_fen=amount_fen, description="演示门店 消费", store_id="SH001", station_id="T01")
+    return Charge(
+        out_trade_no=out_trade_no,
+        auth_code=code,
+        amount_fen=amount_fen,
+        description="演示门店 消费",
+        store_id="SH001",
+        station_id="T01",
+    )
 
 
 # --- signing -------------------------------------------------------------------------------------------------
@@ -132,7 +153,12 @@ ALIPAY_VECTORS = [
         ),
     ),
     (
-        {"method": "koubei.marketing.data.indicator.query", "app_id": "2019090366875133", "extra": "中文测试", "sign_type": "RSA2"},
+        {
+            "method": "koubei.marketing.data.indicator.query",
+            "app_id": "2019090366875133",
+            "extra": "中文测试",
+            "sign_type": "RSA2",
+        },
         (
             "KrRGUY3/2JX3KtlLgus8CbK0xuUIBDCpOdJkVzJDefez6HvlA8RA6uCVj2rrMd7DgVfarG5SROdSnkZbf8MLKHbVoFqi9w0QCvto9mc8n3ezfW"
             "ejZECJVCZhbJ3OslB+4gij9+F70usrnCNEJZm02ntyNdVzcqMbgdRMB93BJIRC1jjmCotpXgXWrRdTb/SfhIAkoHqgGi2aCUHuLDInLGZCn8Ne"
@@ -158,13 +184,21 @@ def test_signing_string_rules() -> None:
 
 def test_rsa2_matches_an_independent_computation(keys: SimpleNamespace) -> None:
     private = serialization.load_pem_private_key(keys.merchant_private.encode(), None)
-    client = AlipayClient.from_values("http://127.0.0.1:9", APP_ID, keys.merchant_private, keys.alipay_public, now=lambda: T0)
-    params = client.signed_params("alipay.trade.pay", {"out_trade_no": "A1", "total_amount": "0.01", "subject": "演示门店 消费"})
-    assert params["timestamp"] == "2024-05-01 12:00:00" and params["sign_type"] == "RSA2" and params["charset"] == "utf-8"
+    client = AlipayClient.from_values(
+        "http://127.0.0.1:9", APP_ID, keys.merchant_private, keys.alipay_public, now=lambda: T0
+    )
+    params = client.signed_params(
+        "alipay.trade.pay", {"out_trade_no": "A1", "total_amount": "0.01", "subject": "演示门店 消费"}
+    )
+    assert (
+        params["timestamp"] == "2024-05-01 12:00:00" and params["sign_type"] == "RSA2" and params["charset"] == "utf-8"
+    )
     by_hand = "&".join(f"{k}={params[k]}" for k in sorted(params) if k != "sign")
     expected = base64.b64encode(private.sign(by_hand.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256())).decode()
     assert params["sign"] == expected  # PKCS#1 v1.5 is deterministic
-    private.public_key().verify(base64.b64decode(params["sign"]), by_hand.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256())
+    private.public_key().verify(
+        base64.b64decode(params["sign"]), by_hand.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256()
+    )
     assert rsa2_sign(by_hand, load_private_key(keys.merchant_private)) == expected
 
 
@@ -187,14 +221,21 @@ def test_response_signature_covers_the_exact_bytes(keys: SimpleNamespace) -> Non
 # --- money and time ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fen, yuan", [(1, "0.01"), (10, "0.10"), (1230, "12.30"), (100, "1.00"), (9999999, "99999.99"), (0, "0.00")])
+@pytest.mark.parametrize(
+    "fen, yuan", [(1, "0.01"), (10, "0.10"), (1230, "12.30"), (100, "1.00"), (9999999, "99999.99"), (0, "0.00")]
+)
 def test_fen_to_yuan_is_exact(fen: int, yuan: str) -> None:
     assert fen_to_yuan(fen) == yuan
     assert yuan_to_fen(yuan) == fen
 
 
 def test_yuan_to_fen_is_exact_or_refuses() -> None:
-    assert yuan_to_fen("12.3") == 1230 and yuan_to_fen("7") == 700 and yuan_to_fen("-35.80") == -3580 and yuan_to_fen("0.29") == 29
+    assert (
+        yuan_to_fen("12.3") == 1230
+        and yuan_to_fen("7") == 700
+        and yuan_to_fen("-35.80") == -3580
+        and yuan_to_fen("0.29") == 29
+    )
     for fen in range(0, 200_000, 7):  # every value a float round trip would get wrong stays exact
         assert yuan_to_fen(fen_to_yuan(fen)) == fen
     for bad in ("12.345", "1e3", "", " ", "abc", "1,000.00", "NaN", "12.", ".5"):
@@ -219,10 +260,18 @@ def test_default_immediate_success(client: AlipayClient, sim: AlipaySimulator) -
     code = auth_code("00", customer="0042")
     result = run(client.charge(charge(code, "S00")))
     assert result.outcome is Outcome.SUCCESS and result.out_trade_no == "S00"
-    assert result.payer_id == "2088100000000042" == sim.buyer_for(code) and result.provider_trade_no == sim.order("S00").trade_no
+    assert (
+        result.payer_id == "2088100000000042" == sim.buyer_for(code)
+        and result.provider_trade_no == sim.order("S00").trade_no
+    )
     assert result.amount_fen == 1230 and result.paid_at == T0
     queried = run(client.query("S00"))
-    assert (queried.outcome, queried.payer_id, queried.amount_fen, queried.paid_at) == (Outcome.SUCCESS, result.payer_id, 1230, T0)
+    assert (queried.outcome, queried.payer_id, queried.amount_fen, queried.paid_at) == (
+        Outcome.SUCCESS,
+        result.payer_id,
+        1230,
+        T0,
+    )
     assert (sim.order("S00").store_id, sim.order("S00").terminal_id) == ("SH001", "SH001-T01")
     # The same customer from another code: the same buyer.
     assert run(client.charge(charge(auth_code("77", customer="0042"), "S00b"))).payer_id == result.payer_id
@@ -235,7 +284,11 @@ def test_10_userpaying_then_paid(client: AlipayClient, sim: AlipaySimulator) -> 
     assert run(client.query("S10")).outcome is Outcome.USERPAYING
     sim.advance(1)
     paid = run(client.query("S10"))
-    assert paid.outcome is Outcome.SUCCESS and paid.paid_at == T0 + timedelta(seconds=5) and paid.payer_id.startswith("2088")
+    assert (
+        paid.outcome is Outcome.SUCCESS
+        and paid.paid_at == T0 + timedelta(seconds=5)
+        and paid.payer_id.startswith("2088")
+    )
 
 
 def test_11_userpaying_then_the_customer_cancels(client: AlipayClient, sim: AlipaySimulator) -> None:
@@ -413,7 +466,9 @@ def test_a_wrong_app_id_is_refused(sim: AlipaySimulator, keys: SimpleNamespace) 
 
 
 def test_nobody_listening_is_unreachable(keys: SimpleNamespace) -> None:
-    nowhere = AlipayClient.from_values(f"http://127.0.0.1:{_free_port()}", APP_ID, keys.merchant_private, keys.alipay_public, timeout_s=2)
+    nowhere = AlipayClient.from_values(
+        f"http://127.0.0.1:{_free_port()}", APP_ID, keys.merchant_private, keys.alipay_public, timeout_s=2
+    )
     assert nowhere.gateway_url.endswith("/gateway.do")
     with pytest.raises(ProviderUnreachable, match="cannot reach"):
         run(nowhere.charge(charge(auth_code("00"), "F6")))
@@ -438,8 +493,12 @@ def test_bill_of_the_day(client: AlipayClient, sim: AlipaySimulator) -> None:
     rows = run(client.bill(day))
     found = sorted((r.out_trade_no, r.status, r.amount_fen) for r in rows)
     assert found == [
-        ("B1", "SUCCESS", 1), ("B2", "SUCCESS", 9999999), ("B4", "REFUND", 3580), ("B4", "SUCCESS", 3580), ("B6", "SUCCESS", 500)
-    ]  # fmt: skip
+        ("B1", "SUCCESS", 1),
+        ("B2", "SUCCESS", 9999999),
+        ("B4", "REFUND", 3580),
+        ("B4", "SUCCESS", 3580),
+        ("B6", "SUCCESS", 500),
+    ]
     b2 = next(r for r in rows if r.out_trade_no == "B2")
     assert b2.paid_at == T0 and b2.provider_trade_no == sim.order("B2").trade_no and "\t" not in b2.provider_trade_no
     assert b2.device == "SH001-T01" and b2.payer_id is None
@@ -476,10 +535,15 @@ def test_built_from_settings_with_key_files(sim: AlipaySimulator, keys: SimpleNa
     private_path, public_path = tmp_path / "app_private.pem", tmp_path / "alipay_public.txt"
     private_path.write_text(keys.merchant_private)
     # Alipay's console shows its public key as bare base64: accepted as is.
-    der = load_public_key(keys.alipay_public).public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = load_public_key(keys.alipay_public).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     public_path.write_text(base64.b64encode(der).decode())
     settings = SimpleNamespace(
-        alipay_base_url=sim.url, alipay_app_id=APP_ID, alipay_private_key_path=private_path, alipay_public_key_path=str(public_path)
+        alipay_base_url=sim.url,
+        alipay_app_id=APP_ID,
+        alipay_private_key_path=private_path,
+        alipay_public_key_path=str(public_path),
     )
     client = AlipayClient(settings)
     assert client.name == "alipay" and client.gateway_url == f"{sim.url}/gateway.do" and client.timeout_s == 10.0
@@ -492,9 +556,11 @@ def test_a_wrong_key_file_names_the_setting(keys: SimpleNamespace, tmp_path: Pat
     private_path.write_text(keys.merchant_private)
     public_path.write_text(keys.merchant_private)  # the private key where Alipay's public key belongs
     settings = SimpleNamespace(
-        alipay_base_url="https://openapi.alipay.com/gateway.do", alipay_app_id=APP_ID,
-        alipay_private_key_path=private_path, alipay_public_key_path=public_path,
-    )  # fmt: skip
+        alipay_base_url="https://openapi.alipay.com/gateway.do",
+        alipay_app_id=APP_ID,
+        alipay_private_key_path=private_path,
+        alipay_public_key_path=public_path,
+    )
     with pytest.raises(ValueError, match="Alipay's public key.*alipay_public_key_path"):
         AlipayClient(settings)
 
@@ -513,21 +579,27 @@ def test_trade_pay_carries_the_expiry_no_shorter_than_alipay_allows(client: Alip
     assert run(client.charge(expiring(auth_code("00"), "E1", timedelta(seconds=30)))).outcome is Outcome.SUCCESS
     assert (sim.order("E1").time_expire, sim.order("E1").timeout_express) == ("2024-05-01 12:01:10", "1m")
     # A longer limit is sent as it is, in Shanghai time; timeout_express in whole minutes, rounded up.
-    assert run(client.charge(expiring(auth_code("00"), "E2", timedelta(minutes=4, seconds=1)))).outcome is Outcome.SUCCESS
+    assert (
+        run(client.charge(expiring(auth_code("00"), "E2", timedelta(minutes=4, seconds=1)))).outcome is Outcome.SUCCESS
+    )
     assert (sim.order("E2").time_expire, sim.order("E2").timeout_express) == ("2024-05-01 12:04:01", "5m")
     # A charge without an expiry sends neither.
     assert run(client.charge(charge(auth_code("00"), "E3"))).outcome is Outcome.SUCCESS
     assert (sim.order("E3").time_expire, sim.order("E3").timeout_express) == (None, None)
 
 
-def test_a_trade_pay_that_arrives_after_its_expiry_is_closed_not_paid(client: AlipayClient, sim: AlipaySimulator) -> None:
+def test_a_trade_pay_that_arrives_after_its_expiry_is_closed_not_paid(
+    client: AlipayClient, sim: AlipaySimulator
+) -> None:
     sim.advance(71)  # the request reaches Alipay after its time_expire (sent at T0, expiring T0 + 70 s)
     late = run(client.charge(expiring(auth_code("00"), "E4", timedelta(seconds=30))))
     assert (late.outcome, late.code) == (Outcome.REVERSED, "ACQ.TRADE_HAS_CLOSE")
     assert run(client.query("E4")).outcome is Outcome.REVERSED and sim.order("E4").paid_at is None
 
 
-def test_a_trade_still_waiting_for_the_customer_is_closed_at_its_expiry(client: AlipayClient, sim: AlipaySimulator) -> None:
+def test_a_trade_still_waiting_for_the_customer_is_closed_at_its_expiry(
+    client: AlipayClient, sim: AlipaySimulator
+) -> None:
     assert run(client.charge(expiring(auth_code("12"), "E5", timedelta(seconds=90)))).outcome is Outcome.USERPAYING
     sim.advance(89)
     assert run(client.query("E5")).outcome is Outcome.USERPAYING
@@ -537,12 +609,18 @@ def test_a_trade_still_waiting_for_the_customer_is_closed_at_its_expiry(client: 
     assert run(client.reverse("E5")).done  # the gateway's reverse of it still ends well
 
 
-def test_timeout_express_alone_counts_from_the_trade_and_must_be_1m_to_15d(client: AlipayClient, sim: AlipaySimulator) -> None:
+def test_timeout_express_alone_counts_from_the_trade_and_must_be_1m_to_15d(
+    client: AlipayClient, sim: AlipaySimulator
+) -> None:
     def pay(out_trade_no: str, scenario: str, **extra: str) -> dict[str, Any]:
         biz = {
-            "out_trade_no": out_trade_no, "scene": "bar_code", "auth_code": auth_code(scenario), "subject": "演示门店 消费",
-            "total_amount": "12.30", **extra,
-        }  # fmt: skip
+            "out_trade_no": out_trade_no,
+            "scene": "bar_code",
+            "auth_code": auth_code(scenario),
+            "subject": "演示门店 消费",
+            "total_amount": "12.30",
+            **extra,
+        }
         return run(client._call("alipay.trade.pay", biz))
 
     for bad in ("0m", "16d", "1.5h", "90s"):

@@ -28,7 +28,9 @@ def test_every_endpoint_wants_a_valid_token_of_the_named_store(central):
             assert missing.status_code == 401, path
             assert missing.headers["www-authenticate"] == "Bearer"
             assert missing.json()["error"] == "unauthorized"
-            wrong = client.request(method, path, json=body, headers={"Authorization": "Bearer not-a-token", "X-Store-Id": "S1"})
+            wrong = client.request(
+                method, path, json=body, headers={"Authorization": "Bearer not-a-token", "X-Store-Id": "S1"}
+            )
             assert wrong.status_code == 401, path
             other = client.request(method, path, json=body, headers={**s1.headers, "X-Store-Id": "S2"})
             assert other.status_code == 403, path
@@ -49,13 +51,24 @@ def test_a_store_cannot_read_or_write_another_stores_data(central):
     s1, s2 = central.add_store("S1"), central.add_store("S2")
     with central.client(s1) as one, central.client(s2) as two:
         row = journal_row(1234)
-        assert one.post("/v1/transactions:batch", json={"transactions": [row]}).json()["results"][0]["status"] == "accepted"
+        assert (
+            one.post("/v1/transactions:batch", json={"transactions": [row]}).json()["results"][0]["status"]
+            == "accepted"
+        )
         # S2's token cannot claim to be S1 ...
-        assert two.post("/v1/transactions:batch", json={"transactions": [row]}, headers={"X-Store-Id": "S1"}).status_code == 403
+        assert (
+            two.post("/v1/transactions:batch", json={"transactions": [row]}, headers={"X-Store-Id": "S1"}).status_code
+            == 403
+        )
         assert two.get("/v1/stores/S1/days/2026-11-23/summary").status_code == 403
         # ... and S1's transaction id sent by S2 is not S2's to confirm or overwrite.
         answer = two.post("/v1/transactions:batch", json={"transactions": [row]}).json()
-        assert answer["results"][0] == {"id": row["id"], "status": "rejected", "reason": "other_store", "message": answer["results"][0]["message"]}
+        assert answer["results"][0] == {
+            "id": row["id"],
+            "status": "rejected",
+            "reason": "other_store",
+            "message": answer["results"][0]["message"],
+        }
         assert two.get("/v1/stores/S2/days/2026-11-23/summary").json()["count"] == 0
         assert one.get("/v1/stores/S1/days/2026-11-23/summary").json()["count"] == 1
 

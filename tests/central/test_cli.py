@@ -52,12 +52,18 @@ def test_seed_demo_is_realistic_deterministic_and_idempotent(central_database_ur
     engine = sa.create_engine(central_database_url)
     try:
         first = counts(engine)
-        assert run(capsys, "seed-demo", "--config", str(config), "--members", "300")[1].startswith("0 members added, 300 in total")
+        assert run(capsys, "seed-demo", "--config", str(config), "--members", "300")[1].startswith(
+            "0 members added, 300 in total"
+        )
         assert counts(engine) == first
-        assert run(capsys, "seed-demo", "--config", str(config), "--members", "310")[1].startswith("10 members added, 310 in total")
+        assert run(capsys, "seed-demo", "--config", str(config), "--members", "310")[1].startswith(
+            "10 members added, 310 in total"
+        )
 
         with engine.connect() as connection:
-            members = connection.execute(sa.select(Member.id, Member.tier, Member.display_name, Member.phone_masked)).all()
+            members = connection.execute(
+                sa.select(Member.id, Member.tier, Member.display_name, Member.phone_masked)
+            ).all()
             identifiers = connection.execute(sa.select(MemberIdentifier.kind, MemberIdentifier.value)).all()
             coupons = connection.execute(sa.select(Coupon.code)).scalars().all()
     finally:
@@ -66,7 +72,13 @@ def test_seed_demo_is_realistic_deterministic_and_idempotent(central_database_ur
     assert all(re.fullmatch(r"[\u4e00-\u9fff]{1,2}\*{1,2}[\u4e00-\u9fff]?", m.display_name) for m in members)
     assert all(m.phone_masked is None or re.fullmatch(r"1\d{2}\*{4}\d{4}", m.phone_masked) for m in members)
     kinds = {kind for kind, _ in identifiers}
-    assert kinds == {"phone_hash", "card_no", "unionid", f"openid:{MINI_PROGRAM_APPID}", f"openid:{OFFICIAL_ACCOUNT_APPID}"}
+    assert kinds == {
+        "phone_hash",
+        "card_no",
+        "unionid",
+        f"openid:{MINI_PROGRAM_APPID}",
+        f"openid:{OFFICIAL_ACCOUNT_APPID}",
+    }
     assert all(re.fullmatch(r"8800\d{9}", value) for kind, value in identifiers if kind == "card_no")
     assert all(re.fullmatch(r"CP[0-9A-Z]{10}", code) for code in coupons) and len(coupons) > 50
     # Same seed, same people, on any database.
@@ -86,7 +98,9 @@ def test_store_token_member_code_and_key_rotation_work_against_the_service(centr
     headers = {"Authorization": f"Bearer {token}", "X-Store-Id": "SH001"}
     with central.client() as client:
         published = client.get("/v1/keys/member-code", headers=headers).json()["keys"]
-    claim = verify_member_code(text.strip(), {k["kid"]: load_public_key(k["public_key"]) for k in published}, datetime.now(UTC))
+    claim = verify_member_code(
+        text.strip(), {k["kid"]: load_public_key(k["public_key"]) for k in published}, datetime.now(UTC)
+    )
     assert claim.member_id == member
 
     code, out, _ = run(capsys, "keys", "rotate", "--config", str(config))
@@ -97,7 +111,12 @@ def test_store_token_member_code_and_key_rotation_work_against_the_service(centr
     code, new_token, _ = run(capsys, "store", "add", "SH001", "--new-token", "--config", str(config))
     with central.client() as client:
         assert client.get("/v1/keys/member-code", headers=headers).status_code == 401
-        assert client.get("/v1/keys/member-code", headers={**headers, "Authorization": f"Bearer {new_token.strip()}"}).status_code == 200
+        assert (
+            client.get(
+                "/v1/keys/member-code", headers={**headers, "Authorization": f"Bearer {new_token.strip()}"}
+            ).status_code
+            == 200
+        )
 
     code, _, err = run(capsys, "member-code", "MNOSUCH", "--config", str(config))
     assert code == 1 and err.strip() == "error: no member MNOSUCH"
@@ -120,7 +139,12 @@ def test_seed_demo_refuses_a_production_database(tmp_path, capsys):
 
 def pos_central(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "central", *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=60
+        [sys.executable, "-m", "central", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=60,
     )
 
 

@@ -44,8 +44,14 @@ def test_the_public_demo_key_is_refused_in_production(tmp_path):
     ("text", "problem"),
     [
         ('phone_hash_key = "0123456789abcdef"\nmax_page = 5\n', "max_page: unknown key; did you mean 'max_page_size'?"),
-        ('phone_hash_key = "0123456789abcdef"\ndatabase_url = "mysql://x"\n', "database_url: must be a sqlite:/// or postgresql:// URL"),
-        ('phone_hash_key = "0123456789abcdef"\nmax_page_size = 10\ndefault_page_size = 50\n', "default_page_size must not exceed max_page_size"),
+        (
+            'phone_hash_key = "0123456789abcdef"\ndatabase_url = "mysql://x"\n',
+            "database_url: must be a sqlite:/// or postgresql:// URL",
+        ),
+        (
+            'phone_hash_key = "0123456789abcdef"\nmax_page_size = 10\ndefault_page_size = 50\n',
+            "default_page_size must not exceed max_page_size",
+        ),
         ("phone_hash_key = [", "not valid TOML"),
     ],
 )

@@ -28,14 +28,24 @@ def test_a_journal_row_is_a_transaction_in(engine):
     journal = Journal(engine, "T01", ZoneInfo("Asia/Shanghai"), 4)
     record = journal.append(
         JournalEntry(
-            kind="sale", total_fen=2590, member_id="M0012345", points_earned=25,
-            body={"lines": [{"name": "咖啡", "amount_fen": 2590}], "tenders": [{"kind": "wechat", "amount_fen": 2590}],
-                  "coupons": [{"code": "CP0000000001", "amount_off_fen": 500}]},
+            kind="sale",
+            total_fen=2590,
+            member_id="M0012345",
+            points_earned=25,
+            body={
+                "lines": [{"name": "咖啡", "amount_fen": 2590}],
+                "tenders": [{"kind": "wechat", "amount_fen": 2590}],
+                "coupons": [{"code": "CP0000000001", "amount_off_fen": 500}],
+            },
         )
-    )  # fmt: skip
+    )
     wire = {k: v for k, v in dataclasses.asdict(record).items() if k != "seq"}
     parsed = contract.TransactionIn.model_validate(wire)
-    assert parsed.id == record.id and parsed.body.tenders[0].kind == "wechat" and parsed.body.coupons[0].code == "CP0000000001"
+    assert (
+        parsed.id == record.id
+        and parsed.body.tenders[0].kind == "wechat"
+        and parsed.body.coupons[0].code == "CP0000000001"
+    )
     assert set(contract.TransactionIn.model_fields) == set(wire)
 
 

@@ -26,10 +26,15 @@ def pages(client, limit: int | None = None, cursor: str | None = None) -> list[c
 def to_agent(change: contract.MemberChange) -> MemberChange:
     """The agent's cache entry for a wire change: the same fields by name."""
     return MemberChange(
-        member_id=change.member_id, version=change.version, deleted=change.deleted, tier=change.tier,
-        points=change.points, display_name=change.display_name, phone_masked=change.phone_masked,
+        member_id=change.member_id,
+        version=change.version,
+        deleted=change.deleted,
+        tier=change.tier,
+        points=change.points,
+        display_name=change.display_name,
+        phone_masked=change.phone_masked,
         identifiers=tuple((i.kind, i.value) for i in change.identifiers),
-    )  # fmt: skip
+    )
 
 
 def test_pages_follow_the_cursor_and_the_page_size_is_capped(central_factory):
@@ -56,7 +61,12 @@ def test_points_and_coupon_changes_move_a_member_up_the_feed(central):
     first, second = central.add_member(points=10), central.add_member()
     with central.client(store) as client:
         cursor = pages(client)[-1].next_cursor
-        assert client.post("/v1/transactions:batch", json={"transactions": [journal_row(500, member_id=first, points_earned=5)]}).status_code == 200
+        assert (
+            client.post(
+                "/v1/transactions:batch", json={"transactions": [journal_row(500, member_id=first, points_earned=5)]}
+            ).status_code
+            == 200
+        )
         page = pages(client, cursor=cursor)[0]
         assert [(c.member_id, c.points) for c in page.changes] == [(first, 15)]
         issue_coupon(central, second, "CP0000000002")
@@ -80,7 +90,10 @@ def test_the_agent_cache_follows_a_merge(central, cache):
             session.commit()
         changed = pages(client, cursor=cache.cursor())
     changes = [c for page in changed for c in page.changes]
-    assert [(c.member_id, c.deleted, c.merged_into) for c in changes] == [(other, True, survivor), (survivor, False, None)]
+    assert [(c.member_id, c.deleted, c.merged_into) for c in changes] == [
+        (other, True, survivor),
+        (survivor, False, None),
+    ]
     for page in changed:
         cache.apply([to_agent(c) for c in page.changes], cursor=page.next_cursor)
     found = cache.lookup("card_no", "8800000000033")

@@ -47,19 +47,29 @@ def with_links(document: dict) -> dict:
     def operation_id(method: str, path: str) -> str:
         return paths[path][method]["operationId"]
 
-    def link(source: tuple[str, str], statuses: tuple[str, ...], name: str, target: tuple[str, str], parameters: dict) -> None:
+    def link(
+        source: tuple[str, str], statuses: tuple[str, ...], name: str, target: tuple[str, str], parameters: dict
+    ) -> None:
         for status in statuses:
             response = paths[source[1]][source[0]]["responses"].setdefault(status, {"description": "linked"})
             response.setdefault("links", {})[name] = {"operationId": operation_id(*target), "parameters": parameters}
 
     pay = ("post", "/v1/payments")
     trade = {"out_trade_no": "$response.body#/out_trade_no"}
-    for target in (("get", "/v1/payments/{out_trade_no}"), ("post", "/v1/payments/{out_trade_no}/reverse"), ("post", "/v1/payments/{out_trade_no}/refunds")):
+    for target in (
+        ("get", "/v1/payments/{out_trade_no}"),
+        ("post", "/v1/payments/{out_trade_no}/reverse"),
+        ("post", "/v1/payments/{out_trade_no}/refunds"),
+    ):
         link(pay, ("200", "201"), f"{target[0]}{target[1]}", target, trade)
         link(("get", "/v1/payments/{out_trade_no}"), ("200",), f"{target[0]}{target[1]}", target, trade)
     refund = ("post", "/v1/payments/{out_trade_no}/refunds")
     # Now and then all of a payment back: a refund the provider makes, not only refusals.
-    whole = {"operationId": operation_id(*refund), "parameters": trade, "requestBody": {"amount_fen": "$response.body#/amount_fen"}}
+    whole = {
+        "operationId": operation_id(*refund),
+        "parameters": trade,
+        "requestBody": {"amount_fen": "$response.body#/amount_fen"},
+    }
     for status in ("200", "201"):
         paths["/v1/payments"]["post"]["responses"][status].setdefault("links", {})["refund-all"] = whole
     both = {"out_trade_no": "$response.body#/out_trade_no", "out_refund_no": "$response.body#/out_refund_no"}
@@ -80,12 +90,19 @@ def with_links(document: dict) -> dict:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CentralServer, dict[str, str]]]:
     where = Path(tmp_path_factory.mktemp("fuzz-central"))
-    wechat = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.3, slow_seconds=0.7, refund_seconds=0.2)
+    wechat = WeChatSimulator(
+        appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.3, slow_seconds=0.7, refund_seconds=0.2
+    )
     served = serve_in_thread(wechat.app())
     settings_ = central_settings(
-        f"sqlite:///{where / 'central.db'}", wechat_base_url=served.url, wechat_appid=APPID, wechat_mch_id=MCH_ID,
-        wechat_api_key=WECHAT_KEY, phone_hash_key=PHONE_KEY, **FAST_PAYMENTS,
-    )  # fmt: skip
+        f"sqlite:///{where / 'central.db'}",
+        wechat_base_url=served.url,
+        wechat_appid=APPID,
+        wechat_mch_id=MCH_ID,
+        wechat_api_key=WECHAT_KEY,
+        phone_hash_key=PHONE_KEY,
+        **FAST_PAYMENTS,
+    )
     server = CentralServer(settings_)
     server.start()
     store = server.add_store(STORE)
@@ -118,7 +135,9 @@ def test_payments_and_their_refunds_driven_by_links_never_answer_a_server_error(
     run_workflow(workflow, failures, scenarios=15, steps=15)
     # Real payments were made and then read or acted on by their number, not only 404s for made-up ones.
     assert seen[("POST /v1/payments", 201)] > 0, seen
-    followed = sum(n for (operation, status), n in seen.items() if "{out_trade_no}" in operation and status in (200, 201, 409))
+    followed = sum(
+        n for (operation, status), n in seen.items() if "{out_trade_no}" in operation and status in (200, 201, 409)
+    )
     assert followed > 0, seen
 
 
@@ -138,22 +157,31 @@ def test_a_cursor_past_64_bits_is_refused_as_not_ours_not_a_500(service, cursor)
 def test_a_body_with_a_non_finite_number_is_a_422_in_strict_json(service, number):
     server, headers = service
     for path, raw in [
-        ("/v1/payments", f'{{"out_trade_no": "T1", "auth_code": "134512345678901200", "amount_fen": {number}, "station_id": "T01"}}'),
+        (
+            "/v1/payments",
+            f'{{"out_trade_no": "T1", "auth_code": "134512345678901200", "amount_fen": {number}, "station_id": "T01"}}',
+        ),
         ("/v1/payments/T1/refunds", f'{{"out_refund_no": "R1", "amount_fen": {number}}}'),
         ("/v1/payments/identify", f'{{"auth_code": {number}}}'),
     ]:
         answer = httpx.post(f"{server.url}{path}", content=raw, headers=headers | {"Content-Type": "application/json"})
         assert answer.status_code == 422, (path, answer.text)
-        body = json.loads(answer.text, parse_constant=lambda token: pytest.fail(f"{token} in {answer.text}"))
+        body = json.loads(answer.text, parse_constant=lambda token, text=answer.text: pytest.fail(f"{token} in {text}"))
         assert body["error"] == "invalid" and body["message"].startswith(("body.amount_fen:", "body.auth_code:")), body
 
 
 def journal_row(**changes) -> dict:
     row = {
-        "id": str(uuid.uuid4()), "station_id": "T01", "kind": "sale", "business_day": "2026-01-01",
-        "created_at": "2026-01-01T00:00:00Z", "total_fen": 100,
-        "body": {"lines": [], "tenders": [{"kind": "cash", "amount_fen": 100}]}, "prev_hash": "0" * 64, "hash": "1" * 64,
-    }  # fmt: skip
+        "id": str(uuid.uuid4()),
+        "station_id": "T01",
+        "kind": "sale",
+        "business_day": "2026-01-01",
+        "created_at": "2026-01-01T00:00:00Z",
+        "total_fen": 100,
+        "body": {"lines": [], "tenders": [{"kind": "cash", "amount_fen": 100}]},
+        "prev_hash": "0" * 64,
+        "hash": "1" * 64,
+    }
     return row | changes
 
 
@@ -181,9 +209,18 @@ def test_a_journal_row_with_a_number_past_64_bits_is_rejected_alone_not_a_500(se
 def test_an_amount_past_64_bits_is_a_422_and_nothing_is_charged(service, path):
     server, headers = service
     paid = f"P{uuid.uuid4().hex[:16]}"
-    made = httpx.post(f"{server.url}/v1/payments", json={"out_trade_no": paid, "auth_code": "134512345678901200", "amount_fen": 100, "station_id": "T01"}, headers=headers)
+    made = httpx.post(
+        f"{server.url}/v1/payments",
+        json={"out_trade_no": paid, "auth_code": "134512345678901200", "amount_fen": 100, "station_id": "T01"},
+        headers=headers,
+    )
     assert made.status_code == 201 and made.json()["state"] == "SUCCESS", made.text
-    body = {"out_trade_no": f"P{uuid.uuid4().hex[:16]}", "auth_code": "134512345678901300", "station_id": "T01", "out_refund_no": "R1"}
+    body = {
+        "out_trade_no": f"P{uuid.uuid4().hex[:16]}",
+        "auth_code": "134512345678901300",
+        "station_id": "T01",
+        "out_refund_no": "R1",
+    }
     answer = httpx.post(f"{server.url}{path.format(paid=paid)}", json=body | {"amount_fen": 2**64}, headers=headers)
     assert answer.status_code == 422 and answer.json()["message"].startswith("body.amount_fen:"), answer.text
     assert httpx.get(f"{server.url}/v1/payments/{body['out_trade_no']}", headers=headers).status_code == 404

@@ -24,9 +24,11 @@ def enrol(client, body: dict, key: str | None = None):
 
 def test_lookup_by_each_identifier(central, store):
     member = central.add_member(
-        points=420, tier="gold", phone="13812345678",
+        points=420,
+        tier="gold",
+        phone="13812345678",
         identifiers={"card_no": "8800000000017", "unionid": "oUNION_wang", MINI: "oMINI_wang"},
-    )  # fmt: skip
+    )
     queries = [
         {"card_no": "8800000000017"},
         {"unionid": "oUNION_wang"},
@@ -38,8 +40,16 @@ def test_lookup_by_each_identifier(central, store):
             answer = client.get("/v1/members/lookup", params=params)
             assert answer.status_code == 200, params
             found = contract.MemberLookup.model_validate(answer.json()).member
-            assert (found.member_id, found.points, found.tier, found.phone_masked) == (member, 420, "gold", "138****5678")
-            assert {(i.kind, i.value) for i in found.identifiers} >= {("card_no", "8800000000017"), ("unionid", "oUNION_wang")}
+            assert (found.member_id, found.points, found.tier, found.phone_masked) == (
+                member,
+                420,
+                "gold",
+                "138****5678",
+            )
+            assert {(i.kind, i.value) for i in found.identifiers} >= {
+                ("card_no", "8800000000017"),
+                ("unionid", "oUNION_wang"),
+            }
         missing = client.get("/v1/members/lookup", params={"card_no": "8800999999999"})
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
         for params in ({}, {"card_no": "1", "unionid": "2"}, {"openid": "oMINI_wang"}, {"phone_hash": "not-hex"}):
@@ -52,8 +62,12 @@ def test_enrolment_is_idempotent_by_key(central, store):
         first = enrol(client, body, "kiosk-1-0001")
         assert first.status_code == 201
         created = contract.EnrolResult.model_validate(first.json())
-        assert created.created and created.member.display_name == "李*龙" and created.member.phone_masked == "139****1234"
-        assert created.member.identifiers == [contract.Identifier(kind="phone_hash", value=agent_phone_hash(PHONE_KEY.encode(), "13900001234"))]
+        assert (
+            created.created and created.member.display_name == "李*龙" and created.member.phone_masked == "139****1234"
+        )
+        assert created.member.identifiers == [
+            contract.Identifier(kind="phone_hash", value=agent_phone_hash(PHONE_KEY.encode(), "13900001234"))
+        ]
 
         replay = enrol(client, body, "kiosk-1-0001")
         assert replay.status_code == 201 and replay.json() == first.json()
@@ -107,11 +121,18 @@ def test_enrolment_with_a_phone_hash(central, store):
 
 def test_an_openid_with_a_known_unionid_joins_that_member(central, store):
     member = central.add_member(identifiers={"unionid": "oUNION_li"})
-    body = {"phone": "13600002222", "consent": True, "unionid": "oUNION_li", "openid": {"appid": "wx5f3c9a1e7b2d4068", "openid": "oMINI_li"}}
+    body = {
+        "phone": "13600002222",
+        "consent": True,
+        "unionid": "oUNION_li",
+        "openid": {"appid": "wx5f3c9a1e7b2d4068", "openid": "oMINI_li"},
+    }
     with central.client(store) as client:
         answer = enrol(client, body)
         assert answer.status_code == 200 and answer.json()["member"]["member_id"] == member
-        found = client.get("/v1/members/lookup", params={"appid": "wx5f3c9a1e7b2d4068", "openid": "oMINI_li"}).json()["member"]
+        found = client.get("/v1/members/lookup", params={"appid": "wx5f3c9a1e7b2d4068", "openid": "oMINI_li"}).json()[
+            "member"
+        ]
     assert found["member_id"] == member
     assert {(i["kind"], i["value"]) for i in found["identifiers"]} >= {(MINI, "oMINI_li"), ("unionid", "oUNION_li")}
 

@@ -46,7 +46,12 @@ def test_metrics_are_off_without_a_token_and_want_it_once_set(central_factory):
 
 def test_payments_requests_ingestion_and_the_feed_are_counted(central_factory, sim):  # noqa: F811
     server = central_factory(
-        wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, metrics_token=TOKEN, **FAST
+        wechat_base_url=sim.url,
+        wechat_appid=APPID,
+        wechat_mch_id=MCH_ID,
+        wechat_api_key=KEY,
+        metrics_token=TOKEN,
+        **FAST,
     )
     store = server.add_store("S1")
     before = scrape(server)
@@ -58,14 +63,18 @@ def test_payments_requests_ingestion_and_the_feed_are_counted(central_factory, s
         assert paid["state"] == "SUCCESS"
         refused = pay(client, code("32")).json()  # NOTENOUGH
         assert refused["state"] == "FAILED"
-        voided = client.post(f"/v1/payments/{new_otn()}/void", json={"provider": "wechat", "amount_fen": 100, "station_id": "T01"})
+        voided = client.post(
+            f"/v1/payments/{new_otn()}/void", json={"provider": "wechat", "amount_fen": 100, "station_id": "T01"}
+        )
         assert voided.json()["code"] == "VOIDED"
         waiting = pay(client, code("12")).json()  # the customer never confirms; the till gives up
         assert client.post(f"/v1/payments/{waiting['out_trade_no']}/reverse").json()["state"] == "REVERSING"
         assert follow(client, waiting["out_trade_no"])["state"] == "REVERSED"
 
         sale = journal_row(2590)
-        assert client.post("/v1/transactions:batch", json={"transactions": [sale, {"id": "not-a-row"}]}).status_code == 200
+        assert (
+            client.post("/v1/transactions:batch", json={"transactions": [sale, {"id": "not-a-row"}]}).status_code == 200
+        )
         assert client.post("/v1/transactions:batch", json={"transactions": [sale]}).status_code == 200
 
         server.add_member()

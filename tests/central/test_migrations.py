@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+
 from central.db import DatabaseError, head_revision, migrate, open_database, schema_revision
 from central.models import CentralModel
 

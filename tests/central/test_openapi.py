@@ -24,10 +24,19 @@ def test_every_contract_path_is_served_under_v1(central):
     with central.client() as client:
         paths = set(client.get("/openapi.json").json()["paths"])
     assert paths == {
-        "/v1/members/changes", "/v1/members/lookup", "/v1/members", "/v1/transactions:batch",
-        "/v1/stores/{store_id}/days/{business_day}/summary", "/v1/keys/member-code", "/healthz",
-        "/v1/payments", "/v1/payments/identify", "/v1/payments/{out_trade_no}", "/v1/payments/{out_trade_no}/reverse",
-            "/v1/payments/{out_trade_no}/void",
-        "/v1/payments/{out_trade_no}/refunds", "/v1/payments/{out_trade_no}/refunds/{out_refund_no}",
+        "/v1/members/changes",
+        "/v1/members/lookup",
+        "/v1/members",
+        "/v1/transactions:batch",
+        "/v1/stores/{store_id}/days/{business_day}/summary",
+        "/v1/keys/member-code",
+        "/healthz",
+        "/v1/payments",
+        "/v1/payments/identify",
+        "/v1/payments/{out_trade_no}",
+        "/v1/payments/{out_trade_no}/reverse",
+        "/v1/payments/{out_trade_no}/void",
+        "/v1/payments/{out_trade_no}/refunds",
+        "/v1/payments/{out_trade_no}/refunds/{out_refund_no}",
         "/v1/stores/{store_id}/days/{business_day}/payments",
-    }  # fmt: skip
+    }

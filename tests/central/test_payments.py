@@ -17,9 +17,13 @@ from central.payments.simulators.wechat import WeChatSimulator
 APPID, MCH_ID, KEY = "wx5f3c9a1e7b2d4068", "1900000109", "8f14e45fceea167a5a36dedd4bea2543"
 NOT_BEFORE = 0.3
 FAST = dict(
-    payments_poll_seconds=0.05, payments_limit_seconds=3.0, payments_reverse_not_before_seconds=NOT_BEFORE,
-    payments_answer_seconds=2.0, payments_retry_max_seconds=0.1, wechat_timeout_seconds=0.4,
-)  # fmt: skip
+    payments_poll_seconds=0.05,
+    payments_limit_seconds=3.0,
+    payments_reverse_not_before_seconds=NOT_BEFORE,
+    payments_answer_seconds=2.0,
+    payments_retry_max_seconds=0.1,
+    wechat_timeout_seconds=0.4,
+)
 _serial = itertools.count(1)
 
 
@@ -35,7 +39,9 @@ def sim():
 @pytest.fixture
 def paying(central_factory, sim):
     """A central service with WeChat Pay pointed at the simulator, a store S1 and its client."""
-    server = central_factory(wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST)
+    server = central_factory(
+        wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST
+    )
     store = server.add_store("S1")
     with server.client(store) as client:
         yield server, client
@@ -52,7 +58,8 @@ def new_otn() -> str:
 def pay(client, auth_code: str, amount: int = 1234, **extra):
     otn = extra.pop("out_trade_no", None) or new_otn()
     return client.post(
-        "/v1/payments", json={"out_trade_no": otn, "auth_code": auth_code, "amount_fen": amount, "station_id": "T01", **extra}
+        "/v1/payments",
+        json={"out_trade_no": otn, "auth_code": auth_code, "amount_fen": amount, "station_id": "T01", **extra},
     )
 
 
@@ -149,7 +156,9 @@ def test_system_or_bank_error_is_resolved_by_query(paying, sim, scenario):
     done = first if first["state"] == "SUCCESS" else follow(client, first["out_trade_no"])
     assert done["state"] == "SUCCESS" and done["provider_trade_no"]
     assert sim.count("micropay") == 1 and sim.count("orderquery") >= 1
-    assert ("charge", "UNKNOWN", "SYSTEMERROR" if scenario == "20" else "BANKERROR") in events(server, done["out_trade_no"])
+    assert ("charge", "UNKNOWN", "SYSTEMERROR" if scenario == "20" else "BANKERROR") in events(
+        server, done["out_trade_no"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -202,11 +211,17 @@ def test_a_paid_payment_taken_back_by_the_till_is_reversed(paying, sim):
 @pytest.mark.parametrize(
     ("scenario", "fault"), [("50", "ProviderUnreachable"), ("51", "ProviderBadResponse"), ("52", "ProviderBadResponse")]
 )
-def test_a_lost_or_bad_answer_after_the_charge_is_settled_by_query_never_a_second_charge(central_factory, sim, scenario, fault):
+def test_a_lost_or_bad_answer_after_the_charge_is_settled_by_query_never_a_second_charge(
+    central_factory, sim, scenario, fault
+):
     # The give-up limit is long here: on a loaded machine FAST's could pass before the query, and the
     # gateway would then (rightly) reverse instead of settling, which is another test's subject.
     server = central_factory(
-        wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **(FAST | {"payments_limit_seconds": 30.0})
+        wechat_base_url=sim.url,
+        wechat_appid=APPID,
+        wechat_mch_id=MCH_ID,
+        wechat_api_key=KEY,
+        **(FAST | {"payments_limit_seconds": 30.0}),
     )
     with server.client(server.add_store("S1")) as client:
         payment = pay(client, code(scenario)).json()
@@ -228,7 +243,11 @@ def test_amounts_of_zero_or_less_and_wrong_codes_are_refused(paying, sim):
         assert answer.status_code == 422 and "amount_fen" in answer.json()["message"]
     assert pay(client, code("00"), 12.5).status_code == 422  # a float is no amount of fen
     wrong = pay(client, code("00"), provider="alipay")
-    assert wrong.status_code == 422 and wrong.json()["error"] == "wrong_provider" and "WeChat Pay code" in wrong.json()["message"]
+    assert (
+        wrong.status_code == 422
+        and wrong.json()["error"] == "wrong_provider"
+        and "WeChat Pay code" in wrong.json()["message"]
+    )
     alipay = pay(client, "281234567890123456")
     assert alipay.status_code == 422 and alipay.json()["error"] == "provider_not_configured"
     garbage = pay(client, "12345")
@@ -269,7 +288,13 @@ def test_payments_need_the_stores_credentials(paying):
 
 def test_a_payment_survives_a_restart_while_the_customer_confirms(central_factory, sim):
     # A long limit: the restarted gateway must find the payment by query, not reverse it for taking too long.
-    server = central_factory(wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **(FAST | {"payments_limit_seconds": 30.0}))
+    server = central_factory(
+        wechat_base_url=sim.url,
+        wechat_appid=APPID,
+        wechat_mch_id=MCH_ID,
+        wechat_api_key=KEY,
+        **(FAST | {"payments_limit_seconds": 30.0}),
+    )
     store = server.add_store("S1")
     frozen = datetime.now(UTC)
     sim.clock = lambda: frozen  # the simulated customer has not confirmed, however long the test takes
@@ -284,5 +309,3 @@ def test_a_payment_survives_a_restart_while_the_customer_confirms(central_factor
         server.start()  # ... and the restarted service resumes the payment from the database
         done = follow(client, otn)
     assert done["state"] == "SUCCESS" and sim.count("micropay") == 1 and sim.count("orderquery", otn) > queries
-
-

@@ -43,9 +43,13 @@ def alipay_central(central_factory, alipay: AlipaySimulator, tmp_path: Path):
     (tmp_path / "alipay_public.pem").write_text(alipay_public)
     fast = {k: v for k, v in FAST.items() if not k.startswith("wechat_")}
     return central_factory(
-        alipay_base_url=alipay.url, alipay_app_id=APP_ID, alipay_private_key_path=tmp_path / "app_private.pem",
-        alipay_public_key_path=tmp_path / "alipay_public.pem", alipay_timeout_seconds=0.4, **fast,
-    )  # fmt: skip
+        alipay_base_url=alipay.url,
+        alipay_app_id=APP_ID,
+        alipay_private_key_path=tmp_path / "app_private.pem",
+        alipay_public_key_path=tmp_path / "alipay_public.pem",
+        alipay_timeout_seconds=0.4,
+        **fast,
+    )
 
 
 @pytest.fixture
@@ -80,7 +84,9 @@ def test_paid_at_once_and_the_buyer_linked_to_the_member(paying, alipay):
     assert wechat.status_code == 422 and wechat.json()["error"] == "provider_not_configured"
 
 
-@pytest.mark.parametrize(("scenario", "state"), [("10", "SUCCESS"), ("11", "REVERSED"), ("20", "SUCCESS"), ("50", "SUCCESS")])
+@pytest.mark.parametrize(
+    ("scenario", "state"), [("10", "SUCCESS"), ("11", "REVERSED"), ("20", "SUCCESS"), ("50", "SUCCESS")]
+)
 def test_waiting_and_unknown_outcomes_are_followed_to_the_end(paying, alipay, scenario, state):
     server, client = paying
     otn = pay(client, code(scenario)).json()["out_trade_no"]
@@ -113,4 +119,7 @@ def test_the_alipay_bill_reconciles_through_the_same_command(paying, alipay, tmp
     result = CliRunner().invoke(cli, ["payments", "reconcile", "--config", str(settings), "--day", day.isoformat()])
     assert result.exit_code == 0, result.output
     assert f"alipay {day}: 2 bill rows, 1 matched, 1 to settle" in result.output
-    assert f"charged_not_paid_at_store  {stranger.out_trade_no}" in result.output and paid["out_trade_no"] not in result.output
+    assert (
+        f"charged_not_paid_at_store  {stranger.out_trade_no}" in result.output
+        and paid["out_trade_no"] not in result.output
+    )

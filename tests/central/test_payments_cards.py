@@ -18,7 +18,12 @@ from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from tests.central.rows import journal_row
 
-APPID, MCH_ID, KEY, SECRET = "wx9b1d7e3a5c2f8046", "1900000109", "8f14e45fceea167a5a36dedd4bea2543", "card-secret-0123456789"
+APPID, MCH_ID, KEY, SECRET = (
+    "wx9b1d7e3a5c2f8046",
+    "1900000109",
+    "8f14e45fceea167a5a36dedd4bea2543",
+    "card-secret-0123456789",
+)
 CARD = "pbLatjk4T4Hx-QmEd-bHkVLBFbLR"
 
 
@@ -34,7 +39,10 @@ def card_api():
 @pytest.fixture
 def syncing(central_factory, card_api):
     server = central_factory(
-        wechat_card_api_base_url=card_api.url, wechat_appid=APPID, wechat_card_appsecret=SECRET, wechat_card_sync_seconds=0.05
+        wechat_card_api_base_url=card_api.url,
+        wechat_appid=APPID,
+        wechat_card_appsecret=SECRET,
+        wechat_card_sync_seconds=0.05,
     )
     store = server.add_store("S1")
     with server.client(store) as client:
@@ -71,7 +79,9 @@ def test_points_changes_are_pushed_with_add_bonus_and_the_absolute_bonus(syncing
     failed, pushed = card_api.card_calls
     assert failed.answered == -1 and failed.body == pushed.body
     assert pushed.body["card_id"] == CARD and pushed.body["code"] == "123456789012"
-    assert (pushed.body["add_bonus"], pushed.body["bonus"]) == (25, 525) and pushed.body["record_bonus"] == "消费获得积分"
+    assert (pushed.body["add_bonus"], pushed.body["bonus"]) == (25, 525) and pushed.body[
+        "record_bonus"
+    ] == "消费获得积分"
     wait_for(lambda: jobs(server) == [("done", 2)])  # the worker books the push once WeChat's answer is back
 
     # The same batch again books nothing and pushes nothing.
@@ -94,9 +104,13 @@ def test_a_card_belongs_to_one_member_and_is_registered_by_the_cli(syncing, tmp_
     settings.write_text(
         f'environment = "development"\ndatabase_url = "{server.settings.database_url}"\nphone_hash_key = "{server.settings.phone_hash_key.get_secret_value()}"\n'
     )
-    done = CliRunner().invoke(cli, ["member", "card", first, "--card-id", CARD, "--code", "000111", "--config", str(settings)])
+    done = CliRunner().invoke(
+        cli, ["member", "card", first, "--card-id", CARD, "--code", "000111", "--config", str(settings)]
+    )
     assert done.exit_code == 0 and f"member {first} holds card {CARD}" in done.output
-    again = CliRunner().invoke(cli, ["member", "card", first, "--card-id", CARD, "--code", "000111", "--config", str(settings)])
+    again = CliRunner().invoke(
+        cli, ["member", "card", first, "--card-id", CARD, "--code", "000111", "--config", str(settings)]
+    )
     assert again.exit_code == 0
     with server.session() as session, pytest.raises(IdentifierTaken):
         register_card(session, second, CARD, "000111", datetime.now(UTC))

@@ -67,7 +67,9 @@ def test_micropay_expires_when_central_gives_up(central_factory, wechat):
 
 def test_a_charge_reaching_wechat_too_late_is_refused_and_the_order_closed(central_factory):
     # WeChat's clock is 15 s ahead of central's: as if every request took 15 s to get there.
-    wechat = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=lambda: datetime.now(UTC) + timedelta(seconds=15))
+    wechat = WeChatSimulator(
+        appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=lambda: datetime.now(UTC) + timedelta(seconds=15)
+    )
     served = serve_in_thread(wechat.app())
     wechat.url = served.url
     try:
@@ -107,7 +109,9 @@ def test_wechat_spbill_create_ip_must_be_an_ipv4_address(tmp_path):
     path = tmp_path / "central.toml"
     for bad in ("2001:db8::10", "central.example.com", "203.0.113"):
         path.write_text(f'phone_hash_key = "0123456789abcdef0123"\nwechat_spbill_create_ip = "{bad}"\n')
-        with pytest.raises(SettingsError, match=r"wechat_spbill_create_ip: .*IPv4.*for example: wechat_spbill_create_ip = "):
+        with pytest.raises(
+            SettingsError, match=r"wechat_spbill_create_ip: .*IPv4.*for example: wechat_spbill_create_ip = "
+        ):
             load_settings(path)
     path.write_text('phone_hash_key = "0123456789abcdef0123"\n')
     assert str(load_settings(path).settings.wechat_spbill_create_ip) == "127.0.0.1"  # the default

@@ -34,17 +34,26 @@ class Station:
         self.station_id = station_id
         self.prev_hash = GENESIS
 
-    def row(self, total_fen: int, at: datetime, *, kind: str = "sale", tenders: list[dict] | None = None, **extra) -> dict:
+    def row(
+        self, total_fen: int, at: datetime, *, kind: str = "sale", tenders: list[dict] | None = None, **extra
+    ) -> dict:
         body = {
             "lines": [{"name": "矿泉水 550ml", "qty": 1, "amount_fen": total_fen}],
             "tenders": tenders if tenders is not None else [{"kind": "cash", "amount_fen": total_fen}],
         }
         row = {
-            "id": new_transaction_id(), "station_id": self.station_id, "kind": kind,
-            "business_day": at.astimezone(CHINA).date().isoformat(), "created_at": to_storage(at),
-            "member_id": extra.pop("member_id", None), "total_fen": total_fen, "points_earned": 0, "points_redeemed": 0,
-            "body": canonical_json(body), "prev_hash": self.prev_hash,
-        }  # fmt: skip
+            "id": new_transaction_id(),
+            "station_id": self.station_id,
+            "kind": kind,
+            "business_day": at.astimezone(CHINA).date().isoformat(),
+            "created_at": to_storage(at),
+            "member_id": extra.pop("member_id", None),
+            "total_fen": total_fen,
+            "points_earned": 0,
+            "points_redeemed": 0,
+            "body": canonical_json(body),
+            "prev_hash": self.prev_hash,
+        }
         row["hash"] = row_hash(self.prev_hash, row)
         row["body"] = json.loads(row["body"])
         self.prev_hash = row["hash"]
@@ -63,7 +72,13 @@ def paid(client, amount: int, station: str = "T01") -> dict:
 
 
 def wechat(payment: dict, amount: int | None = None) -> list[dict]:
-    return [{"kind": "wechat", "amount_fen": payment["amount_fen"] if amount is None else amount, "out_trade_no": payment["out_trade_no"]}]
+    return [
+        {
+            "kind": "wechat",
+            "amount_fen": payment["amount_fen"] if amount is None else amount,
+            "out_trade_no": payment["out_trade_no"],
+        }
+    ]
 
 
 def china_day(payment: dict):
@@ -84,9 +99,14 @@ def orphans(central_factory, sim):
 
     def make(**settings):
         server = central_factory(
-            wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY,
-            payments_orphan_check_seconds=0, **FAST, **settings,
-        )  # fmt: skip
+            wechat_base_url=sim.url,
+            wechat_appid=APPID,
+            wechat_mch_id=MCH_ID,
+            wechat_api_key=KEY,
+            payments_orphan_check_seconds=0,
+            **FAST,
+            **settings,
+        )
         store = server.add_store("S1")
         client = server.client(store)
         made.append(client)
@@ -139,7 +159,12 @@ def test_a_charge_no_sale_holds_is_an_orphan_once_grace_and_the_stations_push_ha
     assert (found["matched"], found["awaiting"]) == (1, 0)
     [orphan] = found["problems"]
     assert orphan["kind"] == "orphan_charge" and orphan["out_trade_no"] == planted["out_trade_no"]
-    assert (orphan["amount_fen"], orphan["provider"], orphan["station_id"], orphan["source"]) == (2000, "wechat", "T01", "central")
+    assert (orphan["amount_fen"], orphan["provider"], orphan["station_id"], orphan["source"]) == (
+        2000,
+        "wechat",
+        "T01",
+        "central",
+    )
     assert orphan["payment_state"] == "SUCCESS" and orphan["refund_state"] is None
     assert "no sale holds this payment" in orphan["reason"]
     # The payments page says the same for the whole store; another station's view does not hold it.
@@ -196,13 +221,19 @@ def test_voids_tenders_and_amounts_that_disagree(orphans):
     void = till.row(1000, now, kind="void", tenders=wechat(cancelled))
     mismatch = till.row(900, now + timedelta(seconds=1), tenders=wechat(short, 900))
     unknown = till.row(
-        300, now + timedelta(seconds=2), tenders=[{"kind": "alipay", "amount_fen": 300, "out_trade_no": "NEVERSEENATCENTRAL01"}]
+        300,
+        now + timedelta(seconds=2),
+        tenders=[{"kind": "alipay", "amount_fen": 300, "out_trade_no": "NEVERSEENATCENTRAL01"}],
     )
     till.push(void, mismatch, unknown, till.row(50, now + timedelta(minutes=10)))
     server.set_now(now + 2 * HOUR)
     found = check(client, china_day(cancelled))
     problems = {p["out_trade_no"]: p for p in found["problems"]}
-    assert set(problems) == {cancelled["out_trade_no"], short["out_trade_no"], "NEVERSEENATCENTRAL01"}  # not FAILED, REVERSED
+    assert set(problems) == {
+        cancelled["out_trade_no"],
+        short["out_trade_no"],
+        "NEVERSEENATCENTRAL01",
+    }  # not FAILED, REVERSED
     after_void = problems[cancelled["out_trade_no"]]
     assert (after_void["kind"], after_void["transaction_id"]) == ("orphan_after_void", void["id"])
     assert "reversal never happened" in after_void["reason"]
@@ -213,6 +244,7 @@ def test_voids_tenders_and_amounts_that_disagree(orphans):
     assert never["transaction_id"] == unknown["id"] and "central never saw this payment" in never["reason"]
     assert found["paid"] == {"wechat": {"count": 2, "paid_fen": 1800}} and found["matched"] == 1
 
+
 def test_a_charge_the_bill_shows_and_central_never_saw_is_an_orphan(orphans, sim, tmp_path):
     server, client = orphans()
     stranger = sim.add_order("S1T09LOSTANSWER0001", 555, device_info="S1-T09")
@@ -222,16 +254,26 @@ def test_a_charge_the_bill_shows_and_central_never_saw_is_an_orphan(orphans, sim
         f'environment = "development"\ndatabase_url = "{server.settings.database_url}"\nphone_hash_key = "{server.settings.phone_hash_key.get_secret_value()}"\n'
         f'wechat_base_url = "{sim.url}"\nwechat_appid = "{APPID}"\nwechat_mch_id = "{MCH_ID}"\nwechat_api_key = "{KEY}"\n'
     )
-    assert CliRunner().invoke(cli, ["payments", "reconcile", "--config", str(settings), "--day", day.isoformat()]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(cli, ["payments", "reconcile", "--config", str(settings), "--day", day.isoformat()])
+        .exit_code
+        == 0
+    )
     [orphan] = check(client, day)["problems"]
     assert (orphan["kind"], orphan["out_trade_no"], orphan["source"], orphan["amount_fen"]) == (
-        "orphan_charge", stranger.out_trade_no, "bill", 555,
-    )  # fmt: skip
+        "orphan_charge",
+        stranger.out_trade_no,
+        "bill",
+        555,
+    )
     assert orphan["payment_state"] is None and "refund it at the provider" in orphan["reason"]
 
 
 def test_auto_refund_refunds_an_orphan_once_however_often_it_runs(orphans, sim, tmp_path):
-    server, client = orphans(payments_orphan_refund=True, payments_orphan_grace_seconds=0, payments_orphan_clock_margin_seconds=0)
+    server, client = orphans(
+        payments_orphan_refund=True, payments_orphan_grace_seconds=0, payments_orphan_clock_margin_seconds=0
+    )
     till = Station(client)
     sold = paid(client, 1500)
     till.push(till.row(1500, datetime.now(UTC), tenders=wechat(sold)))
@@ -242,7 +284,10 @@ def test_auto_refund_refunds_an_orphan_once_however_often_it_runs(orphans, sim, 
 
     first = dict(run_round(server))["S1"]
     [orphan] = first.problems
-    assert (orphan.out_trade_no, orphan.out_refund_no) == (planted["out_trade_no"], refund_number(planted["out_trade_no"]))
+    assert (orphan.out_trade_no, orphan.out_refund_no) == (
+        planted["out_trade_no"],
+        refund_number(planted["out_trade_no"]),
+    )
     assert orphan.refund_state in ("PROCESSING", "SUCCESS") and first.awaiting == 1
     run_round(server)
     run_round(server)
@@ -271,15 +316,24 @@ def test_auto_refund_refunds_an_orphan_once_however_often_it_runs(orphans, sim, 
     assert printed.exit_code == 0, printed.output
     assert f"store S1 {day}: wechat 3 paid 6500 fen; 1 matched, 1 awaiting, 1 to settle" in printed.output
     assert f"orphan_charge  {planted['out_trade_no']}  2000 fen [refund {orn} SUCCESS]" in printed.output
-    as_json = CliRunner().invoke(cli, ["payments", "orphans", "--config", str(settings), "--day", day.isoformat(), "--json"])
+    as_json = CliRunner().invoke(
+        cli, ["payments", "orphans", "--config", str(settings), "--day", day.isoformat(), "--json"]
+    )
     assert json.loads(as_json.output)["problems"][0]["out_trade_no"] == planted["out_trade_no"]
 
 
 def test_the_service_checks_on_its_own_schedule(central_factory, sim):
     server = central_factory(
-        wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, payments_orphan_refund=True,
-        payments_orphan_grace_seconds=0, payments_orphan_clock_margin_seconds=0, payments_orphan_check_seconds=0.05, **FAST,
-    )  # fmt: skip
+        wechat_base_url=sim.url,
+        wechat_appid=APPID,
+        wechat_mch_id=MCH_ID,
+        wechat_api_key=KEY,
+        payments_orphan_refund=True,
+        payments_orphan_grace_seconds=0,
+        payments_orphan_clock_margin_seconds=0,
+        payments_orphan_check_seconds=0.05,
+        **FAST,
+    )
     with server.client(server.add_store("S1")) as client:
         planted = paid(client, 990)
         till = Station(client)
@@ -301,7 +355,9 @@ def test_a_sale_finished_days_after_its_payment_still_holds_it(orphans):
     now = datetime.now(UTC)
     slow = paid(client, 2500)
     # The sale stayed open over a long weekend (one open sale per station: nothing else was journaled meanwhile).
-    till.push(till.row(2500, now + timedelta(days=3), tenders=wechat(slow)), till.row(100, now + timedelta(days=3, hours=1)))
+    till.push(
+        till.row(2500, now + timedelta(days=3), tenders=wechat(slow)), till.row(100, now + timedelta(days=3, hours=1))
+    )
     server.set_now(now + timedelta(days=4))
     found = check(client, china_day(slow))
     assert (found["matched"], found["awaiting"], found["problems"]) == (1, 0, [])

@@ -53,12 +53,16 @@ def test_the_bill_finds_every_kind_of_difference(paying, sim, tmp_path):
 
     summary = client.get(f"/v1/stores/S1/days/{day}/payments").json()
     assert summary["counts"] == {"FAILED": 1, "REVERSED": 1, "SUCCESS": 3} and summary["paid_fen"] == {"wechat": 8000}
-    assert [(c["provider"], c["bill_rows"], c["matched"], c["issues"]) for c in summary["bill_checks"]] == [("wechat", 4, 1, 4)]
+    assert [(c["provider"], c["bill_rows"], c["matched"], c["issues"]) for c in summary["bill_checks"]] == [
+        ("wechat", 4, 1, 4)
+    ]
     # The order central never saw is the store's by its device_info (store-station).
     assert {(i["out_trade_no"], i["kind"]) for i in summary["issues"]} == {
-        (gave_up, "charged_not_paid_at_store"), (stranger.out_trade_no, "charged_not_paid_at_store"),
-        (mismatch, "amount_mismatch"), (missing, "missing_from_bill"),
-    }  # fmt: skip
+        (gave_up, "charged_not_paid_at_store"),
+        (stranger.out_trade_no, "charged_not_paid_at_store"),
+        (mismatch, "amount_mismatch"),
+        (missing, "missing_from_bill"),
+    }
 
     # Settled at the provider (refunded), a second run replaces the result.
     del sim.orders[gave_up], sim.orders[stranger.out_trade_no]
@@ -67,7 +71,9 @@ def test_the_bill_finds_every_kind_of_difference(paying, sim, tmp_path):
         cli, ["payments", "reconcile", "--config", str(settings), "--day", day.isoformat(), "--provider", "wechat"]
     )
     assert "2 bill rows, 2 matched, 1 to settle" in again.output
-    assert [i["kind"] for i in client.get(f"/v1/stores/S1/days/{day}/payments").json()["issues"]] == ["missing_from_bill"]
+    assert [i["kind"] for i in client.get(f"/v1/stores/S1/days/{day}/payments").json()["issues"]] == [
+        "missing_from_bill"
+    ]
     other = server.add_store("S2")
     with server.client(other) as client2:
         assert client2.get(f"/v1/stores/S1/days/{day}/payments").status_code == 403

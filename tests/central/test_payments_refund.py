@@ -28,7 +28,7 @@ from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from central.payments.wechat import BEIJING, parse_bill
 from tests.central.plugin import central_settings
-from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, events, follow, new_otn, pay
+from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, follow, new_otn, pay
 from tests.central.test_payments_alipay import alipay_central, rsa_keys, serve_alipay  # noqa: F401 - rsa_keys is a fixture
 from tests.central.test_payments_timing import REQUEST, ScriptedProvider, VirtualClock, engine  # noqa: F401 - a fixture
 
@@ -65,7 +65,9 @@ def wechat(sim_clock):
 @pytest.fixture
 def paying(central_factory, wechat):
     """A central service with WeChat Pay pointed at the simulator, a store S1 and its client."""
-    server = central_factory(wechat_base_url=wechat.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST)
+    server = central_factory(
+        wechat_base_url=wechat.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST
+    )
     store = server.add_store("S1")
     with server.client(store) as client:
         yield server, client
@@ -159,7 +161,10 @@ def test_a_full_refund_is_processing_then_followed_to_success(paying, wechat, si
     assert wechat.refunded_fen(otn) == 1234 and wechat.count("refund") == 1
     trail = [(action, outcome) for action, outcome, _code in refund_events(server, otn, orn)]
     assert trail[:3] == [("refund_state", "PENDING"), ("refund", "PROCESSING"), ("refund_state", "PROCESSING")]
-    assert ("refund_query", "PROCESSING") in trail and trail[-2:] == [("refund_query", "SUCCESS"), ("refund_state", "SUCCESS")]
+    assert ("refund_query", "PROCESSING") in trail and trail[-2:] == [
+        ("refund_query", "SUCCESS"),
+        ("refund_state", "SUCCESS"),
+    ]
 
     # Nothing is left to refund, and the payment is still paid (a refund is not a reverse).
     over = refund(client, otn, 1)
@@ -217,7 +222,11 @@ def test_a_payment_that_is_not_paid_cannot_be_refunded(paying, wechat, sim_clock
     failed = pay(client, code("32"), 500).json()
     assert failed["state"] == "FAILED"
     not_paid = refund(client, failed["out_trade_no"], 500)
-    assert not_paid.status_code == 409 and not_paid.json()["error"] == "not_paid" and "FAILED" in not_paid.json()["message"]
+    assert (
+        not_paid.status_code == 409
+        and not_paid.json()["error"] == "not_paid"
+        and "FAILED" in not_paid.json()["message"]
+    )
     reversed_ = paid(client, code("00"), 800)
     assert client.post(f"/v1/payments/{reversed_}/reverse").json()["state"] == "REVERSING"
     assert refund(client, reversed_, 800).json()["error"] == "not_paid"
@@ -344,7 +353,10 @@ def test_a_refund_shows_in_the_wechat_bill_and_reconciles(paying, wechat, sim_cl
     assert follow_refund(client, otn, orn)["state"] == "SUCCESS"
     day = sim_clock.now.astimezone(BEIJING).date()
     rows = parse_bill(wechat.bill_text(day))
-    assert sorted((r.status, r.amount_fen) for r in rows if r.out_trade_no == otn) == [("REFUND", 500), ("SUCCESS", 2000)]
+    assert sorted((r.status, r.amount_fen) for r in rows if r.out_trade_no == otn) == [
+        ("REFUND", 500),
+        ("SUCCESS", 2000),
+    ]
     checked = check(server.engine, "wechat", day, rows, datetime.now(UTC))
     assert checked.issues == [] and checked.matched == 1
     # The next day's bill holds only the refund row of an earlier payment: nothing to settle either.
@@ -362,12 +374,18 @@ def test_alipay_refunds_are_done_at_once(alipaying, alipay):
     first = refund(client, otn, 1000, orn, reason="顾客退货")
     done = first.json()
     assert first.status_code == 201 and done["state"] == "SUCCESS" and done["final"] and done["provider"] == "alipay"
-    assert done["refunded_at"] and done["provider_refund_no"] == alipay.order(otn).trade_no and done["code"] == "fund_change=Y"
+    assert (
+        done["refunded_at"]
+        and done["provider_refund_no"] == alipay.order(otn).trade_no
+        and done["code"] == "fund_change=Y"
+    )
     assert alipay.refunded_fen(otn) == 1000 and alipay.order(otn).status == "TRADE_SUCCESS"
     again = refund(client, otn, 1000, orn)
     assert again.status_code == 200 and again.json()["state"] == "SUCCESS" and alipay.count("refund") == 1
     rest = refund(client, otn, 230).json()
-    assert rest["state"] == "SUCCESS" and alipay.refunded_fen(otn) == 1230 and alipay.order(otn).status == "TRADE_CLOSED"
+    assert (
+        rest["state"] == "SUCCESS" and alipay.refunded_fen(otn) == 1230 and alipay.order(otn).status == "TRADE_CLOSED"
+    )
     assert refund(client, otn, 1).json()["error"] == "refund_exceeds_payment" and alipay.count("refund") == 2
     assert client.get(f"/v1/payments/{otn}/refunds/{orn}").json()["state"] == "SUCCESS"
 
@@ -375,7 +393,11 @@ def test_alipay_refunds_are_done_at_once(alipaying, alipay):
 def test_alipay_refused_and_lost_refunds(alipaying, alipay):
     server, client = alipaying
     refused = refund(client, paid(client, alipay_code("62"), 500), 500).json()
-    assert refused["state"] == "FAILED" and refused["code"] == "ACQ.SELLER_BALANCE_NOT_ENOUGH" and "余额不足" in refused["reason_zh"]
+    assert (
+        refused["state"] == "FAILED"
+        and refused["code"] == "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+        and "余额不足" in refused["reason_zh"]
+    )
 
     lost = paid(client, alipay_code("60"), 800)  # made, but the answer is an error page
     orn = new_orn()
@@ -399,7 +421,9 @@ class RefundingProvider(ScriptedProvider):
     """Pays at once; refunds and refund queries answer from scripts, recorded with their virtual second."""
 
     def __init__(self, clock: VirtualClock, refunds: list, queries):
-        super().__init__(clock, lambda: Result(Outcome.SUCCESS, "O1", provider_trade_no="42", amount_fen=1000), lambda t: None, [])
+        super().__init__(
+            clock, lambda: Result(Outcome.SUCCESS, "O1", provider_trade_no="42", amount_fen=1000), lambda t: None, []
+        )
         self._refunds, self._queries = list(refunds), queries
         self.orders: list[RefundOrder] = []
 
@@ -421,7 +445,12 @@ def run_refund(engine, provider_factory, until: float = 400, amount: int = 600):
         clock = VirtualClock()
         provider = provider_factory(clock)
         gateway = Gateway(
-            central_settings("sqlite://"), engine, {"wechat": provider}, timings=Timings(answer=0), clock=clock, sleep=clock.sleep
+            central_settings("sqlite://"),
+            engine,
+            {"wechat": provider},
+            timings=Timings(answer=0),
+            clock=clock,
+            sleep=clock.sleep,
         )
         try:
             await gateway.pay("S1", REQUEST)
@@ -463,7 +492,9 @@ def test_no_answer_then_unknown_to_the_provider_is_sent_again_once(engine):  # n
             return RefundResult(RefundStatus.NOT_FOUND, "RF1", code="REFUNDNOTEXIST")
         return settled()
 
-    provider, answer = run_refund(engine, lambda c: RefundingProvider(c, [ProviderUnreachable("timeout"), accepted()], query))
+    provider, answer = run_refund(
+        engine, lambda c: RefundingProvider(c, [ProviderUnreachable("timeout"), accepted()], query)
+    )
     # The answer was lost; the query says WeChat never got it; the same refund goes again, and is then found done.
     assert provider.calls == [("refund", 1), ("refund_query", 6), ("refund", 6), ("refund_query", 16)]
     assert answer.state == "SUCCESS"
@@ -476,7 +507,9 @@ def test_a_request_refused_before_processing_fails_once_the_query_confirms_it(en
     provider, answer = run_refund(
         engine,
         lambda c: RefundingProvider(
-            c, [ProviderRejected("证书已过期")], lambda t: RefundResult(RefundStatus.NOT_FOUND, "RF1", code="REFUNDNOTEXIST")
+            c,
+            [ProviderRejected("证书已过期")],
+            lambda t: RefundResult(RefundStatus.NOT_FOUND, "RF1", code="REFUNDNOTEXIST"),
         ),
     )
     assert provider.calls == [("refund", 1), ("refund_query", 6)]

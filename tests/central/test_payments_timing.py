@@ -120,7 +120,9 @@ def userpaying() -> Result:
 
 
 def paid(_at: float = 0) -> Result:
-    return Result(Outcome.SUCCESS, "O1", provider_trade_no="4200000001", payer_id="oPAYER", amount_fen=1000, code="SUCCESS")
+    return Result(
+        Outcome.SUCCESS, "O1", provider_trade_no="4200000001", payer_id="oPAYER", amount_fen=1000, code="SUCCESS"
+    )
 
 
 DONE = ReverseResult(done=True, recall=False)
@@ -143,7 +145,12 @@ def run(engine, provider_factory, scenario) -> tuple[ScriptedProvider, list[str]
         clock = VirtualClock()
         provider = provider_factory(clock)
         gateway = Gateway(
-            central_settings("sqlite://"), engine, {"wechat": provider}, timings=Timings(answer=0), clock=clock, sleep=clock.sleep
+            central_settings("sqlite://"),
+            engine,
+            {"wechat": provider},
+            timings=Timings(answer=0),
+            clock=clock,
+            sleep=clock.sleep,
         )
         try:
             await scenario(gateway, clock)
@@ -164,7 +171,9 @@ async def pay_and_run(gateway: Gateway, clock: VirtualClock, until: float = 120)
 
 
 def test_userpaying_is_queried_every_5_s_and_reversed_at_30_s(engine):
-    provider, state = run(engine, lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), [DONE]), pay_and_run)
+    provider, state = run(
+        engine, lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), [DONE]), pay_and_run
+    )
     assert provider.calls == [("charge", 0), *[("query", t) for t in (5, 10, 15, 20, 25, 30)], ("reverse", 30)]
     assert state == "REVERSED"
 
@@ -184,7 +193,9 @@ def test_recall_calls_reverse_again_and_failures_back_off(engine):
     recall = ReverseResult(done=False, recall=True, code="SYSTEMERROR")
     refused = ReverseResult(done=False, recall=False, code="SYSTEMERROR")
     script = [recall, ProviderUnreachable("timeout"), refused, DONE]
-    provider, state = run(engine, lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), script), pay_and_run)
+    provider, state = run(
+        engine, lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), script), pay_and_run
+    )
     reverses = [t for call, t in provider.calls if call == "reverse"]
     # 30: recall → again 1 s later; 31: no answer → 5 s; 36: refused → 10 s; 46: done.
     assert reverses == [30, 31, 36, 46] and state == "REVERSED"
@@ -258,7 +269,9 @@ def test_a_charge_refused_after_5_s_is_reversed_15_s_after_the_refusal(engine):
     def refused() -> Result:
         raise ProviderRejected("pay/micropay: 系统繁忙")
 
-    provider, state = run(engine, lambda c: ScriptedProvider(c, refused, lambda t: userpaying(), [DONE], charge_takes=5), pay_and_run)
+    provider, state = run(
+        engine, lambda c: ScriptedProvider(c, refused, lambda t: userpaying(), [DONE], charge_takes=5), pay_and_run
+    )
     assert provider.calls == [("charge", 0), ("reverse", 20)] and state == "REVERSED"
 
 
@@ -277,9 +290,10 @@ def test_a_charge_that_timed_out_after_10_s_is_reversed_15_s_after_the_timeout(e
 def test_without_a_recorded_answer_the_15_s_count_from_when_the_reverse_is_decided(engine):
     # The charge is out when the process dies at 7 s: no answer was recorded.
     provider, state = run(
-        engine, lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), [DONE], charge_takes=60),
+        engine,
+        lambda c: ScriptedProvider(c, userpaying, lambda t: userpaying(), [DONE], charge_takes=60),
         lambda gateway, clock: pay_and_run(gateway, clock, until=7),
-    )  # fmt: skip
+    )
     assert provider.calls == [("charge", 0)] and state == "PENDING"
 
     async def second(gateway, clock):
@@ -292,5 +306,7 @@ def test_without_a_recorded_answer_the_15_s_count_from_when_the_reverse_is_decid
 
 
 def test_the_charge_expires_when_the_gateway_gives_up(engine):
-    provider, _ = run(engine, lambda c: ScriptedProvider(c, paid, lambda t: paid(), [DONE]), lambda g, c: pay_and_run(g, c, until=1))
+    provider, _ = run(
+        engine, lambda c: ScriptedProvider(c, paid, lambda t: paid(), [DONE]), lambda g, c: pay_and_run(g, c, until=1)
+    )
     assert provider.charges[0].expires_at == T0 + timedelta(seconds=30)  # the payment limit after the charge

@@ -51,5 +51,7 @@ def test_a_void_of_another_stores_number_is_not_found(paying, sim):
 
 def test_a_void_with_a_bad_body_is_refused_clearly(paying, sim):
     server, client = paying
-    answer = client.post(f"/v1/payments/{new_otn()}/void", json={"provider": "wechat", "amount_fen": 0, "station_id": "T01"})
+    answer = client.post(
+        f"/v1/payments/{new_otn()}/void", json={"provider": "wechat", "amount_fen": 0, "station_id": "T01"}
+    )
     assert answer.status_code == 422

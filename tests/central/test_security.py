@@ -44,20 +44,34 @@ def world_umask() -> Iterator[None]:
 def test_every_route_without_a_token_or_with_a_wrong_one_is_401_and_does_nothing(central):
     central.add_store("S1")
     contexts = list(iter_route_contexts(central.app.routes))
-    routes = [(method, context.path) for context in contexts for method in sorted(context.methods or ()) if method != "HEAD"]
+    routes = [
+        (method, context.path) for context in contexts for method in sorted(context.methods or ()) if method != "HEAD"
+    ]
     assert ("POST", "/v1/payments") in routes and ("POST", "/v1/transactions:batch") in routes
     unprotected = {path for _, path in routes if not path.startswith("/v1/")} - TOKEN_PATHS
-    assert unprotected <= OPEN_PATHS, f"routes outside /v1/ (served without a token?): {sorted(unprotected - OPEN_PATHS)}"
+    assert unprotected <= OPEN_PATHS, (
+        f"routes outside /v1/ (served without a token?): {sorted(unprotected - OPEN_PATHS)}"
+    )
 
     with httpx.Client(base_url=central.url, timeout=10) as client:
         for method, path in routes:
             if path in OPEN_PATHS:
                 continue
-            url = path.replace("{store_id}", "S1").replace("{business_day}", "2026-11-23").replace("{", "").replace("}", "")
+            url = (
+                path.replace("{store_id}", "S1")
+                .replace("{business_day}", "2026-11-23")
+                .replace("{", "")
+                .replace("}", "")
+            )
             body = {} if method in ("POST", "PUT") else None
             for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "token-of-S1-0123456789"}):
                 answer = client.request(method, url, json=body, headers={"X-Store-Id": "S1", **headers})
-                assert answer.status_code == 401 and answer.json()["error"] == "unauthorized", (method, path, headers, answer.text)
+                assert answer.status_code == 401 and answer.json()["error"] == "unauthorized", (
+                    method,
+                    path,
+                    headers,
+                    answer.text,
+                )
                 assert answer.headers["www-authenticate"] == "Bearer"
         for path in OPEN_PATHS - {"/docs/oauth2-redirect"}:
             assert client.get(path).status_code == 200, path
@@ -89,7 +103,9 @@ def settings_file(tmp_path: Path, text: str, mode: int) -> Path:
     ],
     ids=["phone-hash-key", "wechat-api-key"],
 )
-def test_a_secret_in_a_world_readable_settings_file_is_warned_about_by_name_never_by_value(tmp_path, monkeypatch, text, keys):
+def test_a_secret_in_a_world_readable_settings_file_is_warned_about_by_name_never_by_value(
+    tmp_path, monkeypatch, text, keys
+):
     monkeypatch.delenv("POS_CENTRAL_PHONE_HASH_KEY", raising=False)
     warnings = load_settings(settings_file(tmp_path, text, 0o644)).warnings
     assert [warning.split(" ", 1)[0] for warning in warnings] == keys
@@ -138,7 +154,14 @@ def test_the_sqlite_database_and_its_wal_and_shm_are_not_readable_by_others(worl
     central = central_factory()
     store = central.add_store("S1")
     with central.client(store) as client:
-        assert client.post("/v1/members", json={"phone": "13812345678", "consent": True}, headers={"Idempotency-Key": "k-0123456789"}).status_code == 201
+        assert (
+            client.post(
+                "/v1/members",
+                json={"phone": "13812345678", "consent": True},
+                headers={"Idempotency-Key": "k-0123456789"},
+            ).status_code
+            == 201
+        )
     database = Path(central.engine.url.database)
     files = [database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")]
     for path in files:

@@ -29,7 +29,13 @@ def post(client: httpx.Client, *rows: dict) -> contract.BatchResult:
 
 def ledger_sum(central, member_id: str) -> int:
     with central.session() as session:
-        return int(session.execute(sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.points), 0)).where(LedgerEntry.member_id == member_id)).scalar_one())
+        return int(
+            session.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(LedgerEntry.points), 0)).where(
+                    LedgerEntry.member_id == member_id
+                )
+            ).scalar_one()
+        )
 
 
 def test_rows_are_accepted_then_duplicate_and_points_booked_once(central, store):
@@ -59,7 +65,18 @@ def test_each_rejection_has_its_reason_and_does_not_fail_the_batch(central, stor
     negative_points = journal_row(100, member_id=member, points_redeemed=-50)
     negative_tender = journal_row(100, tenders=[{"kind": "cash", "amount_fen": -100}])
     stranger = journal_row(100, member_id="MNOSUCHMEMBER")
-    rows = [good, no_id, float_money, bad_tender, naive_time, negative, negative_points, negative_tender, stranger, "not an object"]
+    rows = [
+        good,
+        no_id,
+        float_money,
+        bad_tender,
+        naive_time,
+        negative,
+        negative_points,
+        negative_tender,
+        stranger,
+        "not an object",
+    ]
     with central.client(store) as client:
         result = post(client, *rows)
         conflict = post(client, {**good, "total_fen": 600})
@@ -97,7 +114,9 @@ def test_a_refund_gives_points_back_the_other_way(central, store):
     member = central.add_member(points=1000)
     with central.client(store) as client:
         post(client, journal_row(10000, member_id=member, points_earned=100, points_redeemed=200))
-        refund = post(client, journal_row(10000, kind="refund", member_id=member, points_earned=100, points_redeemed=200))
+        refund = post(
+            client, journal_row(10000, kind="refund", member_id=member, points_earned=100, points_redeemed=200)
+        )
     assert refund.balances[0].points == 1000 and ledger_sum(central, member) == 1000
 
 
@@ -143,7 +162,9 @@ def test_the_ledger_key_refuses_a_second_booking_even_past_the_id_check(central,
     row = journal_row(100, member_id=member, points_earned=1)
     with central.client(store) as client:
         post(client, row)
-    entry = dict(member_id=member, kind="earn", points=1, transaction_id=row["id"], store_id="S1", created_at=datetime.now(UTC))
+    entry = dict(
+        member_id=member, kind="earn", points=1, transaction_id=row["id"], store_id="S1", created_at=datetime.now(UTC)
+    )
     with central.session() as session, pytest.raises(sa.exc.IntegrityError):
         session.execute(sa.insert(LedgerEntry.__table__).values(**entry))
 
@@ -196,9 +217,14 @@ def test_coupons_used_in_a_sale_are_marked_used(central, store):
 def issue_coupon(central, member_id: str, code: str) -> None:
     now = datetime.now(UTC)
     coupon = Coupon(
-        code=code, title="满100减10", kind="amount_off", amount_off_fen=1000, threshold_fen=10000,
-        valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=30),
-    )  # fmt: skip
+        code=code,
+        title="满100减10",
+        kind="amount_off",
+        amount_off_fen=1000,
+        threshold_fen=10000,
+        valid_from=now - timedelta(days=1),
+        valid_until=now + timedelta(days=30),
+    )
     with central.session() as session:
         feed.lock(session)
         card.issue_coupon(session, member_id, coupon)

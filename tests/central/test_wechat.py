@@ -51,7 +51,9 @@ def test_md5_signature_matches_wechats_published_example():
 
 def test_hmac_sha256_signature_matches_wechats_published_example():
     # The same page gives hash_hmac("sha256", stringSignTemp, key).toUpperCase() for the same parameters.
-    assert sign(SPEC_PARAMS, SPEC_KEY, "HMAC-SHA256") == "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6"
+    assert (
+        sign(SPEC_PARAMS, SPEC_KEY, "HMAC-SHA256") == "6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6"
+    )
     # ... which is HMAC-SHA256 keyed with the API key over the text that already ends in &key=.
     text = "&".join(f"{k}={SPEC_PARAMS[k]}" for k in sorted(SPEC_PARAMS)) + f"&key={SPEC_KEY}"
     assert hmac.new(SPEC_KEY.encode(), text.encode(), hashlib.sha256).hexdigest().upper() == sign(
@@ -156,7 +158,9 @@ def test_micropay_success_with_either_signature_type(simulator, sign_type):
     async def go():
         wechat = client(simulator, sign_type=sign_type)
         try:
-            return await wechat.charge(charge(f"W{sign_type[:3]}1", code("00"))), await wechat.query(f"W{sign_type[:3]}1")
+            return await wechat.charge(charge(f"W{sign_type[:3]}1", code("00"))), await wechat.query(
+                f"W{sign_type[:3]}1"
+            )
         finally:
             await wechat.aclose()
 
@@ -266,7 +270,9 @@ def test_an_unreachable_provider_is_unreachable():
         port = sock.getsockname()[1]
 
     async def go():
-        wechat = WeChatPayClient(base_url=f"http://127.0.0.1:{port}", appid=APPID, mch_id=MCH_ID, api_key=KEY, timeout=0.5)
+        wechat = WeChatPayClient(
+            base_url=f"http://127.0.0.1:{port}", appid=APPID, mch_id=MCH_ID, api_key=KEY, timeout=0.5
+        )
         try:
             await wechat.query("X")
         finally:
@@ -324,7 +330,10 @@ def test_downloadbill_from_what_the_simulator_processed():
         rows, empty = run(go())
     finally:
         served.stop()
-    assert sorted((r.out_trade_no, r.status, r.amount_fen) for r in rows) == [("WD1", "SUCCESS", 1990), ("WD3", "REVOKED", 100)]
+    assert sorted((r.out_trade_no, r.status, r.amount_fen) for r in rows) == [
+        ("WD1", "SUCCESS", 1990),
+        ("WD3", "REVOKED", 100),
+    ]
     assert empty == []
 
 
@@ -374,7 +383,14 @@ def test_authcodetoopenid_goes_out_md5_without_sign_type_and_its_answer_is_check
     @app.post("/tools/authcodetoopenid")
     async def authcodetoopenid(request: Request) -> Response:
         seen.append(parse_xml(await request.body()))
-        fields = {"return_code": "SUCCESS", "appid": APPID, "mch_id": MCH_ID, "nonce_str": "n2", "result_code": "SUCCESS", "openid": "oPAYER"}
+        fields = {
+            "return_code": "SUCCESS",
+            "appid": APPID,
+            "mch_id": MCH_ID,
+            "nonce_str": "n2",
+            "result_code": "SUCCESS",
+            "openid": "oPAYER",
+        }
         return Response(to_xml({**fields, "sign": sign(fields, KEY, answers.pop(0))}), media_type="text/xml")
 
     served = serve_in_thread(app)
@@ -426,7 +442,10 @@ def timed():
     sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=clock, userpaying_seconds=120)
     served = serve_in_thread(sim.app())
     sim.url, sim.clock_ = served.url, clock
-    yield sim, WeChatPayClient(base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=lambda: T0, timeout=2)
+    yield (
+        sim,
+        WeChatPayClient(base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=lambda: T0, timeout=2),
+    )
     served.stop()
 
 
@@ -495,12 +514,21 @@ def test_an_order_still_waiting_when_its_expiry_passes_is_closed(timed):
 
     # 10: the customer would confirm after 120 s; 12: never. Both orders expire at T0 + 90 s.
     for otn, scenario in (("WT10", "10"), ("WT12", "12")):
-        assert run(go(lambda: wechat.charge(expiring(otn, code(scenario), timedelta(seconds=90))))).outcome is Outcome.USERPAYING
+        assert (
+            run(
+                go(
+                    lambda otn=otn, scenario=scenario: wechat.charge(
+                        expiring(otn, code(scenario), timedelta(seconds=90))
+                    )
+                )
+            ).outcome
+            is Outcome.USERPAYING
+        )
     sim.clock_.advance(89)
     assert run(go(lambda: wechat.query("WT12"))).outcome is Outcome.USERPAYING
     sim.clock_.advance(61)  # past the expiry, and past the time the customer of WT10 would have confirmed
     for otn in ("WT10", "WT12"):
-        closed = run(go(lambda: wechat.query(otn)))
+        closed = run(go(lambda otn=otn: wechat.query(otn)))
         assert (closed.outcome, closed.code) == (Outcome.REVERSED, "CLOSED")
     assert sim.bill_text(T0.astimezone(BEIJING).date()) is None  # nothing was paid
     assert run(go(lambda: wechat.reverse("WT12"))).done

@@ -25,7 +25,9 @@ SHORTEST_DRIVE_S = 20.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description="Sell under faults, then check every fen.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos", description="Sell under faults, then check every fen."
+    )
     parser.add_argument("--seed", type=int, default=1, help="the first seed (default 1)")
     parser.add_argument("--seeds", type=int, default=1, help="how many seeds, from --seed on (default 1)")
     parser.add_argument("--minutes", type=float, default=3.5, help="wall time for the whole run (default 3.5)")

@@ -22,9 +22,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slow-seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
     simulator = AlipaySimulator(
-        args.merchant_public_key.read_text(), args.alipay_private_key.read_text(), app_id=args.app_id,
-        userpaying_seconds=args.userpaying_seconds, slow_seconds=args.slow_seconds,
-    )  # fmt: skip
+        args.merchant_public_key.read_text(),
+        args.alipay_private_key.read_text(),
+        app_id=args.app_id,
+        userpaying_seconds=args.userpaying_seconds,
+        slow_seconds=args.slow_seconds,
+    )
     uvicorn.run(simulator.app(), host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -75,9 +75,12 @@ def open_at_central(central_db: Path) -> list[str]:
     from central.payments.gateway import FINAL, REFUND_FINAL
 
     with read_only(central_db) as db:
-        payments = db.execute(f"SELECT out_trade_no, state FROM payment WHERE state NOT IN ({','.join('?' * len(FINAL))})", FINAL).fetchall()
+        payments = db.execute(
+            f"SELECT out_trade_no, state FROM payment WHERE state NOT IN ({','.join('?' * len(FINAL))})", FINAL
+        ).fetchall()
         refunds = db.execute(
-            f"SELECT out_refund_no, state FROM payment_refund WHERE state NOT IN ({','.join('?' * len(REFUND_FINAL))})", REFUND_FINAL
+            f"SELECT out_refund_no, state FROM payment_refund WHERE state NOT IN ({','.join('?' * len(REFUND_FINAL))})",
+            REFUND_FINAL,
         ).fetchall()
     return [f"payment {r[0]} {r[1]}" for r in payments] + [f"refund {r[0]} {r[1]}" for r in refunds]
 
@@ -106,17 +109,25 @@ def provider_orders(wechat: dict, alipay: dict) -> dict[str, ProviderOrder]:
     for o in wechat["orders"]:
         paid_then_reversed = o["state"] == "REVOKED" and o["paid_before_reverse"]
         orders[o["out_trade_no"]] = ProviderOrder(
-            "wechat", o["out_trade_no"], o["auth_code"], o["amount_fen"], o["state"] == "SUCCESS" or paid_then_reversed,
+            "wechat",
+            o["out_trade_no"],
+            o["auth_code"],
+            o["amount_fen"],
+            o["state"] == "SUCCESS" or paid_then_reversed,
             o["amount_fen"] if paid_then_reversed else 0,
-        )  # fmt: skip
+        )
     for r in wechat["refunds"]:
         orders[r["out_trade_no"]].refunds[r["out_refund_no"]] = r["amount_fen"]
     for o in alipay["orders"]:
         cancelled_after_paying = o["cancel_action"] == "refund" or o["refunded_at"] is not None
         orders[o["out_trade_no"]] = ProviderOrder(
-            "alipay", o["out_trade_no"], o["auth_code"], o["amount_fen"], o["paid_at"] is not None,
+            "alipay",
+            o["out_trade_no"],
+            o["auth_code"],
+            o["amount_fen"],
+            o["paid_at"] is not None,
             o["amount_fen"] if cancelled_after_paying else 0,
-        )  # fmt: skip
+        )
     for r in alipay["refunds"]:
         orders[r["out_trade_no"]].refunds[r["out_request_no"]] = r["amount_fen"]
     return orders
@@ -152,19 +163,30 @@ def check_all(stack: Stack, driver: Driver, findings: Findings) -> None:
     findings.figures["provider_refunds"] = sum(len(o.refunds) for o in orders.values())
     timings = {}
     for check, args in (
-        (check_told, (stack, driver, journal)), (check_money, (driver, journal, orders)), (check_points, (stack,)),
-        (check_journal_verifies, (stack,)), (check_receipts, (stack, journal)), (check_reconcile, (stack, journal)),
+        (check_told, (stack, driver, journal)),
+        (check_money, (driver, journal, orders)),
+        (check_points, (stack,)),
+        (check_journal_verifies, (stack,)),
+        (check_receipts, (stack, journal)),
+        (check_reconcile, (stack, journal)),
         (check_secrets, (stack, driver)),
-    ):  # fmt: skip
+    ):
         started = time.monotonic()
         check(*args, findings)
         timings[check.__name__] = round(time.monotonic() - started, 1)
     findings.figures["check_seconds"] = timings
     for error in driver.server_errors:
         findings.add("agent_answered_5xx", error)
-    payer_sales = [(s, row) for s in driver.sales if s.payer and s.outcome == "told_paid" for row in journal if row.id == s.transaction_id]
+    payer_sales = [
+        (s, row)
+        for s in driver.sales
+        if s.payer and s.outcome == "told_paid"
+        for row in journal
+        if row.id == s.transaction_id
+    ]
     findings.figures["payer_identified"] = (
-        sum(1 for s, row in payer_sales if row.member_id == stack.payer_members.get(s.payer)), len(payer_sales)
+        sum(1 for s, row in payer_sales if row.member_id == stack.payer_members.get(s.payer)),
+        len(payer_sales),
     )
 
 
@@ -178,19 +200,29 @@ def check_told(stack: Stack, driver: Driver, journal: list[JournalRow], findings
             continue
         central = theirs.get(sale.transaction_id)
         if sale.transaction_id not in ours:
-            findings.add("told_paid_not_at_central", f"sale #{sale.n} {sale.transaction_id}: told paid, but not in the till's journal")
+            findings.add(
+                "told_paid_not_at_central",
+                f"sale #{sale.n} {sale.transaction_id}: told paid, but not in the till's journal",
+            )
         elif central is None:
             findings.add("told_paid_not_at_central", f"sale #{sale.n} {sale.transaction_id}: told paid, not at central")
         elif central["kind"] != "sale" or central["total_fen"] != sale.amount_due_fen:
-            findings.add("told_paid_not_at_central", f"sale #{sale.n} {sale.transaction_id}: told {sale.amount_due_fen} fen, central holds "
-                                                     f"a {central['kind']} of {central['total_fen']} fen")  # fmt: skip
+            findings.add(
+                "told_paid_not_at_central",
+                f"sale #{sale.n} {sale.transaction_id}: told {sale.amount_due_fen} fen, central holds "
+                f"a {central['kind']} of {central['total_fen']} fen",
+            )
     for refund in driver.refunds:
         if refund.outcome == "told_refunded" and (refund.refund_id not in ours or refund.refund_id not in theirs):
             where = "the till's journal" if refund.refund_id not in ours else "central"
-            findings.add("told_paid_not_at_central", f"refund #{refund.n} {refund.refund_id}: told refunded, not in {where}")
+            findings.add(
+                "told_paid_not_at_central", f"refund #{refund.n} {refund.refund_id}: told refunded, not in {where}"
+            )
 
 
-def check_money(driver: Driver, journal: list[JournalRow], orders: dict[str, ProviderOrder], findings: Findings) -> None:
+def check_money(
+    driver: Driver, journal: list[JournalRow], orders: dict[str, ProviderOrder], findings: Findings
+) -> None:
     """Money at the providers against the journal: what each payment kept, each refund, each customer."""
     sold: dict[str, int] = defaultdict(int)  # out_trade_no -> fen in journaled sales
     refunded: dict[str, int] = defaultdict(int)  # out_trade_no -> fen in journaled refunds
@@ -212,10 +244,15 @@ def check_money(driver: Driver, journal: list[JournalRow], orders: dict[str, Pro
         if out_trade_no in sold:
             expected = sold[out_trade_no] - refunded[out_trade_no]
             if kept != expected:
-                findings.add("kept_differs_from_journal", f"{out_trade_no}: the provider keeps {kept} fen, the journal says {expected} "
-                                                          f"({sold[out_trade_no]} sold, {refunded[out_trade_no]} refunded)")  # fmt: skip
+                findings.add(
+                    "kept_differs_from_journal",
+                    f"{out_trade_no}: the provider keeps {kept} fen, the journal says {expected} "
+                    f"({sold[out_trade_no]} sold, {refunded[out_trade_no]} refunded)",
+                )
         elif kept > 0:
-            findings.add("kept_payment_without_sale", f"{order.provider} {out_trade_no}: {kept} fen kept, in no journaled sale")
+            findings.add(
+                "kept_payment_without_sale", f"{order.provider} {out_trade_no}: {kept} fen kept, in no journaled sale"
+            )
     made_refunds = set()
     for order in orders.values():
         for out_refund_no, fen in order.refunds.items():
@@ -223,10 +260,16 @@ def check_money(driver: Driver, journal: list[JournalRow], orders: dict[str, Pro
             if out_refund_no in journaled_refunds:
                 continue
             kind = "refund_without_record" if order.out_trade_no in sold else "orphan_charge_refunded_later"
-            findings.add(kind, f"{order.provider} refund {out_refund_no} of {order.out_trade_no}: {fen} fen, in no journaled refund")
+            findings.add(
+                kind,
+                f"{order.provider} refund {out_refund_no} of {order.out_trade_no}: {fen} fen, in no journaled refund",
+            )
     for out_refund_no, (refund_id, out_trade_no) in journaled_refunds.items():
         if out_refund_no not in made_refunds:
-            findings.add("journaled_refund_not_made", f"refund {refund_id}: {out_refund_no} of {out_trade_no} is not at the provider")
+            findings.add(
+                "journaled_refund_not_made",
+                f"refund {refund_id}: {out_refund_no} of {out_trade_no} is not at the provider",
+            )
     by_code = {order.auth_code: order for order in orders.values() if order.auth_code}
     journaled = {row.id for row in journal if row.kind == "sale"}
     for sale in driver.sales:
@@ -234,14 +277,20 @@ def check_money(driver: Driver, journal: list[JournalRow], orders: dict[str, Pro
         extra = [order for order in kept if order.out_trade_no not in sale_tenders.get(sale.session_id or "", set())]
         if extra and (sale.session_id in journaled or len(kept) > 1):
             paid = "journaled" if sale.session_id in journaled else "not journaled"
-            findings.add("charged_twice", f"sale #{sale.n} ({sale.kind}, {paid}, {sale.outcome}): {len(kept)} payment(s) kept, "
-                                          + ", ".join(f"{o.out_trade_no} {o.kept_fen} fen" for o in extra) + " beyond the sale")  # fmt: skip
+            findings.add(
+                "charged_twice",
+                f"sale #{sale.n} ({sale.kind}, {paid}, {sale.outcome}): {len(kept)} payment(s) kept, "
+                + ", ".join(f"{o.out_trade_no} {o.kept_fen} fen" for o in extra)
+                + " beyond the sale",
+            )
 
 
 def check_points(stack: Stack, findings: Findings) -> None:
     """Each member's ledger at central against the points of the transactions central ingested."""
     with read_only(stack.central_db) as db:
-        rows = db.execute("SELECT id, kind, member_id, points_earned, points_redeemed FROM store_transaction WHERE member_id IS NOT NULL").fetchall()
+        rows = db.execute(
+            "SELECT id, kind, member_id, points_earned, points_redeemed FROM store_transaction WHERE member_id IS NOT NULL"
+        ).fetchall()
         ledger = db.execute("SELECT member_id, kind, points, transaction_id FROM ledger_entry").fetchall()
     expected: dict[str, int] = defaultdict(int)
     ids = set()
@@ -256,11 +305,16 @@ def check_points(stack: Stack, findings: Findings) -> None:
         if entry["transaction_id"] in ids:
             booked[entry["member_id"]] += entry["points"]
         elif entry["kind"] in ("earn", "redeem"):
-            findings.add("points_mismatch", f"ledger entry {entry['kind']} {entry['points']} for {entry['member_id']}: transaction "
-                                            f"{entry['transaction_id']} is not at central")  # fmt: skip
+            findings.add(
+                "points_mismatch",
+                f"ledger entry {entry['kind']} {entry['points']} for {entry['member_id']}: transaction "
+                f"{entry['transaction_id']} is not at central",
+            )
     for member in sorted(set(expected) | set(booked)):
         if expected[member] != booked[member]:
-            findings.add("points_mismatch", f"member {member}: ledger {booked[member]:+d}, transactions {expected[member]:+d}")
+            findings.add(
+                "points_mismatch", f"member {member}: ledger {booked[member]:+d}, transactions {expected[member]:+d}"
+            )
     findings.figures["members_with_points_moved"] = len(expected)
 
 
@@ -296,16 +350,25 @@ def check_reconcile(stack: Stack, journal: list[JournalRow], findings: Findings)
         try:
             result = json.loads(done.stdout)
         except ValueError:
-            findings.add("reconcile_different", f"{day}: exit {done.returncode}, no JSON: {(done.stderr or done.stdout).strip()[:300]}")
+            findings.add(
+                "reconcile_different",
+                f"{day}: exit {done.returncode}, no JSON: {(done.stderr or done.stdout).strip()[:300]}",
+            )
             continue
         payments = dict(_payment_reports(result))
         for key, value in payments.items():
             for problem in value:
-                findings.add("reconcile_payment_problems", f"{day} {key}: {json.dumps(problem, ensure_ascii=False)[:300]}")
+                findings.add(
+                    "reconcile_payment_problems", f"{day} {key}: {json.dumps(problem, ensure_ascii=False)[:300]}"
+                )
         differences = {k: v for k, v in result.items() if isinstance(v, list) and v and k not in payments}
-        if (done.returncode != 0 or not result.get("matched")) and (differences or not payments or
-                                                                     result.get("store_digest") != result.get("central_digest")):  # fmt: skip
-            findings.add("reconcile_different", f"{day} station {STATION_ID}: {json.dumps(differences, ensure_ascii=False)[:400]}")
+        if (done.returncode != 0 or not result.get("matched")) and (
+            differences or not payments or result.get("store_digest") != result.get("central_digest")
+        ):
+            findings.add(
+                "reconcile_different",
+                f"{day} station {STATION_ID}: {json.dumps(differences, ensure_ascii=False)[:400]}",
+            )
         findings.figures.setdefault("reconcile_checks_payments", result.get("payments_checked", False))
 
 
@@ -369,6 +432,9 @@ def _columns(database: Path) -> Iterable[tuple[str, str]]:
                 for column in row.keys():
                     value = row[column]
                     if isinstance(value, bytes):
-                        yield f"{table}.{column}", _receipt_text(value) if table == "print_job" else value.decode("latin-1")
+                        yield (
+                            f"{table}.{column}",
+                            _receipt_text(value) if table == "print_job" else value.decode("latin-1"),
+                        )
                     elif isinstance(value, str):
                         yield f"{table}.{column}", value

@@ -36,7 +36,10 @@ class Disruptions:
         self._last_kill = float("-inf")
 
     def start(self) -> None:
-        for name, loop in (("agent-killer", self._kill_agent_now_and_then), ("central-bouncer", self._bounce_central_now_and_then)):
+        for name, loop in (
+            ("agent-killer", self._kill_agent_now_and_then),
+            ("central-bouncer", self._bounce_central_now_and_then),
+        ):
             thread = threading.Thread(target=self._guarded(loop), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)

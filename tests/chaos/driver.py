@@ -112,9 +112,10 @@ class Driver:
         self.rng = random.Random(f"chaos driver {seed}")
         self.seed = seed
         self.api = httpx.Client(
-            base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {stack.secrets.api_token}"},
+            base_url=f"http://127.0.0.1:{stack.api_port}",
+            headers={"Authorization": f"Bearer {stack.secrets.api_token}"},
             timeout=httpx.Timeout(30.0, connect=2.0),
-        )  # fmt: skip
+        )
         self.sales: list[SaleRecord] = []
         self.refunds: list[RefundRecord] = []
         self.server_errors: list[str] = []  # 5xx answers the API does not document
@@ -155,9 +156,14 @@ class Driver:
 
     def records(self) -> dict:
         """What the driver did and was told, for the run's folder (auth codes left out: they are secrets)."""
-        sales = [{k: v for k, v in asdict(sale).items() if k != "auth_codes"} | {"out_trade_nos": sorted(sale.out_trade_nos)}
-                 for sale in self.sales]  # fmt: skip
-        refunds = [{k: v for k, v in asdict(refund).items() if k != "sale"} | {"sale": refund.sale.n} for refund in self.refunds]
+        sales = [
+            {k: v for k, v in asdict(sale).items() if k != "auth_codes"} | {"out_trade_nos": sorted(sale.out_trade_nos)}
+            for sale in self.sales
+        ]
+        refunds = [
+            {k: v for k, v in asdict(refund).items() if k != "sale"} | {"sale": refund.sale.n}
+            for refund in self.refunds
+        ]
         return {"sales": sales, "refunds": refunds, "server_errors": self.server_errors}
 
     @property
@@ -230,7 +236,9 @@ class Driver:
         member = None
         if kind in ("coupon", "redeem", "phone") or (kind == "cash" and self.rng.random() < 0.4):
             member = self.rng.choice(self.stack.members)
-            how = {"redeem": "member_code", "phone": "phone"}.get(kind) or self.rng.choice(("card", "phone", "member_code"))
+            how = {"redeem": "member_code", "phone": "phone"}.get(kind) or self.rng.choice(
+                ("card", "phone", "member_code")
+            )
             session = self._identify(sale, member, how) or session
         session = self._basket(sale, big=kind == "coupon")
         if session is None:
@@ -255,7 +263,9 @@ class Driver:
             session = self._pay_code(sale, code)
         else:  # coupon, redeem, phone: a code (any customer's) or cash
             if self.rng.random() < 0.7:
-                code = self._wechat_code(self.rng.choice(PAYING)) if self.rng.random() < 0.6 else self._alipay_code("00")
+                code = (
+                    self._wechat_code(self.rng.choice(PAYING)) if self.rng.random() < 0.6 else self._alipay_code("00")
+                )
                 session = self._pay_code(sale, code)
             else:
                 session = self._pay_cash(sale)
@@ -263,13 +273,19 @@ class Driver:
 
     def _bad_input(self, sale: SaleRecord) -> None:
         """What a buggy POS might send: valid JSON the API must refuse with a 4xx (a 5xx is a violation)."""
-        method, path, raw = self.rng.choice((
-            ("PUT", f"/v1/sessions/{sale.session_id}/basket", b'{"lines": [{"sku": "1", "name": "x", "qty": 1, "unit_price_fen": NaN}]}'),
-            ("POST", f"/v1/sessions/{sale.session_id}/tenders", b'{"kind": "cash", "tendered_fen": 1e999}'),
-            ("PUT", f"/v1/sessions/{sale.session_id}/redemption", b'{"points": Infinity}'),
-            ("POST", "/v1/refunds", b'{"transaction": "x", "lines": [{"line": -Infinity, "qty": 1}]}'),
-            ("GET", "/v1/transactions?before=9223372036854775808", None),
-        ))  # fmt: skip
+        method, path, raw = self.rng.choice(
+            (
+                (
+                    "PUT",
+                    f"/v1/sessions/{sale.session_id}/basket",
+                    b'{"lines": [{"sku": "1", "name": "x", "qty": 1, "unit_price_fen": NaN}]}',
+                ),
+                ("POST", f"/v1/sessions/{sale.session_id}/tenders", b'{"kind": "cash", "tendered_fen": 1e999}'),
+                ("PUT", f"/v1/sessions/{sale.session_id}/redemption", b'{"points": Infinity}'),
+                ("POST", "/v1/refunds", b'{"transaction": "x", "lines": [{"line": -Infinity, "qty": 1}]}'),
+                ("GET", "/v1/transactions?before=9223372036854775808", None),
+            )
+        )
         self.bad_inputs += 1
         answer = self._call(method, path, raw=raw) if raw is not None else self._call(method, path)
         if not 400 <= answer.status < 500 and not (method == "GET" and answer.status == 200):
@@ -277,7 +293,9 @@ class Driver:
 
     def _identify(self, sale: SaleRecord, member, how: str) -> dict | None:
         if how == "phone":
-            answer = self._call("POST", f"/v1/sessions/{sale.session_id}/phone", {"phone": member.phone, "confirmed": True})
+            answer = self._call(
+                "POST", f"/v1/sessions/{sale.session_id}/phone", {"phone": member.phone, "confirmed": True}
+            )
         else:
             text = member.card_no if how == "card" else self.stack.member_code(member.id)
             answer = self._call("POST", f"/v1/sessions/{sale.session_id}/codes", {"text": text})
@@ -291,11 +309,15 @@ class Driver:
         lines = []
         for i in range(self.rng.randint(1, 4)):
             name = self.rng.choice(NAMES)
-            lines.append({
-                "sku": f"69{self.rng.randrange(10**11):011d}", "name": name, "qty": self.rng.randint(1, 3),
-                "unit_price_fen": self.rng.randrange(150, 4990) + (1500 if big and i == 0 else 0),
-                "category": "tobacco" if name == "香烟" else "",
-            })  # fmt: skip
+            lines.append(
+                {
+                    "sku": f"69{self.rng.randrange(10**11):011d}",
+                    "name": name,
+                    "qty": self.rng.randint(1, 3),
+                    "unit_price_fen": self.rng.randrange(150, 4990) + (1500 if big and i == 0 else 0),
+                    "category": "tobacco" if name == "香烟" else "",
+                }
+            )
         answer = self._call("PUT", f"/v1/sessions/{sale.session_id}/basket", {"lines": lines})
         if answer.status != 200:
             sale.notes.append(f"basket refused: {answer.status} {answer.error}")
@@ -332,7 +354,9 @@ class Driver:
         card paid part of it (a void is journaled)."""
         way = self.rng.random()
         if way < 0.5:
-            session = self._tender_code(sale, self._wechat_code(self.rng.choice(("12", "12", "10", "40", "41"))), settle=False)
+            session = self._tender_code(
+                sale, self._wechat_code(self.rng.choice(("12", "12", "10", "40", "41"))), settle=False
+            )
             if session is not None and session["state"] in PAID_STATES:
                 return self._told(sale, session)
             if self.rng.random() < 0.3:
@@ -341,7 +365,11 @@ class Driver:
         elif way < 0.7:
             session = self._session(sale)
             if session is not None and session["remaining_fen"] > 1:
-                part = {"kind": "card", "amount_fen": session["remaining_fen"] // 2, "reference": f"TRACE{self.rng.randrange(10**6):06d}"}
+                part = {
+                    "kind": "card",
+                    "amount_fen": session["remaining_fen"] // 2,
+                    "reference": f"TRACE{self.rng.randrange(10**6):06d}",
+                }
                 self._call("POST", f"/v1/sessions/{sale.session_id}/tenders", part)
         self.disruptions.money_step()
         answer = self._call("POST", f"/v1/sessions/{sale.session_id}/cancel")
@@ -385,7 +413,9 @@ class Driver:
                 return session
             if session is None or self.rng.random() < 0.5:
                 return self._pay_cash(sale)
-            session = self._tender_code(sale, self._wechat_code("00") if code.startswith("1") else self._alipay_code("00"))
+            session = self._tender_code(
+                sale, self._wechat_code("00") if code.startswith("1") else self._alipay_code("00")
+            )
         return session if session is not None and session["state"] not in OPEN_STATES else self._pay_cash(sale)
 
     def _pay_cash(self, sale: SaleRecord) -> dict | None:
@@ -394,8 +424,11 @@ class Driver:
             return session
         left = session["remaining_fen"]
         self.disruptions.money_step()
-        answer = self._call("POST", f"/v1/sessions/{sale.session_id}/tenders",
-                            {"kind": "cash", "tendered_fen": (left + 999) // 1000 * 1000 + self.rng.choice((0, 0, 5000))})  # fmt: skip
+        answer = self._call(
+            "POST",
+            f"/v1/sessions/{sale.session_id}/tenders",
+            {"kind": "cash", "tendered_fen": (left + 999) // 1000 * 1000 + self.rng.choice((0, 0, 5000))},
+        )
         if answer.status == 200:
             return answer.body
         sale.notes.append(f"cash: {answer.status} {answer.error}")
@@ -414,7 +447,11 @@ class Driver:
             sale.notes.append(f"split first tender: {answer.status} {answer.error}")
         if self.rng.random() < 0.2:
             return self._pay_cash(sale)
-        code = self._wechat_code(self.rng.choice(PAYING)) if self.rng.random() < 0.6 else self._alipay_code(self.rng.choice(ALIPAY))
+        code = (
+            self._wechat_code(self.rng.choice(PAYING))
+            if self.rng.random() < 0.6
+            else self._alipay_code(self.rng.choice(ALIPAY))
+        )
         return self._pay_code(sale, code)
 
     def _settle(self, sale: SaleRecord, session: dict | None, within: float = 45.0) -> dict | None:
@@ -506,7 +543,12 @@ class Driver:
             self.disruptions.money_step()
             self._call("POST", f"/v1/sessions/{sale.session_id}/payment/cancel")
             session = self._settle(sale, self._session(sale), within=30)
-        if session is not None and session["state"] in OPEN_STATES and session.get("pricing") and self.rng.random() < 0.6:
+        if (
+            session is not None
+            and session["state"] in OPEN_STATES
+            and session.get("pricing")
+            and self.rng.random() < 0.6
+        ):
             session = self._pay_cash(sale)
             if session is not None and session["state"] in PAID_STATES and session.get("transaction_id"):
                 return self._told(sale, session)
@@ -555,7 +597,11 @@ class Driver:
             for earlier in found.body["refunds"]:
                 for line in earlier["body"]["lines"]:
                     refunded[line["line"]] += line["qty"]
-            left = [(i, line["qty"] - refunded[i]) for i, line in enumerate(found.body["body"]["lines"]) if line["qty"] > refunded[i]]
+            left = [
+                (i, line["qty"] - refunded[i])
+                for i, line in enumerate(found.body["body"]["lines"])
+                if line["qty"] > refunded[i]
+            ]
             if not left:
                 sale.notes.append("refunded in full")
                 return
@@ -572,7 +618,11 @@ class Driver:
         try:
             self._wait_agent()
             self.disruptions.money_step()
-            answer = self._call("POST", "/v1/refunds", {"transaction": refund.sale.transaction_id, "lines": refund.lines, "reason": "chaos"})
+            answer = self._call(
+                "POST",
+                "/v1/refunds",
+                {"transaction": refund.sale.transaction_id, "lines": refund.lines, "reason": "chaos"},
+            )
         except AgentLost as exc:
             refund.outcome = "unknown"
             refund.answers_lost += 1
@@ -580,7 +630,11 @@ class Driver:
             self._maybe_again(refund)
             return
         if answer.status == 201:
-            refund.outcome, refund.refund_id, refund.total_fen = "told_refunded", answer.body["id"], answer.body["total_fen"]
+            refund.outcome, refund.refund_id, refund.total_fen = (
+                "told_refunded",
+                answer.body["id"],
+                answer.body["total_fen"],
+            )
         elif answer.code == "refund_refused":
             refund.outcome = "refused"
             refund.sale.notes.append("refunded in full")

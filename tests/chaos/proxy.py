@@ -167,9 +167,17 @@ class FaultProxy:
     """The proxy's logic on one asyncio loop. Use `ProxyThread` to run it beside synchronous code."""
 
     def __init__(
-        self, upstream_port: int, *, seed: int = 0, upstream_host: str = "127.0.0.1", host: str = "127.0.0.1", port: int = 0,
-        delay_s: tuple[float, float] = (0.5, 3.5), blackhole_s: tuple[float, float] = (2.0, 5.0), hold_limit_s: float = 60.0,
-    ):  # fmt: skip
+        self,
+        upstream_port: int,
+        *,
+        seed: int = 0,
+        upstream_host: str = "127.0.0.1",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        delay_s: tuple[float, float] = (0.5, 3.5),
+        blackhole_s: tuple[float, float] = (2.0, 5.0),
+        hold_limit_s: float = 60.0,
+    ):
         self.upstream = (upstream_host, upstream_port)
         self.host, self.port = host, port
         self.delay_s, self.blackhole_s, self.hold_limit_s = delay_s, blackhole_s, hold_limit_s
@@ -320,7 +328,9 @@ class FaultProxy:
             else:
                 _reset(client_writer)
 
-    async def _next_request(self, client_reader: asyncio.StreamReader, upstream_reader: asyncio.StreamReader) -> Request | None:
+    async def _next_request(
+        self, client_reader: asyncio.StreamReader, upstream_reader: asyncio.StreamReader
+    ) -> Request | None:
         """The client's next request; None when either side closes the idle connection."""
         reading = asyncio.ensure_future(read_request(client_reader))
         upstream_gone = asyncio.ensure_future(upstream_reader.read(1))

@@ -18,14 +18,34 @@ from pathlib import Path
 
 import httpx
 
-from tests.chaos.checks import Findings, check_all, check_money, journal_rows, open_at_central, provider_orders, read_only
+from tests.chaos.checks import (
+    Findings,
+    check_all,
+    check_money,
+    journal_rows,
+    open_at_central,
+    provider_orders,
+    read_only,
+)
 from tests.chaos.disruptions import Disruptions, Pace
 from tests.chaos.driver import Driver
 from tests.chaos.stack import Stack
 
 # Fault rates per request: background traffic (pushes, pulls, probes, long-polls) and requests that move money.
-RATES = {"reset_before": 0.02, "reset_after_forward": 0.02, "reset_after_answer": 0.02, "delay": 0.03, "blackhole": 0.003}
-MONEY_RATES = {"reset_before": 0.04, "reset_after_forward": 0.12, "reset_after_answer": 0.04, "delay": 0.06, "blackhole": 0.01}
+RATES = {
+    "reset_before": 0.02,
+    "reset_after_forward": 0.02,
+    "reset_after_answer": 0.02,
+    "delay": 0.03,
+    "blackhole": 0.003,
+}
+MONEY_RATES = {
+    "reset_before": 0.04,
+    "reset_after_forward": 0.12,
+    "reset_after_answer": 0.04,
+    "delay": 0.06,
+    "blackhole": 0.01,
+}
 QUIET_S = 5.0  # the drained state must hold this long unchanged
 DRAIN_LIMIT_S = 150.0
 LATE_S = 45.0  # how long a money difference found after the drain may take to be repaired before it counts
@@ -90,10 +110,16 @@ def run_seed(seed: int, folder: Path, drive_s: float, pace: Pace = Pace(), say=p
             result.faults = stack.proxy.counts()
             result.fault_routes = stack.proxy.route_counts()
         stack.close()
-        result.agent_kills, result.central_stops, result.central_kills = stack.agent_kills, stack.central_stops, stack.central_kills
+        result.agent_kills, result.central_stops, result.central_kills = (
+            stack.agent_kills,
+            stack.central_stops,
+            stack.central_kills,
+        )
         if driver is not None:
             driver.close()
-            (folder / "driver.json").write_text(json.dumps(driver.records(), ensure_ascii=False, indent=1), encoding="utf-8")
+            (folder / "driver.json").write_text(
+                json.dumps(driver.records(), ensure_ascii=False, indent=1), encoding="utf-8"
+            )
             for sale in driver.sales:
                 result.sales.setdefault(sale.kind, Counter())[sale.outcome] += 1
                 result.offline_paid += sale.outcome == "told_paid" and sale.offline
@@ -128,7 +154,9 @@ def drain(stack: Stack, driver: Driver, disruptions: Disruptions, findings: Find
         if open_sale:
             driver.finish()
         database, checkout = status["database"], status["checkout"]
-        problems = [f"{database['outbox_pending']} journal row(s) waiting for central"] if database["outbox_pending"] else []
+        problems = (
+            [f"{database['outbox_pending']} journal row(s) waiting for central"] if database["outbox_pending"] else []
+        )
         problems += [f"till: {checkout['printer_queued']} receipt(s) queued"] if checkout["printer_queued"] else []
         problems += ["till: a sale open"] if open_sale else []
         problems += [f"till: {n} {what} in progress" for what, n in _till_work(stack).items() if n]
@@ -146,9 +174,11 @@ def drain(stack: Stack, driver: Driver, disruptions: Disruptions, findings: Find
         time.sleep(0.5)
     if problems:
         for problem in problems:
-            kind = {"payment": "payments_not_final", "refund": "payments_not_final", "till:": "till_work_unfinished"}.get(
-                problem.split(" ", 1)[0], "outbox_not_drained"
-            )
+            kind = {
+                "payment": "payments_not_final",
+                "refund": "payments_not_final",
+                "till:": "till_work_unfinished",
+            }.get(problem.split(" ", 1)[0], "outbox_not_drained")
             findings.add(kind, f"after {DRAIN_LIMIT_S:g} s: {problem}")
         return None
     if last and last[0]["outbox_rejected"]:
@@ -164,7 +194,12 @@ def wait_for_late_repairs(stack: Stack, driver: Driver, say=print) -> float:
     started = time.monotonic()
     while True:
         trial = Findings()
-        check_money(driver, journal_rows(stack.agent_db), provider_orders(stack.sim_records("wechat"), stack.sim_records("alipay")), trial)
+        check_money(
+            driver,
+            journal_rows(stack.agent_db),
+            provider_orders(stack.sim_records("wechat"), stack.sim_records("alipay")),
+            trial,
+        )
         waited = time.monotonic() - started
         if not trial.violations or waited >= LATE_S:
             if waited > 0.5:
@@ -199,5 +234,9 @@ def _money_state(stack: Stack) -> str:
             digest.update(f"{row[0]}:{row[1]};".encode())
     with read_only(stack.agent_db) as db:
         digest.update(str(tuple(db.execute("SELECT count(*), max(seq) FROM journal").fetchone())).encode())
-        digest.update(str([tuple(r) for r in db.execute("SELECT status, count(*) FROM print_job GROUP BY status ORDER BY status")]).encode())
+        digest.update(
+            str(
+                [tuple(r) for r in db.execute("SELECT status, count(*) FROM print_job GROUP BY status ORDER BY status")]
+            ).encode()
+        )
     return digest.hexdigest()

@@ -175,8 +175,12 @@ class Secrets:
     wechat_key: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def all(self) -> dict[str, str]:
-        return {"api token": self.api_token, "store token": self.store_token, "phone hash key": self.phone_key,
-                "wechat api key": self.wechat_key}  # fmt: skip
+        return {
+            "api token": self.api_token,
+            "store token": self.store_token,
+            "phone hash key": self.phone_key,
+            "wechat api key": self.wechat_key,
+        }
 
 
 class ProcessFailed(RuntimeError):
@@ -213,27 +217,48 @@ class Stack:
     def prepare(self) -> None:
         from central.payments.simulators.alipay import generate_rsa_keypair
 
-        (merchant_private, merchant_public), (alipay_private, alipay_public) = generate_rsa_keypair(), generate_rsa_keypair()
-        keys = {"merchant_private.pem": merchant_private, "merchant_public.pem": merchant_public,
-                "alipay_private.pem": alipay_private, "alipay_public.pem": alipay_public}  # fmt: skip
+        (merchant_private, merchant_public), (alipay_private, alipay_public) = (
+            generate_rsa_keypair(),
+            generate_rsa_keypair(),
+        )
+        keys = {
+            "merchant_private.pem": merchant_private,
+            "merchant_public.pem": merchant_public,
+            "alipay_private.pem": alipay_private,
+            "alipay_public.pem": alipay_public,
+        }
         for name, text in keys.items():
             self._write_private(self.dir / name, text)
         self._write_private(
             self.central_config,
             _with_orphan_check(CENTRAL_TOML).format(
-                database=self.central_db, phone_key=self.secrets.phone_key, port=self.central_port, wechat_port=self.wechat_port,
-                appid=WECHAT_APPID, mch_id=WECHAT_MCH_ID, wechat_key=self.secrets.wechat_key, alipay_port=self.alipay_port,
-                alipay_app_id=ALIPAY_APP_ID, alipay_private_key=self.dir / "merchant_private.pem",
-                alipay_public_key=self.dir / "alipay_public.pem", timings=CENTRAL_TIMINGS,
+                database=self.central_db,
+                phone_key=self.secrets.phone_key,
+                port=self.central_port,
+                wechat_port=self.wechat_port,
+                appid=WECHAT_APPID,
+                mch_id=WECHAT_MCH_ID,
+                wechat_key=self.secrets.wechat_key,
+                alipay_port=self.alipay_port,
+                alipay_app_id=ALIPAY_APP_ID,
+                alipay_private_key=self.dir / "merchant_private.pem",
+                alipay_public_key=self.dir / "alipay_public.pem",
+                timings=CENTRAL_TIMINGS,
             ),
-        )  # fmt: skip
+        )
         self._central("seed-demo", "--members", str(DEMO_MEMBERS), "--seed", str(self.seed))  # the schema, too
         self._add_store_and_members()
         self.proxy = ProxyThread(self.central_port, seed=self.seed).start()
         self._write_private(
             self.agent_config,
-            AGENT_TOML.format(store=STORE_ID, station=STATION_ID, central_url=self.proxy.url, api_port=self.api_port, database=self.agent_db),
-        )  # fmt: skip
+            AGENT_TOML.format(
+                store=STORE_ID,
+                station=STATION_ID,
+                central_url=self.proxy.url,
+                api_port=self.api_port,
+                database=self.agent_db,
+            ),
+        )
 
     def _add_store_and_members(self) -> None:
         """The store (its token new and secret, as `pos-central store add` makes it); members with known phones,
@@ -254,7 +279,9 @@ class Stack:
             self.secrets.store_token = stores.add_store(session, STORE_ID, now, name="chaos")
             feed.lock(session)
             for customer in (f"{n:04d}" for n in range(1, 10)):
-                found = identity.owner(session, identity.openid_kind(WECHAT_APPID), customer_openid(WECHAT_APPID, customer))
+                found = identity.owner(
+                    session, identity.openid_kind(WECHAT_APPID), customer_openid(WECHAT_APPID, customer)
+                )
                 if found:
                     self.payer_members[customer] = found
             for n in range(OWN_MEMBERS):
@@ -266,7 +293,9 @@ class Stack:
                         continue
                     if identity.owner(session, "phone_hash", phone_hash(key, phone)) is None:
                         break
-                member = identity.create_member(session, now, tier=tiers[n % 4], display_name="测*员", phone_masked=mask_phone(phone))
+                member = identity.create_member(
+                    session, now, tier=tiers[n % 4], display_name="测*员", phone_masked=mask_phone(phone)
+                )
                 identity.attach(session, member.id, "phone_hash", phone_hash(key, phone), now)
                 while True:
                     card_no = f"8800{rng.randrange(10**9):09d}"
@@ -280,11 +309,18 @@ class Stack:
                 for i in range(COUPONS_PER_MEMBER):
                     percent = i % 4 == 3
                     coupon = Coupon(
-                        code=card.new_coupon_code(), member_id=member.id, title="9折券" if percent else "满10减3",
-                        kind="percent_off" if percent else "amount_off", amount_off_fen=0 if percent else 300,
-                        percent_off=10 if percent else 0, threshold_fen=0 if percent else 1000, cap_fen=1000 if percent else None,
-                        usable_offline=i % 2 == 0, valid_from=now - timedelta(days=1), valid_until=now + timedelta(days=30),
-                    )  # fmt: skip
+                        code=card.new_coupon_code(),
+                        member_id=member.id,
+                        title="9折券" if percent else "满10减3",
+                        kind="percent_off" if percent else "amount_off",
+                        amount_off_fen=0 if percent else 300,
+                        percent_off=10 if percent else 0,
+                        threshold_fen=0 if percent else 1000,
+                        cap_fen=1000 if percent else None,
+                        usable_offline=i % 2 == 0,
+                        valid_from=now - timedelta(days=1),
+                        valid_until=now + timedelta(days=30),
+                    )
                     held.coupons.append(card.issue_coupon(session, member.id, coupon).code)
                 self.members.append(held)
             session.commit()
@@ -323,12 +359,42 @@ class Stack:
         return env
 
     def start(self) -> None:
-        self._spawn("wechat", [self.bin / "pos-central", "simulate", "wechat", "--config", self.central_config, "--port",
-                               self.wechat_port, "--userpaying-seconds", CUSTOMER_CONFIRMS_S, "--slow-seconds", SLOW_ANSWER_S])  # fmt: skip
-        self._spawn("alipay", [sys.executable, "-m", "tests.chaos.alipay_sim", "--port", self.alipay_port, "--app-id", ALIPAY_APP_ID,
-                               "--merchant-public-key", self.dir / "merchant_public.pem", "--alipay-private-key",
-                               self.dir / "alipay_private.pem", "--userpaying-seconds", CUSTOMER_CONFIRMS_S,
-                               "--slow-seconds", SLOW_ANSWER_S])  # fmt: skip
+        self._spawn(
+            "wechat",
+            [
+                self.bin / "pos-central",
+                "simulate",
+                "wechat",
+                "--config",
+                self.central_config,
+                "--port",
+                self.wechat_port,
+                "--userpaying-seconds",
+                CUSTOMER_CONFIRMS_S,
+                "--slow-seconds",
+                SLOW_ANSWER_S,
+            ],
+        )
+        self._spawn(
+            "alipay",
+            [
+                sys.executable,
+                "-m",
+                "tests.chaos.alipay_sim",
+                "--port",
+                self.alipay_port,
+                "--app-id",
+                ALIPAY_APP_ID,
+                "--merchant-public-key",
+                self.dir / "merchant_public.pem",
+                "--alipay-private-key",
+                self.dir / "alipay_private.pem",
+                "--userpaying-seconds",
+                CUSTOMER_CONFIRMS_S,
+                "--slow-seconds",
+                SLOW_ANSWER_S,
+            ],
+        )
         self._wait_http("wechat", f"http://127.0.0.1:{self.wechat_port}/_sim/records")
         self._wait_http("alipay", f"http://127.0.0.1:{self.alipay_port}/_sim/records")
         self.start_central()
@@ -389,7 +455,14 @@ class Stack:
     def cli(self, program: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
         """Run `pos-edge` (with the agent's settings and secrets) or `pos-central`; output captured."""
         command = [str(self.bin / program), *map(str, args)]
-        done = subprocess.run(command, env=self.env(agent=program == "pos-edge"), capture_output=True, text=True, timeout=120, cwd=self.dir)
+        done = subprocess.run(
+            command,
+            env=self.env(agent=program == "pos-edge"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.dir,
+        )
         if check and done.returncode != 0:
             raise ProcessFailed(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]}")
         return done
@@ -401,9 +474,13 @@ class Stack:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it until it ends
         try:
             self._processes[name] = subprocess.Popen(
-                [str(part) for part in command], stdout=log, stderr=subprocess.STDOUT, env=self.env(agent), cwd=self.dir,
+                [str(part) for part in command],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(agent),
+                cwd=self.dir,
                 start_new_session=True,  # a Ctrl-C reaches the run, which stops these in order
-            )  # fmt: skip
+            )
         finally:
             log.close()
 

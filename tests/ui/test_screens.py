@@ -12,7 +12,6 @@ from playwright.sync_api import Page, expect
 from tests.checkout_stack import Stack
 
 
-
 def test_without_the_token_the_screens_say_what_they_need(page: Page, stack: Stack) -> None:
     for fragment in ("", "#token=not-the-stations-token"):
         page.goto(f"{stack.url}/kiosk/{fragment}")

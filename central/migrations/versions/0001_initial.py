@@ -5,8 +5,8 @@ Revises:
 Create Date: 2026-11-23
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0001"
@@ -140,7 +140,14 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
-        "idempotency_record", "signing_key", "store_transaction", "coupon", "ledger_entry",
-        "member_identifier", "member", "feed_counter", "store",
-    ):  # fmt: skip
+        "idempotency_record",
+        "signing_key",
+        "store_transaction",
+        "coupon",
+        "ledger_entry",
+        "member_identifier",
+        "member",
+        "feed_counter",
+        "store",
+    ):
         op.drop_table(table)

@@ -5,8 +5,8 @@ Revises: 0001
 Create Date: 2026-11-24
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0002"
 down_revision = "0001"
@@ -120,5 +120,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("payment_bill_issue", "payment_bill_check", "card_sync_job", "wechat_member_card", "payment_event", "payment"):
+    for table in (
+        "payment_bill_issue",
+        "payment_bill_check",
+        "card_sync_job",
+        "wechat_member_card",
+        "payment_event",
+        "payment",
+    ):
         op.drop_table(table)

@@ -97,10 +97,32 @@ METHODS = (
     "alipay.data.dataservice.bill.downloadurl.query",
 )
 BILL_HEADER = [
-    "支付宝交易号", "商户订单号", "业务类型", "商品名称", "创建时间", "完成时间", "门店编号", "门店名称", "操作员", "终端号",
-    "对方账户", "订单金额（元）", "商家实收（元）", "支付宝红包（元）", "集分宝（元）", "支付宝优惠（元）", "商家优惠（元）",
-    "券核销金额（元）", "券名称", "商家红包消费金额（元）", "卡消费金额（元）", "退款批次号/请求号", "服务费（元）", "分润（元）", "备注",
-]  # fmt: skip
+    "支付宝交易号",
+    "商户订单号",
+    "业务类型",
+    "商品名称",
+    "创建时间",
+    "完成时间",
+    "门店编号",
+    "门店名称",
+    "操作员",
+    "终端号",
+    "对方账户",
+    "订单金额（元）",
+    "商家实收（元）",
+    "支付宝红包（元）",
+    "集分宝（元）",
+    "支付宝优惠（元）",
+    "商家优惠（元）",
+    "券核销金额（元）",
+    "券名称",
+    "商家红包消费金额（元）",
+    "卡消费金额（元）",
+    "退款批次号/请求号",
+    "服务费（元）",
+    "分润（元）",
+    "备注",
+]
 _WAITING = ("10", "11", "12", "40", "41")  # answered 10003: the customer has to confirm on the phone
 _WECHAT_NAMES = {
     "micropay": "alipay.trade.pay",
@@ -122,7 +144,9 @@ _REQUIRED = (
 def generate_rsa_keypair(bits: int = 2048) -> tuple[str, str]:
     """A fresh RSA key pair for tests and the demo: (private key PKCS#8 PEM, public key PEM)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private.decode("ascii"), public.decode("ascii")
 
@@ -174,11 +198,21 @@ class AlipaySimulator:
     """The simulated gateway; `app()` is the ASGI app to serve (POST/GET /gateway.do, GET /downloadBillFile.resource)."""
 
     def __init__(
-        self, merchant_public_key_pem: str | bytes, alipay_private_key_pem: str | bytes, *, app_id: str | None = None,
-        clock: Callable[[], datetime] | None = None, userpaying_seconds: float = 5.0, slow_seconds: float = 3.0,
-        single_use_codes: bool = False, bill_same_day: bool = False, merchant_pid: str = "2088102100000001",
-    ):  # fmt: skip
-        public = merchant_public_key_pem.encode() if isinstance(merchant_public_key_pem, str) else merchant_public_key_pem
+        self,
+        merchant_public_key_pem: str | bytes,
+        alipay_private_key_pem: str | bytes,
+        *,
+        app_id: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+        userpaying_seconds: float = 5.0,
+        slow_seconds: float = 3.0,
+        single_use_codes: bool = False,
+        bill_same_day: bool = False,
+        merchant_pid: str = "2088102100000001",
+    ):
+        public = (
+            merchant_public_key_pem.encode() if isinstance(merchant_public_key_pem, str) else merchant_public_key_pem
+        )
         private = alipay_private_key_pem.encode() if isinstance(alipay_private_key_pem, str) else alipay_private_key_pem
         merchant_key = serialization.load_pem_public_key(public)
         alipay_key = serialization.load_pem_private_key(private, None)
@@ -256,17 +290,33 @@ class AlipaySimulator:
         return f"208810000000{auth_code[2:6]}"
 
     def add_order(
-        self, out_trade_no: str, amount_fen: int, *, paid_at: datetime | None = None, store_id: str = "SIM",
-        terminal_id: str = "SIM-T01", buyer_user_id: str = "2088100000009999",
-    ) -> SimOrder:  # fmt: skip
+        self,
+        out_trade_no: str,
+        amount_fen: int,
+        *,
+        paid_at: datetime | None = None,
+        store_id: str = "SIM",
+        terminal_id: str = "SIM-T01",
+        buyer_user_id: str = "2088100000009999",
+    ) -> SimOrder:
         """A trade paid outside the API (e.g. one the store never heard of), for reconciliation tests."""
         with self._lock:
             at = paid_at or self._now()
             order = SimOrder(
-                out_trade_no=out_trade_no, trade_no=self._trade_no(at), auth_code="", amount_fen=amount_fen, subject="模拟订单",
-                store_id=store_id, terminal_id=terminal_id, scenario="00", buyer_user_id=buyer_user_id,
-                buyer_logon_id="138****9999", created_at=at, status="TRADE_SUCCESS", paid_at=at,
-            )  # fmt: skip
+                out_trade_no=out_trade_no,
+                trade_no=self._trade_no(at),
+                auth_code="",
+                amount_fen=amount_fen,
+                subject="模拟订单",
+                store_id=store_id,
+                terminal_id=terminal_id,
+                scenario="00",
+                buyer_user_id=buyer_user_id,
+                buyer_logon_id="138****9999",
+                created_at=at,
+                status="TRADE_SUCCESS",
+                paid_at=at,
+            )
             self.orders[out_trade_no] = order
         return order
 
@@ -317,7 +367,9 @@ class AlipaySimulator:
         if self.app_id is not None and params["app_id"] != self.app_id:
             return self._refusal(method, "40002", "Invalid Arguments", "isv.invalid-app-id", "无效的AppID参数")
         if params["sign_type"] != "RSA2":
-            return self._refusal(method, "40002", "Invalid Arguments", "isv.invalid-signature-type", "无效的签名类型参数")
+            return self._refusal(
+                method, "40002", "Invalid Arguments", "isv.invalid-signature-type", "无效的签名类型参数"
+            )
         try:
             datetime.strptime(params["timestamp"], _TIME)
         except ValueError:
@@ -326,15 +378,20 @@ class AlipaySimulator:
         if not self._verify(content, params["sign"]):
             # Alipay shows the string it checked, which is what a developer needs to find the slip.
             return self._refusal(
-                method, "40002", "Invalid Arguments", "isv.invalid-signature",
+                method,
+                "40002",
+                "Invalid Arguments",
+                "isv.invalid-signature",
                 f"验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配，网关生成的验签字符串为：{content}",
-            )  # fmt: skip
+            )
         try:
             biz = json.loads(params.get("biz_content") or "{}")
         except ValueError:
             biz = None
         if not isinstance(biz, dict):
-            return self._refusal(method, "40002", "Invalid Arguments", "isv.invalid-parameter", "biz_content 不是 JSON 对象")
+            return self._refusal(
+                method, "40002", "Invalid Arguments", "isv.invalid-parameter", "biz_content 不是 JSON 对象"
+            )
         with self._lock:
             self.calls.append((method, str(biz["out_trade_no"]) if biz.get("out_trade_no") else None))
 
@@ -375,7 +432,9 @@ class AlipaySimulator:
         elif fault == "bad_signature":
             sign = self._sign(text + " ")  # a real signature, over other bytes
         elif fault == "tampered_body":
-            spoiled = dict(node, total_amount="0.01") if "total_amount" in node else dict(node, code="10000", msg="Success")
+            spoiled = (
+                dict(node, total_amount="0.01") if "total_amount" in node else dict(node, code="10000", msg="Success")
+            )
             text = json.dumps(spoiled, ensure_ascii=False, separators=(",", ":"))
         return self._envelope(key, text, sign)
 
@@ -391,7 +450,9 @@ class AlipaySimulator:
 
     def _verify(self, content: str, sign: str) -> bool:
         try:
-            self._merchant_key.verify(base64.b64decode(sign, validate=True), content.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256())
+            self._merchant_key.verify(
+                base64.b64decode(sign, validate=True), content.encode("utf-8"), padding.PKCS1v15(), hashes.SHA256()
+            )
         except (InvalidSignature, ValueError):
             return False
         return True
@@ -407,8 +468,14 @@ class AlipaySimulator:
         still waiting when its expiry passes is closed."""
         if order.status != "WAIT_BUYER_PAY":
             return order
-        finished = order.created_at + timedelta(seconds=self.userpaying_seconds) if order.scenario in ("10", "11") else None
-        if order.expires_at is not None and now >= order.expires_at and (finished is None or finished > order.expires_at):
+        finished = (
+            order.created_at + timedelta(seconds=self.userpaying_seconds) if order.scenario in ("10", "11") else None
+        )
+        if (
+            order.expires_at is not None
+            and now >= order.expires_at
+            and (finished is None or finished > order.expires_at)
+        ):
             order = replace(order, status="TRADE_CLOSED", closed_at=order.expires_at)
         elif finished is not None and now >= finished:
             if order.scenario == "10":
@@ -448,7 +515,9 @@ class AlipaySimulator:
         auth_code = str(biz.get("auth_code") or "")
         amount_text = str(biz.get("total_amount") or "")
         if not out_trade_no or not auth_code or not biz.get("subject") or biz.get("scene") != "bar_code":
-            return self._failure("ACQ.INVALID_PARAMETER", "参数无效：out_trade_no、auth_code、subject 必填，scene 须为 bar_code"), None
+            return self._failure(
+                "ACQ.INVALID_PARAMETER", "参数无效：out_trade_no、auth_code、subject 必填，scene 须为 bar_code"
+            ), None
         try:
             amount_fen = int(Decimal(amount_text) * 100) if _AMOUNT.match(amount_text) else 0
         except InvalidOperation:
@@ -463,7 +532,10 @@ class AlipaySimulator:
             try:
                 expires_at = self._expiry(biz, now)
             except ValueError:
-                return self._failure("ACQ.INVALID_PARAMETER", "参数无效：time_expire 须为 yyyy-MM-dd HH:mm:ss，timeout_express 须在 1m～15d 之间"), None
+                return self._failure(
+                    "ACQ.INVALID_PARAMETER",
+                    "参数无效：time_expire 须为 yyyy-MM-dd HH:mm:ss，timeout_express 须在 1m～15d 之间",
+                ), None
             existing = self.orders.get(out_trade_no)
             if existing is not None:
                 existing = self._settled(existing, now)
@@ -474,8 +546,14 @@ class AlipaySimulator:
                 if existing.status == "TRADE_CLOSED":
                     return self._failure("ACQ.TRADE_HAS_CLOSE", "交易已经关闭"), None
                 return self._trade_node("10003", " order success pay inprocess", existing), None
-            if not _ALIPAY_AUTH_CODE.match(auth_code) or scenario == "31" or (self.single_use_codes and auth_code in self._used_codes):
-                return self._failure("ACQ.PAYMENT_AUTH_CODE_INVALID", "支付失败，获取顾客账户信息失败，请顾客刷新付款码后重新收款"), None
+            if (
+                not _ALIPAY_AUTH_CODE.match(auth_code)
+                or scenario == "31"
+                or (self.single_use_codes and auth_code in self._used_codes)
+            ):
+                return self._failure(
+                    "ACQ.PAYMENT_AUTH_CODE_INVALID", "支付失败，获取顾客账户信息失败，请顾客刷新付款码后重新收款"
+                ), None
             if scenario == "30":
                 return self._failure("ACQ.PAYMENT_AUTH_CODE_INVALID", "付款码已过期，请顾客刷新付款码后重新收款"), None
             if scenario == "32":
@@ -484,13 +562,23 @@ class AlipaySimulator:
             waiting = scenario in _WAITING
             late = expires_at is not None and now >= expires_at  # arrived after the merchant's expiry
             order = SimOrder(
-                out_trade_no=out_trade_no, trade_no=self._trade_no(now), auth_code=auth_code, amount_fen=amount_fen,
-                subject=str(biz.get("subject")), store_id=str(biz.get("store_id") or ""),
-                terminal_id=str(biz.get("terminal_id") or ""), scenario=scenario, buyer_user_id=self.buyer_for(auth_code),
-                buyer_logon_id=f"13{auth_code[2:4]}****{auth_code[2:6]}", created_at=now,
-                status="WAIT_BUYER_PAY" if waiting else "TRADE_SUCCESS", paid_at=None if waiting else now,
-                expires_at=expires_at, time_expire=biz.get("time_expire"), timeout_express=biz.get("timeout_express"),
-            )  # fmt: skip
+                out_trade_no=out_trade_no,
+                trade_no=self._trade_no(now),
+                auth_code=auth_code,
+                amount_fen=amount_fen,
+                subject=str(biz.get("subject")),
+                store_id=str(biz.get("store_id") or ""),
+                terminal_id=str(biz.get("terminal_id") or ""),
+                scenario=scenario,
+                buyer_user_id=self.buyer_for(auth_code),
+                buyer_logon_id=f"13{auth_code[2:4]}****{auth_code[2:6]}",
+                created_at=now,
+                status="WAIT_BUYER_PAY" if waiting else "TRADE_SUCCESS",
+                paid_at=None if waiting else now,
+                expires_at=expires_at,
+                time_expire=biz.get("time_expire"),
+                timeout_express=biz.get("timeout_express"),
+            )
             if late:
                 order = replace(order, status="TRADE_CLOSED", paid_at=None, closed_at=now)
             self.orders[out_trade_no] = order
@@ -499,7 +587,12 @@ class AlipaySimulator:
         if waiting:
             return self._trade_node("10003", " order success pay inprocess", order), None
         if scenario == "20":
-            return {"code": "20000", "msg": "Service Currently Unavailable", "sub_code": "isp.unknow-error", "sub_msg": "系统繁忙"}, None
+            return {
+                "code": "20000",
+                "msg": "Service Currently Unavailable",
+                "sub_code": "isp.unknow-error",
+                "sub_msg": "系统繁忙",
+            }, None
         if scenario == "21":
             return self._failure("ACQ.SYSTEM_ERROR", "系统异常，请重新发起请求"), None
         node = self._trade_node("10000", "Success", order) | {
@@ -552,7 +645,13 @@ class AlipaySimulator:
             order = replace(order, cancel_calls=order.cancel_calls + 1)
             self.orders[order.out_trade_no] = order
             if order.scenario == "40" and order.cancel_calls == 1:
-                return {"code": "10000", "msg": "Success", "trade_no": order.trade_no, "out_trade_no": order.out_trade_no, "retry_flag": "Y"}, None
+                return {
+                    "code": "10000",
+                    "msg": "Success",
+                    "trade_no": order.trade_no,
+                    "out_trade_no": order.out_trade_no,
+                    "retry_flag": "Y",
+                }, None
             if order.scenario == "41" and order.cancel_calls == 1:
                 return {}, "http_500"
             if order.scenario == "41" and order.cancel_calls == 2:
@@ -561,13 +660,23 @@ class AlipaySimulator:
                 if order.paid_at is not None and now - order.paid_at > timedelta(hours=24):
                     return self._failure("ACQ.TRADE_CANCEL_TIME_OUT", "超过撤销时间范围，请使用退款接口"), None
                 order = replace(
-                    order, status="TRADE_CLOSED", closed_at=now, refunded_at=now, cancel_action="refund",
+                    order,
+                    status="TRADE_CLOSED",
+                    closed_at=now,
+                    refunded_at=now,
+                    cancel_action="refund",
                     refund_no=f"RF{order.trade_no[-16:]}",
-                )  # fmt: skip
+                )
             elif order.status == "WAIT_BUYER_PAY":
                 order = replace(order, status="TRADE_CLOSED", closed_at=now, cancel_action="close")
             self.orders[order.out_trade_no] = order
-        answer = {"code": "10000", "msg": "Success", "trade_no": order.trade_no, "out_trade_no": order.out_trade_no, "retry_flag": "N"}
+        answer = {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": order.trade_no,
+            "out_trade_no": order.out_trade_no,
+            "retry_flag": "N",
+        }
         return answer | {"action": order.cancel_action or "close"}, None
 
     def _refund(self, biz: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -610,10 +719,16 @@ class AlipaySimulator:
                     self.orders[order.out_trade_no] = order
             total = self._refunded(order.out_trade_no)
         node = {
-            "code": "10000", "msg": "Success", "trade_no": order.trade_no, "out_trade_no": order.out_trade_no,
-            "buyer_logon_id": order.buyer_logon_id, "fund_change": fund_change, "refund_fee": _yuan(total),
-            "gmt_refund_pay": _wall(made.refunded_at), "buyer_user_id": order.buyer_user_id,
-        }  # fmt: skip
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": order.trade_no,
+            "out_trade_no": order.out_trade_no,
+            "buyer_logon_id": order.buyer_logon_id,
+            "fund_change": fund_change,
+            "refund_fee": _yuan(total),
+            "gmt_refund_pay": _wall(made.refunded_at),
+            "buyer_user_id": order.buyer_user_id,
+        }
         lost = order.scenario == "60" and order.refund_calls == 1
         return node, "not_json" if lost else None
 
@@ -624,14 +739,21 @@ class AlipaySimulator:
                 return self._failure("ACQ.TRADE_NOT_EXIST", "交易不存在")
             request_no = str(biz.get("out_request_no") or order.out_trade_no)
             refund = self.refunds.get((order.out_trade_no, request_no))
-        node: dict[str, Any] = {"code": "10000", "msg": "Success", "trade_no": order.trade_no, "out_trade_no": order.out_trade_no}
+        node: dict[str, Any] = {
+            "code": "10000",
+            "msg": "Success",
+            "trade_no": order.trade_no,
+            "out_trade_no": order.out_trade_no,
+        }
         if refund is None:
             return node  # Alipay's answer for a refund it never made: no refund fields
         return node | {
-            "out_request_no": refund.out_request_no, "total_amount": _yuan(order.amount_fen),
-            "refund_amount": _yuan(refund.amount_fen), "refund_status": "REFUND_SUCCESS",
+            "out_request_no": refund.out_request_no,
+            "total_amount": _yuan(order.amount_fen),
+            "refund_amount": _yuan(refund.amount_fen),
+            "refund_status": "REFUND_SUCCESS",
             "gmt_refund_pay": _wall(refund.refunded_at),
-        }  # fmt: skip
+        }
 
     # --- the bill ---
 
@@ -650,7 +772,11 @@ class AlipaySimulator:
         file_id = secrets.token_hex(8)
         with self._lock:
             self._bills[file_id] = content
-        return {"code": "10000", "msg": "Success", "bill_download_url": f"{base_url}/downloadBillFile.resource?fileId={file_id}"}
+        return {
+            "code": "10000",
+            "msg": "Success",
+            "bill_download_url": f"{base_url}/downloadBillFile.resource?fileId={file_id}",
+        }
 
     def bill_zip(self, day: date) -> bytes:
         """The day's bill as Alipay hands it out: a zip of two GBK CSVs."""
@@ -666,17 +792,42 @@ class AlipaySimulator:
                 continue
             base = [f"{o.trade_no}\t", f"{o.out_trade_no}\t"]
             buyer = [o.store_id, "", "", o.terminal_id, o.buyer_logon_id]
-            money = [f"-{_yuan(r.amount_fen)}"] * 2 + ["0.00"] * 5 + [""] + ["0.00"] * 2 + [f"{r.out_request_no}\t"] + ["0.00"] * 2 + [""]
-            rows.append((r.refunded_at, [*base, "退款", o.subject, _wall(o.created_at), _wall(r.refunded_at), *buyer, *money]))
+            money = (
+                [f"-{_yuan(r.amount_fen)}"] * 2
+                + ["0.00"] * 5
+                + [""]
+                + ["0.00"] * 2
+                + [f"{r.out_request_no}\t"]
+                + ["0.00"] * 2
+                + [""]
+            )
+            rows.append(
+                (r.refunded_at, [*base, "退款", o.subject, _wall(o.created_at), _wall(r.refunded_at), *buyer, *money])
+            )
         for o in orders:
             base = [f"{o.trade_no}\t", f"{o.out_trade_no}\t"]
             buyer = [o.store_id, "", "", o.terminal_id, o.buyer_logon_id]
             if o.paid_at is not None and o.paid_at.astimezone(CST).date() == day:
                 money = [_yuan(o.amount_fen)] * 2 + ["0.00"] * 5 + [""] + ["0.00"] * 2 + [""] + ["0.00"] * 2 + [""]
-                rows.append((o.paid_at, [*base, "交易", o.subject, _wall(o.created_at), _wall(o.paid_at), *buyer, *money]))
+                rows.append(
+                    (o.paid_at, [*base, "交易", o.subject, _wall(o.created_at), _wall(o.paid_at), *buyer, *money])
+                )
             if o.refunded_at is not None and o.refunded_at.astimezone(CST).date() == day:
-                money = [f"-{_yuan(o.amount_fen)}"] * 2 + ["0.00"] * 5 + [""] + ["0.00"] * 2 + [f"{o.refund_no}\t"] + ["0.00"] * 2 + [""]
-                rows.append((o.refunded_at, [*base, "退款", o.subject, _wall(o.created_at), _wall(o.refunded_at), *buyer, *money]))
+                money = (
+                    [f"-{_yuan(o.amount_fen)}"] * 2
+                    + ["0.00"] * 5
+                    + [""]
+                    + ["0.00"] * 2
+                    + [f"{o.refund_no}\t"]
+                    + ["0.00"] * 2
+                    + [""]
+                )
+                rows.append(
+                    (
+                        o.refunded_at,
+                        [*base, "退款", o.subject, _wall(o.created_at), _wall(o.refunded_at), *buyer, *money],
+                    )
+                )
         rows.sort(key=lambda row: row[0])
         trades = [r for _, r in rows if r[2] == "交易"]
         refunds = [r for _, r in rows if r[2] == "退款"]
@@ -704,7 +855,17 @@ class AlipaySimulator:
         writer = csv.writer(summary, lineterminator="\r\n")
         for line in ("#支付宝业务汇总查询", account, span, "#" + "-" * 41 + "业务汇总列表" + "-" * 40):
             summary.write(line + "\r\n")
-        writer.writerow(["门店编号", "门店名称", "交易订单总笔数", "退款订单总笔数", "订单金额（元）", "商家实收（元）", "服务费（元）"])
+        writer.writerow(
+            [
+                "门店编号",
+                "门店名称",
+                "交易订单总笔数",
+                "退款订单总笔数",
+                "订单金额（元）",
+                "商家实收（元）",
+                "服务费（元）",
+            ]
+        )
         total = trade_total + refund_total
         writer.writerow(["合计", "", len(trades), len(refunds), f"{total:.2f}", f"{total:.2f}", "0.00"])
         summary.write("#" + "-" * 41 + "业务汇总列表结束" + "-" * 36 + "\r\n" + exported + "\r\n")

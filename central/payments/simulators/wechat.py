@@ -221,7 +221,10 @@ class WeChatSimulator:
                 self._advance(order)
             for refund in self.refunds.values():
                 self._advance_refund(refund)
-            return {"orders": [asdict(o) for o in self.orders.values()], "refunds": [asdict(r) for r in self.refunds.values()]}
+            return {
+                "orders": [asdict(o) for o in self.orders.values()],
+                "refunds": [asdict(r) for r in self.refunds.values()],
+            }
 
     def bill_text(self, day: date) -> str | None:
         """The bill of a Beijing calendar day, or None when nothing was paid or refunded that day."""
@@ -237,11 +240,34 @@ class WeChatSimulator:
                 refunded += refund.amount_fen
                 at = refund.succeeded_at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
                 fields = [
-                    at, self.appid, self.mch_id, "0", order.device_info, order.transaction_id, order.out_trade_no,
-                    order.openid, "MICROPAY", "REFUND", "OTHERS", "CNY", "0.00", "0.00", refund.refund_id,
-                    refund.out_refund_no, fen_to_yuan(refund.amount_fen), "0.00", "ORIGINAL", "SUCCESS", order.body, "",
-                    "0.00", "0.60%", "0.00", fen_to_yuan(refund.amount_fen), "",
-                ]  # fmt: skip
+                    at,
+                    self.appid,
+                    self.mch_id,
+                    "0",
+                    order.device_info,
+                    order.transaction_id,
+                    order.out_trade_no,
+                    order.openid,
+                    "MICROPAY",
+                    "REFUND",
+                    "OTHERS",
+                    "CNY",
+                    "0.00",
+                    "0.00",
+                    refund.refund_id,
+                    refund.out_refund_no,
+                    fen_to_yuan(refund.amount_fen),
+                    "0.00",
+                    "ORIGINAL",
+                    "SUCCESS",
+                    order.body,
+                    "",
+                    "0.00",
+                    "0.60%",
+                    "0.00",
+                    fen_to_yuan(refund.amount_fen),
+                    "",
+                ]
                 lines.append((refund.succeeded_at, "`" + ",`".join(fields)))
             for order in sorted(self.orders.values(), key=lambda o: o.paid_at or o.created_at):
                 self._advance(order)
@@ -259,20 +285,51 @@ class WeChatSimulator:
                 fees += fee
                 at = order.paid_at.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
                 fields = [
-                    at, self.appid, self.mch_id, "0", order.device_info, order.transaction_id, order.out_trade_no,
-                    order.openid, "MICROPAY", status, "OTHERS", "CNY", fen_to_yuan(order.amount_fen), "0.00", "0", "0",
-                    fen_to_yuan(order.amount_fen if status == "REVOKED" else 0), "0.00", "", "", order.body, "",
-                    fen_to_yuan(fee), "0.60%", fen_to_yuan(order.amount_fen), "0.00", "",
-                ]  # fmt: skip
+                    at,
+                    self.appid,
+                    self.mch_id,
+                    "0",
+                    order.device_info,
+                    order.transaction_id,
+                    order.out_trade_no,
+                    order.openid,
+                    "MICROPAY",
+                    status,
+                    "OTHERS",
+                    "CNY",
+                    fen_to_yuan(order.amount_fen),
+                    "0.00",
+                    "0",
+                    "0",
+                    fen_to_yuan(order.amount_fen if status == "REVOKED" else 0),
+                    "0.00",
+                    "",
+                    "",
+                    order.body,
+                    "",
+                    fen_to_yuan(fee),
+                    "0.60%",
+                    fen_to_yuan(order.amount_fen),
+                    "0.00",
+                    "",
+                ]
                 lines.append((order.paid_at, "`" + ",`".join(fields)))
         if not lines:
             return None
         lines.sort(key=lambda line: line[0])
         summary = [
-            str(count), fen_to_yuan(settled), fen_to_yuan(refunded), "0.00", fen_to_yuan(fees), fen_to_yuan(settled),
+            str(count),
+            fen_to_yuan(settled),
             fen_to_yuan(refunded),
-        ]  # fmt: skip
-        return "\r\n".join([BILL_HEADER, *(line for _, line in lines), BILL_SUMMARY_HEADER, "`" + ",`".join(summary)]) + "\r\n"
+            "0.00",
+            fen_to_yuan(fees),
+            fen_to_yuan(settled),
+            fen_to_yuan(refunded),
+        ]
+        return (
+            "\r\n".join([BILL_HEADER, *(line for _, line in lines), BILL_SUMMARY_HEADER, "`" + ",`".join(summary)])
+            + "\r\n"
+        )
 
     # -- the state of an order --
 
@@ -310,7 +367,9 @@ class WeChatSimulator:
 
         @app.post("/pay/micropay")
         async def micropay(request: Request) -> Response:
-            return await self._handle(request, "micropay", ("body", "out_trade_no", "total_fee", "spbill_create_ip", "auth_code"))
+            return await self._handle(
+                request, "micropay", ("body", "out_trade_no", "total_fee", "spbill_create_ip", "auth_code")
+            )
 
         @app.post("/pay/orderquery")
         async def orderquery(request: Request) -> Response:
@@ -398,9 +457,13 @@ class WeChatSimulator:
     async def _micropay(self, params: dict[str, str], sign_type: str) -> Response:
         code, out_trade_no = params["auth_code"], params["out_trade_no"]
         if not params["total_fee"].isdigit() or int(params["total_fee"]) <= 0:
-            return self._answer(sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="total_fee必须为正整数")
+            return self._answer(
+                sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="total_fee必须为正整数"
+            )
         if not AUTH_CODE_PATTERN.match(code):
-            return self._answer(sign_type, result_code="FAIL", err_code="AUTH_CODE_INVALID", err_code_des="请扫描微信支付授权码")
+            return self._answer(
+                sign_type, result_code="FAIL", err_code="AUTH_CODE_INVALID", err_code_des="请扫描微信支付授权码"
+            )
         amount = int(params["total_fee"])
         scenario = scenario_of(code)
         now = self.clock()
@@ -420,9 +483,12 @@ class WeChatSimulator:
                     return self._answer(
                         sign_type, result_code="FAIL", err_code="OUT_TRADE_NO_USED", err_code_des="商户订单号重复"
                     )
-                fail = {PAID: "ORDERPAID", REVOKED: "ORDERREVERSED", PAYERROR: "TRADE_ERROR", CLOSED: "ORDERCLOSED"}.get(
-                    existing.state, "USERPAYING"
-                )
+                fail = {
+                    PAID: "ORDERPAID",
+                    REVOKED: "ORDERREVERSED",
+                    PAYERROR: "TRADE_ERROR",
+                    CLOSED: "ORDERCLOSED",
+                }.get(existing.state, "USERPAYING")
                 return self._answer(sign_type, result_code="FAIL", err_code=fail, err_code_des="订单已存在")
             refusal = {
                 "30": ("AUTHCODEEXPIRE", "二维码已过期，请用户在微信上刷新后再试"),
@@ -433,13 +499,25 @@ class WeChatSimulator:
                 return self._answer(sign_type, result_code="FAIL", err_code=refusal[0], err_code_des=refusal[1])
             waiting = scenario in ("10", "11", "12", "40", "41")
             order = SimOrder(
-                out_trade_no, code, amount, params["body"], params.get("device_info", ""), self.openid_for(code), scenario,
-                now, USERPAYING if waiting else PAID, self._transaction_id(now), paid_at=None if waiting else now,
-                expires_at=expires_at, spbill_create_ip=params["spbill_create_ip"],
-            )  # fmt: skip
+                out_trade_no,
+                code,
+                amount,
+                params["body"],
+                params.get("device_info", ""),
+                self.openid_for(code),
+                scenario,
+                now,
+                USERPAYING if waiting else PAID,
+                self._transaction_id(now),
+                paid_at=None if waiting else now,
+                expires_at=expires_at,
+                spbill_create_ip=params["spbill_create_ip"],
+            )
             self.orders[out_trade_no] = order
         if waiting:
-            return self._answer(sign_type, result_code="FAIL", err_code="USERPAYING", err_code_des="需要用户输入支付密码")
+            return self._answer(
+                sign_type, result_code="FAIL", err_code="USERPAYING", err_code_des="需要用户输入支付密码"
+            )
         if scenario == "20":
             return self._answer(sign_type, result_code="FAIL", err_code="SYSTEMERROR", err_code_des="系统超时")
         if scenario == "21":
@@ -459,7 +537,9 @@ class WeChatSimulator:
         with self._lock:
             order = self.orders.get(params["out_trade_no"])
             if order is None:
-                return self._answer(sign_type, result_code="FAIL", err_code="ORDERNOTEXIST", err_code_des="此交易订单号不存在")
+                return self._answer(
+                    sign_type, result_code="FAIL", err_code="ORDERNOTEXIST", err_code_des="此交易订单号不存在"
+                )
             self._advance(order)
             fields: dict[str, str] = {
                 "out_trade_no": order.out_trade_no,
@@ -467,7 +547,11 @@ class WeChatSimulator:
                 "total_fee": str(order.amount_fen),
             }
             if order.state == PAID and self._refunded(order.out_trade_no):
-                fields.update(self._paid_fields(order), trade_state="REFUND", trade_state_desc="订单发生过退款，退款详情请查询退款单")
+                fields.update(
+                    self._paid_fields(order),
+                    trade_state="REFUND",
+                    trade_state_desc="订单发生过退款，退款详情请查询退款单",
+                )
             elif order.state == PAID:
                 fields.update(self._paid_fields(order), trade_state_desc="支付成功")
             elif order.state == USERPAYING:
@@ -497,7 +581,9 @@ class WeChatSimulator:
             if order.scenario == "41" and calls == 1:
                 return Response("upstream error", status_code=500, media_type="text/plain")
             if order.scenario == "41" and calls == 2:
-                return self._answer(sign_type, result_code="FAIL", err_code="SYSTEMERROR", err_code_des="系统错误", recall="N")
+                return self._answer(
+                    sign_type, result_code="FAIL", err_code="SYSTEMERROR", err_code_des="系统错误", recall="N"
+                )
             if order.state not in (REVOKED, CLOSED):
                 order.paid_before_reverse = order.state == PAID
                 order.state, order.reversed_at = REVOKED, self.clock()
@@ -506,9 +592,13 @@ class WeChatSimulator:
     async def _refund(self, params: dict[str, str], sign_type: str) -> Response:
         out_trade_no, out_refund_no = params["out_trade_no"], params["out_refund_no"]
         if not params["total_fee"].isdigit() or not params["refund_fee"].isdigit() or int(params["refund_fee"]) <= 0:
-            return self._answer(sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="total_fee和refund_fee必须为正整数")
+            return self._answer(
+                sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="total_fee和refund_fee必须为正整数"
+            )
         if params.get("refund_fee_type", "CNY") != "CNY":
-            return self._answer(sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="退款货币种类须为CNY")
+            return self._answer(
+                sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="退款货币种类须为CNY"
+            )
         total, amount = int(params["total_fee"]), int(params["refund_fee"])
         mismatch = "订单金额或退款金额与之前请求不一致，请核实后再试"
 
@@ -530,7 +620,9 @@ class WeChatSimulator:
                 made = existing  # the same refund again: answered, never made twice
             else:
                 if order.state != PAID:
-                    return refused("ERROR", "订单已撤销，不能退款" if order.state == REVOKED else "订单未支付，不能退款")
+                    return refused(
+                        "ERROR", "订单已撤销，不能退款" if order.state == REVOKED else "订单未支付，不能退款"
+                    )
                 if total != order.amount_fen:
                     return refused("INVALID_REQUEST", mismatch)
                 if order.scenario == "62":
@@ -543,44 +635,66 @@ class WeChatSimulator:
                 now = self.clock()
                 self._serial += 1
                 made = SimRefund(
-                    out_refund_no, out_trade_no, f"50{now.astimezone(BEIJING):%Y%m%d}{self._serial:016d}"[:32], amount, now,
+                    out_refund_no,
+                    out_trade_no,
+                    f"50{now.astimezone(BEIJING):%Y%m%d}{self._serial:016d}"[:32],
+                    amount,
+                    now,
                     desc=params.get("refund_desc", ""),
-                )  # fmt: skip
+                )
                 self.refunds[out_refund_no] = made
             lost = order.scenario == "60" and order.refund_calls == 1
         if lost:
             return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", media_type="text/html")
         return self._answer(
-            sign_type, result_code="SUCCESS", transaction_id=order.transaction_id, out_trade_no=out_trade_no,
-            out_refund_no=out_refund_no, refund_id=made.refund_id, refund_fee=str(made.amount_fen),
-            settlement_refund_fee=str(made.amount_fen), total_fee=str(order.amount_fen), cash_fee=str(order.amount_fen),
-            cash_refund_fee=str(made.amount_fen), refund_channel="",
-        )  # fmt: skip
+            sign_type,
+            result_code="SUCCESS",
+            transaction_id=order.transaction_id,
+            out_trade_no=out_trade_no,
+            out_refund_no=out_refund_no,
+            refund_id=made.refund_id,
+            refund_fee=str(made.amount_fen),
+            settlement_refund_fee=str(made.amount_fen),
+            total_fee=str(order.amount_fen),
+            cash_fee=str(order.amount_fen),
+            cash_refund_fee=str(made.amount_fen),
+            refund_channel="",
+        )
 
     async def _refundquery(self, params: dict[str, str], sign_type: str) -> Response:
         out_refund_no, out_trade_no = params.get("out_refund_no"), params.get("out_trade_no")
         if not out_refund_no and not out_trade_no:
-            return self._answer(sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="缺少参数out_refund_no")
+            return self._answer(
+                sign_type, result_code="FAIL", err_code="PARAM_ERROR", err_code_des="缺少参数out_refund_no"
+            )
         with self._lock:
             if out_refund_no:
                 found = [self.refunds[out_refund_no]] if out_refund_no in self.refunds else []
             else:
-                found = sorted((r for r in self.refunds.values() if r.out_trade_no == out_trade_no), key=lambda r: r.created_at)
+                found = sorted(
+                    (r for r in self.refunds.values() if r.out_trade_no == out_trade_no), key=lambda r: r.created_at
+                )
             if not found:
                 return self._answer(sign_type, result_code="FAIL", err_code="REFUNDNOTEXIST", err_code_des="not exist")
             order = self.orders[found[0].out_trade_no]
             fields = {
-                "transaction_id": order.transaction_id, "out_trade_no": order.out_trade_no,
-                "total_fee": str(order.amount_fen), "cash_fee": str(order.amount_fen), "refund_count": str(len(found)),
-            }  # fmt: skip
+                "transaction_id": order.transaction_id,
+                "out_trade_no": order.out_trade_no,
+                "total_fee": str(order.amount_fen),
+                "cash_fee": str(order.amount_fen),
+                "refund_count": str(len(found)),
+            }
             for n, refund in enumerate(found):
                 self._advance_refund(refund)
                 fields |= {
-                    f"out_refund_no_{n}": refund.out_refund_no, f"refund_id_{n}": refund.refund_id,
-                    f"refund_channel_{n}": "ORIGINAL", f"refund_fee_{n}": str(refund.amount_fen),
-                    f"refund_status_{n}": refund.state, f"refund_account_{n}": "REFUND_SOURCE_UNSETTLED_FUNDS",
+                    f"out_refund_no_{n}": refund.out_refund_no,
+                    f"refund_id_{n}": refund.refund_id,
+                    f"refund_channel_{n}": "ORIGINAL",
+                    f"refund_fee_{n}": str(refund.amount_fen),
+                    f"refund_status_{n}": refund.state,
+                    f"refund_account_{n}": "REFUND_SOURCE_UNSETTLED_FUNDS",
                     f"refund_recv_accout_{n}": "支付用户的零钱",
-                }  # fmt: skip
+                }
                 if refund.succeeded_at is not None:
                     fields[f"refund_success_time_{n}"] = format_refund_time(refund.succeeded_at)
         return self._answer(sign_type, result_code="SUCCESS", **fields)
@@ -588,7 +702,9 @@ class WeChatSimulator:
     async def _authcodetoopenid(self, params: dict[str, str], sign_type: str) -> Response:
         code = params["auth_code"]
         if not AUTH_CODE_PATTERN.match(code) or scenario_of(code) == "31":
-            return self._answer(sign_type, result_code="FAIL", err_code="AUTH_CODE_INVALID", err_code_des="授权码检验错误")
+            return self._answer(
+                sign_type, result_code="FAIL", err_code="AUTH_CODE_INVALID", err_code_des="授权码检验错误"
+            )
         if scenario_of(code) == "30":
             return self._answer(sign_type, result_code="FAIL", err_code="AUTHCODEEXPIRE", err_code_des="二维码已过期")
         return self._answer(sign_type, result_code="SUCCESS", openid=self.openid_for(code))
@@ -609,11 +725,18 @@ class WeChatSimulator:
 
     def _paid_fields(self, order: SimOrder) -> dict[str, str]:
         return {
-            "openid": order.openid, "is_subscribe": "N", "trade_type": "MICROPAY", "bank_type": "OTHERS",
-            "fee_type": "CNY", "total_fee": str(order.amount_fen), "cash_fee": str(order.amount_fen),
-            "transaction_id": order.transaction_id, "out_trade_no": order.out_trade_no,
-            "time_end": format_time_end(order.paid_at or order.created_at), "device_info": order.device_info,
-        }  # fmt: skip
+            "openid": order.openid,
+            "is_subscribe": "N",
+            "trade_type": "MICROPAY",
+            "bank_type": "OTHERS",
+            "fee_type": "CNY",
+            "total_fee": str(order.amount_fen),
+            "cash_fee": str(order.amount_fen),
+            "transaction_id": order.transaction_id,
+            "out_trade_no": order.out_trade_no,
+            "time_end": format_time_end(order.paid_at or order.created_at),
+            "device_info": order.device_info,
+        }
 
     def _signed(self, sign_type: str, **fields: str) -> dict[str, str]:
         answer = {
