@@ -105,7 +105,7 @@ class FramePipeline:
     def __init__(
         self,
         decoder: Decoder,
-        roi: Roi | None = None,
+        roi: Roi | str | None = None,
         *,
         repeat_after_frames: int = 10,
         repeat_after_seconds: float = 1.0,

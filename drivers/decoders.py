@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from drivers.base import DeviceError
+
+if TYPE_CHECKING:
+    import zxingcpp
 
 SYMBOLOGIES = ("qr", "code128", "ean13", "ean8", "upca")
 
@@ -89,8 +92,8 @@ class ZxingDecoder:
         by_name = {"qr": fmt.QRCode, "code128": fmt.Code128, "ean13": fmt.EAN13, "ean8": fmt.EAN8, "upca": fmt.UPCA}
         # zxing reports a UPC-A as EAN-13 unless asked for UPC-A, and finds it either way: ask for both.
         wanted = set(self.formats) | ({"ean13", "upca"} if "upca" in self.formats else set())
-        self._formats = [by_name[f] for f in SYMBOLOGIES if f in wanted]
-        self._linear = [by_name[f] for f in SYMBOLOGIES if f in wanted and f != "qr"]
+        self._formats = zxingcpp.BarcodeFormats([by_name[f] for f in SYMBOLOGIES if f in wanted])
+        self._linear = zxingcpp.BarcodeFormats([by_name[f] for f in SYMBOLOGIES if f in wanted and f != "qr"])
         # A QR read may come back as a QR variant (model 1/2); map by the base symbology.
         self._names = {fmt.QRCode: "qr", fmt.Code128: "code128", fmt.EAN13: "ean13", fmt.EAN8: "ean8", fmt.UPCA: "upca"}
 
@@ -103,7 +106,7 @@ class ZxingDecoder:
             out = self._read(np.bitwise_not(gray), self._linear, try_invert=False)
         return out
 
-    def _read(self, gray: np.ndarray, formats: list, try_invert: bool) -> list[Decoded]:
+    def _read(self, gray: np.ndarray, formats: zxingcpp.BarcodeFormats, try_invert: bool) -> list[Decoded]:
         out: list[Decoded] = []
         for code in self._zx.read_barcodes(gray, formats=formats, try_invert=try_invert):
             symbology = self._names.get(code.format) or self._names.get(code.symbology)

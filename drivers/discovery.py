@@ -84,7 +84,7 @@ def serial_ports(dev: Path = Path("/dev"), sys: Path = Path("/sys")) -> list[Fou
 
 
 def usb_printers(dev: Path = Path("/dev"), sys: Path = Path("/sys")) -> list[FoundDevice]:
-    found = []
+    found: list[FoundDevice] = []
     devices = sys / "bus" / "usb" / "devices"
     if not devices.is_dir():
         return found

@@ -71,7 +71,8 @@ class SerialSettings(NamedTuple):
                 value = convert(query[key])
             except ValueError:
                 value = None
-            ok = value is not None and (value in allowed if allowed else value > 0)
+            # Options without a list of choices are positive whole numbers.
+            ok = value is not None and (value in allowed if allowed else isinstance(value, int) and value > 0)
             if not ok:
                 choices = ", ".join(str(a) for a in allowed) if allowed else "a positive whole number"
                 raise UnsupportedDeviceUrl(
