@@ -113,7 +113,9 @@ def schema_revision(engine: sa.Engine) -> str | None:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None, "agent/migrations holds at least one revision"
+    return head
 
 
 def _alembic_config() -> Config:

@@ -69,7 +69,9 @@ def read_database_figures(engine: sa.Engine) -> DatabaseFigures:
     """Cheap reads (counts and one min over the outbox); blocking: call it from a worker thread."""
     with reader(engine) as connection:
         count = lambda sql: connection.exec_driver_sql(sql).scalar_one()  # noqa: E731
-        outbox = dict(connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").all())
+        outbox: dict[str, int] = dict(
+            connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").tuples().all()
+        )
         oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
         return DatabaseFigures(
             members=count("SELECT count(*) FROM member"),

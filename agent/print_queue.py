@@ -172,12 +172,14 @@ class PrintQueue:
     @property
     def status(self) -> QueueStatus:
         with reader(self.engine) as connection:
-            counts = dict(
+            counts: dict[str, int] = dict(
                 connection.exec_driver_sql(
                     "SELECT status, count(*) FROM print_job WHERE printer_id = ? AND status IN ('queued', 'uncertain')"
                     " GROUP BY status",
                     (self.printer_id,),
-                ).all()
+                )
+                .tuples()
+                .all()
             )
         return QueueStatus(
             self.printer_id, self._state, self._reason, counts.get("queued", 0), counts.get("uncertain", 0), self._since

@@ -350,8 +350,8 @@ def layout(receipt: Receipt, columns: int, zone: ZoneInfo, *, open_drawer: bool 
         out.text("扫码查看电子小票", "center")
         out.add(Qr(receipt.e_receipt_url, size=5 if columns < 40 else 6))
     out.add(Barcode(receipt.receipt_no or receipt.transaction_id, height=48))
-    for line in receipt.footer:
-        out.text(line, "center")
+    for footer_line in receipt.footer:
+        out.text(footer_line, "center")
     out.add(Feed(1))
     out.add(Cut())
     return Document(tuple(out.blocks), columns)

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as EnvironmentValueError
 
@@ -441,7 +442,7 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
     return LoadedSettings(settings, tuple(warnings))
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = error["loc"]
     key = _dotted(loc)
     if error["type"] == "extra_forbidden":

@@ -259,7 +259,9 @@ class Sync:
 
     def status(self) -> SyncStatus:
         with reader(self.engine) as connection:
-            counts = dict(connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").all())
+            counts: dict[str, int] = dict(
+                connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").tuples().all()
+            )
             oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
         return SyncStatus(
             push=self.push_health,

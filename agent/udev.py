@@ -67,8 +67,11 @@ def _quoted(value: str) -> str:
     return '"' + _UNSAFE_IN_MATCH.sub("?", value) + '"'
 
 
-def _is_usb(device: UdevDevice) -> bool:
-    return bool(device.vendor and device.product and _HEX4.fullmatch(device.vendor) and _HEX4.fullmatch(device.product))
+def _usb_ids(device: UdevDevice) -> tuple[str, str] | None:
+    """The device's USB vendor and product ids; None when it is not a USB device."""
+    if device.vendor and device.product and _HEX4.fullmatch(device.vendor) and _HEX4.fullmatch(device.product):
+        return device.vendor, device.product
+    return None
 
 
 def rules(devices: list[UdevDevice]) -> str:
@@ -84,14 +87,16 @@ def rules(devices: list[UdevDevice]) -> str:
     for device in devices:
         match = _match_for(device)
         lines += ["", f"# {device.description} ({device.node})"]
-        if match is None or not _is_usb(device):
+        ids = _usb_ids(device)
+        if match is None or ids is None:
             lines.append("# not a USB device: it keeps its own name; use the URL `pos-edge devices` shows")
             continue
+        vendor, product = ids
         attr, kernel = ("ATTR", "KERNEL") if match.on_usb_device else ("ATTRS", "KERNELS")
         keys = [
             f'SUBSYSTEM=="{match.subsystem}"',
-            f'{match.extra}{attr}{{idVendor}}=="{device.vendor.lower()}"',
-            f'{attr}{{idProduct}}=="{device.product.lower()}"',
+            f'{match.extra}{attr}{{idVendor}}=="{vendor.lower()}"',
+            f'{attr}{{idProduct}}=="{product.lower()}"',
         ]
         if device.serial:
             keys.append(f"{attr}{{serial}}=={_quoted(device.serial)}")
@@ -162,9 +167,10 @@ def _class_device(found: FoundDevice, sys: Path) -> Path | None:
 
 def usb_identity(found: FoundDevice, sys: Path = Path("/sys")) -> UdevDevice:
     """What udev can match this found device by, read from sysfs (vendor and product unknown: not USB)."""
+    usb: Path | None
     if found.kind == "printer" and found.url.startswith("usb://"):
-        usb = Path(found.path)  # discovery gives the USB device folder itself
-        usb = usb if (usb / "idVendor").is_file() else None
+        folder = Path(found.path)  # discovery gives the USB device folder itself
+        usb = folder if (folder / "idVendor").is_file() else None
     else:
         device = _class_device(found, sys)
         usb = _usb_parent(device) if device is not None else None
