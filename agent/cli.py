@@ -140,7 +140,8 @@ def journal_verify(config_path: Path) -> None:
         report = verify(engine)
     finally:
         engine.dispose()
-    if report.ok:
+    broken = report.first_break
+    if broken is None:
         purged = (
             f", {report.purged} older rows purged by retention (chains start at their checkpoints)"
             if report.purged
@@ -148,7 +149,6 @@ def journal_verify(config_path: Path) -> None:
         )
         click.echo(f"journal OK: {report.rows} rows, {report.stations} station(s){purged}")
         return
-    broken = report.first_break
     where = f"row seq={broken.seq}" + (f" id={broken.id} station={broken.station_id}" if broken.id else "")
     click.echo(f"journal BROKEN at {where}: {broken.reason}", err=True)
     sys.exit(1)
@@ -258,11 +258,13 @@ def member_lookup(config_path: Path, card_no: str | None, unionid: str | None, p
     engine = open_database(settings.storage.database)
     try:
         cache = MemberCache(engine, settings.privacy.key_bytes())
-        found = (
-            cache.lookup_phone(phone)
-            if phone
-            else cache.lookup("card_no" if card_no else "unionid", card_no or unionid)
-        )
+        if phone is not None:
+            found = cache.lookup_phone(phone)
+        elif card_no is not None:
+            found = cache.lookup("card_no", card_no)
+        else:
+            assert unionid is not None  # exactly one of the three was given
+            found = cache.lookup("unionid", unionid)
     finally:
         engine.dispose()
     if found is None:
@@ -483,12 +485,12 @@ def scan_test(url: str, count: int | None, config_path: Path | None) -> None:
     import queue
 
     from drivers.base import DeviceStatus, Scan
-    from drivers.urls import SCANNERS, driver_class, parse_device_url
+    from drivers.urls import parse_device_url, scanner_class
 
     rules = _load(config_path).settings.codes.rules() if config_path else CodeRules()
     events: queue.SimpleQueue[Scan | DeviceStatus] = queue.SimpleQueue()
     device_url = parse_device_url(url)
-    reader = driver_class(SCANNERS, device_url).from_url(device_url, "scan-test", events.put, events.put)
+    reader = scanner_class(device_url).from_url(device_url, "scan-test", events.put, events.put)
     reader.start()
     seen = 0
     try:

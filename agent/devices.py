@@ -15,8 +15,8 @@ from agent.scans import ScanRouter
 from agent.settings import PrinterSettings, Settings
 from drivers.base import ScannerReader
 from drivers.document import COLUMNS_BY_PAPER_MM, Document
-from drivers.escpos_printer import PrinterProfile, print_job, render
-from drivers.urls import PRINTERS, SCANNERS, driver_class, parse_device_url
+from drivers.escpos_printer import PrinterConnection, PrinterProfile, print_job, render
+from drivers.urls import parse_device_url, printer_class, scanner_class
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def preview_folder(settings: Settings) -> Path:
     return settings.storage.database.parent / "receipts"
 
 
-def open_printer_connection(printer: PrinterSettings, sim_folder: Path):
+def open_printer_connection(printer: PrinterSettings, sim_folder: Path) -> PrinterConnection:
     url = parse_device_url(printer.url)
     options = {}
     if url.scheme == "sim":
@@ -48,15 +48,13 @@ def open_printer_connection(printer: PrinterSettings, sim_folder: Path):
             "escpos_profile": printer.profile,
             "width_dots": DOTS_BY_PAPER_MM[printer.paper_width_mm],
         }
-    return driver_class(PRINTERS, url).from_url(url, **options)
+    return printer_class(url).from_url(url, **options)
 
 
 def open_scanner(url_text: str, device_id: str, router: ScanRouter, **options) -> ScannerReader:
     url = parse_device_url(url_text)
     # Each reader keeps (and logs) its own status; the API reads it from the reader.
-    return driver_class(SCANNERS, url).from_url(
-        url, device_id, router.submit_threadsafe, lambda status: None, **options
-    )
+    return scanner_class(url).from_url(url, device_id, router.submit_threadsafe, lambda status: None, **options)
 
 
 @dataclass
@@ -66,7 +64,7 @@ class StationDevices:
     router: ScanRouter
     scanners: dict[str, ScannerReader] = field(default_factory=dict)
     printer: PrintQueue | None = None
-    printer_connection: object | None = None
+    printer_connection: PrinterConnection | None = None
 
     @property
     def columns(self) -> int:

@@ -105,7 +105,7 @@ class PrintQueue:
         self,
         engine: sa.Engine,
         printer_id: str,
-        send: Callable[[str, bytes], None],
+        send: Callable[[str, bytes], object],  # what it returns is not used
         on_status: Callable[[QueueStatus], None] | None = None,
         backoff: Backoff | None = None,
     ):

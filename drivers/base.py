@@ -15,6 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from drivers.urls import DeviceUrl
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,11 @@ class ScannerReader(ABC):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._status = DeviceStatus(device_id, DeviceState.DISCONNECTED, "not started", utcnow())
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: DeviceUrl, device_id: str, on_scan: ScanSink, on_status: StatusSink, **options: Any) -> Self:
+        """The reader for a device URL (its scheme picked this class); options come from settings."""
 
     @property
     def status(self) -> DeviceStatus:

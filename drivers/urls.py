@@ -13,9 +13,13 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from drivers.base import UnsupportedDeviceUrl
+from drivers.base import ScannerReader, UnsupportedDeviceUrl
+
+if TYPE_CHECKING:
+    from drivers.escpos_printer import PrinterConnection
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ PRINTERS = {
 
 
 def driver_class(table: dict[str, str], url: DeviceUrl) -> type:
+    """The class the table names for this URL's scheme."""
     target = table.get(url.scheme)
     if target is None:
         raise UnsupportedDeviceUrl(
@@ -91,3 +96,21 @@ def driver_class(table: dict[str, str], url: DeviceUrl) -> type:
         )
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def scanner_class(url: DeviceUrl) -> type[ScannerReader]:
+    """The scanner reader for this URL's scheme (SCANNERS)."""
+    found = driver_class(SCANNERS, url)
+    if not issubclass(found, ScannerReader):
+        raise TypeError(f"{found.__qualname__} is not a ScannerReader")  # a wrong table entry, not a wrong URL
+    return found
+
+
+def printer_class(url: DeviceUrl) -> type[PrinterConnection]:
+    """The printer connection for this URL's scheme (PRINTERS)."""
+    from drivers.escpos_printer import PrinterConnection  # imported when a printer is used: it loads Pillow
+
+    found = driver_class(PRINTERS, url)
+    if not issubclass(found, PrinterConnection):
+        raise TypeError(f"{found.__qualname__} is not a PrinterConnection")  # a wrong table entry, not a wrong URL
+    return found
