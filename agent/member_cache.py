@@ -113,8 +113,20 @@ _COUPON_COLUMNS = "code, title, kind, amount_off_fen, percent_off, threshold_fen
 
 
 def _coupon(row: sa.Row) -> CachedCoupon:
+    # The columns of _COUPON_COLUMNS, in order; a query may select more after them.
+    code, title, kind, amount_off, percent_off, threshold, cap, valid_from, valid_until, offline, used_at = row[:11]
     return CachedCoupon(
-        *row[:7], from_storage(row[7]), from_storage(row[8]), bool(row[9]), row[10] and from_storage(row[10])
+        code,
+        title,
+        kind,
+        amount_off,
+        percent_off,
+        threshold,
+        cap,
+        from_storage(valid_from),
+        from_storage(valid_until),
+        bool(offline),
+        used_at and from_storage(used_at),
     )
 
 
