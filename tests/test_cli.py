@@ -138,6 +138,11 @@ def test_member_lookup_by_card_and_phone(config):
     assert json.loads(by_phone.stdout)["id"] == "m7"
     missing = pos_edge("member", "lookup", "--config", str(config), "--card", "1")
     assert missing.returncode == 1 and "no such member" in missing.stderr
+    # An empty number is not a number: said so, not looked up as some other kind of identifier.
+    empty_phone = pos_edge(
+        "member", "lookup", "--config", str(config), "--phone", "", env={"POS_EDGE_PRIVACY__PHONE_HASH_KEY": KEY}
+    )
+    assert empty_phone.returncode == 1 and "not a phone number" in empty_phone.stderr
 
 
 def test_storage_problems_are_one_clear_line(config):
