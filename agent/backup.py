@@ -250,8 +250,8 @@ def verify_backup(path: Path) -> BackupCheck:
         raise BackupInvalid(f"{path} is not a usable SQLite database ({exc.orig}); use another backup") from None
     finally:
         engine.dispose()
-    if not report.ok:
-        broken = report.first_break
+    broken = report.first_break
+    if broken is not None:
         raise BackupInvalid(
             f"{path}: its journal chain is broken at seq {broken.seq} ({broken.reason}); use another backup"
         )

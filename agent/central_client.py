@@ -96,9 +96,11 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 class CentralClient:
     def __init__(self, settings: CentralSettings, store_id: str, transport: httpx.AsyncBaseTransport | None = None):
         self.base_url = settings.url
+        self._read_timeout_s = settings.read_timeout_s
+        self._connect_timeout_s = settings.connect_timeout_s
         self._client = httpx.AsyncClient(
             base_url=settings.url + API_PREFIX,
-            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            timeout=httpx.Timeout(self._read_timeout_s, connect=self._connect_timeout_s),
             headers={
                 "Authorization": f"Bearer {settings.token.get_secret_value()}",
                 "X-Store-Id": store_id,
@@ -166,7 +168,7 @@ class CentralClient:
         seen it — yet: a request still on its way may arrive after this answer, so None never means "not charged".
         Only `void_payment` settles a payment central has not seen."""
         params = {"wait": wait_s} if wait_s else None
-        timeout = httpx.Timeout(self._client.timeout.read + wait_s, connect=self._client.timeout.connect)
+        timeout = httpx.Timeout(self._read_timeout_s + wait_s, connect=self._connect_timeout_s)
         try:
             return await self._call("GET", f"/payments/{out_trade_no}", Payment, params=params, timeout=timeout)
         except CentralRejected as exc:

@@ -378,6 +378,7 @@ class Doctor:
         from drivers.escpos_printer import query_status
 
         printer = settings.devices.printer
+        assert printer is not None, "asked only for a configured printer"
         try:
             status = query_status(
                 open_printer_connection(printer, settings.storage.database.parent / "receipts"), timeout=2

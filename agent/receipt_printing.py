@@ -29,7 +29,10 @@ class ReceiptPrinting:
         columns: int,
         queue: Callable[[], PrintQueue | None],
     ):
+        if settings.devices.printer is None:
+            raise ValueError("receipts are printed only on a station with a printer in its settings")
         self.settings = settings
+        self._printer_id = settings.devices.printer.id
         self._render = render
         self._columns = columns
         self._queue = queue  # the running queue, once the devices are started
@@ -38,7 +41,7 @@ class ReceiptPrinting:
         """Queue the receipt of a journal row being written, in that row's transaction; the job id."""
         job_id = f"{record.id}-{purpose}"
         data = self._bytes(receipt_of_record(record, self.settings), open_drawer)
-        insert_job(connection, self.settings.devices.printer.id, job_id, data, purpose, record.id)
+        insert_job(connection, self._printer_id, job_id, data, purpose, record.id)
         return job_id
 
     def wake(self) -> None:

@@ -34,8 +34,11 @@ def new_tender(
 ) -> Tender:
     """A cash, card or other tender for a sale with `remaining_fen` left to pay. It pays at most what is left (by
     default all of it); only cash may be handed over in excess, and the excess is the change."""
-    if kind not in ("cash", "card", "other"):
-        raise TenderRefused(f"unknown tender kind {kind!r}; one of code, cash, card, other")
+    match kind:  # a match, not `in`: it narrows `kind` to the tender kinds for Tender below
+        case "cash" | "card" | "other":
+            pass
+        case _:
+            raise TenderRefused(f"unknown tender kind {kind!r}; one of code, cash, card, other")
     amount = remaining_fen if amount_fen is None else amount_fen
     if type(amount) is not int or not 0 < amount <= remaining_fen:
         raise TenderRefused(
