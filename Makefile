@@ -14,8 +14,10 @@ DEMO_ENV := POS_EDGE_CENTRAL__TOKEN=demo-store-token POS_EDGE_API__TOKEN=demo-ap
 # kiosk and till screen tests (tests/ui drive it with Playwright); systemd (systemd-analyze), cage and shellcheck
 # for the checks of the units and the installer in systemd/ (tests/test_systemd_units.py, tests/test_installer.py).
 SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0 postgresql chromium systemd cage shellcheck
+# systemd-nspawn and curl (requests inside the container), for `make service-check` only (`make test` needs neither).
+SERVICE_CHECK_PACKAGES := systemd-container curl
 
-.PHONY: setup system-packages demo test bench chaos soak clean
+.PHONY: setup system-packages demo test bench chaos soak service-check clean
 
 setup: system-packages $(STAMP)
 
@@ -62,6 +64,14 @@ chaos: setup
 
 soak: setup
 	$(BIN)/python -m tests.chaos --seed 101 --seeds 12 --minutes 60
+
+# The agent as a store runs it, as root: this machine's own systemd booted in a throw-away container (systemd-nspawn
+# on an overlay of /), the agent installed by systemd/install.sh from a wheel folder made from .venv, then READY, a
+# sale, kill -9, the watchdog, a power cut, pos-edge doctor and the unit's security score, one line each
+# (tests/service). About 2 minutes; exit 1 on any failure. Not part of `make test`.
+service-check: setup
+	@$(MAKE) --no-print-directory system-packages SYSTEM_PACKAGES="$(SERVICE_CHECK_PACKAGES)"
+	$(BIN)/python -m tests.service
 
 bench: setup
 	$(BIN)/python bench/member_cache.py

@@ -1,0 +1,5 @@
+import sys
+
+from tests.service.run import main
+
+sys.exit(main())
