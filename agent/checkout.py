@@ -53,6 +53,7 @@ from agent.receipt_printing import ReceiptPrinting
 from agent.sale import (
     FINAL_PAYMENT_STATES,
     CodePayment,
+    PaymentState,
     PricingView,
     Sale,
     SaleCoupon,
@@ -63,7 +64,7 @@ from agent.sale import (
     new_tender,
 )
 from agent.settings import Settings
-from central.contract import Payment, PaymentRequest, PaymentVoid
+from central.contract import Payment, PaymentProvider, PaymentRequest, PaymentVoid
 
 if TYPE_CHECKING:
     from agent.metrics import AgentMetrics
@@ -251,7 +252,7 @@ class Checkout:
             self._no_money_yet(sale, "change the points to spend")
             if points and sale.member is None:
                 raise RedemptionNotAllowed("identify the member before spending points")
-            if points and not sale.member.may_redeem:
+            if points and sale.member is not None and not sale.member.may_redeem:
                 raise RedemptionNotAllowed(
                     "points can be spent only by a member identified by member code or confirmed phone: ask for the member code",
                     "使用积分请出示会员码",
@@ -473,8 +474,9 @@ class Checkout:
         if member is None:
             sale.message = "the payer is not a member yet"
             return await self._changed(sale, "member")
-        same = sale.member is not None and sale.member.id == member.id
-        may_redeem = found.may_redeem or (same and sale.member.may_redeem)
+        again = sale.member if sale.member is not None and sale.member.id == member.id else None
+        same = again is not None
+        may_redeem = found.may_redeem or (again is not None and again.may_redeem)
         if not (same and may_redeem):
             sale.redeem_points = 0
         sale.member = SaleMember(
@@ -500,7 +502,7 @@ class Checkout:
 
     async def _identify_payer(self, sale: Sale, code: Classification) -> Sale:
         """A payment code before the basket: who is the customer? (It is charged only once the basket is set.)"""
-        self._provider_enabled(code)
+        self._enabled_provider(code)
         try:
             found = await self.identifier.payment_code(code.value)
         except CentralNeeded as exc:
@@ -623,7 +625,7 @@ class Checkout:
         return await self._after_tender(sale)
 
     async def _code_payment(self, sale: Sale, code: Classification) -> Sale:
-        self._provider_enabled(code)
+        provider = self._enabled_provider(code)
         if sale.member is None and sale.pricing is not None and not sale.tenders:
             # Pay as member: ask who pays, so their price is the one charged.
             try:
@@ -642,7 +644,6 @@ class Checkout:
         elif not await self.connectivity.online():
             raise Offline(OFFLINE_EN, OFFLINE_ZH)
         self._ready_to_pay(sale)
-        provider = code.provider
         payment = CodePayment(
             out_trade_no=uuid7().hex,
             provider=provider,
@@ -756,6 +757,7 @@ class Checkout:
         out_trade_no = payment.out_trade_no
         try:
             while not payment.final:
+                answer: Payment | None
                 try:
                     if payment.cancel_requested and not payment.void_answered:
                         answer = await self.client.void_payment(out_trade_no, self._void_of(payment))
@@ -822,7 +824,7 @@ class Checkout:
         elif sale.is_open and not sale.tenders and not sale.unsettled_payments:
             sale.state = "basket"
 
-    def _payment_state(self, payment: CodePayment, state: str, offline: bool = False) -> None:
+    def _payment_state(self, payment: CodePayment, state: PaymentState, offline: bool = False) -> None:
         """Set a code payment's state; one that ends here is counted, with the time since its charge was sent
         (`offline`: central was not reached, the charge never left the store)."""
         ends = state in FINAL_PAYMENT_STATES and not payment.final
@@ -886,6 +888,7 @@ class Checkout:
 
     def _sale_entry(self, sale: Sale) -> JournalEntry:
         pricing = sale.pricing
+        assert pricing is not None, "a sale is paid, so journaled, only once its basket is priced"
         points = sale.points()
         body = {
             "receipt_no": sale.receipt_no,
@@ -981,12 +984,15 @@ class Checkout:
         if sale.remaining_fen <= 0:
             raise NotNow("this sale is paid in full: nothing is left to pay")
 
-    def _provider_enabled(self, code: Classification) -> None:
-        if code.provider not in self.settings.checkout.providers:
-            raise ProviderNotEnabled(
-                f"this store does not take {code.provider} payment codes: ask for another payment method",
-                "本店暂不支持该付款方式",
-            )
+    def _enabled_provider(self, code: Classification) -> PaymentProvider:
+        """The payment code's provider, when this store takes it."""
+        for provider in self.settings.checkout.providers:
+            if provider == code.provider:
+                return provider
+        raise ProviderNotEnabled(
+            f"this store does not take {code.provider} payment codes: ask for another payment method",
+            "本店暂不支持该付款方式",
+        )
 
     async def _changed(self, sale: Sale, event: str, save: bool = True) -> Sale:
         sale.version += 1

@@ -174,6 +174,8 @@ async def lookup_member(checkout: CheckoutDep, card_no: str | None = None, phone
     except MemberNotFound as exc:
         raise NotFound(str(exc)) from None
     member = found.member
+    if member is None:  # removed from the cache (a tombstone from central) between the lookup and this read
+        raise NotFound("no such member")
     return {
         "id": member.id,
         "display_name": member.display_name,
@@ -203,7 +205,9 @@ async def list_transactions(
                 .scalars()
                 .all()
             )
-        return [record_view(checkout.journal.get(i)) for i in ids]
+        records = (checkout.journal.get(i) for i in ids)
+        # A row retention purged between the two reads is not listed.
+        return [record_view(record) for record in records if record is not None]
 
     return await asyncio.to_thread(read)
 

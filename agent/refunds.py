@@ -34,7 +34,7 @@ from agent.clock import to_storage, utcnow
 from agent.connectivity import Connectivity
 from agent.db import reader
 from agent.ids import uuid7
-from agent.journal import Journal, JournalEntry, JournalRecord
+from agent.journal import Journal, JournalEntry, JournalError, JournalRecord
 from agent.member_cache import MemberCache
 from agent.receipt_printing import ReceiptPrinting
 from agent.settings import Settings
@@ -138,7 +138,13 @@ class Refunds:
                 .scalars()
                 .all()
             )
-        return [self.journal.get(i) for i in ids]
+        records = []
+        for transaction_id in ids:
+            record = self.journal.get(transaction_id)
+            if record is None:  # never plan a refund without every earlier one: stop rather than skip it
+                raise JournalError(f"refund {transaction_id} of {sale_id} left the journal while being read")
+            records.append(record)
+        return records
 
     async def refund(
         self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None
@@ -266,6 +272,7 @@ class Refunds:
                 if pending is None:
                     return
                 sale = await asyncio.to_thread(self.journal.get, sale_id)
+                assert sale is not None, "retention keeps a sale while a refund of it is in flight"
                 try:
                     record = await self._finish(sale, pending)
                 except (RefundInProgress, Offline):
@@ -330,7 +337,9 @@ class Refunds:
 
     def _pending_sales(self) -> list[str]:
         with reader(self.engine) as connection:
-            return connection.exec_driver_sql("SELECT sale_id FROM pending_refund ORDER BY created_at").scalars().all()
+            return list(
+                connection.exec_driver_sql("SELECT sale_id FROM pending_refund ORDER BY created_at").scalars().all()
+            )
 
     def _save_pending(self, pending: PendingRefund) -> None:
         now = to_storage(utcnow())
