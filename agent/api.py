@@ -159,11 +159,11 @@ async def status(state: StateDep) -> AgentStatus:
     if state.checkout is not None:
         printer = state.devices.printer.status if state.devices and state.devices.printer else None
         lag = figures.sync_lag(utcnow())
-        lag = None if lag is None else int(lag.total_seconds())
+        lag_s = None if lag is None else int(lag.total_seconds())
         checkout = CheckoutStatus(
             online=await state.checkout.connectivity.online(),
             open_session=state.checkout.current.id if state.checkout.current else None,
-            sync_lag_s=lag,
+            sync_lag_s=lag_s,
             outbox_pending=database.outbox_pending,
             printer_state=printer.state.value if printer else None,
             printer_queued=printer.queued if printer else 0,
@@ -263,7 +263,9 @@ def recent_scans(state: StateDep) -> list[dict[str, Any]]:
 @printer_router.get("")
 def printer_status(state: StateDep) -> PrinterPublic:
     _printer(state)  # 404 when there is none
-    return devices(state).printer
+    printer = devices(state).printer
+    assert printer is not None, "a configured printer is listed with the devices"
+    return printer
 
 
 @printer_router.get("/jobs")
@@ -356,7 +358,8 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
         details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"] if part != "body")
-        return _error(422, "invalid_request", f"{where}: {first['msg']}" if where else first["msg"], details=details)
+        message = str(first["msg"])
+        return _error(422, "invalid_request", f"{where}: {message}" if where else message, details=details)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

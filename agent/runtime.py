@@ -90,14 +90,15 @@ def open_sync(settings: Settings, state: AgentState) -> Sync:
     )
 
 
-def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
+def open_checkout(
+    settings: Settings, state: AgentState, sync: Sync, devices: StationDevices, scans: ScanRouter, scheduler
+) -> tuple[Checkout, Refunds]:
     """The station's checkout and refunds, sharing the sync's client and its view of whether central is up."""
-    client = state.sync.client
-    devices = state.devices
+    client = sync.client
     if settings.devices.printer is not None:
         state.receipts = ReceiptPrinting(settings, devices.render, devices.columns, lambda: devices.printer)
     connectivity = Connectivity(
-        client, (state.sync.push_health, state.sync.pull_health), probe_timeout_s=settings.offline.probe_timeout_s
+        client, (sync.push_health, sync.pull_health), probe_timeout_s=settings.offline.probe_timeout_s
     )
     identifier = Identifier(state.members, state.member_codes, client, connectivity.online)
 
@@ -106,7 +107,7 @@ def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
         if scheduler.running and scheduler.get_job("outbox-push") is not None:
             scheduler.modify_job("outbox-push", next_run_time=utcnow())
 
-    state.checkout = Checkout(
+    checkout = Checkout(
         settings,
         state.engine,
         state.members,
@@ -119,7 +120,7 @@ def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
         push_soon=push_soon,
         disk=state.disk,
     )
-    state.refunds = Refunds(
+    refunds = Refunds(
         settings,
         state.engine,
         state.journal,
@@ -129,7 +130,9 @@ def open_checkout(settings: Settings, state: AgentState, scheduler) -> None:
         receipts=state.receipts,
         push_soon=push_soon,
     )
-    state.scans.subscribe(state.checkout.on_scan)
+    scans.subscribe(checkout.on_scan)
+    state.checkout, state.refunds = checkout, refunds
+    return checkout, refunds
 
 
 def build_app(settings: Settings) -> FastAPI:
@@ -137,19 +140,20 @@ def build_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Open in order: database, then devices; close in reverse.
         state = await asyncio.to_thread(open_state, settings)
-        state.scans = ScanRouter(asyncio.get_running_loop(), settings.codes.rules())
-        state.devices = StationDevices(settings, state.engine, state.scans)
-        state.sync = open_sync(settings, state)
-        scheduler = build_scheduler(settings, state.sync)
-        open_checkout(settings, state, scheduler)
+        scans = ScanRouter(asyncio.get_running_loop(), settings.codes.rules())
+        devices = StationDevices(settings, state.engine, scans)
+        sync = open_sync(settings, state)
+        state.scans, state.devices, state.sync = scans, devices, sync
+        scheduler = build_scheduler(settings, sync)
+        checkout, refunds = open_checkout(settings, state, sync, devices, scans, scheduler)
         try:
-            await asyncio.to_thread(state.devices.start)
-            if state.devices.printer is not None:
-                state.devices.printer.on_printed = state.checkout.on_printed_threadsafe(asyncio.get_running_loop())
+            await asyncio.to_thread(devices.start)
+            if devices.printer is not None:
+                devices.printer.on_printed = checkout.on_printed_threadsafe(asyncio.get_running_loop())
             state.metrics = AgentMetrics.for_settings(settings)
             state.metrics.watch(state)  # before recovery: a sale it finishes is counted
-            await state.checkout.recover()
-            await state.refunds.recover()
+            await checkout.recover()
+            await refunds.recover()
             scheduler.start()  # backups and retention run even where sync with central is off
             if not settings.central.token.get_secret_value():
                 log.warning("sync with central is off: set central.token (POS_EDGE_CENTRAL__TOKEN)")
@@ -172,10 +176,10 @@ def build_app(settings: Settings) -> FastAPI:
             # Reverse order: no new jobs, devices (the receipt being printed may finish), then the database.
             if scheduler.running:
                 scheduler.shutdown(wait=False)
-            await state.checkout.close()
-            await state.refunds.close()
-            await state.sync.client.aclose()
-            await asyncio.to_thread(state.devices.stop, PRINT_DEADLINE_S)
+            await checkout.close()
+            await refunds.close()
+            await sync.client.aclose()
+            await asyncio.to_thread(devices.stop, PRINT_DEADLINE_S)
             state.engine.dispose()
             log.info("agent stopped")
 
@@ -244,6 +248,7 @@ class NotifyingServer(uvicorn.Server):
 
 
 async def read_status(state: AgentState) -> str:
+    assert state.sync is not None, "the agent is ready, so its sync is open"
     sync = await asyncio.to_thread(state.sync.status)  # reads the outbox: off the loop
     printer = state.devices.printer.status.state.value if state.devices and state.devices.printer else None
     checkout = state.checkout
