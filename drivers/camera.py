@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -291,14 +291,15 @@ class CameraScanner(ScannerReader):
 
     @classmethod
     def from_url(
-        cls, url: DeviceUrl, device_id: str, on_scan: ScanSink, on_status: StatusSink, **options: object
+        cls, url: DeviceUrl, device_id: str, on_scan: ScanSink, on_status: StatusSink, **options: Any
     ) -> CameraScanner:
         unknown = sorted(set(url.query) - set(QUERY_KEYS))
         if unknown:
             raise UnsupportedDeviceUrl(
                 f"{url.text}: unknown camera option(s) {', '.join(unknown)}; known: {', '.join(QUERY_KEYS)}"
             )
-        from_query: dict[str, object] = {}
+        # __init__'s keyword arguments, named at run time by the URL and the settings: Python checks the names.
+        from_query: dict[str, Any] = {}
         try:
             for key in ("width", "height"):
                 if key in url.query:
@@ -312,7 +313,7 @@ class CameraScanner(ScannerReader):
         except ValueError as exc:
             raise UnsupportedDeviceUrl(f"{url.text}: {exc}") from None
         from_query.update({k: v for k, v in options.items() if v is not None})
-        return cls(_target(url), device_id, on_scan, on_status, **from_query)  # type: ignore[arg-type]
+        return cls(_target(url), device_id, on_scan, on_status, **from_query)
 
     def run_once(self, stop: threading.Event) -> bool | None:
         source = self._open()
