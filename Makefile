@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0 postgresql chromium 
 # systemd-nspawn and curl (requests inside the container), for `make service-check` only (`make test` needs neither).
 SERVICE_CHECK_PACKAGES := systemd-container curl
 
-.PHONY: setup system-packages demo test bench chaos soak service-check clean
+.PHONY: setup system-packages demo lint test bench chaos soak service-check clean
 
 setup: system-packages $(STAMP)
 
@@ -51,7 +51,14 @@ demo: setup
 	cat config/demo-banner.txt; \
 	$(DEMO_ENV) $(BIN)/pos-edge run --config config/demo.toml
 
-test: setup
+# Formatting and lint (ruff), the house's import rules (import-linter), types (mypy); `make test` runs it first.
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: setup lint
 	$(BIN)/python -m pytest
 
 # The chaos run (tests/chaos): central, the WeChat Pay and Alipay simulators and the agent as separate processes on
