@@ -26,7 +26,8 @@ import sqlalchemy as sa
 
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
-from drivers.base import Backoff, DeviceError, PaperOut
+from drivers.backoff import Backoff
+from drivers.base import DeviceError, PaperOut
 
 if TYPE_CHECKING:
     from agent.metrics import AgentMetrics
@@ -114,6 +115,7 @@ class PrintQueue:
         self._send = send
         self._on_status = on_status or (lambda status: None)
         self._backoff = backoff or Backoff(first=1.0, cap=15.0)
+        self._failures = 0  # jobs in a row the printer failed: how long the worker waits before the next try
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._changed = threading.Condition()
@@ -255,18 +257,20 @@ class PrintQueue:
                 self._finish(job_id, "queued", str(exc))
                 self._count_failure(state.value)
                 self._set_state(state, str(exc))
-                self._wake.wait(self._backoff.next())
+                self._failures += 1
+                self._wake.wait(self._backoff.delay(self._failures))
                 self._wake.clear()
             except Exception as exc:  # a bug must not lose the job or kill the worker
                 log.exception("print job failed", extra={"printer": self.printer_id, "job": job_id})
                 self._finish(job_id, "queued", f"{type(exc).__name__}: {exc}")
                 self._count_failure("error")
                 self._set_state(PrinterState.OFFLINE, f"{type(exc).__name__}: {exc}")
-                self._wake.wait(self._backoff.next())
+                self._failures += 1
+                self._wake.wait(self._backoff.delay(self._failures))
                 self._wake.clear()
             else:
                 self._finish(job_id, "printed", None)
-                self._backoff.reset()
+                self._failures = 0
                 self._set_state(PrinterState.READY, None)
                 log.info("printed", extra={"printer": self.printer_id, "job": job_id, "bytes": len(data)})
                 if self.metrics is not None:

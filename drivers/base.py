@@ -8,7 +8,6 @@ tree below, so the agent handles "printer unavailable" once for every transport.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Self
+
+from drivers.backoff import Backoff
 
 if TYPE_CHECKING:
     from drivers.urls import DeviceUrl
@@ -82,28 +83,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
-class Backoff:
-    """Reconnect delays: doubling from `first` up to `cap` seconds, with jitter so many tills do not retry in step."""
-
-    first: float = 0.5
-    cap: float = 10.0
-    attempt: int = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.first * 2**self.attempt)
-        self.attempt += 1
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class ScannerReader(ABC):
     """A scanner read on its own thread.
 
     `run_once` opens the device, reads until it fails or `stop` is set, and closes it; the thread calls it again
-    after a back-off, so an unplugged scanner comes back by itself. Scans and status changes go to the sinks,
+    after a back-off (drivers/backoff.py: 0.5 s doubling to 10 s unless given), so an unplugged scanner comes
+    back by itself. Scans and status changes go to the sinks,
     which are called on the reader's thread: the agent makes them hand over to its event loop.
     """
 
@@ -112,6 +97,7 @@ class ScannerReader(ABC):
         self._on_scan = on_scan
         self._on_status = on_status
         self._backoff = backoff or Backoff()
+        self._failures = 0  # runs in a row that ended without a scan: how long the next reopening waits
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._status = DeviceStatus(device_id, DeviceState.DISCONNECTED, "not started", utcnow())
@@ -140,8 +126,12 @@ class ScannerReader(ABC):
     def _interrupt(self) -> None:  # noqa: B027 -- a hook with nothing to do by default, not an abstract method
         """Wake a blocked read so `stop` does not wait for the next scan. Override where a read can block."""
 
+    def worked(self) -> None:
+        """The device delivers: a later failure retries quickly again."""
+        self._failures = 0
+
     def emit(self, text: str, symbology: str | None = None) -> None:
-        self._backoff.reset()
+        self.worked()
         self._on_scan(Scan(self.device_id, text, symbology, utcnow()))
 
     def set_status(self, state: DeviceState, reason: str | None = None) -> None:
@@ -166,7 +156,8 @@ class ScannerReader(ABC):
             except Exception as exc:  # a driver bug must not kill the thread: report it and reopen
                 log.exception("scanner reader failed", extra={"device": self.device_id})
                 self.set_status(DeviceState.ERROR, f"{type(exc).__name__}: {exc}")
-            if self._stop.wait(self._backoff.next()):
+            self._failures += 1
+            if self._stop.wait(self._backoff.delay(self._failures)):
                 break
         self.set_status(DeviceState.DISCONNECTED, "stopped")
 

@@ -32,8 +32,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from drivers.backoff import Backoff
 from drivers.base import (
-    Backoff,
     DeviceError,
     DeviceState,
     DeviceUnavailable,
@@ -334,7 +334,7 @@ class CameraScanner(ScannerReader):
             if stop.is_set():
                 return None
             if source.live and first:
-                self._backoff.reset()  # it worked: a later failure retries quickly again
+                self.worked()  # a later failure retries quickly again
             first = False
             if self.realtime and not source.live:
                 started = time.monotonic() - t if started is None else started

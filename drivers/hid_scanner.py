@@ -25,8 +25,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
+from drivers.backoff import Backoff
 from drivers.base import (
-    Backoff,
     DeviceError,
     DeviceState,
     DeviceUnavailable,

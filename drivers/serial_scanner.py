@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import serial
 
+from drivers.backoff import Backoff
 from drivers.base import (
-    Backoff,
     DeviceError,
     DeviceState,
     DeviceUnavailable,
