@@ -149,28 +149,160 @@ class EnrolResult(WireModel):
 
 
 # --- transactions --------------------------------------------------------------------------------------------
+#
+# A journal row's `body` is the canonical JSON of one of three models: `SaleBody`, `RefundBody` or `VoidBody`
+# (by the row's `kind`). The row's hash covers that JSON as written, so these models serialize exactly what they
+# hold: a field marked "absent when null" is left out rather than written as null, every other field is always
+# written, and fields a model does not know are kept as they came (`extra="allow"`). Central requires and reads
+# only what `TransactionBody` declares: the lines, the tenders (kind, amount, code payment number) and the coupons.
 
 
-class Tender(WireModel):
-    model_config = ConfigDict(extra="allow")  # provider references etc. are kept as sent
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+class BodyModel(WireModel):
+    model_config = ConfigDict(extra="allow")  # kept as written: a field this version does not know survives
+
+
+class Tender(BodyModel):
+    """Money taken (a sale, a void) or given back (a refund). Provider references etc. are kept as sent."""
 
     kind: TenderKind
     amount_fen: StrictInt = Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)
+    out_trade_no: str | None = Field(
+        None, exclude_if=_is_none, description="a code payment's number at central; absent when null (other tenders)"
+    )
 
 
-class CouponUse(WireModel):
-    model_config = ConfigDict(extra="allow")
-
+class CouponUse(BodyModel):
     code: str = Field(min_length=1, max_length=32)
     amount_off_fen: StrictInt = Field(0, ge=-MAX_AMOUNT, le=MAX_AMOUNT)
 
 
-class TransactionBody(WireModel):
-    model_config = ConfigDict(extra="allow")
+class TransactionBody(BodyModel):
+    """What central requires of every journal body and reads from it; the whole body is stored as sent."""
 
     lines: list[dict[str, Any]]
     tenders: list[Tender]
     coupons: list[CouponUse] = Field(default_factory=list)
+
+
+class PaidTender(Tender):
+    """A tender of a sale (and of a void: what was taken before the sale was cancelled)."""
+
+    tendered_fen: StrictInt = Field(description="what was handed over: for cash at least `amount_fen`, else equal")
+    change_fen: StrictInt = Field(description="cash handed back (`tendered_fen - amount_fen`); 0 for other tenders")
+    reference: str | None = Field(
+        None,
+        exclude_if=_is_none,
+        description="card terminal trace number, the provider's trade number of a code payment; absent when null",
+    )
+
+
+class UsedCoupon(CouponUse):
+    """A coupon applied to a sale: `amount_off_fen` is what it took off this basket (0: applied, took nothing)."""
+
+    title: str
+
+
+class BodyMember(BodyModel):
+    """The member of a sale as its receipt shows them (masked), and how the till identified them."""
+
+    display_name: str
+    tier: str
+    phone_masked: str | None
+    via: Literal["member_code", "card", "phone", "payment_code"]
+
+
+class JournalLine(BodyModel):
+    """A basket line as the sale had it (`amount_fen` after tier and coupon discounts, null if never priced)."""
+
+    sku: str
+    name: str
+    qty: StrictInt
+    unit_price_fen: StrictInt
+    category: str
+    amount_fen: StrictInt | None
+
+
+class SoldLine(JournalLine):
+    amount_fen: StrictInt
+    earns_points: bool = Field(
+        True, description="false for categories that earn no points (rows written before this field: all earn)"
+    )
+
+
+class SaleBody(BodyModel):
+    """The body of a `sale` row: everything the receipt shows and a refund needs, so neither reads anything else.
+
+    Amounts are fen: `subtotal_fen` is the lines at list price, `discount_fen` all discounts (tier, coupons and the
+    value of points redeemed, of which `tier_discount_fen` and `points_value_fen`); the row's `total_fen` is
+    what was paid (the sum of the tenders' `amount_fen`)."""
+
+    receipt_no: str = Field(description="short and scannable: station, business day (yymmdd), count of the day")
+    online: bool = Field(description="central was reachable at payment: false means the points are provisional")
+    guide_id: str | None = Field(description="the shop assistant credited with the sale, if one was scanned")
+    lines: list[SoldLine]
+    tenders: list[PaidTender]
+    coupons: list[UsedCoupon]
+    subtotal_fen: StrictInt
+    tier_discount_fen: StrictInt
+    discount_fen: StrictInt
+    points_value_fen: StrictInt = Field(description="what the points redeemed took off, in fen")
+    member: BodyMember | None
+    points_balance: StrictInt | None = Field(description="the member's balance after this sale (null: no member)")
+
+
+class VoidBody(BodyModel):
+    """The body of a `void` row: a sale cancelled after money moved; what was taken (and given back), no points."""
+
+    lines: list[JournalLine]
+    tenders: list[PaidTender]
+    coupons: list[UsedCoupon] = Field(description="always empty: a cancelled sale used no coupon")
+    reason: str
+    online: bool
+
+
+class RefundedLine(BodyModel):
+    """Goods given back: `line` is the index of the line in the sale, `amount_fen` what this refund returns for
+    it (cumulative shares: refunding a line in several goes returns exactly what it cost in total)."""
+
+    line: StrictInt
+    sku: str
+    name: str
+    qty: StrictInt
+    unit_price_fen: StrictInt
+    amount_fen: StrictInt
+
+
+class RefundTender(Tender):
+    """Money given back, against the sale's tender number `tender` (its index in the sale's tenders). A code part
+    goes back through central under `out_refund_no`; one the provider refused goes back in cash (`kind` cash,
+    `instead_of` the code kind, `refused` why)."""
+
+    tender: StrictInt
+    reference: str | None = Field(None, exclude_if=_is_none, description="the sale tender's; absent when null")
+    out_refund_no: str | None = Field(None, exclude_if=_is_none, description="code parts; absent when null")
+    state: RefundState | None = Field(None, exclude_if=_is_none, description="central's answer; absent when null")
+    refused: str | None = Field(None, exclude_if=_is_none, description="why; absent when null")
+    instead_of: TenderKind | None = Field(None, exclude_if=_is_none, description="absent when null")
+
+
+class RefundBody(BodyModel):
+    """The body of a `refund` row; the row's `total_fen` is the money given back (the sum of the tenders)."""
+
+    original_id: str = Field(description="the transaction id of the sale refunded")
+    original_receipt_no: str | None
+    receipt_no: str = Field(description="R, the sale's receipt number (or the start of its id), -, the ordinal")
+    reason: str | None
+    online: bool
+    lines: list[RefundedLine]
+    tenders: list[RefundTender]
+    coupons: list[UsedCoupon] = Field(description="always empty: coupons used are not given back")
+    subtotal_fen: StrictInt = Field(description="the sum of the lines' amount_fen")
+    member: BodyMember | None = Field(description="the sale's, as it was then")
+    points_balance: StrictInt | None = Field(description="the member's balance after this refund (null: no member)")
 
 
 class TransactionIn(WireModel):

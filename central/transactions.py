@@ -220,8 +220,8 @@ def day_summary(
     rows = sorted(session.execute(query).all(), key=lambda row: row.id)
     tenders: dict[str, int] = {}
     for row in rows:
-        for tender in row.body.get("tenders", []):
-            tenders[tender["kind"]] = tenders.get(tender["kind"], 0) + int(tender["amount_fen"])
+        for tender in contract.TransactionBody.model_validate(row.body).tenders:
+            tenders[tender.kind] = tenders.get(tender.kind, 0) + tender.amount_fen
     return contract.DaySummary(
         store_id=store_id,
         business_day=business_day,

@@ -352,20 +352,12 @@ def _transactions_naming(session, store_id: str, since: date, otns: list[str]) -
 def _holders(rows: Iterable[sa.Row]) -> dict[str, list[_Holder]]:
     holders: dict[str, list[_Holder]] = defaultdict(list)
     for row in rows:
-        body = row.body if isinstance(row.body, dict) else {}
-        for tender in body.get("tenders") or ():
-            otn = tender.get("out_trade_no") if isinstance(tender, dict) else None
-            if isinstance(otn, str) and otn:
-                amount = tender.get("amount_fen")
-                holders[otn].append(
-                    _Holder(
-                        row.id,
-                        row.kind,
-                        row.station_id,
-                        row.business_day,
-                        str(tender.get("kind")),
-                        amount if isinstance(amount, int) else 0,
-                    )
+        # Stored as sent, after ingestion read it as this same model: it reads again (a failure here is loud, never
+        # a sale silently missing, which would make its payment look like an orphan).
+        for tender in contract.TransactionBody.model_validate(row.body).tenders:
+            if tender.out_trade_no:
+                holders[tender.out_trade_no].append(
+                    _Holder(row.id, row.kind, row.station_id, row.business_day, tender.kind, tender.amount_fen)
                 )
     return holders
 
