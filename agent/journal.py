@@ -6,6 +6,11 @@ Retention (agent/retention.py) may purge the oldest rows central confirmed: it f
 link of the station as a checkpoint (`journal_checkpoint`), and `verify` starts the remaining rows from it.
 A row and its outbox row are written in one SQLite transaction: nothing is journaled without being queued
 for the central service, and nothing is queued that was not journaled.
+
+The body of a row is one of the wire contract's `SaleBody`, `RefundBody`, `VoidBody` (by its kind), stored as its
+canonical JSON; the hash covers that text. SQLite generates two indexed columns from it for lookups, `receipt_no`
+and `original_id` (the sale a refund gives back); they are not hashed (the body they come from is), and being
+generated they cannot say anything the body does not.
 """
 
 from __future__ import annotations
@@ -15,22 +20,30 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from pydantic import BaseModel, ValidationError
 
 from agent.clock import business_day, from_storage, to_storage, utcnow
 from agent.db import reader
 from agent.ids import new_transaction_id
+from central.contract import RefundBody, SaleBody, VoidBody
 
 GENESIS = "0" * 64
 KINDS = frozenset({"sale", "refund", "void"})
 
-_COLUMNS = (
+JournalBody = SaleBody | RefundBody | VoidBody
+BODY_TYPES: dict[str, type[JournalBody]] = {"sale": SaleBody, "refund": RefundBody, "void": VoidBody}
+
+# What a row's hash covers, and its seq: the columns a journal of every release has (a backup may be older).
+_HASHED_COLUMNS = (
     "seq, id, station_id, kind, business_day, created_at, member_id, total_fen, points_earned, points_redeemed,"
     " body, prev_hash, hash"
 )
+_COLUMNS = _HASHED_COLUMNS + ", receipt_no, original_id"
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 class JournalError(Exception):
@@ -39,11 +52,12 @@ class JournalError(Exception):
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """What the checkout hands the journal. Amounts are integer fen; the body holds no floats."""
+    """What the checkout hands the journal. Amounts are integer fen; the body holds no floats. The till writes typed
+    bodies (the model of the entry's kind); a plain mapping is stored as it is (tools and tests)."""
 
     kind: str
     total_fen: int
-    body: Mapping[str, Any] = field(default_factory=dict)
+    body: JournalBody | Mapping[str, Any] = field(default_factory=dict)
     member_id: str | None = None
     points_earned: int = 0
     points_redeemed: int = 0
@@ -64,9 +78,31 @@ class JournalRecord:
     total_fen: int
     points_earned: int
     points_redeemed: int
-    body: dict[str, Any]
+    body: dict[str, Any]  # the JSON object as stored (and hashed); read it through sale_body() and its siblings
     prev_hash: str
     hash: str
+    receipt_no: str | None = None
+    original_id: str | None = None
+
+    def sale_body(self) -> SaleBody:
+        return self._typed("sale", SaleBody)
+
+    def refund_body(self) -> RefundBody:
+        return self._typed("refund", RefundBody)
+
+    def typed_body(self) -> JournalBody:
+        """The body through the model of the row's kind."""
+        if self.kind not in BODY_TYPES:
+            raise JournalError(f"transaction {self.id} is a {self.kind!r}, which has no body type")
+        return self._typed(self.kind, BODY_TYPES[self.kind])
+
+    def _typed(self, kind: str, model: type[_Body]) -> _Body:
+        if self.kind != kind:
+            raise JournalError(f"transaction {self.id} is a {self.kind}, not a {kind}")
+        try:
+            return model.model_validate(self.body)
+        except ValidationError as exc:
+            raise JournalError(f"transaction {self.id}: its body does not read as a {kind} body: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -104,8 +140,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def body_json(body: JournalBody | Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object a body is stored as: a typed body as its model writes it (absent-when-null fields left out,
+    unknown fields kept), a mapping as it is."""
+    return body.model_dump(mode="json") if isinstance(body, BaseModel) else dict(body)
+
+
 def row_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
-    """The chain's hash of one row: SHA-256 over a canonical JSON list of the previous hash and the row's fields."""
+    """The chain's hash of one row: SHA-256 over a canonical JSON list of the previous hash and the row's fields.
+    The columns generated from the body (`receipt_no`, `original_id`) are not in it: the body is."""
     material = [
         prev_hash,
         row["id"],
@@ -148,7 +191,7 @@ class Journal:
             "total_fen": entry.total_fen,
             "points_earned": entry.points_earned,
             "points_redeemed": entry.points_redeemed,
-            "body": canonical_json(dict(entry.body)),
+            "body": canonical_json(body_json(entry.body)),
         }
         with self.engine.begin() as connection:
             existing = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal WHERE id = ?", (row["id"],)).first()
@@ -269,7 +312,7 @@ def purge_through(connection: sa.Connection, station_id: str, seq: int, hash: st
 
 
 def _rows(connection: sa.Connection) -> Iterator[dict[str, Any]]:
-    result = connection.exec_driver_sql(f"SELECT {_COLUMNS} FROM journal ORDER BY seq")
+    result = connection.exec_driver_sql(f"SELECT {_HASHED_COLUMNS} FROM journal ORDER BY seq")
     for row in result.mappings():
         yield dict(row)
 
@@ -294,12 +337,18 @@ def _record(row: sa.Row) -> JournalRecord:
         body=json.loads(values["body"]),
         prev_hash=values["prev_hash"],
         hash=values["hash"],
+        receipt_no=values["receipt_no"],
+        original_id=values["original_id"],
     )
 
 
 def _check(entry: JournalEntry) -> None:
     if entry.kind not in KINDS:
         raise JournalError(f"unknown transaction kind {entry.kind!r}; one of {', '.join(sorted(KINDS))}")
+    if isinstance(entry.body, BaseModel) and not isinstance(entry.body, BODY_TYPES[entry.kind]):
+        raise JournalError(
+            f"a {entry.kind} is journaled with a {BODY_TYPES[entry.kind].__name__}, not a {type(entry.body).__name__}"
+        )
     for name in ("total_fen", "points_earned", "points_redeemed"):
         value = getattr(entry, name)
         if type(value) is not int:

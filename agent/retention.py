@@ -38,7 +38,7 @@ BATCH_SIZE = 500  # rows per transaction: short enough that a sale waiting for t
 
 # One station's oldest rows, with what could hold each one back.
 _OLDEST = """
-SELECT j.seq, j.id, j.kind, j.created_at, j.hash, json_extract(j.body, '$.original_id') AS original_id,
+SELECT j.seq, j.id, j.kind, j.created_at, j.hash, j.original_id,
        o.status AS outbox_status,
        EXISTS (SELECT 1 FROM pending_refund AS r WHERE r.sale_id = j.id) AS refund_in_flight
 FROM journal AS j LEFT JOIN outbox AS o ON o.journal_id = j.id

@@ -1,0 +1,129 @@
+"""The journal bodies of the till's transactions, built through the wire contract's types: a sale's from the paid
+`Sale`, a void's from the cancelled one, a refund's from its plan and the sale's own body.
+
+Pure: no database, no clock, no network. Each model writes exactly the JSON the journal hashes (central/contract.py,
+"transactions"): these functions decide only what goes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from agent.sale import Sale, SaleLine, Tender
+from central.contract import (
+    BodyMember,
+    JournalLine,
+    PaidTender,
+    RefundBody,
+    RefundedLine,
+    RefundTender,
+    SaleBody,
+    SoldLine,
+    UsedCoupon,
+    VoidBody,
+)
+
+VOID_REASON = "sale cancelled at the till"
+
+
+def sale_body(sale: Sale, excluded_categories: Collection[str]) -> SaleBody:
+    """A paid sale: priced, with its receipt number. Lines in `excluded_categories` earn no points."""
+    pricing = sale.pricing
+    assert pricing is not None, "a sale is paid, so journaled, only once its basket is priced"
+    assert sale.receipt_no is not None, "a sale gets its receipt number as it is journaled"
+    points = sale.points()
+    return SaleBody(
+        receipt_no=sale.receipt_no,
+        online=sale.online,
+        guide_id=sale.guide_id,
+        lines=[_sold(line, line.category not in excluded_categories) for line in sale.lines],
+        tenders=[_paid(tender) for tender in sale.tenders],
+        coupons=[UsedCoupon(code=c.code, title=c.title, amount_off_fen=c.amount_off_fen) for c in sale.coupons],
+        subtotal_fen=pricing.subtotal_fen,
+        tier_discount_fen=pricing.tier_discount_fen,
+        discount_fen=pricing.discount_fen,
+        points_value_fen=pricing.points_value_fen,
+        member=None
+        if sale.member is None
+        else BodyMember(
+            display_name=sale.member.display_name,
+            tier=sale.member.tier,
+            phone_masked=sale.member.phone_masked,
+            via=sale.member.via,
+        ),
+        points_balance=None if points is None else points.balance,
+    )
+
+
+def void_body(sale: Sale) -> VoidBody:
+    """A sale cancelled after money moved: what was taken (given back as the sale is cancelled)."""
+    return VoidBody(
+        lines=[
+            JournalLine(
+                sku=line.sku,
+                name=line.name,
+                qty=line.qty,
+                unit_price_fen=line.unit_price_fen,
+                category=line.category,
+                amount_fen=line.amount_fen,
+            )
+            for line in sale.lines
+        ],
+        tenders=[_paid(tender) for tender in sale.tenders],
+        coupons=[],
+        reason=VOID_REASON,
+        online=sale.online,
+    )
+
+
+def refund_body(
+    sale_id: str,
+    sale: SaleBody,
+    ordinal: int,
+    reason: str | None,
+    online: bool,
+    lines: Sequence[Mapping[str, Any]],
+    tenders: Sequence[Mapping[str, Any]],
+    points_balance: int | None,
+) -> RefundBody:
+    """Refund number `ordinal` of the sale `sale_id`: its planned lines and the parts of money given back (code parts
+    with central's answer), and the member's balance after it (None without a member)."""
+    refunded = [RefundedLine.model_validate(line) for line in lines]
+    return RefundBody(
+        original_id=sale_id,
+        original_receipt_no=sale.receipt_no,
+        receipt_no=f"R{sale.receipt_no or sale_id[:8]}-{ordinal}",
+        reason=reason,
+        online=online,
+        lines=refunded,
+        tenders=[RefundTender.model_validate(tender) for tender in tenders],
+        coupons=[],
+        subtotal_fen=sum(line.amount_fen for line in refunded),
+        member=sale.member,
+        points_balance=points_balance,
+    )
+
+
+def _sold(line: SaleLine, earns_points: bool) -> SoldLine:
+    assert line.amount_fen is not None, "pricing gives every line of a priced sale its amount"
+    return SoldLine(
+        sku=line.sku,
+        name=line.name,
+        qty=line.qty,
+        unit_price_fen=line.unit_price_fen,
+        category=line.category,
+        amount_fen=line.amount_fen,
+        earns_points=earns_points,
+    )
+
+
+def _paid(tender: Tender) -> PaidTender:
+    return PaidTender(
+        kind=tender.kind,
+        amount_fen=tender.amount_fen,
+        tendered_fen=tender.tendered_fen,
+        change_fen=tender.change_fen,
+        reference=tender.reference,
+        out_trade_no=tender.out_trade_no,
+    )
