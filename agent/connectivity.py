@@ -1,7 +1,7 @@
 """Is central reachable right now? Answered in a fraction of a second, in front of a customer.
 
-The newest recent result decides (recent: in the last `fresh_s` seconds), from the sync jobs, the till's own
-requests and a short probe:
+The newest recent result decides (recent: in the last `fresh_s` seconds), from the sync jobs (it listens to
+each run's outcome, agent/sync_job.py), the till's own requests and a short probe:
 - a success means online;
 - a definite failure means offline: a connection central refused or that could not be made (the request never
   left the store), or a failed probe;
@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from agent.central_client import CentralClient
 from agent.clock import utcnow
-from agent.sync import JobHealth
+from agent.sync_job import SyncJob
 
 
 class Result(NamedTuple):
@@ -36,13 +36,31 @@ class Result(NamedTuple):
 @dataclass
 class Connectivity:
     client: CentralClient
-    jobs: tuple[JobHealth, ...]
+    jobs: tuple[SyncJob[Any], ...]  # followed from here on: what they last recorded, then each new outcome
     probe_timeout_s: float = 1.0
     fresh_s: float = 10.0
     recheck_s: float = 3.0
     clock: Callable[[], datetime] = utcnow
+    _synced: Result | None = field(default=None, init=False)
     _seen: Result | None = field(default=None, init=False)
     _probed: Result | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        for job in self.jobs:
+            self.synced(job)
+            job.add_listener(self.synced)
+
+    def synced(self, job: SyncJob[Any]) -> None:
+        """A sync job recorded an outcome: a success says online; central not answering is only a suspicion
+        (one lost answer could explain it); a refusal says nothing new, so the newer of the others stands."""
+        if not job.failures and job.last_success is not None:
+            result = Result(job.last_success, True, True)
+        elif job.unreachable and job.last_failure_at is not None:
+            result = Result(job.last_failure_at, False, False)
+        else:
+            return
+        if self._synced is None or (result.at, result.definite) >= (self._synced.at, self._synced.definite):
+            self._synced = result
 
     def saw(self, reachable: bool) -> None:
         """What a request at the till just found for certain: central answered, or no connection could be made.
@@ -64,11 +82,7 @@ class Connectivity:
 
     def _latest(self, now: datetime) -> Result | None:
         fresh = timedelta(seconds=self.fresh_s)
-        results = [Result(job.last_success, True, True) for job in self.jobs if job.last_success]
-        results += [
-            Result(job.last_failure_at, False, False) for job in self.jobs if job.unreachable and job.last_failure_at
-        ]
-        results += [result for result in (self._seen, self._probed) if result is not None]
+        results = [result for result in (self._synced, self._seen, self._probed) if result is not None]
         recent = [result for result in results if now - result.at < fresh]
         return max(recent, key=lambda result: (result.at, result.definite)) if recent else None
 

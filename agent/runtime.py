@@ -17,7 +17,6 @@ from agent import __version__
 from agent.api import create_app
 from agent.central_client import CentralClient
 from agent.checkout import Checkout
-from agent.clock import utcnow
 from agent.connectivity import Connectivity
 from agent.db import open_database, schema_revision
 from agent.devices import StationDevices
@@ -91,21 +90,17 @@ def open_sync(settings: Settings, state: AgentState) -> Sync:
 
 
 def open_checkout(
-    settings: Settings, state: AgentState, sync: Sync, devices: StationDevices, scans: ScanRouter, scheduler
+    settings: Settings, state: AgentState, sync: Sync, devices: StationDevices, scans: ScanRouter
 ) -> tuple[Checkout, Refunds]:
     """The station's checkout and refunds, sharing the sync's client and its view of whether central is up."""
     client = sync.client
     if settings.devices.printer is not None:
         state.receipts = ReceiptPrinting(settings, devices.render, devices.columns, lambda: devices.printer)
-    connectivity = Connectivity(
-        client, (sync.push_health, sync.pull_health), probe_timeout_s=settings.offline.probe_timeout_s
-    )
+    connectivity = Connectivity(client, sync.jobs, probe_timeout_s=settings.offline.probe_timeout_s)
     identifier = Identifier(state.members, state.member_codes, client, connectivity.online)
-
-    def push_soon() -> None:
-        # A sale just journaled: send it now rather than at the next interval, so points are confirmed quickly.
-        if scheduler.running and scheduler.get_job("outbox-push") is not None:
-            scheduler.modify_job("outbox-push", next_run_time=utcnow())
+    # A sale or refund just journaled: send it now rather than at the next interval, so points are confirmed
+    # quickly; without a store token there is nobody to send it to.
+    push_soon = sync.push_job.request_refresh if settings.central.token.get_secret_value() else None
 
     checkout = Checkout(
         settings,
@@ -145,7 +140,7 @@ def build_app(settings: Settings) -> FastAPI:
         sync = open_sync(settings, state)
         state.scans, state.devices, state.sync = scans, devices, sync
         scheduler = build_scheduler(settings, sync)
-        checkout, refunds = open_checkout(settings, state, sync, devices, scans, scheduler)
+        checkout, refunds = open_checkout(settings, state, sync, devices, scans)
         try:
             await asyncio.to_thread(devices.start)
             if devices.printer is not None:
@@ -178,6 +173,7 @@ def build_app(settings: Settings) -> FastAPI:
                 scheduler.shutdown(wait=False)
             await checkout.close()
             await refunds.close()
+            await sync.close()
             await sync.client.aclose()
             await asyncio.to_thread(devices.stop, PRINT_DEADLINE_S)
             state.engine.dispose()

@@ -1,7 +1,8 @@
 """The agent's periodic jobs on APScheduler 3 (AsyncIOScheduler, on the agent's event loop).
 
 Every job has an explicit id, runs one instance at a time, and coalesces runs missed while the host was busy
-or asleep into one. Start times are jittered so the stores of a chain do not all call central in step.
+or asleep into one. Start times are jittered so the stores of a chain do not all call central in step. The sync
+jobs' own runs are guarded and backed off by themselves (agent/sync_job.py): here they are only called on time.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def build_scheduler(settings: Settings, sync: Sync) -> AsyncIOScheduler:
 def add_central_jobs(scheduler: AsyncIOScheduler, settings: Settings, sync: Sync) -> None:
     central = settings.central
     scheduler.add_job(
-        sync.push_job,
+        sync.push_job.run,
         IntervalTrigger(seconds=central.push_interval_s, jitter=max(1, central.push_interval_s // 5)),
         id="outbox-push",
         max_instances=1,
@@ -48,7 +49,7 @@ def add_central_jobs(scheduler: AsyncIOScheduler, settings: Settings, sync: Sync
         next_run_time=utcnow() + timedelta(seconds=1),
     )
     scheduler.add_job(
-        sync.pull_job,
+        sync.pull_job.run,
         IntervalTrigger(seconds=central.sync_interval_s, jitter=max(1, central.sync_interval_s // 5)),
         id="member-pull",
         max_instances=1,
@@ -60,7 +61,7 @@ def add_central_jobs(scheduler: AsyncIOScheduler, settings: Settings, sync: Sync
     async def reconcile_yesterday() -> None:
         # Runs after the cut-off: the business day that just closed is the one before today's.
         day = business_day(utcnow(), settings.store.zone, settings.store.business_day_cutoff_hour) - timedelta(days=1)
-        await sync.push_job()  # first send what the day still has queued
+        await sync.push_job.run()  # first send what the day still has queued (after a push under way)
         try:
             result = await reconcile(sync.engine, sync.client, settings.station.id, day)
         except CentralError as exc:

@@ -1,9 +1,7 @@
 """Keeping the store and the central service in agreement: push the outbox, pull member changes and keys.
 
-Each job keeps honest health (last success, last error, consecutive failures) and logs on change of state
-only: the first failure, then "recovered". A failed run postpones the next one by an exponential back-off
-with full jitter, or by central's Retry-After when it gives one, so a hundred stores coming back online do
-not all knock at once.
+The work is here; when it runs, one run at a time, with its health, back-off and listeners, is each job's own
+(agent/sync_job.py): `push_job` and `pull_job`.
 
 Push is at-least-once and safe to repeat: central answers a row it already has with `duplicate`, and its
 points ledger is keyed by (transaction, member), so a retried batch can never add points twice.
@@ -14,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,11 +20,12 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from pydantic import ValidationError
 
-from agent.central_client import CentralClient, CentralError, CentralServerError, CentralUnreachable
+from agent.central_client import CentralClient
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
 from agent.member_cache import CachedCoupon, MemberCache, MemberChange
 from agent.member_code_gate import MemberCodeGate, PublicKeyRecord
+from agent.sync_job import SyncJob
 from central import contract
 
 if TYPE_CHECKING:
@@ -38,45 +36,6 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0
 
 
-@dataclass
-class JobHealth:
-    name: str
-    base_delay_s: float = 2.0
-    max_delay_s: float = 300.0
-    last_success: datetime | None = None
-    last_error: str | None = None
-    last_failure_at: datetime | None = None
-    unreachable: bool = False  # the last failure was central not answering (not a refusal)
-    failures: int = 0
-    not_before: float = 0.0  # time.monotonic() before which the job does not run again
-
-    def ready(self) -> bool:
-        return time.monotonic() >= self.not_before
-
-    def succeeded(self) -> None:
-        if self.failures:
-            log.info("sync recovered", extra={"job": self.name, "after_failures": self.failures})
-        self.last_success = utcnow()
-        self.last_error = None
-        self.unreachable = False
-        self.failures = 0
-        self.not_before = 0.0
-
-    def failed(self, exc: CentralError) -> float:
-        """Record a failure; returns the seconds until the next attempt."""
-        if not self.failures:
-            log.warning("sync failing", extra={"job": self.name, "error": str(exc)})
-        self.failures += 1
-        self.last_error = str(exc)
-        self.last_failure_at = utcnow()
-        self.unreachable = isinstance(exc, (CentralUnreachable, CentralServerError))
-        delay = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** (self.failures - 1)))
-        if isinstance(exc, CentralServerError) and exc.retry_after is not None:
-            delay = max(delay, min(exc.retry_after, self.max_delay_s))
-        self.not_before = time.monotonic() + delay
-        return delay
-
-
 @dataclass(frozen=True)
 class PushReport:
     sent: int = 0
@@ -84,11 +43,6 @@ class PushReport:
     duplicate: int = 0
     rejected: int = 0
     balances: int = 0
-
-
-def reached_central(report: PushReport | PullReport) -> bool:
-    """Whether the job spoke to central: a push with nothing to send did not, and says nothing of the WAN."""
-    return not isinstance(report, PushReport) or report.sent > 0
 
 
 @dataclass(frozen=True)
@@ -101,8 +55,8 @@ class PullReport:
 
 @dataclass
 class SyncStatus:
-    push: JobHealth
-    pull: JobHealth
+    push: SyncJob[PushReport]
+    pull: SyncJob[PullReport]
     outbox_pending: int
     outbox_rejected: int
     oldest_pending_at: datetime | None
@@ -117,29 +71,23 @@ class Sync:
     client: CentralClient
     batch_size: int = 200
     page_size: int = 1000
-    push_health: JobHealth = field(default_factory=lambda: JobHealth("push"))
-    pull_health: JobHealth = field(default_factory=lambda: JobHealth("pull"))
     metrics: AgentMetrics | None = None  # counts rows pushed by central's answer (agent/metrics.py)
+    push_job: SyncJob[PushReport] = field(init=False)
+    pull_job: SyncJob[PullReport] = field(init=False)
 
-    # --- jobs, as the scheduler runs them ----------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        # A push with nothing to send did not speak to central: it says nothing of the WAN, nor of a recovery.
+        self.push_job = SyncJob("push", self.push, reached=lambda report: report.sent > 0)
+        self.pull_job = SyncJob("pull", self.pull)
 
-    async def push_job(self) -> PushReport | None:
-        return await self._guarded(self.push_health, self.push)
+    @property
+    def jobs(self) -> tuple[SyncJob[PushReport], SyncJob[PullReport]]:
+        return self.push_job, self.pull_job
 
-    async def pull_job(self) -> PullReport | None:
-        return await self._guarded(self.pull_health, self.pull)
-
-    async def _guarded(self, health: JobHealth, run):
-        if not health.ready():
-            return None
-        try:
-            report = await run()
-        except CentralError as exc:
-            health.failed(exc)
-            return None
-        if reached_central(report):
-            health.succeeded()
-        return report
+    async def close(self) -> None:
+        """No more runs on request (the scheduler stops its own)."""
+        for job in self.jobs:
+            await job.close()
 
     # --- push --------------------------------------------------------------------------------------------------
 
@@ -264,8 +212,8 @@ class Sync:
             )
             oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
         return SyncStatus(
-            push=self.push_health,
-            pull=self.pull_health,
+            push=self.push_job,
+            pull=self.pull_job,
             outbox_pending=counts.get("pending", 0),
             outbox_rejected=counts.get("rejected", 0),
             oldest_pending_at=oldest and from_storage(oldest),

@@ -12,7 +12,7 @@ from agent.central_client import CentralClient, CentralUnreachable
 from agent.clock import utcnow
 from agent.connectivity import Connectivity
 from agent.settings import CentralSettings
-from agent.sync import JobHealth
+from agent.sync_job import SyncJob
 
 
 @pytest.fixture
@@ -22,6 +22,15 @@ def loop():
     loop.close()
 
 
+async def never_run() -> None:
+    raise AssertionError("these jobs only record outcomes")
+
+
+def a_job(name: str) -> SyncJob:
+    """A sync job whose outcomes the test records by hand."""
+    return SyncJob(name, never_run)
+
+
 def connectivity(central, jobs, fresh_s=10.0):
     credentials = central.add_store("SH001")
     client = CentralClient(CentralSettings(url=central.url, token=SecretStr(credentials.token)), "SH001")
@@ -29,7 +38,7 @@ def connectivity(central, jobs, fresh_s=10.0):
 
 
 def test_recent_sync_results_decide_without_a_request(central, loop):
-    push, pull = JobHealth("push"), JobHealth("pull")
+    push, pull = a_job("push"), a_job("pull")
     link = connectivity(central, [push, pull])
     push.succeeded()
     central.stop()  # a probe now would say offline: the recent success must answer first
@@ -40,7 +49,7 @@ def test_recent_sync_results_decide_without_a_request(central, loop):
 
 
 def test_without_recent_results_a_short_probe_answers_and_is_remembered(central, loop):
-    stale = JobHealth("push")
+    stale = a_job("push")
     stale.succeeded()
     stale.last_success = utcnow() - timedelta(minutes=5)
     link = connectivity(central, [stale], fresh_s=30)
@@ -67,7 +76,7 @@ class Clock:
 
 
 def test_one_lost_answer_is_settled_by_a_probe_not_taken_for_an_outage(central, loop):
-    push = JobHealth("push")
+    push = a_job("push")
     link = connectivity(central, [push])
     push.succeeded()
     push.failed(CentralUnreachable("the answer to one push was lost"))  # central itself is fine
@@ -93,7 +102,7 @@ def test_a_connection_that_could_not_be_made_is_offline_at_once_and_rechecked_so
 
 
 def test_a_failed_sync_confirmed_by_a_failed_probe_is_an_outage(central, loop):
-    pull = JobHealth("pull")
+    pull = a_job("pull")
     link = connectivity(central, [pull])
     central.stop()
     pull.failed(CentralUnreachable("down"))

@@ -170,13 +170,13 @@ def test_central_down_then_back_loses_and_doubles_nothing(sync, journal, central
     before = points_of(sync, member)
     central.stop()
     ids = [sale(journal, 1000, member), sale(journal, 2000, member)]
-    assert run(sync.push_job()) is None
-    assert sync.push_health.failures == 1 and "cannot reach central" in sync.push_health.last_error
+    assert run(sync.push_job.run()) is None
+    assert sync.push_job.failures == 1 and "cannot reach central" in sync.push_job.last_error
     assert set(outbox(sync)) == set(ids)
     central.start()
-    sync.push_health.not_before = 0  # the back-off has passed
-    assert run(sync.push_job()).accepted == 2
-    assert sync.push_health.failures == 0 and sync.push_health.last_success is not None
+    sync.push_job.not_before = 0  # the back-off has passed
+    assert run(sync.push_job.run()).accepted == 2
+    assert sync.push_job.failures == 0 and sync.push_job.last_success is not None
     assert points_of(sync, member) == before + 30
 
 
@@ -211,11 +211,11 @@ def test_misbehaving_central_applies_nothing_and_backs_off(sync, journal, centra
         run(sync.push())
     assert list(outbox(sync).values()) == ["pending"]
     central.faults.respond("/v1/transactions:batch", status, body, headers=headers)
-    assert run(sync.push_job()) is None
-    delay = sync.push_health.not_before - __import__("time").monotonic()
+    assert run(sync.push_job.run()) is None
+    delay = sync.push_job.not_before - __import__("time").monotonic()
     if "Retry-After" in headers:
         assert delay > 100  # central's wish is honoured
-    assert sync.push_health.failures == 1
+    assert sync.push_job.failures == 1
 
 
 def test_rejected_rows_are_kept_visible_and_not_resent(sync, journal, central):
