@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -18,10 +20,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent import __version__
 from agent.central_client import CentralError
-from agent.checkout import CheckoutError
 from agent.checkout_api import checkout_router, sessions_router
 from agent.clock import utcnow
 from agent.db import reader, schema_revision
+from agent.errors import (
+    AgentError,
+    ErrorBody,
+    Internal,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotSimulated,
+    PrintJobConflict,
+    SyncFailed,
+    Unauthorized,
+)
 from agent.health import health_router
 from agent.ids import new_transaction_id
 from agent.metrics import read_database_figures
@@ -124,7 +137,7 @@ StateDep = Annotated[Any, Depends(get_state)]
 
 def _printer(state: Any):
     if state.devices.printer is None:
-        raise HTTPException(404, "no printer is configured: set [devices.printer] in the settings")
+        raise NotFound("no printer is configured: set [devices.printer] in the settings")
     return state.devices.printer
 
 
@@ -208,7 +221,7 @@ async def sync_now(state: StateDep) -> dict[str, Any]:
             report = await run()
         except CentralError as exc:
             health.failed(exc)  # the till's view of central follows what it just saw
-            raise HTTPException(503, f"central cannot be reached or refused: {exc}") from None
+            raise SyncFailed(f"central cannot be reached or refused: {exc}") from exc
         if reached_central(report):
             health.succeeded()
         reports[name] = asdict(report)
@@ -247,9 +260,9 @@ def simulate_scan(device_id: str, scan: ScanIn, state: StateDep) -> dict[str, st
     """Hand a code to a simulated scanner (`sim://`), as if it had been scanned."""
     reader = state.devices.scanners.get(device_id)
     if reader is None:
-        raise HTTPException(404, f"no scanner {device_id} at this station")
+        raise NotFound(f"no scanner {device_id} at this station")
     if not isinstance(reader, SimulatedScanner):
-        raise HTTPException(409, f"scanner {device_id} is a real device; only sim:// scanners take scans over the API")
+        raise NotSimulated(f"scanner {device_id} is a real device; only sim:// scanners take scans over the API")
     reader.inject(scan.text)
     return {"status": "accepted"}
 
@@ -286,40 +299,46 @@ def job_action(job_id: str, action: str, state: StateDep) -> JobPublic:
     queue = _printer(state)
     actions = {"cancel": queue.cancel, "release": queue.release, "mark-printed": queue.mark_printed}
     if action not in actions:
-        raise HTTPException(404, f"unknown action {action!r}; one of {', '.join(actions)}")
+        raise NotFound(f"unknown action {action!r}; one of {', '.join(actions)}")
     try:
         return _job_public(state, actions[action](job_id))
     except JobNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+        raise NotFound(str(exc)) from exc
     except JobStateError as exc:
-        raise HTTPException(409, str(exc)) from None
+        raise PrintJobConflict(str(exc)) from exc
 
 
 @printer_router.get("/jobs/{job_id}/preview.png", response_class=FileResponse)
 def job_preview(job_id: str, state: StateDep) -> FileResponse:
     connection = state.devices.printer_connection
     if not isinstance(connection, SimulatedPrinter):
-        raise HTTPException(404, "previews exist for simulated printers only")
+        raise NotFound("previews exist for simulated printers only")
     with reader(state.engine) as db:
         data = db.exec_driver_sql("SELECT data FROM print_job WHERE id = ?", (job_id,)).scalar()
     path = connection.preview_of(data) if data is not None else None
     if path is None:
-        raise HTTPException(404, f"no preview for print job {job_id} (not printed yet?)")
+        raise NotFound(f"no preview for print job {job_id} (not printed yet?)")
     return FileResponse(path, media_type="image/png")
 
 
-_ERROR_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    422: "invalid_request",
+# The 4xx the framework raises by itself (an unknown path, a method a path does not take), as the tree's classes.
+FRAMEWORK_ERRORS: dict[int, type[AgentError]] = {
+    401: Unauthorized,
+    404: NotFound,
+    405: MethodNotAllowed,
+    422: InvalidRequest,
 }
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+def _answer(error: AgentError) -> JSONResponse:
+    """Every 4xx/5xx of the API, in one shape: `ErrorBody` (docs/checkout.md, Errors)."""
+    return _json(error.status, error.body(), error.headers)
+
+
+def _json(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    content = body.model_dump(mode="json", exclude_none=True)
+    content.setdefault("message_zh", None)  # always there, so a screen reads one key
+    return JSONResponse(content, status_code=status, headers=headers)
 
 
 def create_app(lifespan, api_token: str = "") -> FastAPI:
@@ -340,16 +359,22 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
             if not given and request.method == "GET":
                 given = request.query_params.get("token", "")
             if not secrets.compare_digest(given.encode(), api_token.encode()):
-                return _error(401, "unauthorized", "send the station's API token: Authorization: Bearer <api.token>")
+                return _answer(Unauthorized("send the station's API token: Authorization: Bearer <api.token>"))
         return await call_next(request)
 
-    @app.exception_handler(CheckoutError)
-    async def checkout_error(request: Request, exc: CheckoutError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, message_zh=exc.message_zh, **exc.extra)
+    @app.exception_handler(AgentError)
+    async def agent_error(request: Request, exc: AgentError) -> JSONResponse:
+        return _answer(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, _ERROR_CODES.get(exc.status_code, "error"), str(exc.detail), detail=exc.detail)
+        error = FRAMEWORK_ERRORS.get(exc.status_code)
+        if error is not None:
+            return _answer(error(str(exc.detail)))
+        # Any other status the framework may raise: the same shape, its code named after the status.
+        known = exc.status_code in HTTPStatus._value2member_map_
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if known else "error"
+        return _json(exc.status_code, ErrorBody(error=code, message=str(exc.detail), message_zh=None), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -359,16 +384,16 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(part) for part in first["loc"] if part != "body")
         message = str(first["msg"])
-        return _error(422, "invalid_request", f"{where}: {message}" if where else message, details=details)
+        return _answer(InvalidRequest(f"{where}: {message}" if where else message, details=details))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug: answered in the API's own error shape (the server logs its traceback, masked like every line).
-        return _error(
-            500,
-            "internal",
-            "the agent failed on this request (see its log); what was saved before the failure is kept",
-            message_zh="系统错误，请重试或联系管理员",
+        return _answer(
+            Internal(
+                "the agent failed on this request (see its log); what was saved before the failure is kept",
+                "系统错误，请重试或联系管理员",
+            )
         )
 
     app.include_router(health_router)

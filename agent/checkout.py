@@ -43,6 +43,31 @@ from agent.codes import Classification, CodeRules, Kind, classify
 from agent.connectivity import Connectivity
 from agent.db import reader
 from agent.disk_space import DiskSpace
+from agent.errors import (
+    AgentError,
+    BasketMissing,
+    BasketRefused,
+    CouponRefused,
+    DiskFull,
+    InvalidPhone,
+    MemberCodeRefused,
+    NoPaymentInProgress,
+    NotFound,
+    NothingLeftToPay,
+    Offline,
+    PayerNotIdentified,
+    PaymentFailed,
+    PaymentInProgress,
+    PaymentStarted,
+    PhoneLookupOff,
+    ProductNotInCatalogue,
+    ProviderNotEnabled,
+    RedemptionNotAllowed,
+    SaleClosed,
+    SaleOpen,
+    TenderNotTaken,
+    UnknownCode,
+)
 from agent.events import EventHub
 from agent.identify import CentralNeeded, Identification, Identifier, MemberNotFound
 from agent.ids import uuid7
@@ -80,67 +105,6 @@ KEEP_CLOSED = 20
 
 OFFLINE_ZH = "网络中断，暂时无法使用微信或支付宝付款，请使用现金或银行卡"
 OFFLINE_EN = "the network is down: code payment is not possible now; please pay in cash or by card"
-
-
-class CheckoutError(Exception):
-    """A step the cashier asked for cannot be done; `message` says why, `message_zh` is for the customer."""
-
-    status = 409
-    code = "not_now"
-
-    def __init__(self, message: str, message_zh: str | None = None, **extra: Any):
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
-        self.extra = extra
-
-
-class NotFound(CheckoutError):
-    status, code = 404, "not_found"
-
-
-class SaleOpen(CheckoutError):
-    code = "sale_open"
-
-
-class NotNow(CheckoutError):
-    code = "not_now"
-
-
-class BasketRefused(CheckoutError):
-    status, code = 400, "bad_basket"
-
-
-class UnknownCode(CheckoutError):
-    status, code = 422, "unknown_code"
-
-
-class ProviderNotEnabled(CheckoutError):
-    status, code = 422, "provider_not_enabled"
-
-
-class InvalidPhone(CheckoutError):
-    status, code = 422, "invalid_phone"
-
-
-class CouponRefused(CheckoutError):
-    code = "coupon_not_usable"
-
-
-class RedemptionNotAllowed(CheckoutError):
-    code = "redemption_refused"
-
-
-class Offline(CheckoutError):
-    status, code = 503, "offline"
-
-
-class PaymentFailed(CheckoutError):
-    status, code = 502, "payment_failed"
-
-
-class DiskFull(CheckoutError):
-    status, code = 503, "disk_full"
 
 
 class Checkout:
@@ -222,7 +186,7 @@ class Checkout:
             except pii.InvalidPhoneNumber as exc:
                 raise InvalidPhone(f"{exc}", "请输入正确的手机号码") from None
             except PhoneLookupUnavailable as exc:
-                raise NotNow(str(exc)) from None
+                raise PhoneLookupOff(str(exc)) from exc
             except MemberNotFound as exc:
                 raise NotFound(str(exc), "未找到该手机号的会员") from None
             with self._all_or_nothing(sale):
@@ -301,7 +265,7 @@ class Checkout:
             sale = self._open_sale(sale_id)
             waiting = [p for p in sale.unsettled_payments if not p.cancel_requested]
             if not waiting:
-                raise NotNow("no code payment is in progress")
+                raise NoPaymentInProgress("no code payment is in progress")
             for payment in waiting:
                 await self._give_up(sale, payment)
             sale.message = "code payment cancelled: being reversed"
@@ -332,7 +296,7 @@ class Checkout:
     async def _scan(self, text: str) -> None:
         try:
             await self.code(None, text)
-        except CheckoutError as exc:
+        except AgentError as exc:
             sale = self.current
             self._publish("message", sale, exc.message, message_zh=exc.message_zh, error=exc.code)
         except Exception:  # a bug must not kill the scan path
@@ -448,7 +412,7 @@ class Checkout:
             try:
                 found = await self.identifier.member_code(code.value)
             except MemberCodeError as exc:
-                raise NotNow(f"member code refused: {exc}", "会员码无效或已使用，请刷新会员码") from None
+                raise MemberCodeRefused(f"member code refused: {exc}", "会员码无效或已使用，请刷新会员码") from None
             except MemberNotFound as exc:
                 raise NotFound(str(exc), "未找到会员") from None
             return await self._identified(sale, found)
@@ -508,7 +472,7 @@ class Checkout:
         except CentralNeeded as exc:
             raise Offline(str(exc), OFFLINE_ZH) from None
         except CentralError as exc:
-            raise NotNow(f"could not ask central who the payer is: {exc}") from None
+            raise PayerNotIdentified(f"could not ask central who the payer is: {exc}") from exc
         sale = await self._identified(sale, found)
         sale.message = (sale.message or "") + "; set the basket, then scan the payment code again to pay"
         return sale
@@ -535,7 +499,9 @@ class Checkout:
     async def _add_product(self, sale: Sale, gtin: str) -> Sale:
         item = self._catalog.get(gtin)
         if item is None:
-            raise NotNow(f"product {gtin} is not in this station's catalogue: the POS adds items", "该商品无法在此结算")
+            raise ProductNotInCatalogue(
+                f"product {gtin} is not in this station's catalogue: the POS adds items", "该商品无法在此结算"
+            )
         self._no_money_yet(sale, "change the basket")
         for line in sale.lines:
             if line.sku == gtin:
@@ -616,7 +582,7 @@ class Checkout:
         try:
             tender = new_tender(sale.remaining_fen, kind, amount_fen, tendered_fen, reference)
         except TenderRefused as exc:
-            raise NotNow(str(exc)) from None
+            raise TenderNotTaken(str(exc)) from None
         sale.tenders.append(tender)
         sale.state = "tender"
         sale.message = f"{kind} ¥{tender.amount_fen / 100:.2f}" + (
@@ -960,7 +926,7 @@ class Checkout:
         before = sale.model_copy(deep=True)
         try:
             yield
-        except CheckoutError:
+        except AgentError:
             for name in Sale.model_fields:
                 if name != "payments":
                     setattr(sale, name, getattr(before, name))
@@ -969,20 +935,22 @@ class Checkout:
     def _open_sale(self, sale_id: str) -> Sale:
         sale = self.get(sale_id)
         if not sale.is_open:
-            raise NotNow(f"session {sale_id} is {sale.state}: nothing more can be done in it")
+            raise SaleClosed(f"session {sale_id} is {sale.state}: nothing more can be done in it")
         return sale
 
     def _no_money_yet(self, sale: Sale, what: str) -> None:
         if sale.money_taken or sale.unsettled_payments:
-            raise NotNow(f"cannot {what} after payment has started: cancel the sale to start again")
+            raise PaymentStarted(f"cannot {what} after payment has started: cancel the sale to start again")
 
     def _ready_to_pay(self, sale: Sale) -> None:
         if sale.pricing is None:
-            raise NotNow("set the basket before taking payment", "请先结算商品")
+            raise BasketMissing("set the basket before taking payment", "请先结算商品")
         if sale.unsettled_payments:
-            raise NotNow("a code payment is still in progress: wait for it, or cancel it first", "正在支付中，请稍候")
+            raise PaymentInProgress(
+                "a code payment is still in progress: wait for it, or cancel it first", "正在支付中，请稍候"
+            )
         if sale.remaining_fen <= 0:
-            raise NotNow("this sale is paid in full: nothing is left to pay")
+            raise NothingLeftToPay("this sale is paid in full: nothing is left to pay")
 
     def _enabled_provider(self, code: Classification) -> PaymentProvider:
         """The payment code's provider, when this store takes it."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field, StrictInt
 
 from agent import pii
-from agent.checkout import Checkout, NotFound, record_view
+from agent.checkout import Checkout, record_view
 from agent.db import reader
+from agent.errors import InvalidPhone, InvalidRequest, NotFound, PhoneLookupOff
 from agent.identify import MemberNotFound
 from agent.member_cache import PhoneLookupUnavailable
 from agent.refunds import RefundLine, Refunds
@@ -166,11 +167,11 @@ async def lookup_member(checkout: CheckoutDep, card_no: str | None = None, phone
         elif phone:
             found = await checkout.identifier.phone(phone)
         else:
-            raise HTTPException(422, "give card_no or phone")
+            raise InvalidRequest("give card_no or phone")
     except pii.InvalidPhoneNumber as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise InvalidPhone(str(exc), "请输入正确的手机号码") from None
     except PhoneLookupUnavailable as exc:
-        raise HTTPException(409, str(exc)) from None
+        raise PhoneLookupOff(str(exc)) from exc
     except MemberNotFound as exc:
         raise NotFound(str(exc)) from None
     member = found.member

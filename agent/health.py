@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from agent.db import reader
+from agent.errors import Unauthorized, Unavailable
 from agent.metrics import PRINTER_UP
 from drivers.base import DeviceState
 
@@ -193,13 +194,13 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format; the bearer token is required when `api.token` is set."""
     state = getattr(request.app.state, "agent", None)
     if state is None:
-        raise HTTPException(503, "the agent is starting")
+        raise Unavailable("the agent is starting")
     token = state.settings.api.token.get_secret_value()
     if token:
         sent = request.headers.get("authorization", "")
         given = sent[7:] if sent.lower().startswith("bearer ") else ""
         if not secrets.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "send the station's API token: Authorization: Bearer <api.token>")
+            raise Unauthorized("send the station's API token: Authorization: Bearer <api.token>")
     # Collecting reads the database: in a worker thread, never on the loop.
     text = await asyncio.to_thread(generate_latest, state.metrics.registry)
     return Response(text, media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -29,10 +29,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralRejected
-from agent.checkout import CheckoutError, NotFound, Offline, PaymentFailed
 from agent.clock import to_storage, utcnow
 from agent.connectivity import Connectivity
 from agent.db import reader
+from agent.errors import AgentError, NotFound, Offline, PaymentFailed, RefundInProgress, RefundRefused
 from agent.ids import uuid7
 from agent.journal import Journal, JournalEntry, JournalError, JournalRecord
 from agent.member_cache import MemberCache
@@ -52,16 +52,6 @@ CODE_KINDS = ("wechat", "alipay")
 RETRY_FIRST_S, RETRY_MAX_S = 3.0, 60.0
 
 OFFLINE_ZH = "网络中断，暂时无法原路退款，请稍后再试"
-
-
-class RefundRefused(CheckoutError):
-    code = "refund_refused"
-
-
-class RefundInProgress(CheckoutError):
-    """Sent, answer not back: the till finishes it by itself; asking for the same refund again shows it."""
-
-    status, code = 409, "refund_in_progress"
 
 
 @dataclass(frozen=True)
@@ -277,7 +267,7 @@ class Refunds:
                     record = await self._finish(sale, pending)
                 except (RefundInProgress, Offline):
                     continue
-                except CheckoutError as exc:
+                except AgentError as exc:
                     log.warning("pending refund ended without a refund", extra={"sale": sale_id, "error": exc.message})
                     return
             log.info(

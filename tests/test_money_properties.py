@@ -31,9 +31,10 @@ from agent.benefits import (
     price,
     share_out,
 )
+from agent.errors import RefundRefused
 from agent.journal import JournalRecord
 from agent.member_cache import CachedCoupon
-from agent.refunds import REFUND_ORDER, RefundLine, RefundRefused, _plan
+from agent.refunds import REFUND_ORDER, RefundLine, _plan
 from agent.sale import PricingView, Sale, TenderRefused, new_tender
 from agent.settings import PointsSettings
 
