@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
+import json
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -22,7 +23,21 @@ from agent import __version__
 from agent.central_client import CentralError
 from agent.checkout_api import checkout_router, sessions_router
 from agent.clock import utcnow
+from agent.codes import Kind
 from agent.db import reader, schema_revision
+from agent.deps import (
+    TOKEN_REQUIRED,
+    V1_ERRORS,
+    DevicesDep,
+    PrinterDep,
+    ScansDep,
+    StateDep,
+    SyncDep,
+    accepts_token_in_query,
+    bearer,
+    check_token,
+)
+from agent.devices import StationDevices
 from agent.errors import (
     AgentError,
     ErrorBody,
@@ -34,16 +49,26 @@ from agent.errors import (
     PrintJobConflict,
     SyncFailed,
     Unauthorized,
+    error_responses,
 )
 from agent.health import health_router
 from agent.ids import new_transaction_id
 from agent.metrics import read_database_figures
 from agent.print_queue import JobNotFound, JobStateError, JobView
 from agent.receipts import test_page
-from agent.sync import reached_central
-from drivers.simulated import SimulatedPrinter, SimulatedScanner
+from agent.sync import PullReport, PushReport
+from drivers.capabilities import HasPreviews, TakesScans
+from drivers.escpos_printer import PrinterConnection
+
+if TYPE_CHECKING:
+    from agent.runtime import AgentState  # the runtime imports this module
 
 STATIC = Path(__file__).resolve().parent.parent / "kiosk_ui" / "static"
+DESCRIPTION = (
+    "The till's local API: sessions, pay-as-member, tenders, refunds, devices (docs/checkout.md). Every /v1 request "
+    "carries the station's token, `Authorization: Bearer <api.token>` (a GET may carry it as `?token=`). Every "
+    "4xx/5xx answers `ErrorBody`; its `error` is a stable code (docs/checkout.md, Errors)."
+)
 
 
 class DatabaseStatus(BaseModel):
@@ -65,7 +90,9 @@ class CheckoutStatus(BaseModel):
     printer_uncertain: int
 
 
-class AgentStatus(BaseModel):
+class Status(BaseModel):
+    """The station at a glance (`GET /v1/status`)."""
+
     version: str
     store_id: str
     store_name: str
@@ -80,7 +107,7 @@ class ScannerPublic(BaseModel):
     state: str
     reason: str | None
     since: datetime
-    simulated: bool
+    simulated: bool = Field(description="a `sim://` scanner: it takes scans over the API")
 
 
 class PrinterPublic(BaseModel):
@@ -90,7 +117,7 @@ class PrinterPublic(BaseModel):
     reason: str | None
     queued: int
     uncertain: int
-    simulated: bool
+    simulated: bool = Field(description="a `sim://` printer: its printed jobs have previews")
 
 
 class DevicesPublic(BaseModel):
@@ -125,38 +152,47 @@ class JobPublic(BaseModel):
     last_error: str | None
     created_at: datetime
     printed_at: datetime | None
-    preview_url: str | None = None
+    preview_url: str | None = Field(None, description="a picture of the paper, for a simulated printer's printed jobs")
 
 
-def get_state(request: Request) -> Any:
-    return request.app.state.agent
+class ScanPublic(BaseModel):
+    """A scan as a screen may show it: secret codes (payment codes, member codes) masked."""
+
+    device_id: str
+    at: str = Field(json_schema_extra={"format": "date-time"})
+    kind: Kind
+    provider: str | None
+    value: str = Field(examples=["1345**********1234"])
+    symbology: str | None
 
 
-StateDep = Annotated[Any, Depends(get_state)]
+class Accepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
 
 
-def _printer(state: Any):
-    if state.devices.printer is None:
-        raise NotFound("no printer is configured: set [devices.printer] in the settings")
-    return state.devices.printer
+class SyncRun(BaseModel):
+    """What "sync now" did: rows pushed and central's answers, member changes pulled."""
+
+    pushed: PushReport
+    pulled: PullReport
 
 
-def _job_public(state: Any, job: JobView) -> JobPublic:
+def _job_public(connection: PrinterConnection | None, job: JobView) -> JobPublic:
     preview = None
-    if isinstance(state.devices.printer_connection, SimulatedPrinter) and job.status == "printed":
+    if isinstance(connection, HasPreviews) and job.status == "printed":
         preview = f"/v1/printer/jobs/{job.id}/preview.png"
     return JobPublic(
         **{name: getattr(job, name) for name in JobPublic.model_fields if name != "preview_url"}, preview_url=preview
     )
 
 
-status_router = APIRouter(tags=["status"])
-devices_router = APIRouter(prefix="/v1", tags=["devices"])
-printer_router = APIRouter(prefix="/v1/printer", tags=["printer"])
+status_router = APIRouter(tags=["status"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
+devices_router = APIRouter(prefix="/v1", tags=["devices"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
+printer_router = APIRouter(prefix="/v1/printer", tags=["printer"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
 
 
 @status_router.get("/v1/status")
-async def status(state: StateDep) -> AgentStatus:
+async def status(state: StateDep) -> Status:
     """Devices, online or offline, how far behind the push to central is, outbox depth and the print queue."""
     settings = state.settings
     figures = await asyncio.to_thread(read_database_figures, state.engine)  # the same figures /metrics shows
@@ -182,7 +218,7 @@ async def status(state: StateDep) -> AgentStatus:
             printer_queued=printer.queued if printer else 0,
             printer_uncertain=printer.uncertain if printer else 0,
         )
-    return AgentStatus(
+    return Status(
         version=__version__,
         store_id=settings.store.id,
         store_name=settings.store.name,
@@ -194,9 +230,9 @@ async def status(state: StateDep) -> AgentStatus:
 
 
 @status_router.get("/v1/sync")
-def sync_status(state: StateDep) -> SyncPublic:
+def sync_status(sync: SyncDep) -> SyncPublic:
     """Push and pull health, outbox depth (pending, and rejected rows that need a person) and the feed cursor."""
-    status = state.sync.status()
+    status = sync.status()
 
     def health(job) -> JobHealthPublic:
         return JobHealthPublic(last_success=job.last_success, last_error=job.last_error, failures=job.failures)
@@ -211,38 +247,39 @@ def sync_status(state: StateDep) -> SyncPublic:
     )
 
 
-@status_router.post("/v1/sync")
-async def sync_now(state: StateDep) -> dict[str, Any]:
+@status_router.post("/v1/sync", responses=error_responses(SyncFailed))
+async def sync_now(sync: SyncDep) -> SyncRun:
     """Push the outbox and pull member changes now (the till's "sync now" button); 503 if central is down."""
-    sync = state.sync
     reports = {}
-    for name, health, run in (("pushed", sync.push_health, sync.push), ("pulled", sync.pull_health, sync.pull)):
+    for name, job in (("pushed", sync.push_job), ("pulled", sync.pull_job)):
         try:
-            report = await run()
+            report = await job.refresh()  # after a run under way; recorded, so the till's view of central follows
         except CentralError as exc:
-            health.failed(exc)  # the till's view of central follows what it just saw
             raise SyncFailed(f"central cannot be reached or refused: {exc}") from exc
-        if reached_central(report):
-            health.succeeded()
         reports[name] = asdict(report)
-    return reports
+    return SyncRun.model_validate(reports)
 
 
 @devices_router.get("/devices")
-def devices(state: StateDep) -> DevicesPublic:
+def list_devices(state: StateDep, devices: DevicesDep) -> DevicesPublic:
+    """The station's scanners and printer, as their drivers and the print queue last saw them."""
+    return _devices_public(state, devices)
+
+
+def _devices_public(state: AgentState, devices: StationDevices) -> DevicesPublic:
     scanners = [
         ScannerPublic(
             id=reader.device_id,
             state=reader.status.state.value,
             reason=reader.status.reason,
             since=reader.status.since,
-            simulated=isinstance(reader, SimulatedScanner),
+            simulated=isinstance(reader, TakesScans),
         )
-        for reader in state.devices.scanners.values()
+        for reader in devices.scanners.values()
     ]
     printer = None
-    if state.devices.printer is not None:
-        queue = state.devices.printer.status
+    if devices.printer is not None and state.settings.devices.printer is not None:
+        queue = devices.printer.status
         printer = PrinterPublic(
             id=queue.printer_id,
             url=state.settings.devices.printer.url,
@@ -250,68 +287,75 @@ def devices(state: StateDep) -> DevicesPublic:
             reason=queue.reason,
             queued=queue.queued,
             uncertain=queue.uncertain,
-            simulated=isinstance(state.devices.printer_connection, SimulatedPrinter),
+            simulated=isinstance(devices.printer_connection, HasPreviews),
         )
     return DevicesPublic(scanners=scanners, printer=printer)
 
 
-@devices_router.post("/devices/{device_id}/scan", status_code=202)
-def simulate_scan(device_id: str, scan: ScanIn, state: StateDep) -> dict[str, str]:
+@devices_router.post("/devices/{device_id}/scan", status_code=202, responses=error_responses(NotFound, NotSimulated))
+def simulate_scan(device_id: str, scan: ScanIn, devices: DevicesDep) -> Accepted:
     """Hand a code to a simulated scanner (`sim://`), as if it had been scanned."""
-    reader = state.devices.scanners.get(device_id)
+    reader = devices.scanners.get(device_id)
     if reader is None:
         raise NotFound(f"no scanner {device_id} at this station")
-    if not isinstance(reader, SimulatedScanner):
+    if not isinstance(reader, TakesScans):
         raise NotSimulated(f"scanner {device_id} is a real device; only sim:// scanners take scans over the API")
     reader.inject(scan.text)
-    return {"status": "accepted"}
+    return Accepted()
 
 
 @devices_router.get("/scans")
-def recent_scans(state: StateDep) -> list[dict[str, Any]]:
+def recent_scans(scans: ScansDep) -> list[ScanPublic]:
     """The station's latest scans, newest first, secret codes masked."""
-    return [scan.public() for scan in reversed(state.scans.recent)]
+    return [ScanPublic.model_validate(scan.public()) for scan in reversed(scans.recent)]
 
 
-@printer_router.get("")
-def printer_status(state: StateDep) -> PrinterPublic:
-    _printer(state)  # 404 when there is none
-    printer = devices(state).printer
+@printer_router.get("", responses=error_responses(NotFound))
+def printer_status(state: StateDep, devices: DevicesDep, queue: PrinterDep) -> PrinterPublic:
+    """The receipt printer and its queue: 404 when the station has none."""
+    printer = _devices_public(state, devices).printer
     assert printer is not None, "a configured printer is listed with the devices"
     return printer
 
 
-@printer_router.get("/jobs")
-def jobs(state: StateDep, status: str | None = None) -> list[JobPublic]:
-    return [_job_public(state, job) for job in _printer(state).jobs(status)]
+@printer_router.get("/jobs", responses=error_responses(NotFound))
+def jobs(devices: DevicesDep, queue: PrinterDep, status: str | None = None) -> list[JobPublic]:
+    """The print queue's jobs, newest first; `status` (queued, printing, uncertain, printed, cancelled) narrows."""
+    return [_job_public(devices.printer_connection, job) for job in queue.jobs(status)]
 
 
-@printer_router.post("/test-page")
-def print_test_page(state: StateDep) -> JobPublic:
-    document = test_page(state.settings.store.name, state.devices.columns)
-    job = _printer(state).enqueue(f"test-{new_transaction_id()}", state.devices.render(document), purpose="test")
-    return _job_public(state, job)
+@printer_router.post("/test-page", responses=error_responses(NotFound))
+def print_test_page(state: StateDep, devices: DevicesDep, queue: PrinterDep) -> JobPublic:
+    """Print a test page: the store's name, the character sets, a barcode and a QR code."""
+    document = test_page(state.settings.store.name, devices.columns)
+    job = queue.enqueue(f"test-{new_transaction_id()}", devices.render(document), purpose="test")
+    return _job_public(devices.printer_connection, job)
 
 
-@printer_router.post("/jobs/{job_id}/{action}")
-def job_action(job_id: str, action: str, state: StateDep) -> JobPublic:
+@printer_router.post("/jobs/{job_id}/{action}", responses=error_responses(NotFound, PrintJobConflict))
+def job_action(job_id: str, action: str, devices: DevicesDep, queue: PrinterDep) -> JobPublic:
     """cancel (queued or uncertain), release (uncertain: it did not print, send again), mark-printed (uncertain)."""
-    queue = _printer(state)
     actions = {"cancel": queue.cancel, "release": queue.release, "mark-printed": queue.mark_printed}
     if action not in actions:
         raise NotFound(f"unknown action {action!r}; one of {', '.join(actions)}")
     try:
-        return _job_public(state, actions[action](job_id))
+        return _job_public(devices.printer_connection, actions[action](job_id))
     except JobNotFound as exc:
         raise NotFound(str(exc)) from exc
     except JobStateError as exc:
         raise PrintJobConflict(str(exc)) from exc
 
 
-@printer_router.get("/jobs/{job_id}/preview.png", response_class=FileResponse)
-def job_preview(job_id: str, state: StateDep) -> FileResponse:
-    connection = state.devices.printer_connection
-    if not isinstance(connection, SimulatedPrinter):
+@printer_router.get(
+    "/jobs/{job_id}/preview.png",
+    response_class=FileResponse,
+    dependencies=[Depends(accepts_token_in_query)],
+    responses={200: {"content": {"image/png": {}}, "description": "the paper, drawn"}, **error_responses(NotFound)},
+)
+def job_preview(job_id: str, state: StateDep, devices: DevicesDep) -> FileResponse:
+    """A picture of a printed job's paper (simulated printers only); an <img> may carry the token as `?token=`."""
+    connection = devices.printer_connection
+    if not isinstance(connection, HasPreviews):
         raise NotFound("previews exist for simulated printers only")
     with reader(state.engine) as db:
         data = db.exec_driver_sql("SELECT data FROM print_job WHERE id = ?", (job_id,)).scalar()
@@ -337,7 +381,7 @@ def _answer(error: AgentError) -> JSONResponse:
 
 def _json(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None) -> JSONResponse:
     content = body.model_dump(mode="json", exclude_none=True)
-    content.setdefault("message_zh", None)  # always there, so a screen reads one key
+    content.setdefault("message_zh", None)  # always there (null when there is none), so a screen reads one key
     return JSONResponse(content, status_code=status, headers=headers)
 
 
@@ -346,20 +390,20 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
         title="POS Edge Agent",
         version=__version__,
         lifespan=lifespan,
-        description="The till's local API: sessions, pay-as-member, tenders, refunds, devices (docs/checkout.md).",
+        description=DESCRIPTION,
     )
+    app.state.api_token = api_token  # what `require_token` checks
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
 
     @app.middleware("http")
-    async def require_token(request: Request, call_next):
-        """Every /v1 request needs the station's bearer token; GETs may carry it as ?token= (event streams and
-        images in a browser cannot set headers)."""
-        if api_token and request.url.path.startswith("/v1/"):
-            sent = request.headers.get("authorization", "")
-            given = sent[7:] if sent.lower().startswith("bearer ") else ""
-            if not given and request.method == "GET":
-                given = request.query_params.get("token", "")
-            if not secrets.compare_digest(given.encode(), api_token.encode()):
-                return _answer(Unauthorized("send the station's API token: Authorization: Bearer <api.token>"))
+    async def token_first(request: Request, call_next):
+        """The same check as the /v1 routers' `require_token`, made before the request is read: a request without
+        the token is refused whatever its body."""
+        if request.url.path.startswith("/v1/"):
+            try:
+                check_token(request, await bearer(request))
+            except Unauthorized as exc:
+                return _answer(exc)
         return await call_next(request)
 
     @app.exception_handler(AgentError)
@@ -412,3 +456,23 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
         return RedirectResponse("/console/")
 
     return app
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with every error answer filed as JSON: FastAPI files a route's extra responses under the
+    route's own media type, so an event stream's 404 would read as an event stream."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    for media_type in [m for m in content if not status.startswith("2") and m != "application/json"]:
+                        content["application/json"] = content.pop(media_type)
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+def openapi_json(app: FastAPI) -> str:
+    """The document as checked into docs/agent-openapi.json (`pos-edge openapi`)."""
+    return json.dumps(app.openapi(), indent=2, ensure_ascii=False) + "\n"

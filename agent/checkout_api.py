@@ -3,35 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field, StrictInt
 
 from agent import pii
-from agent.checkout import Checkout, record_view
+from agent.checkout import record_view
 from agent.db import reader
-from agent.errors import InvalidPhone, InvalidRequest, NotFound, PhoneLookupOff
+from agent.deps import TOKEN_REQUIRED, V1_ERRORS, CheckoutDep, ReceiptsDep, RefundsDep, accepts_token_in_query
+from agent.errors import (
+    BasketRefused,
+    CouponRefused,
+    DiskFull,
+    InvalidPhone,
+    InvalidRequest,
+    NotFound,
+    NotNow,
+    Offline,
+    PaymentFailed,
+    PhoneLookupOff,
+    ProviderNotEnabled,
+    RedemptionNotAllowed,
+    RefundInProgress,
+    RefundRefused,
+    SaleOpen,
+    UnknownCode,
+    error_responses,
+)
 from agent.identify import MemberNotFound
 from agent.member_cache import PhoneLookupUnavailable
-from agent.refunds import RefundLine, Refunds
-from agent.sale import SaleLine
+from agent.refunds import RefundLine
+from agent.sale import (
+    CodePayment,
+    PricingView,
+    Sale,
+    SaleCoupon,
+    SaleLine,
+    SaleMember,
+    SalePoints,
+    SaleState,
+    Tender,
+)
 
-
-def get_checkout(request: Request) -> Checkout:
-    return request.app.state.agent.checkout
-
-
-def get_refunds(request: Request) -> Refunds:
-    return request.app.state.agent.refunds
-
-
-CheckoutDep = Annotated[Checkout, Depends(get_checkout)]
-RefundsDep = Annotated[Refunds, Depends(get_refunds)]
-
-sessions_router = APIRouter(prefix="/v1/sessions", tags=["checkout"])
-checkout_router = APIRouter(prefix="/v1", tags=["checkout"])
+sessions_router = APIRouter(prefix="/v1/sessions", tags=["checkout"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
+checkout_router = APIRouter(prefix="/v1", tags=["checkout"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
 
 
 class CodeIn(BaseModel):
@@ -80,86 +98,182 @@ class RefundIn(BaseModel):
     reason: str | None = Field(None, max_length=80)
 
 
-Session = dict[str, Any]
+class Session(BaseModel):
+    """A sale as the screens and the POS see it (docs/checkout.md, `Session`)."""
+
+    id: str = Field(description="the transaction id the sale is journaled under, once paid")
+    station_id: str
+    state: SaleState
+    version: int = Field(description="grows with every change: a screen keeps the newest it saw")
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    online: bool = Field(description="the till's view of central, brought up to date when the session is read")
+    member: SaleMember | None
+    guide_id: str | None
+    lines: list[SaleLine]
+    coupons: list[SaleCoupon]
+    redeem_points: int
+    pricing: PricingView | None
+    tenders: list[Tender]
+    paid_fen: int
+    remaining_fen: int
+    change_fen: int
+    payment: CodePayment | None = Field(description="the sale's latest code payment")
+    points: SalePoints | None
+    transaction_id: str | None
+    receipt_no: str | None = Field(description="short, on the receipt's barcode, e.g. T012611230042")
+    receipt_job_id: str | None
+    message: str | None
 
 
-@sessions_router.post("", status_code=201)
+class Transaction(BaseModel):
+    """A journaled transaction: a sale, a refund, or a void (a cancelled sale in which money moved)."""
+
+    id: str
+    kind: Literal["sale", "refund", "void"]
+    receipt_no: str | None
+    business_day: date
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+    member_id: str | None
+    total_fen: int
+    points_earned: int
+    points_redeemed: int
+    body: dict[str, Any] = Field(
+        description="as journaled: the wire contract's SaleBody, RefundBody or VoidBody by `kind` (docs/sync.md)"
+    )
+
+
+class TransactionWithRefunds(Transaction):
+    refunds: list[Transaction] = Field(description="the refunds of this sale so far, oldest first")
+
+
+class RefundMade(Transaction):
+    receipt_job_id: str | None = Field(description="the refund receipt's print job; null without a printer")
+
+
+class Reprinted(BaseModel):
+    transaction_id: str
+    receipt_job_id: str | None = Field(description="null without a printer")
+
+
+class MemberFound(BaseModel):
+    """A member as the till may show them: masked."""
+
+    id: str
+    display_name: str
+    tier: str
+    points: int
+    phone_masked: str | None
+    from_central: bool = Field(description="not in the till's cache: found by asking central")
+
+
+def _session(sale: Sale) -> Session:
+    return Session.model_validate(sale.view())
+
+
+EVENT_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "server-sent events (docs/checkout.md)"}
+}
+SESSION_STEP = error_responses(NotFound, NotNow)
+
+
+@sessions_router.post("", status_code=201, responses=error_responses(SaleOpen, DiskFull))
 async def open_session(checkout: CheckoutDep) -> Session:
-    return (await checkout.open()).view()
+    return _session(await checkout.open())
 
 
-@sessions_router.get("/current")
+@sessions_router.get("/current", responses=error_responses(NotFound))
 async def current_session(checkout: CheckoutDep) -> Session:
     if checkout.current is None:
         raise NotFound("no sale is open at this station")
-    return (await checkout.look(checkout.current.id)).view()
+    return _session(await checkout.look(checkout.current.id))
 
 
-@sessions_router.get("/{session_id}")
+@sessions_router.get("/{session_id}", responses=error_responses(NotFound))
 async def get_session(session_id: str, checkout: CheckoutDep) -> Session:
-    return (await checkout.look(session_id)).view()
+    return _session(await checkout.look(session_id))
 
 
-@sessions_router.post("/{session_id}/codes")
+@sessions_router.post(
+    "/{session_id}/codes",
+    responses=error_responses(
+        BasketRefused, NotFound, NotNow, CouponRefused, UnknownCode, ProviderNotEnabled, PaymentFailed, Offline
+    ),
+)
 async def enter_code(session_id: str, body: CodeIn, checkout: CheckoutDep) -> Session:
-    return (await checkout.code(session_id, body.text)).view()
+    return _session(await checkout.code(session_id, body.text))
 
 
-@sessions_router.post("/{session_id}/phone")
+@sessions_router.post("/{session_id}/phone", responses=error_responses(NotFound, NotNow, InvalidPhone))
 async def enter_phone(session_id: str, body: PhoneIn, checkout: CheckoutDep) -> Session:
-    return (await checkout.phone(session_id, body.phone, body.confirmed)).view()
+    return _session(await checkout.phone(session_id, body.phone, body.confirmed))
 
 
-@sessions_router.put("/{session_id}/basket")
+@sessions_router.put(
+    "/{session_id}/basket",
+    responses=error_responses(BasketRefused, NotFound, NotNow, CouponRefused, RedemptionNotAllowed),
+)
 async def set_basket(session_id: str, body: BasketIn, checkout: CheckoutDep) -> Session:
     lines = [SaleLine(**line.model_dump()) for line in body.lines]
-    return (await checkout.set_basket(session_id, lines)).view()
+    return _session(await checkout.set_basket(session_id, lines))
 
 
-@sessions_router.put("/{session_id}/redemption")
+@sessions_router.put("/{session_id}/redemption", responses=error_responses(NotFound, NotNow, RedemptionNotAllowed))
 async def set_redemption(session_id: str, body: RedemptionIn, checkout: CheckoutDep) -> Session:
-    return (await checkout.set_redemption(session_id, body.points)).view()
+    return _session(await checkout.set_redemption(session_id, body.points))
 
 
-@sessions_router.delete("/{session_id}/coupons/{code}")
+@sessions_router.delete("/{session_id}/coupons/{code}", responses=SESSION_STEP)
 async def remove_coupon(session_id: str, code: str, checkout: CheckoutDep) -> Session:
-    return (await checkout.remove_coupon(session_id, code)).view()
+    return _session(await checkout.remove_coupon(session_id, code))
 
 
-@sessions_router.post("/{session_id}/tenders")
+@sessions_router.post(
+    "/{session_id}/tenders",
+    responses=error_responses(NotFound, NotNow, UnknownCode, ProviderNotEnabled, PaymentFailed, Offline),
+)
 async def take_tender(session_id: str, body: TenderIn, checkout: CheckoutDep) -> Session:
     sale = await checkout.tender(
         session_id, body.kind, body.amount_fen, body.tendered_fen, body.reference, body.auth_code
     )
-    return sale.view()
+    return _session(sale)
 
 
-@sessions_router.post("/{session_id}/payment/cancel")
+@sessions_router.post("/{session_id}/payment/cancel", responses=SESSION_STEP)
 async def cancel_payment(session_id: str, checkout: CheckoutDep) -> Session:
-    return (await checkout.cancel_payment(session_id)).view()
+    return _session(await checkout.cancel_payment(session_id))
 
 
-@sessions_router.post("/{session_id}/cancel")
+@sessions_router.post("/{session_id}/cancel", responses=SESSION_STEP)
 async def cancel_session(session_id: str, checkout: CheckoutDep) -> Session:
-    return (await checkout.cancel(session_id)).view()
+    return _session(await checkout.cancel(session_id))
 
 
-@sessions_router.get("/{session_id}/events", response_class=EventSourceResponse)
+@sessions_router.get(
+    "/{session_id}/events",
+    response_class=EventSourceResponse,
+    dependencies=[Depends(accepts_token_in_query)],
+    responses={**EVENT_STREAM, **error_responses(NotFound)},
+)
 async def session_events(session_id: str, checkout: CheckoutDep, last_event_id: Annotated[int | None, Header()] = None):
     checkout.get(session_id)  # 404 for an unknown session
     async for event in checkout.events.follow(last_event_id if last_event_id is not None else 0, session_id):
         yield ServerSentEvent(data=event.payload(), event=event.type, id=str(event.id))
 
 
-@checkout_router.get("/events", response_class=EventSourceResponse)
+@checkout_router.get(
+    "/events",
+    response_class=EventSourceResponse,
+    dependencies=[Depends(accepts_token_in_query)],
+    responses=EVENT_STREAM,
+)
 async def station_events(checkout: CheckoutDep, last_event_id: Annotated[int | None, Header()] = None):
     """Every session of this station; without Last-Event-ID, only what happens from now on."""
     async for event in checkout.events.follow(last_event_id):
         yield ServerSentEvent(data=event.payload(), event=event.type, id=str(event.id))
 
 
-@checkout_router.get("/members/lookup")
-async def lookup_member(checkout: CheckoutDep, card_no: str | None = None, phone: str | None = None) -> dict[str, Any]:
+@checkout_router.get("/members/lookup", responses=error_responses(NotFound, NotNow, InvalidPhone))
+async def lookup_member(checkout: CheckoutDep, card_no: str | None = None, phone: str | None = None) -> MemberFound:
     """A member by card number or mobile number: from the cache, then central when online. Masked data only."""
     try:
         if card_no:
@@ -177,14 +291,14 @@ async def lookup_member(checkout: CheckoutDep, card_no: str | None = None, phone
     member = found.member
     if member is None:  # removed from the cache (a tombstone from central) between the lookup and this read
         raise NotFound("no such member")
-    return {
-        "id": member.id,
-        "display_name": member.display_name,
-        "tier": member.tier,
-        "points": member.points,
-        "phone_masked": member.phone_masked,
-        "from_central": found.from_central,
-    }
+    return MemberFound(
+        id=member.id,
+        display_name=member.display_name,
+        tier=member.tier,
+        points=member.points,
+        phone_masked=member.phone_masked,
+        from_central=found.from_central,
+    )
 
 
 @checkout_router.get("/transactions")
@@ -193,10 +307,10 @@ async def list_transactions(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     # Bounded to SQLite's integers: a larger number cannot be bound to the query.
     before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="seq to page back from")] = None,
-) -> list[dict[str, Any]]:
+) -> list[Transaction]:
     """This station's journaled transactions, newest first."""
 
-    def read() -> list[dict[str, Any]]:
+    def read() -> list[Transaction]:
         with reader(checkout.engine) as connection:
             ids = (
                 connection.exec_driver_sql(
@@ -208,29 +322,35 @@ async def list_transactions(
             )
         records = (checkout.journal.get(i) for i in ids)
         # A row retention purged between the two reads is not listed.
-        return [record_view(record) for record in records if record is not None]
+        return [Transaction.model_validate(record_view(record)) for record in records if record is not None]
 
     return await asyncio.to_thread(read)
 
 
-@checkout_router.get("/transactions/{reference}")
-async def get_transaction(reference: str, refunds: RefundsDep) -> dict[str, Any]:
+@checkout_router.get("/transactions/{reference}", responses=error_responses(NotFound))
+async def get_transaction(reference: str, refunds: RefundsDep) -> TransactionWithRefunds:
+    """One transaction by its id or receipt number, with its refunds so far."""
     record = await asyncio.to_thread(refunds.find, reference)
-    view = record_view(record)
+    view: dict[str, Any] = record_view(record)
     view["refunds"] = [record_view(r) for r in await asyncio.to_thread(refunds.refunds_of, record.id)]
-    return view
+    return TransactionWithRefunds.model_validate(view)
 
 
-@checkout_router.post("/transactions/{reference}/reprint")
-async def reprint(reference: str, request: Request, refunds: RefundsDep) -> dict[str, Any]:
-    state = request.app.state.agent
+@checkout_router.post("/transactions/{reference}/reprint", responses=error_responses(NotFound))
+async def reprint(reference: str, refunds: RefundsDep, receipts: ReceiptsDep) -> Reprinted:
+    """Print the transaction's receipt again, marked 重打印 / reprint."""
     record = await asyncio.to_thread(refunds.find, reference)
-    job_id = None if state.receipts is None else await state.receipts.reprint(record)
-    return {"transaction_id": record.id, "receipt_job_id": job_id}
+    job_id = None if receipts is None else await receipts.reprint(record)
+    return Reprinted(transaction_id=record.id, receipt_job_id=job_id)
 
 
-@checkout_router.post("/refunds", status_code=201)
-async def refund(body: RefundIn, refunds: RefundsDep) -> dict[str, Any]:
+@checkout_router.post(
+    "/refunds",
+    status_code=201,
+    responses=error_responses(NotFound, RefundRefused, RefundInProgress, PaymentFailed, Offline),
+)
+async def refund(body: RefundIn, refunds: RefundsDep) -> RefundMade:
+    """Refund a sale, whole or by lines; money goes back the way it came (docs/checkout.md)."""
     lines = None if body.lines is None else [RefundLine(line.line, line.qty) for line in body.lines]
     record, job_id = await refunds.refund(body.transaction, lines, body.reason)
-    return record_view(record) | {"receipt_job_id": job_id}
+    return RefundMade.model_validate(record_view(record) | {"receipt_job_id": job_id})

@@ -583,6 +583,27 @@ def doctor(config_path: Path, secrets_path: Path, as_json: bool) -> None:
     sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
 
 
+@cli.command()
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+def openapi(output: Path | None) -> None:
+    """Print the local API's OpenAPI document (docs/agent-openapi.json is this output)."""
+    from contextlib import asynccontextmanager
+
+    from agent.api import create_app, openapi_json
+
+    @asynccontextmanager
+    async def nothing_to_open(app):
+        yield
+
+    # The document depends on no settings or data: an app with nothing behind it describes the same API.
+    text = openapi_json(create_app(nothing_to_open))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

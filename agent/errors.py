@@ -245,3 +245,20 @@ class DiskFull(Unavailable):
     """Below `storage.min_free_mb` free no new sale starts (agent/disk_space.py)."""
 
     code = "disk_full"
+
+
+def error_responses(*errors: type[AgentError]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route that may answer these errors: one `ErrorBody` per status, its description
+    naming the codes. A 422 also names `invalid_request` (any field may be refused as sent) and a 503 `unavailable`
+    (the agent is starting), which every /v1 route may answer: a route's own entry replaces its router's."""
+    for always in (InvalidRequest, Unavailable):
+        if any(error.status == always.status for error in errors):
+            errors = (always, *errors)
+    codes: dict[int, list[str]] = {}
+    for error in errors:
+        if error.code not in codes.setdefault(error.status, []):
+            codes[error.status].append(error.code)
+    return {
+        status: {"model": ErrorBody, "description": ", ".join(f"`{code}`" for code in codes[status])}
+        for status in sorted(codes)
+    }

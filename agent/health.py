@@ -20,17 +20,21 @@ import inspect
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from pydantic import BaseModel
 
 from agent.db import reader
 from agent.errors import Unauthorized, Unavailable
 from agent.metrics import PRINTER_UP
 from drivers.base import DeviceState
+
+if TYPE_CHECKING:
+    from agent.runtime import AgentState  # the runtime imports this module
 
 # A check that takes longer is reported failed: a stuck database must not hang systemd's or Prometheus's probe.
 CHECK_TIMEOUT_S = 2.0
@@ -48,7 +52,7 @@ class Part:
     detail: str | None = None
 
 
-Probe = Callable[[Any], "Part | Iterable[Part] | Awaitable[Part | Iterable[Part]]"]
+Probe = Callable[["AgentState"], "Part | Iterable[Part] | Awaitable[Part | Iterable[Part]]"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ class Check:
     timeout_s: float = CHECK_TIMEOUT_S
 
 
-def database_part(state: Any) -> Part:
+def database_part(state: AgentState) -> Part:
     """A read of the journal's newest row: the table every sale is written to."""
     try:
         with reader(state.engine) as connection:
@@ -78,10 +82,11 @@ def database_part(state: Any) -> Part:
     return Part("database", "database", True, "ok", needed_to_sell=True)
 
 
-def device_parts(state: Any) -> list[Part]:
+def device_parts(state: AgentState) -> list[Part]:
     """Each scanner and the printer, as their drivers and the print queue last saw them (nothing is sent to a
     device: a network printer often takes one connection at a time, and a receipt may be on its way)."""
     devices = state.devices
+    assert devices is not None, "the agent is ready, so its devices are open"
     kiosk = state.settings.station.kind == "kiosk"
     parts = []
     for scanner in list(devices.scanners.values()):
@@ -117,9 +122,10 @@ def device_parts(state: Any) -> list[Part]:
     return parts
 
 
-async def central_part(state: Any) -> Part:
+async def central_part(state: AgentState) -> Part:
     """Central as the till sees it (agent/connectivity.py): recent sync results and requests, or one short probe."""
     kiosk = state.settings.station.kind == "kiosk"
+    assert state.checkout is not None, "the agent is ready, so its checkout is open"
     connectivity = state.checkout.connectivity
     try:
         online = await asyncio.wait_for(connectivity.online(), connectivity.probe_timeout_s + 1.0)
@@ -129,8 +135,9 @@ async def central_part(state: Any) -> Part:
     return Part("central", "central", online, "reachable" if online else "unreachable", kiosk, detail)
 
 
-def disk_part(state: Any) -> Part:
+def disk_part(state: AgentState) -> Part:
     """Free space under the database: below `storage.min_free_mb` the till refuses new sales (agent/disk_space.py)."""
+    assert state.disk is not None, "the agent is ready, so its disk is watched"
     space = state.disk.check()
     return Part("disk", "disk", space.ok, "ok" if space.ok else "low", True, space.message)
 
@@ -144,7 +151,7 @@ CHECKS: list[Check] = [
 ]
 
 
-async def run_check(check: Check, state: Any) -> list[Part]:
+async def run_check(check: Check, state: AgentState) -> list[Part]:
     try:
         if inspect.iscoroutinefunction(check.probe):
             found = await asyncio.wait_for(check.probe(state), check.timeout_s)
@@ -157,7 +164,7 @@ async def run_check(check: Check, state: Any) -> list[Part]:
     return [found] if isinstance(found, Part) else list(found)
 
 
-async def readiness(state: Any, checks: Sequence[Check]) -> tuple[bool, list[Part]]:
+async def readiness(state: AgentState, checks: Sequence[Check]) -> tuple[bool, list[Part]]:
     """(can sell, every part)."""
     results = await asyncio.gather(*(run_check(check, state) for check in checks))
     parts = [part for found in results for part in found]
@@ -167,10 +174,14 @@ async def readiness(state: Any, checks: Sequence[Check]) -> tuple[bool, list[Par
 health_router = APIRouter(tags=["health"])
 
 
+class Alive(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
 @health_router.get("/healthz")
-async def healthz() -> dict[str, str]:
+async def healthz() -> Alive:
     """Liveness: answered on the event loop itself, without a token."""
-    return {"status": "ok"}
+    return Alive()
 
 
 @health_router.get("/readyz", include_in_schema=False)
