@@ -90,6 +90,7 @@ from agent.sale import (
 )
 from agent.settings import Settings
 from central.contract import Payment, PaymentProvider, PaymentRequest, PaymentVoid
+from drivers.backoff import Backoff
 
 if TYPE_CHECKING:
     from agent.metrics import AgentMetrics
@@ -98,8 +99,9 @@ log = logging.getLogger(__name__)
 
 # How long one long-poll for a code payment's state may wait at central.
 PAYMENT_WAIT_S = 5.0
-# Between attempts to reach central about a payment whose outcome is unknown.
-RESOLVE_RETRY_S = 3.0
+# Between attempts to reach central about a payment whose outcome is unknown: steady, a customer may be waiting
+# (a cap above `first` would make it back off).
+RESOLVE_RETRY = Backoff(first=3.0, cap=3.0, jitter=0)
 # Closed sales kept in memory for `GET /v1/sessions/{id}` after they end.
 KEEP_CLOSED = 20
 
@@ -742,7 +744,7 @@ class Checkout:
                     log.warning(
                         "payment outcome not known yet", extra={"out_trade_no": out_trade_no, "error": str(exc)}
                     )
-                    await asyncio.sleep(RESOLVE_RETRY_S)
+                    await asyncio.sleep(RESOLVE_RETRY.delay(failures=1))
                     continue
                 if answer is None:
                     continue

@@ -318,9 +318,9 @@ class StationCollector(Collector):
         failures = GaugeMetricFamily(
             "pos_edge_sync_consecutive_failures", "Failed runs of the sync job since its last success", labels=["job"]
         )
-        for health in (state.sync.push_health, state.sync.pull_health):
-            last.add_metric([health.name], health.last_success.timestamp() if health.last_success else 0)
-            failures.add_metric([health.name], health.failures)
+        for job in state.sync.jobs:
+            last.add_metric([job.name], job.last_success.timestamp() if job.last_success else 0)
+            failures.add_metric([job.name], job.failures)
         yield last
         yield failures
 

@@ -39,6 +39,7 @@ from agent.member_cache import MemberCache
 from agent.receipt_printing import ReceiptPrinting
 from agent.settings import Settings
 from central.contract import Refund, RefundRequest
+from drivers.backoff import Backoff
 
 if TYPE_CHECKING:
     from agent.metrics import AgentMetrics
@@ -48,8 +49,9 @@ log = logging.getLogger(__name__)
 # The order money goes back in.
 REFUND_ORDER = ("wechat", "alipay", "card", "other", "cash")
 CODE_KINDS = ("wechat", "alipay")
-# Between tries to finish a pending refund in the background: first, growing to at most.
-RETRY_FIRST_S, RETRY_MAX_S = 3.0, 60.0
+# Between tries to finish a pending refund in the background: 3 s doubling to 60 s (one follower per sale, so
+# no jitter).
+RETRY = Backoff(first=3.0, cap=60.0, jitter=0)
 
 OFFLINE_ZH = "网络中断，暂时无法原路退款，请稍后再试"
 
@@ -167,7 +169,7 @@ class Refunds:
         """After a start: finish the refunds whose answers a stop cut off."""
         for sale_id in await asyncio.to_thread(self._pending_sales):
             log.info("pending refund found; finishing it", extra={"sale": sale_id})
-            self._follow(sale_id, first_wait=0.0)
+            self._follow(sale_id, at_once=True)
 
     async def close(self) -> None:
         for task in list(self._followers.values()):
@@ -246,17 +248,18 @@ class Refunds:
             "退款处理中，请稍后查看，请勿重复退款",
         )
 
-    def _follow(self, sale_id: str, first_wait: float = RETRY_FIRST_S) -> None:
+    def _follow(self, sale_id: str, at_once: bool = False) -> None:
         if sale_id not in self._followers:
-            task = asyncio.get_running_loop().create_task(self._follow_pending(sale_id, first_wait))
+            task = asyncio.get_running_loop().create_task(self._follow_pending(sale_id, at_once))
             self._followers[sale_id] = task
             task.add_done_callback(lambda _: self._followers.pop(sale_id, None))
 
-    async def _follow_pending(self, sale_id: str, wait: float) -> None:
+    async def _follow_pending(self, sale_id: str, at_once: bool) -> None:
         """Finish a pending refund in the background, trying again at growing intervals until central answers."""
+        failures = 0 if at_once else 1  # followed because an answer did not come, or found pending at a start
         while True:
-            await asyncio.sleep(wait)
-            wait = min(RETRY_MAX_S, max(RETRY_FIRST_S, wait * 2))
+            await asyncio.sleep(RETRY.delay(failures))
+            failures += 1
             async with self._lock:
                 pending = await asyncio.to_thread(self._pending_of, sale_id)
                 if pending is None:
