@@ -72,6 +72,7 @@ from agent.events import EventHub
 from agent.identify import CentralNeeded, Identification, Identifier, MemberNotFound
 from agent.ids import uuid7
 from agent.journal import Journal, JournalEntry, JournalRecord
+from agent.journal_bodies import sale_body, void_body
 from agent.member_cache import CachedCoupon, MemberCache, PhoneLookupUnavailable
 from agent.member_code import MemberCodeError
 from agent.receipt_printing import ReceiptPrinting
@@ -857,31 +858,7 @@ class Checkout:
     def _sale_entry(self, sale: Sale) -> JournalEntry:
         pricing = sale.pricing
         assert pricing is not None, "a sale is paid, so journaled, only once its basket is priced"
-        points = sale.points()
-        body = {
-            "receipt_no": sale.receipt_no,
-            "online": sale.online,
-            "guide_id": sale.guide_id,
-            "lines": [
-                line.model_dump() | {"earns_points": line.category not in self.settings.points.excluded_categories}
-                for line in sale.lines
-            ],
-            "tenders": [tender.model_dump(exclude_none=True) for tender in sale.tenders],
-            "coupons": [coupon.model_dump() for coupon in sale.coupons],
-            "subtotal_fen": pricing.subtotal_fen,
-            "tier_discount_fen": pricing.tier_discount_fen,
-            "discount_fen": pricing.discount_fen,
-            "points_value_fen": pricing.points_value_fen,
-            "member": None
-            if sale.member is None
-            else {
-                "display_name": sale.member.display_name,
-                "tier": sale.member.tier,
-                "phone_masked": sale.member.phone_masked,
-                "via": sale.member.via,
-            },
-            "points_balance": None if points is None else points.balance,
-        }
+        body = sale_body(sale, self.settings.points.excluded_categories)
         return JournalEntry(
             kind="sale",
             id=sale.id,
@@ -898,13 +875,7 @@ class Checkout:
             kind="void",
             id=sale.id,
             total_fen=sale.paid_fen,
-            body={
-                "lines": [line.model_dump() for line in sale.lines],
-                "tenders": [tender.model_dump(exclude_none=True) for tender in sale.tenders],
-                "coupons": [],
-                "reason": "sale cancelled at the till",
-                "online": sale.online,
-            },
+            body=void_body(sale),
             member_id=sale.member.id if sale.member else None,
         )
 
@@ -1022,7 +993,7 @@ def record_view(record: JournalRecord) -> dict:
     return {
         "id": record.id,
         "kind": record.kind,
-        "receipt_no": record.body.get("receipt_no"),
+        "receipt_no": record.receipt_no,
         "business_day": record.business_day.isoformat(),
         "created_at": record.created_at.isoformat(),
         "member_id": record.member_id,

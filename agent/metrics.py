@@ -174,11 +174,11 @@ class AgentMetrics:
             self.sale_tenders.labels(self.station_kind, tender.kind).inc()
             self.sale_fen.labels(self.station_kind, tender.kind).inc(tender.amount_fen)
 
-    def refund_journaled(self, tenders: Iterable[dict]) -> None:
-        """`tenders`: the refund's parts as journaled ({"kind", "amount_fen", ...})."""
+    def refund_journaled(self, tenders: Iterable[Any]) -> None:
+        """`tenders`: the refund's parts as journaled (`RefundTender`: kind, amount_fen)."""
         self.refunds.labels(self.station_kind).inc()
         for tender in tenders:
-            self.refund_fen.labels(self.station_kind, tender["kind"]).inc(tender["amount_fen"])
+            self.refund_fen.labels(self.station_kind, tender.kind).inc(tender.amount_fen)
 
     def code_payment_ended(self, provider: str, state: str, took: timedelta | None, offline: bool = False) -> None:
         """A code payment reached a final state (SUCCESS, FAILED, REVERSED) at the till, `took` after its charge

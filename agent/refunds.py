@@ -35,10 +35,11 @@ from agent.db import reader
 from agent.errors import AgentError, NotFound, Offline, PaymentFailed, RefundInProgress, RefundRefused
 from agent.ids import uuid7
 from agent.journal import Journal, JournalEntry, JournalError, JournalRecord
+from agent.journal_bodies import refund_body
 from agent.member_cache import MemberCache
 from agent.receipt_printing import ReceiptPrinting
 from agent.settings import Settings
-from central.contract import Refund, RefundRequest
+from central.contract import Refund, RefundBody, RefundRequest, SaleBody
 from drivers.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -112,9 +113,7 @@ class Refunds:
         record = self.journal.get(reference)
         if record is None:
             with reader(self.engine) as connection:
-                found = connection.exec_driver_sql(
-                    "SELECT id FROM journal WHERE json_extract(body, '$.receipt_no') = ?", (reference,)
-                ).scalar()
+                found = connection.exec_driver_sql("SELECT id FROM journal WHERE receipt_no = ?", (reference,)).scalar()
             record = None if found is None else self.journal.get(found)
         if record is None:
             raise NotFound(f"no transaction {reference} at this till")
@@ -124,7 +123,7 @@ class Refunds:
         with reader(self.engine) as connection:
             ids = (
                 connection.exec_driver_sql(
-                    "SELECT id FROM journal WHERE kind = 'refund' AND json_extract(body, '$.original_id') = ? ORDER BY seq",
+                    "SELECT id FROM journal WHERE kind = 'refund' AND original_id = ? ORDER BY seq",
                     (sale_id,),
                 )
                 .scalars()
@@ -218,7 +217,7 @@ class Refunds:
             part["instead_of"], part["kind"] = part["kind"], "cash"
         record = await asyncio.to_thread(self._journal, sale, pending, await self.connectivity.online())
         if self.metrics is not None:
-            self.metrics.refund_journaled(record.body["tenders"])
+            self.metrics.refund_journaled(record.refund_body().tenders)
         if self._receipts is not None:
             self._receipts.wake()
         self._push_soon()
@@ -284,21 +283,10 @@ class Refunds:
         """The refund's journal row, its receipt's print job and the end of its pending row: one transaction."""
         member = self.members.get(sale.member_id) if sale.member_id else None
         tenders = [{k: v for k, v in t.items() if k != "sent"} for t in pending.tenders]
-        body = {
-            "original_id": sale.id,
-            "original_receipt_no": sale.body.get("receipt_no"),
-            "receipt_no": f"R{sale.body.get('receipt_no') or sale.id[:8]}-{pending.ordinal}",
-            "reason": pending.reason,
-            "online": online,
-            "lines": pending.lines,
-            "tenders": tenders,
-            "coupons": [],
-            "subtotal_fen": sum(line["amount_fen"] for line in pending.lines),
-            "member": sale.body.get("member"),
-            "points_balance": None
-            if member is None
-            else member.points - pending.points_taken_back + pending.points_returned,
-        }
+        points_balance = None if member is None else member.points - pending.points_taken_back + pending.points_returned
+        body = refund_body(
+            sale.id, sale.sale_body(), pending.ordinal, pending.reason, online, pending.lines, tenders, points_balance
+        )
         entry = JournalEntry(
             kind="refund",
             id=pending.id,
@@ -308,7 +296,7 @@ class Refunds:
             points_earned=pending.points_taken_back,
             points_redeemed=pending.points_returned,
         )
-        cash = any(t["kind"] == "cash" for t in tenders)
+        cash = any(t.kind == "cash" for t in body.tenders)
 
         def within(connection: sa.Connection, record: JournalRecord) -> None:
             connection.exec_driver_sql("DELETE FROM pending_refund WHERE id = ?", (pending.id,))
@@ -385,14 +373,16 @@ class _Plan:
 
 
 def _plan(sale: JournalRecord, earlier: list[JournalRecord], asked: Sequence[RefundLine] | None) -> _Plan:
-    sold = sale.body["lines"]
+    body = sale.sale_body()
+    refunds = [refund.refund_body() for refund in earlier]
+    sold = body.lines
     before = [0] * len(sold)
-    for refund in earlier:
-        for line in refund.body["lines"]:
-            before[line["line"]] += line["qty"]
+    for refund in refunds:
+        for given in refund.lines:
+            before[given.line] += given.qty
     wanted = [0] * len(sold)
     if asked is None:
-        wanted = [line["qty"] - done for line, done in zip(sold, before, strict=True)]
+        wanted = [line.qty - done for line, done in zip(sold, before, strict=True)]
     else:
         for item in asked:
             if not 0 <= item.line < len(sold):
@@ -401,22 +391,22 @@ def _plan(sale: JournalRecord, earlier: list[JournalRecord], asked: Sequence[Ref
                 raise RefundRefused("a refunded quantity must be at least 1")
             wanted[item.line] += item.qty
     for i, (line, done) in enumerate(zip(sold, before, strict=True)):
-        if wanted[i] > line["qty"] - done:
+        if wanted[i] > line.qty - done:
             raise RefundRefused(
-                f"line {i} ({line['name']}): {wanted[i]} to refund but only {line['qty'] - done} of {line['qty']} left"
+                f"line {i} ({line.name}): {wanted[i]} to refund but only {line.qty - done} of {line.qty} left"
             )
     if not any(wanted):
         raise RefundRefused("nothing is left to refund on this sale")
 
-    goods_total = sum(line["amount_fen"] for line in sold)
+    goods_total = sum(line.amount_fen for line in sold)
     # Points were earned on the goods that earn them (not on excluded categories): they go back with those alone.
-    earning_total = sum(line["amount_fen"] for line in sold if line.get("earns_points", True))
+    earning_total = sum(line.amount_fen for line in sold if line.earns_points)
     lines, goods_before, goods_after, earning_before, earning_after = [], 0, 0, 0, 0
     for i, line in enumerate(sold):
-        cum = lambda q, line=line: line["amount_fen"] * q // line["qty"]  # noqa: E731
+        cum = lambda q, line=line: line.amount_fen * q // line.qty  # noqa: E731
         goods_before += cum(before[i])
         goods_after += cum(before[i] + wanted[i])
-        if line.get("earns_points", True):
+        if line.earns_points:
             earning_before += cum(before[i])
             earning_after += cum(before[i] + wanted[i])
         if wanted[i]:
@@ -424,10 +414,10 @@ def _plan(sale: JournalRecord, earlier: list[JournalRecord], asked: Sequence[Ref
             lines.append(
                 {
                     "line": i,
-                    "sku": line["sku"],
-                    "name": line["name"],
+                    "sku": line.sku,
+                    "name": line.name,
                     "qty": wanted[i],
-                    "unit_price_fen": line["unit_price_fen"],
+                    "unit_price_fen": line.unit_price_fen,
                     "amount_fen": amount,
                 }
             )
@@ -438,34 +428,34 @@ def _plan(sale: JournalRecord, earlier: list[JournalRecord], asked: Sequence[Ref
             return 0
         return total * after // whole - total * before // whole
 
-    points_value = share(sale.body.get("points_value_fen", 0), goods_after, goods_before, goods_total)
+    points_value = share(body.points_value_fen, goods_after, goods_before, goods_total)
     money = (goods_after - goods_before) - points_value
-    tenders = _allocate(sale, earlier, money)
+    tenders = _allocate(body, refunds, money)
     earned = share(sale.points_earned, earning_after, earning_before, earning_total)
     returned = share(sale.points_redeemed, goods_after, goods_before, goods_total)
     return _Plan(lines, money, earned, returned, tenders)
 
 
-def _allocate(sale: JournalRecord, earlier: list[JournalRecord], money: int) -> list[dict]:
+def _allocate(sale: SaleBody, earlier: list[RefundBody], money: int) -> list[dict]:
     """Split `money` over the sale's tenders in REFUND_ORDER, each up to what it paid less what it gave back."""
     given_back: dict[int, int] = {}
     for refund in earlier:
-        for tender in refund.body["tenders"]:
-            given_back[tender["tender"]] = given_back.get(tender["tender"], 0) + tender["amount_fen"]
-    order = sorted(range(len(sale.body["tenders"])), key=lambda i: REFUND_ORDER.index(sale.body["tenders"][i]["kind"]))
+        for part in refund.tenders:
+            given_back[part.tender] = given_back.get(part.tender, 0) + part.amount_fen
+    order = sorted(range(len(sale.tenders)), key=lambda i: REFUND_ORDER.index(sale.tenders[i].kind))
     out, left = [], money
     for i in order:
-        tender = sale.body["tenders"][i]
-        room = tender["amount_fen"] - given_back.get(i, 0)
+        tender = sale.tenders[i]
+        room = tender.amount_fen - given_back.get(i, 0)
         take = min(room, left)
         if take > 0:
             out.append(
                 {
                     "tender": i,
-                    "kind": tender["kind"],
+                    "kind": tender.kind,
                     "amount_fen": take,
-                    "out_trade_no": tender.get("out_trade_no"),
-                    "reference": tender.get("reference"),
+                    "out_trade_no": tender.out_trade_no,
+                    "reference": tender.reference,
                 }
             )
             left -= take

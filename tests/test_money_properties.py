@@ -415,6 +415,7 @@ def sale_record(
     body = {
         "receipt_no": "T012611230001",
         "online": True,
+        "guide_id": None,
         "lines": [
             {
                 "sku": line.sku,
@@ -433,6 +434,8 @@ def sale_record(
         "tier_discount_fen": pricing.tier_discount_fen,
         "discount_fen": pricing.discount_fen,
         "points_value_fen": pricing.points_value_fen,
+        "member": {"display_name": "王*明", "tier": "gold", "phone_masked": None, "via": "member_code"},
+        "points_balance": 1000,
     }
     return journal_record("sale", 1, pricing.amount_due_fen, pricing.points_earned, pricing.points_redeemed, body)
 
@@ -441,10 +444,16 @@ def refund_record(sale: JournalRecord, seq: int, plan) -> JournalRecord:
     """The refund row as `Refunds.refund` writes it (without the code payments' out_refund_no and state)."""
     body = {
         "original_id": sale.id,
+        "original_receipt_no": sale.body["receipt_no"],
+        "receipt_no": f"R{sale.body['receipt_no']}-{seq - 1}",
+        "reason": None,
+        "online": True,
         "lines": plan.lines,
         "tenders": [dict(t) for t in plan.tenders],
         "coupons": [],
         "subtotal_fen": sum(line["amount_fen"] for line in plan.lines),
+        "member": sale.body["member"],
+        "points_balance": 1000,
     }
     return journal_record("refund", seq, plan.money_fen, plan.points_taken_back, plan.points_returned, body)
 
