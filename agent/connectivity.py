@@ -17,13 +17,12 @@ central (while the WAN stays down, a customer pays at most one probe's timeout e
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from agent.central_client import CentralClient
-from agent.clock import utcnow
+from agent.clock import SYSTEM_CLOCK, Clock
 from agent.sync_job import SyncJob
 
 
@@ -40,7 +39,7 @@ class Connectivity:
     probe_timeout_s: float = 1.0
     fresh_s: float = 10.0
     recheck_s: float = 3.0
-    clock: Callable[[], datetime] = utcnow
+    clock: Clock = SYSTEM_CLOCK
     _synced: Result | None = field(default=None, init=False)
     _seen: Result | None = field(default=None, init=False)
     _probed: Result | None = field(default=None, init=False)
@@ -65,14 +64,14 @@ class Connectivity:
     def saw(self, reachable: bool) -> None:
         """What a request at the till just found for certain: central answered, or no connection could be made.
         It outranks older results (the next customer must not wait for the same timeout)."""
-        self._seen = Result(self.clock(), reachable, definite=True)
+        self._seen = Result(self.clock.now(), reachable, definite=True)
 
     def suspect(self) -> None:
         """A request at the till lost its answer: central may be away, or one packet was."""
-        self._seen = Result(self.clock(), False, definite=False)
+        self._seen = Result(self.clock.now(), False, definite=False)
 
     async def online(self) -> bool:
-        now = self.clock()
+        now = self.clock.now()
         latest = self._latest(now)
         if latest is not None and latest.reachable:
             return True
@@ -88,5 +87,5 @@ class Connectivity:
 
     async def _probe(self) -> bool:
         reachable = await self.client.probe(self.probe_timeout_s)
-        self._probed = Result(self.clock(), reachable, definite=True)
+        self._probed = Result(self.clock.now(), reachable, definite=True)
         return reachable

@@ -14,22 +14,21 @@ by central's Retry-After when that is longer. The log says "sync failing" at the
 recovered" at the next success, not every attempt. Health is public (`last_success`, `last_error`, `failures`,
 whether central did not answer) and listeners hear each recorded outcome: connectivity follows them.
 
-Time is injected (`clock` for the time of day, `monotonic` for waits, `sleep`), so the back-off and the
-debounce are tested on a fake clock.
+Time is injected (`clock`: the time of day, a monotonic clock for waits, and sleep; agent/clock.py), so the
+back-off and the debounce are tested on a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from agent.central_client import CentralError, CentralServerError, CentralUnreachable
-from agent.clock import utcnow
+from agent.clock import SYSTEM_CLOCK, Clock
 from drivers.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -55,9 +54,7 @@ class SyncJob(Generic[Report]):
     reached: Callable[[Report], bool] = _always
     backoff: Backoff = SYNC_BACKOFF
     cooldown_s: float = REQUEST_COOLDOWN_S
-    clock: Callable[[], datetime] = utcnow
-    monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    clock: Clock = SYSTEM_CLOCK
 
     # --- health: read by anyone, changed only by the job's own runs ------------------------------------------
     last_success: datetime | None = field(default=None, init=False)
@@ -76,7 +73,7 @@ class SyncJob(Generic[Report]):
 
     def ready(self) -> bool:
         """Whether the back-off lets a scheduled or requested run start now."""
-        return self.monotonic() >= self.not_before
+        return self.clock.monotonic() >= self.not_before
 
     @property
     def running(self) -> bool:
@@ -118,9 +115,9 @@ class SyncJob(Generic[Report]):
     async def _requested_runs(self) -> None:
         while self._again:
             if self._last_start is not None:
-                wait = self._last_start + self.cooldown_s - self.monotonic()
+                wait = self._last_start + self.cooldown_s - self.clock.monotonic()
                 if wait > 0:
-                    await self.sleep(wait)
+                    await self.clock.sleep(wait)
             self._again = False
             await self.run()
 
@@ -150,7 +147,7 @@ class SyncJob(Generic[Report]):
 
     async def _run(self) -> Report:
         """The work, with the lock held; its outcome recorded."""
-        self._last_start = self.monotonic()
+        self._last_start = self.clock.monotonic()
         try:
             report = await self.work()
         except Exception as exc:
@@ -164,7 +161,7 @@ class SyncJob(Generic[Report]):
         """Record a run that reached central."""
         if self.failures:
             log.info("sync recovered", extra={"job": self.name, "after_failures": self.failures})
-        self.last_success = self.clock()
+        self.last_success = self.clock.now()
         self.last_error = None
         self.unreachable = False
         self.failures = 0
@@ -177,11 +174,11 @@ class SyncJob(Generic[Report]):
             log.warning("sync failing", extra={"job": self.name, "error": str(exc)})
         self.failures += 1
         self.last_error = str(exc)
-        self.last_failure_at = self.clock()
+        self.last_failure_at = self.clock.now()
         self.unreachable = isinstance(exc, (CentralUnreachable, CentralServerError))
         delay = self.backoff.delay(self.failures)
         if isinstance(exc, CentralServerError) and exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, self.backoff.cap))  # central's wish, within the agent's own cap
-        self.not_before = self.monotonic() + delay
+        self.not_before = self.clock.monotonic() + delay
         self._notify()
         return delay

@@ -13,6 +13,7 @@ from agent.clock import utcnow
 from agent.connectivity import Connectivity
 from agent.settings import CentralSettings
 from agent.sync_job import SyncJob
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
@@ -64,17 +65,6 @@ def test_without_recent_results_a_short_probe_answers_and_is_remembered(central,
     loop.run_until_complete(later.client.aclose())
 
 
-class Clock:
-    def __init__(self):
-        self.now = utcnow()
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
 def test_one_lost_answer_is_settled_by_a_probe_not_taken_for_an_outage(central, loop):
     push = a_job("push")
     link = connectivity(central, [push])
@@ -87,7 +77,7 @@ def test_one_lost_answer_is_settled_by_a_probe_not_taken_for_an_outage(central, 
 
 
 def test_a_connection_that_could_not_be_made_is_offline_at_once_and_rechecked_soon(central, loop):
-    clock = Clock()
+    clock = FakeClock(utcnow())
     link = connectivity(central, [])
     link.clock = clock
     central.stop()

@@ -5,52 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from agent.central_client import CentralRejected, CentralServerError, CentralTimedOut
 from agent.sync_job import SyncJob
 from drivers.backoff import Backoff
+from tests.support.clock import T0, FakeClock, settle
 
-T0 = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
 EXACT = Backoff(first=2.0, cap=300.0, jitter=0)  # the real policy's steps, without the draw, to name the seconds
-
-
-class FakeClock:
-    """Time moves only when the test moves it; `sleep` waits for it."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> datetime:
-        return T0 + timedelta(seconds=self.seconds)
-
-    def monotonic(self) -> float:
-        return self.seconds
-
-    async def sleep(self, seconds: float) -> None:
-        entry = (self.seconds + seconds, asyncio.get_running_loop().create_future())
-        self._sleepers.append(entry)
-        try:
-            await entry[1]
-        finally:
-            if entry in self._sleepers:
-                self._sleepers.remove(entry)
-
-    async def advance(self, seconds: float) -> None:
-        self.seconds += seconds
-        for entry in [e for e in self._sleepers if e[0] <= self.seconds]:
-            self._sleepers.remove(entry)
-            entry[1].set_result(None)
-        await settle()
-
-
-async def settle() -> None:
-    """Let every task that can run do so (the scripted work below never leaves the loop)."""
-    for _ in range(50):
-        await asyncio.sleep(0)
 
 
 class Central:
@@ -82,7 +46,7 @@ class Central:
 
 def a_job(clock: FakeClock, central: Central, **options) -> SyncJob:
     options.setdefault("backoff", EXACT)
-    return SyncJob("push", central, clock=clock.now, monotonic=clock.monotonic, sleep=clock.sleep, **options)
+    return SyncJob("push", central, clock=clock, **options)
 
 
 DOWN = CentralTimedOut("central did not answer in time")
@@ -104,7 +68,7 @@ def test_never_two_runs_at_once_whoever_asks():
         assert central.under_way == 1
         central.hold.set()
         await asyncio.gather(scheduled, again, now)
-        await clock.advance(job.cooldown_s)
+        await clock.elapse(job.cooldown_s)
         assert central.most_at_once == 1 and len(central.started) == 4  # each one ran, one after the other
         assert not job.running
 
@@ -120,14 +84,14 @@ def test_requests_in_a_burst_make_one_run_at_once_then_one_per_cooldown():
             job.request_refresh()
         await settle()
         assert central.started == [0.0]  # the first sale is sent at once, the others with it
-        await clock.advance(0.3)
+        await clock.elapse(0.3)
         job.request_refresh()
         job.request_refresh()
         await settle()
         assert central.started == [0.0]  # within the cool-down: waits
-        await clock.advance(0.7)
+        await clock.elapse(0.7)
         assert central.started == [0.0, 1.0]  # one run for both, at the end of the cool-down
-        await clock.advance(5)
+        await clock.elapse(5)
         assert central.started == [0.0, 1.0]  # nothing more was asked
 
     asyncio.run(scenario())
@@ -142,18 +106,18 @@ def test_a_sale_made_during_a_push_is_sent_right_after_it():
         scheduled = asyncio.create_task(job.run())  # the interval's push has read the outbox already
         await settle()
         job.request_refresh()
-        await clock.advance(3)  # the push takes a while
+        await clock.elapse(3)  # the push takes a while
         central.hold.set()
         await scheduled
         await settle()
         assert central.started == [0.0, 3.0]
         central.hold.clear()
         job.request_refresh()  # the next sale: after the cool-down
-        await clock.advance(1.0)
+        await clock.elapse(1.0)
         assert central.under_way == 1
         job.request_refresh()  # and a sale made while its push is under way
         central.hold.set()
-        await clock.advance(1.0)
+        await clock.elapse(1.0)
         assert central.started == [0.0, 3.0, 4.0, 5.0]
 
     asyncio.run(scenario())
@@ -167,12 +131,12 @@ def test_a_failure_backs_off_scheduled_and_requested_runs_but_not_sync_now():
         assert await job.run() is None  # recorded, not raised: the scheduler keeps its schedule
         assert (job.failures, job.unreachable, job.last_failure_at) == (1, True, T0)
         assert job.last_error == "central did not answer in time"
-        await clock.advance(1.9)
+        await clock.elapse(1.9)
         assert await job.run() is None
         job.request_refresh()
         await settle()
         assert central.started == [0.0]  # 2 s after the first failure: nobody knocks
-        await clock.advance(0.1)
+        await clock.elapse(0.1)
         assert await job.run() is None  # the second failure: 4 s now
         assert central.started == [0.0, 2.0] and job.failures == 2
         assert await job.refresh() == "ok"  # the till's button does not wait for the back-off
@@ -203,10 +167,10 @@ def test_centrals_retry_after_is_honoured_within_the_cap(retry_after, runs_at):
         job = a_job(clock, central)
         await job.run()
         assert job.unreachable  # central in trouble: a suspicion for connectivity, not a refusal
-        await clock.advance(runs_at - 0.01)
+        await clock.elapse(runs_at - 0.01)
         await job.run()
         assert len(central.started) == 1
-        await clock.advance(0.01)
+        await clock.elapse(0.01)
         assert await job.run() == "ok"
 
     asyncio.run(scenario())
@@ -296,7 +260,7 @@ def test_closed_means_no_more_requested_runs():
         await settle()
         await job.close()
         job.request_refresh()
-        await clock.advance(10)
+        await clock.elapse(10)
         assert central.started == [0.0]
 
     asyncio.run(scenario())
