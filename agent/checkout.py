@@ -38,7 +38,7 @@ from agent.benefits import (
     price,
 )
 from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralRejected
-from agent.clock import business_day, to_storage, utcnow
+from agent.clock import SYSTEM_CLOCK, Clock, business_day, to_storage, utcnow
 from agent.codes import Classification, CodeRules, Kind, classify
 from agent.connectivity import Connectivity
 from agent.db import reader
@@ -124,6 +124,7 @@ class Checkout:
         receipts: ReceiptPrinting | None = None,
         push_soon: Callable[[], None] | None = None,
         disk: DiskSpace | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self.settings = settings
         self.engine = engine
@@ -136,6 +137,9 @@ class Checkout:
         self._receipts = receipts
         self._push_soon = push_soon or (lambda: None)
         self._disk = disk
+        # The sale's time rules (a code payment's limit, the follower's waits) read this clock; the receipt's
+        # business day reads the wall clock, as the journal that counts it does.
+        self.clock = clock
         self.rules: CodeRules = settings.codes.rules()
         self.station_id = settings.station.id
         self.current: Sale | None = None
@@ -490,7 +494,7 @@ class Checkout:
         owner, coupon = found
         member_id = sale.member.id if sale.member else None
         try:
-            check_coupon(coupon, owner, member_id, utcnow(), await self.connectivity.online())
+            check_coupon(coupon, owner, member_id, self.clock.now(), await self.connectivity.online())
         except CouponNotUsable as exc:
             raise CouponRefused(str(exc), "优惠券不可用") from None
         sale.coupons.append(SaleCoupon(code=coupon.code, title=coupon.title))
@@ -618,7 +622,7 @@ class Checkout:
             provider=provider,
             state="sending",
             amount_fen=sale.remaining_fen,
-            created_at=utcnow(),
+            created_at=self.clock.now(),
         )
         sale.payments.append(payment)
         sale.state = "tender"
@@ -731,7 +735,7 @@ class Checkout:
                     if payment.cancel_requested and not payment.void_answered:
                         answer = await self.client.void_payment(out_trade_no, self._void_of(payment))
                         payment.void_answered = True
-                    elif utcnow() - payment.created_at > limit and not payment.cancel_requested:
+                    elif self.clock.now() - payment.created_at > limit and not payment.cancel_requested:
                         async with self._lock:
                             payment.message = "the customer did not confirm in time"
                             await self._give_up(sale, payment)
@@ -745,7 +749,7 @@ class Checkout:
                     log.warning(
                         "payment outcome not known yet", extra={"out_trade_no": out_trade_no, "error": str(exc)}
                     )
-                    await asyncio.sleep(RESOLVE_RETRY.delay(failures=1))
+                    await self.clock.sleep(RESOLVE_RETRY.delay(failures=1))
                     continue
                 if answer is None:
                     continue
@@ -800,7 +804,7 @@ class Checkout:
         payment.state = state
         if ends and self.metrics is not None:
             self.metrics.code_payment_ended(
-                payment.provider, state, None if offline else utcnow() - payment.created_at, offline
+                payment.provider, state, None if offline else self.clock.now() - payment.created_at, offline
             )
 
     def _void_of(self, payment: CodePayment) -> PaymentVoid:

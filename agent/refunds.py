@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralRejected
-from agent.clock import to_storage, utcnow
+from agent.clock import SYSTEM_CLOCK, Clock, to_storage, utcnow
 from agent.connectivity import Connectivity
 from agent.db import reader
 from agent.errors import AgentError, NotFound, Offline, PaymentFailed, RefundInProgress, RefundRefused
@@ -95,6 +95,7 @@ class Refunds:
         connectivity: Connectivity,
         receipts: ReceiptPrinting | None = None,
         push_soon: Callable[[], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self.settings = settings
         self.engine = engine
@@ -104,6 +105,7 @@ class Refunds:
         self.connectivity = connectivity
         self._receipts = receipts
         self._push_soon = push_soon or (lambda: None)
+        self.clock = clock  # the background follower's waits
         self._lock = asyncio.Lock()
         self._followers: dict[str, asyncio.Task] = {}
         self.metrics: AgentMetrics | None = None  # counts refunds (agent/metrics.py)
@@ -257,7 +259,7 @@ class Refunds:
         """Finish a pending refund in the background, trying again at growing intervals until central answers."""
         failures = 0 if at_once else 1  # followed because an answer did not come, or found pending at a start
         while True:
-            await asyncio.sleep(RETRY.delay(failures))
+            await self.clock.sleep(RETRY.delay(failures))
             failures += 1
             async with self._lock:
                 pending = await asyncio.to_thread(self._pending_of, sale_id)

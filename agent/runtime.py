@@ -17,6 +17,7 @@ from agent import __version__
 from agent.api import create_app
 from agent.central_client import CentralClient
 from agent.checkout import Checkout
+from agent.clock import SYSTEM_CLOCK
 from agent.connectivity import Connectivity
 from agent.db import open_database, schema_revision
 from agent.devices import StationDevices
@@ -96,7 +97,8 @@ def open_checkout(
     client = sync.client
     if settings.devices.printer is not None:
         state.receipts = ReceiptPrinting(settings, devices.render, devices.columns, lambda: devices.printer)
-    connectivity = Connectivity(client, sync.jobs, probe_timeout_s=settings.offline.probe_timeout_s)
+    clock = SYSTEM_CLOCK  # the one clock the sale's time rules read
+    connectivity = Connectivity(client, sync.jobs, probe_timeout_s=settings.offline.probe_timeout_s, clock=clock)
     identifier = Identifier(state.members, state.member_codes, client, connectivity.online)
     # A sale or refund just journaled: send it now rather than at the next interval, so points are confirmed
     # quickly; without a store token there is nobody to send it to.
@@ -114,6 +116,7 @@ def open_checkout(
         receipts=state.receipts,
         push_soon=push_soon,
         disk=state.disk,
+        clock=clock,
     )
     refunds = Refunds(
         settings,
@@ -124,6 +127,7 @@ def open_checkout(
         connectivity,
         receipts=state.receipts,
         push_soon=push_soon,
+        clock=clock,
     )
     scans.subscribe(checkout.on_scan)
     state.checkout, state.refunds = checkout, refunds
