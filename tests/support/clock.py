@@ -59,7 +59,8 @@ class FakeClock:
 
         async def parked() -> None:
             while len(self._sleepers) < count:
-                self._changed = asyncio.Event()
+                if self._changed is None:
+                    self._changed = asyncio.Event()  # shared by every waiter until the next sleeper parks
                 await self._changed.wait()
 
         await asyncio.wait_for(parked(), within)
@@ -67,6 +68,7 @@ class FakeClock:
     def _wake_watchers(self) -> None:
         if self._changed is not None:
             self._changed.set()
+            self._changed = None
 
 
 async def settle() -> None:
