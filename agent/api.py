@@ -24,7 +24,7 @@ from agent.central_client import CentralError
 from agent.checkout_api import checkout_router, sessions_router
 from agent.clock import utcnow
 from agent.codes import Kind
-from agent.db import reader, schema_revision
+from agent.db import schema_revision
 from agent.deps import (
     TOKEN_REQUIRED,
     V1_ERRORS,
@@ -53,9 +53,9 @@ from agent.errors import (
 )
 from agent.health import health_router
 from agent.ids import new_transaction_id
-from agent.metrics import read_database_figures
 from agent.print_queue import JobNotFound, JobStateError, JobView
 from agent.receipts import test_page
+from agent.station_figures import aread_station_figures
 from agent.sync import PullReport, PushReport
 from drivers.capabilities import HasPreviews, TakesScans
 from drivers.escpos_printer import PrinterConnection
@@ -195,7 +195,9 @@ printer_router = APIRouter(prefix="/v1/printer", tags=["printer"], dependencies=
 async def status(state: StateDep) -> Status:
     """Devices, online or offline, how far behind the push to central is, outbox depth and the print queue."""
     settings = state.settings
-    figures = await asyncio.to_thread(read_database_figures, state.engine)  # the same figures /metrics shows
+    queue = state.devices.printer if state.devices else None
+    # One read of the database, the figures /metrics shows, off the event loop.
+    figures = await aread_station_figures(state.engine, queue.printer_id if queue is not None else None)
     database = DatabaseStatus(
         path=str(settings.storage.database),
         schema_revision=await asyncio.to_thread(schema_revision, state.engine),
@@ -206,7 +208,9 @@ async def status(state: StateDep) -> Status:
     )
     checkout = None
     if state.checkout is not None:
-        printer = state.devices.printer.status if state.devices and state.devices.printer else None
+        printer = (
+            queue.status_with(figures.print_jobs) if queue is not None and figures.print_jobs is not None else None
+        )
         lag = figures.sync_lag(utcnow())
         lag_s = None if lag is None else int(lag.total_seconds())
         checkout = CheckoutStatus(
@@ -319,9 +323,9 @@ def printer_status(state: StateDep, devices: DevicesDep, queue: PrinterDep) -> P
 
 
 @printer_router.get("/jobs", responses=error_responses(NotFound))
-def jobs(devices: DevicesDep, queue: PrinterDep, status: str | None = None) -> list[JobPublic]:
+async def jobs(devices: DevicesDep, queue: PrinterDep, status: str | None = None) -> list[JobPublic]:
     """The print queue's jobs, newest first; `status` (queued, printing, uncertain, printed, cancelled) narrows."""
-    return [_job_public(devices.printer_connection, job) for job in queue.jobs(status)]
+    return [_job_public(devices.printer_connection, job) for job in await queue.ajobs(status)]
 
 
 @printer_router.post("/test-page", responses=error_responses(NotFound))
@@ -352,14 +356,13 @@ def job_action(job_id: str, action: str, devices: DevicesDep, queue: PrinterDep)
     dependencies=[Depends(accepts_token_in_query)],
     responses={200: {"content": {"image/png": {}}, "description": "the paper, drawn"}, **error_responses(NotFound)},
 )
-def job_preview(job_id: str, state: StateDep, devices: DevicesDep) -> FileResponse:
+async def job_preview(job_id: str, devices: DevicesDep, queue: PrinterDep) -> FileResponse:
     """A picture of a printed job's paper (simulated printers only); an <img> may carry the token as `?token=`."""
     connection = devices.printer_connection
     if not isinstance(connection, HasPreviews):
         raise NotFound("previews exist for simulated printers only")
-    with reader(state.engine) as db:
-        data = db.exec_driver_sql("SELECT data FROM print_job WHERE id = ?", (job_id,)).scalar()
-    path = connection.preview_of(data) if data is not None else None
+    data = await queue.store.adata(job_id)
+    path = await asyncio.to_thread(connection.preview_of, data) if data is not None else None
     if path is None:
         raise NotFound(f"no preview for print job {job_id} (not printed yet?)")
     return FileResponse(path, media_type="image/png")

@@ -211,6 +211,7 @@ class Doctor:
     def _database_content(self, path: Path, engine: sa.Engine) -> Iterator[Check]:
         from agent.db import head_revision
         from agent.journal import verify
+        from agent.print_queue import PrintJobStore
 
         with engine.connect() as connection:
             quick = connection.exec_driver_sql("PRAGMA quick_check").scalar()
@@ -219,7 +220,7 @@ class Doctor:
             pending, rejected, oldest = connection.exec_driver_sql(
                 "SELECT sum(status = 'pending'), sum(status = 'rejected'), min(CASE WHEN status = 'pending' THEN created_at END) FROM outbox"
             ).one()
-            uncertain = connection.exec_driver_sql("SELECT count(*) FROM print_job WHERE status = 'uncertain'").scalar()
+        uncertain = PrintJobStore(engine).uncertain_count()
         size = path.stat().st_size + _size(path.with_name(path.name + "-wal"))
         if quick != "ok" or full != ["ok"]:
             yield Check(

@@ -7,6 +7,7 @@ cursor, never half a page.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Sequence
@@ -17,10 +18,13 @@ import sqlalchemy as sa
 
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
+from agent.models import Member
 from agent.pii import phone_hash
 from central.contract import IDENTIFIER_KIND_PATTERN
 
 log = logging.getLogger(__name__)
+
+_member = Member.metadata.tables["member"]
 
 IDENTIFIER_KIND = re.compile(IDENTIFIER_KIND_PATTERN)
 CURSOR_KEY = "member_feed_cursor"
@@ -240,6 +244,16 @@ class MemberCache:
             [(to_storage(at), code) for code in codes],
         )
 
+    @staticmethod
+    def set_points(connection: sa.Connection, balances: Sequence[tuple[str, int]]) -> None:
+        """Central's authoritative balances (member id, points), in the caller's transaction (the push that
+        confirmed the rows they follow from)."""
+        if balances:
+            connection.execute(
+                sa.update(_member).where(_member.c.id == sa.bindparam("member")).values(points=sa.bindparam("points")),
+                [{"member": member_id, "points": points} for member_id, points in balances],
+            )
+
     def lookup(self, kind: str, value: str) -> CachedMember | None:
         """The member holding identifier (kind, value), in one indexed query."""
         if not IDENTIFIER_KIND.match(kind):
@@ -313,4 +327,23 @@ class MemberCache:
 
     def count(self) -> int:
         with reader(self.engine) as connection:
-            return connection.exec_driver_sql("SELECT count(*) FROM member").scalar_one()
+            return self.count_in(connection)
+
+    @staticmethod
+    def count_in(connection: sa.Connection) -> int:
+        """Members in the cache, read in the caller's transaction (the station's figures, agent/station_figures.py)."""
+        return connection.execute(sa.select(sa.func.count()).select_from(_member)).scalar_one()
+
+    # --- the same, from the event loop: each hops to a worker thread, since a read may wait on the disk ----------
+
+    async def alookup(self, kind: str, value: str) -> CachedMember | None:
+        return await asyncio.to_thread(self.lookup, kind, value)
+
+    async def aget(self, member_id: str) -> CachedMember | None:
+        return await asyncio.to_thread(self.get, member_id)
+
+    async def aapply(self, changes: Sequence[MemberChange], cursor: str | None = None) -> ApplyResult:
+        return await asyncio.to_thread(self.apply, changes, cursor)
+
+    async def amark_seen(self, member_id: str) -> None:
+        await asyncio.to_thread(self.mark_seen, member_id)

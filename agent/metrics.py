@@ -5,7 +5,7 @@ Two kinds of figures:
   start at zero with each process, which Prometheus's `rate()` and `increase()` expect;
 - gauges read when Prometheus scrapes (journal rows, outbox depth, sync lag, print queue, devices, database size),
   by `StationCollector`, from the database and the devices' own status. The scrape runs in a worker thread, never
-  on the event loop, and its queries are the ones `/v1/status` shows (`read_database_figures`).
+  on the event loop, and reads the database once: the figures `/v1/status` shows (`agent/station_figures.py`).
 
 Each app has its own registry (never prometheus_client's global one), so several agents in one process — the
 tests — keep their figures apart. Labels hold device ids, kinds and outcomes only: nothing about a member.
@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,10 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.clock import from_storage, utcnow
+from agent.clock import utcnow
 from agent.codes import Kind
-from agent.db import reader
 from agent.print_queue import PrinterState
+from agent.station_figures import StationFigures, read_station_figures
 from drivers.base import DeviceState
 
 log = logging.getLogger(__name__)
@@ -47,40 +46,6 @@ PAYMENT_BUCKETS_S = (0.5, 1, 2, 3, 5, 8, 13, 20, 30, 45, 60, 120, 300)
 PRINT_FAILURES = ("offline", "paper_out", "error")
 SYNC_RESULTS = ("accepted", "duplicate", "rejected", "unreadable")
 PRINTER_UP = frozenset({PrinterState.READY, PrinterState.PRINTING})
-
-
-@dataclass(frozen=True)
-class DatabaseFigures:
-    """What the database says about the till's backlog: shared by `/v1/status` and `/metrics`."""
-
-    members: int
-    journal_rows: int
-    outbox_pending: int
-    outbox_rejected: int
-    oldest_pending_at: datetime | None
-    refunds_pending: int
-
-    def sync_lag(self, now: datetime) -> timedelta | None:
-        """How long the oldest journal row still waiting for central has waited; None when none waits."""
-        return None if self.oldest_pending_at is None else now - self.oldest_pending_at
-
-
-def read_database_figures(engine: sa.Engine) -> DatabaseFigures:
-    """Cheap reads (counts and one min over the outbox); blocking: call it from a worker thread."""
-    with reader(engine) as connection:
-        count = lambda sql: connection.exec_driver_sql(sql).scalar_one()  # noqa: E731
-        outbox: dict[str, int] = dict(
-            connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").tuples().all()
-        )
-        oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
-        return DatabaseFigures(
-            members=count("SELECT count(*) FROM member"),
-            journal_rows=count("SELECT count(*) FROM journal"),
-            outbox_pending=outbox.get("pending", 0),
-            outbox_rejected=outbox.get("rejected", 0),
-            oldest_pending_at=oldest and from_storage(oldest),
-            refunds_pending=count("SELECT count(*) FROM pending_refund"),
-        )
 
 
 class AgentMetrics:
@@ -224,20 +189,21 @@ class StationCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state = self.state
         settings = state.settings
+        printer = state.devices.printer if state.devices is not None else None
+        try:
+            figures = read_station_figures(state.engine, printer.printer_id if printer is not None else None)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("metrics: the database could not be read", extra={"error": str(exc)[:200]})
+            figures = None
         where = {"store": settings.store.id, "station": settings.station.id, "station_kind": settings.station.kind}
         yield InfoMetricFamily(
             "pos_edge_build", "The agent's version and where it runs", value={"version": __version__, **where}
         )
-        yield from self._database(state)
-        yield from self._devices(state)
+        yield from self._database(state, figures)
+        yield from self._devices(state, figures)
         yield from self._sync(state)
 
-    def _database(self, state: Any) -> Iterator[Metric]:
-        try:
-            figures = read_database_figures(state.engine)
-        except sa.exc.SQLAlchemyError as exc:
-            log.warning("metrics: the database could not be read", extra={"error": str(exc)[:200]})
-            figures = None
+    def _database(self, state: Any, figures: StationFigures | None) -> Iterator[Metric]:
         yield _gauge(
             "pos_edge_database_readable", "1 when the scrape could read the database", int(figures is not None)
         )
@@ -278,7 +244,7 @@ class StationCollector(Collector):
                 space.min_free_bytes,
             )
 
-    def _devices(self, state: Any) -> Iterator[Metric]:
+    def _devices(self, state: Any, figures: StationFigures | None) -> Iterator[Metric]:
         up = GaugeMetricFamily("pos_edge_device_up", "1 when the device can be used now", labels=["device", "type"])
         current = GaugeMetricFamily(
             "pos_edge_device_state", "The device's current state (1)", labels=["device", "type", "state"]
@@ -294,11 +260,9 @@ class StationCollector(Collector):
             up.add_metric([scanner.device_id, "scanner"], int(status.state is DeviceState.CONNECTED))
             current.add_metric([scanner.device_id, "scanner", status.state.value], 1)
         if devices is not None and devices.printer is not None:
-            try:
-                queue = devices.printer.status  # its counts come from the database
-            except sa.exc.SQLAlchemyError:
-                queue = None  # pos_edge_database_readable says why
-            if queue is not None:
+            counts = figures.print_jobs if figures is not None else None  # None: pos_edge_database_readable says why
+            if counts is not None:
+                queue = devices.printer.status_with(counts)
                 up.add_metric([queue.printer_id, "printer"], int(queue.state in PRINTER_UP))
                 current.add_metric([queue.printer_id, "printer", queue.state.value], 1)
                 jobs.add_metric([queue.printer_id, "queued"], queue.queued)

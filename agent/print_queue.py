@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
+from agent.models import PrintJob
 from drivers.backoff import Backoff
 from drivers.base import DeviceError, PaperOut
 
@@ -76,6 +78,14 @@ class QueueStatus:
     since: datetime
 
 
+@dataclass(frozen=True)
+class JobCounts:
+    """A printer's jobs that wait: to print (queued) or for a person (uncertain)."""
+
+    queued: int = 0
+    uncertain: int = 0
+
+
 _JOB_COLUMNS = "id, printer_id, purpose, journal_id, status, attempts, last_error, created_at, printed_at"
 
 
@@ -101,6 +111,73 @@ def insert_job(
     )
 
 
+_print_job = PrintJob.metadata.tables["print_job"]
+# Jobs not yet done with: waiting to print, being sent, or waiting for a person.
+UNFINISHED = ("queued", "sending", "uncertain")
+
+
+class PrintJobStore:
+    """Every read and write of `print_job` outside the worker below (and `insert_job`, which writes inside the
+    caller's transaction). Methods named `a…` hop to a worker thread: call those from the event loop."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def counts(self, printer_id: str, connection: sa.Connection | None = None) -> JobCounts:
+        """How many of the printer's jobs wait; with `connection`, inside the caller's read transaction."""
+        if connection is None:
+            with reader(self.engine) as own:
+                return self.counts(printer_id, own)
+        query = (
+            sa.select(_print_job.c.status, sa.func.count())
+            .where(_print_job.c.printer_id == printer_id, _print_job.c.status.in_(("queued", "uncertain")))
+            .group_by(_print_job.c.status)
+        )
+        found: dict[str, int] = dict(connection.execute(query).tuples().all())
+        return JobCounts(found.get("queued", 0), found.get("uncertain", 0))
+
+    def data(self, job_id: str) -> bytes | None:
+        """The bytes of a job as rendered once (a simulated printer draws its preview from them)."""
+        with reader(self.engine) as connection:
+            return connection.execute(sa.select(_print_job.c.data).where(_print_job.c.id == job_id)).scalar()
+
+    async def adata(self, job_id: str) -> bytes | None:
+        return await asyncio.to_thread(self.data, job_id)
+
+    def uncertain_count(self) -> int:
+        """Jobs of every printer that wait for a person to say whether they printed."""
+        with reader(self.engine) as connection:
+            return connection.execute(
+                sa.select(sa.func.count()).select_from(_print_job).where(_print_job.c.status == "uncertain")
+            ).scalar_one()
+
+    @staticmethod
+    def unfinished_journal_ids(connection: sa.Connection) -> set[str]:
+        """Transactions whose receipt is queued, sending or uncertain, read in the caller's transaction. Few at any
+        time; print_job has no index on journal_id, so a caller reads them once per batch."""
+        query = sa.select(_print_job.c.journal_id).where(
+            _print_job.c.status.in_(UNFINISHED), _print_job.c.journal_id.is_not(None)
+        )
+        return set(connection.execute(query).scalars())
+
+    def purge_finished(self, before: datetime, batch_size: int) -> int:
+        """Delete jobs printed or cancelled before then, `batch_size` per transaction; how many went. Jobs queued,
+        sending or uncertain stay, whatever their age."""
+        oldest = (
+            sa.select(_print_job.c.seq)
+            .where(_print_job.c.status.in_(("printed", "cancelled")), _print_job.c.updated_at < before)
+            .order_by(_print_job.c.seq)
+            .limit(batch_size)
+        )
+        total = 0
+        while True:
+            with self.engine.begin() as connection:
+                deleted = connection.execute(sa.delete(_print_job).where(_print_job.c.seq.in_(oldest))).rowcount
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+
 class PrintQueue:
     def __init__(
         self,
@@ -111,6 +188,7 @@ class PrintQueue:
         backoff: Backoff | None = None,
     ):
         self.engine = engine
+        self.store = PrintJobStore(engine)
         self.printer_id = printer_id
         self._send = send
         self._on_status = on_status or (lambda status: None)
@@ -157,6 +235,9 @@ class PrintQueue:
             rows = connection.exec_driver_sql(sql + " ORDER BY seq DESC LIMIT ?", params + (limit,)).all()
         return [_view(row) for row in rows]
 
+    async def ajobs(self, status: str | None = None, limit: int = 50) -> list[JobView]:
+        return await asyncio.to_thread(self.jobs, status, limit)
+
     def cancel(self, job_id: str) -> JobView:
         """A person gives up on a job that has not printed (queued or uncertain)."""
         return self._transition(job_id, {"queued", "uncertain"}, "cancelled")
@@ -173,19 +254,15 @@ class PrintQueue:
 
     @property
     def status(self) -> QueueStatus:
-        with reader(self.engine) as connection:
-            counts: dict[str, int] = dict(
-                connection.exec_driver_sql(
-                    "SELECT status, count(*) FROM print_job WHERE printer_id = ? AND status IN ('queued', 'uncertain')"
-                    " GROUP BY status",
-                    (self.printer_id,),
-                )
-                .tuples()
-                .all()
-            )
-        return QueueStatus(
-            self.printer_id, self._state, self._reason, counts.get("queued", 0), counts.get("uncertain", 0), self._since
-        )
+        """The printer's state and its waiting jobs; reads the database: off the event loop (`astatus`)."""
+        return self.status_with(self.store.counts(self.printer_id))
+
+    async def astatus(self) -> QueueStatus:
+        return await asyncio.to_thread(lambda: self.status)
+
+    def status_with(self, counts: JobCounts) -> QueueStatus:
+        """The printer's state with job counts the caller read (e.g. with the station's other figures)."""
+        return QueueStatus(self.printer_id, self._state, self._reason, counts.queued, counts.uncertain, self._since)
 
     def wait_for(self, job_id: str, statuses: set[str], timeout: float) -> JobView:
         """Block until the job reaches one of `statuses` or the timeout passes; returns the job as it is then."""

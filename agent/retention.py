@@ -31,6 +31,7 @@ from agent.clock import to_storage, utcnow
 from agent.db import reader
 from agent.journal import purge_through
 from agent.member_cache import MemberCache
+from agent.print_queue import PrintJobStore
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,6 @@ FROM journal AS j LEFT JOIN outbox AS o ON o.journal_id = j.id
 WHERE j.station_id = ?
 ORDER BY j.seq
 LIMIT ?
-"""
-# Few at any time; print_job has no index on journal_id, so they are read once per batch.
-_UNFINISHED_RECEIPTS = (
-    "SELECT journal_id FROM print_job WHERE status IN ('queued', 'sending', 'uncertain') AND journal_id IS NOT NULL"
-)
-_FINISHED_PRINT_JOBS = """
-DELETE FROM print_job WHERE seq IN (
-    SELECT seq FROM print_job WHERE status IN ('printed', 'cancelled') AND updated_at < ? ORDER BY seq LIMIT ?
-)
 """
 
 
@@ -112,7 +104,7 @@ def purge_journal(
         while True:
             with engine.begin() as connection:
                 rows = connection.exec_driver_sql(_OLDEST, (station, batch_size)).mappings().all()
-                unprinted = set(connection.exec_driver_sql(_UNFINISHED_RECEIPTS).scalars())
+                unprinted = PrintJobStore.unfinished_journal_ids(connection)
                 taken, reason = _purgeable_prefix(connection, rows, unprinted, cutoff)
                 if taken:
                     last = taken[-1]
@@ -162,10 +154,4 @@ def _still_journaled(connection: sa.Connection, transaction_id: str) -> bool:
 def purge_print_jobs(engine: sa.Engine, before: datetime, batch_size: int = BATCH_SIZE) -> int:
     """Receipts printed or cancelled before then: their bytes served their purpose (a reprint is rendered anew
     from the journal). Jobs queued, sending or uncertain stay, whatever their age."""
-    total = 0
-    while True:
-        with engine.begin() as connection:
-            deleted = connection.exec_driver_sql(_FINISHED_PRINT_JOBS, (to_storage(before), batch_size)).rowcount
-        total += deleted
-        if deleted < batch_size:
-            return total
+    return PrintJobStore(engine).purge_finished(before, batch_size)

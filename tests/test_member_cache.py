@@ -98,3 +98,11 @@ def test_bad_lookups_are_clear_errors(cache):
         cache.lookup("email", "a@b.c")
     with pytest.raises(InvalidPhoneNumber):
         cache.lookup_phone("12345")
+
+
+def test_central_balances_are_written_in_the_callers_transaction(engine, cache):
+    cache.apply([MemberChange("m1", 1, tier="gold", points=100), MemberChange("m2", 2, tier="silver", points=5)])
+    with engine.begin() as connection:
+        MemberCache.set_points(connection, [("m1", 130), ("gone", 7)])  # a member the cache no longer holds
+    assert (cache.get("m1").points, cache.get("m2").points) == (130, 5)
+    assert cache.get("gone") is None
