@@ -4,11 +4,13 @@ The offline cache answers first; when it misses and central is reachable, centra
 the member is added to the cache. What a member may do depends on how they were identified: spending points
 needs a member code (signed, single use) or a phone number the customer confirmed; a card alone, or a payer
 id learnt from a payment code (WeChat forbids it), identifies the member for prices and earning only.
+
+Every read and write of the cache and of the member-code gate goes through their `a…` methods, which hop to a
+worker thread: a SQLite call on the event loop could hold every screen for the busy timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -55,8 +57,8 @@ class Identifier:
 
     async def member_code(self, text: str) -> Identification:
         """A scanned member code: verified offline, accepted once (raises a MemberCodeError if refused)."""
-        claim = self.gate.accept(text)
-        member = self.cache.get(claim.member_id)
+        claim = await self.gate.aaccept(text)
+        member = await self.cache.aget(claim.member_id)
         if member is None:
             raise MemberNotFound(
                 "this member joined after the till's last sync: identify them by card or phone, or wait a minute"
@@ -83,13 +85,12 @@ class Identifier:
             result = await self.client.identify_payer(auth_code)
         member = None
         if result.member is not None:
-            # Off the event loop: a cache write waits for the disk.
-            await asyncio.to_thread(self.cache.apply, [to_cache_change(result.member)])
-            member = self.cache.get(result.member.member_id)
+            await self.cache.aapply([to_cache_change(result.member)])
+            member = await self.cache.aget(result.member.member_id)
         return await self._seen(Identification(member, "payment_code", may_redeem=False, from_central=True))
 
     async def _by(self, kind: str, value: str, via: Via, may_redeem: bool) -> Identification:
-        member = self.cache.lookup(kind, value)
+        member = await self.cache.alookup(kind, value)
         if member is not None:
             return await self._seen(Identification(member, via, may_redeem))
         if await self._online():
@@ -98,14 +99,14 @@ class Identifier:
             except CentralError:
                 change = None  # the cache already said no; a failing central is not the customer's problem
             if change is not None:
-                await asyncio.to_thread(self.cache.apply, [to_cache_change(change)])
+                await self.cache.aapply([to_cache_change(change)])
                 return await self._seen(
-                    Identification(self.cache.get(change.member_id), via, may_redeem, from_central=True)
+                    Identification(await self.cache.aget(change.member_id), via, may_redeem, from_central=True)
                 )
         raise MemberNotFound(f"no member with this {'card' if kind == 'card_no' else 'phone number'}")
 
     async def _seen(self, found: Identification) -> Identification:
         # Their personal data stays in the cache for storage.member_retention_days from now (agent/retention.py).
         if found.member is not None:
-            await asyncio.to_thread(self.cache.mark_seen, found.member.id)
+            await self.cache.amark_seen(found.member.id)
         return found

@@ -4,6 +4,7 @@ persistent replay guard, so a screenshot of a member code works once and a resta
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,6 +52,10 @@ class MemberCodeGate:
             for kid, public_key, not_after in rows
             if not_after is None or from_storage(not_after) >= now
         }
+
+    async def aaccept(self, text: str, now: datetime | None = None) -> MemberCodeClaim:
+        """`accept` from the event loop: the replay guard writes SQLite, which may wait up to the busy timeout."""
+        return await asyncio.to_thread(self.accept, text, now)
 
     def accept(self, text: str, now: datetime | None = None) -> MemberCodeClaim:
         """Verify a scanned member code and record it as used; raises a MemberCodeError subclass if refused."""

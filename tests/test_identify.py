@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
@@ -108,3 +109,31 @@ def test_a_confirmed_phone_may_spend_points(setup, loop, central):
     assert typed.member.phone_masked == "138****5678"
     confirmed = loop.run_until_complete(identifier.phone("13812345678", confirmed=True))
     assert confirmed.may_redeem is True and not confirmed.from_central
+
+
+def test_a_member_code_waiting_for_the_database_leaves_the_event_loop_free(setup, engine, db_path, loop, central):
+    """Another writer holds the database (a sale's journal write, a feed page): the replay guard's write waits for
+    it in a worker thread, while the loop goes on serving every other screen; then the code is accepted."""
+    identifier, sync, _ = setup
+    loop.run_until_complete(sync.pull())
+    member_id, _ = member_with(engine, "card_no")
+    with central.session() as session:
+        code = member_code(session, member_id, datetime.now(UTC))
+        session.commit()
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, held
+
+    async def scan_while_locked():
+        identification = asyncio.ensure_future(identifier.member_code(code))
+        for _ in range(20):
+            await asyncio.sleep(0)  # the loop turns: other work would run here
+        waiting = not identification.done()
+        writer.execute("COMMIT")  # the other writer finishes
+        return waiting, await identification
+
+    try:
+        waiting, found = loop.run_until_complete(scan_while_locked())
+    finally:
+        writer.close()
+    assert waiting, "the identification must wait for the database off the loop, not hold the loop"
+    assert found.member.id == member_id and found.may_redeem is True
