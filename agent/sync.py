@@ -155,10 +155,7 @@ class Sync:
                     " WHERE journal_id = ?",
                     [(f"{row.reason}: {row.message or ''}".strip(": "), now, row.id) for row in rejected],
                 )
-            if result.balances:
-                connection.exec_driver_sql(
-                    "UPDATE member SET points = ? WHERE id = ?", [(b.points, b.member_id) for b in result.balances]
-                )
+            MemberCache.set_points(connection, [(b.member_id, b.points) for b in result.balances])
         for row in rejected:
             log.error(
                 "central rejected a transaction",
