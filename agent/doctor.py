@@ -209,11 +209,11 @@ class Doctor:
             engine.dispose()
 
     def _database_content(self, path: Path, engine: sa.Engine) -> Iterator[Check]:
-        from agent.db import head_revision
+        from agent.db import head_revision, reader
         from agent.journal import verify
         from agent.print_queue import PrintJobStore
 
-        with engine.connect() as connection:
+        with reader(engine) as connection:  # a live till's writers are never held up by a check
             quick = connection.exec_driver_sql("PRAGMA quick_check").scalar()
             full = [row[0] for row in connection.exec_driver_sql("PRAGMA integrity_check").all()]
             revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
