@@ -265,7 +265,7 @@ def test_kiosk_sells_catalogue_items_by_scan_and_cancel_leaves_no_trace(stack_fa
     current = stack.wait_session_current()
     assert current["lines"][0]["name"] == "矿泉水 550ml"
     stack.scan("6901234567892")
-    second = stack.wait_session(current["id"], lambda s: s["lines"][0]["qty"] == 2)
+    second = stack.wait_session(current["id"], lambda s: bool(s["lines"]) and s["lines"][0]["qty"] == 2)
     assert second["pricing"]["amount_due_fen"] == 400
     unknown = stack.api.post(f"/v1/sessions/{current['id']}/codes", json={"text": "6900000000007"})
     assert unknown.status_code == 409 and "catalogue" in unknown.json()["message"]
