@@ -459,8 +459,11 @@ class Checkout:
             via=found.via,
             may_redeem=may_redeem,
         )
-        # Coupons of another member leave with the member they belonged to.
-        sale.coupons = [c for c in sale.coupons if self._coupon_owner(c.code) in (None, member.id)]
+        # Coupons of another member leave with the member they belonged to (their owners read off the loop).
+        if sale.coupons:
+            codes = [c.code for c in sale.coupons]
+            owners = await asyncio.to_thread(lambda: {code: self._coupon_owner(code) for code in codes})
+            sale.coupons = [c for c in sale.coupons if owners[c.code] in (None, member.id)]
         if sale.state == "idle":
             sale.state = "member"
         if sale.lines:
