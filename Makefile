@@ -12,7 +12,7 @@ DEMO_ENV := POS_EDGE_CENTRAL__TOKEN=demo-store-token POS_EDGE_API__TOKEN=demo-ap
 # Debian packages: a CJK font for raster receipts, previews and the screens, zbar for the alternative camera
 # decoder, libusb for USB printers, PostgreSQL for the central service's tests on PostgreSQL, Chromium for the
 # kiosk and till screen tests (tests/ui drive it with Playwright); systemd (systemd-analyze), cage and shellcheck
-# for the checks of the units and the installer in systemd/ (tests/test_systemd_units.py, tests/test_installer.py).
+# for the checks of the units and the installer in systemd/ (tests/agent/test_systemd_units.py, tests/agent/test_installer.py).
 SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0 postgresql chromium systemd cage shellcheck
 # systemd-nspawn and curl (requests inside the container), for `make service-check` only (`make test` needs neither).
 SERVICE_CHECK_PACKAGES := systemd-container curl

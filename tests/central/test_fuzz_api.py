@@ -24,9 +24,9 @@ import schemathesis
 
 from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
+from tests.agent.test_fuzz_api import checked_workflow, fuzz_each_operation, run_workflow
 from tests.central.plugin import CentralServer, central_settings
 from tests.checkout_stack import APPID, FAST_PAYMENTS, MCH_ID, PHONE_KEY, WECHAT_KEY
-from tests.test_fuzz_api import checked_workflow, fuzz_each_operation, run_workflow
 
 # Schemathesis draws from `random` inside its strategies; Hypothesis deprecates that, nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")

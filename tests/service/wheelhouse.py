@@ -2,7 +2,7 @@
 
 A till installs from a wheel folder when it has no index (`POS_EDGE_PIP_ARGS="--no-index --find-links DIR"`,
 docs/OPERATIONS.md). Here the folder is made without the network: the agent's wheel is built from a copy of the
-source (as tests/test_installer.py does), and every distribution the agent needs at run time is packed back into a
+source (as tests/agent/test_installer.py does), and every distribution the agent needs at run time is packed back into a
 wheel from its files in `.venv` (its RECORD lists them) with `wheel pack`, so the container installs exactly the
 versions the tests ran with.
 """

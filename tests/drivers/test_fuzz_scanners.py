@@ -2,7 +2,7 @@
 HID keystroke decoder never raise, and a well-formed scan between pieces of garbage comes through intact, once.
 
 The serial framer is fuzzed as a pure function and then, for fewer examples, through a real pseudo-terminal
-read by the serial driver, exactly as it reads /dev/ttyACM0 (see tests/test_serial_scanner.py).
+read by the serial driver, exactly as it reads /dev/ttyACM0 (see tests/drivers/test_serial_scanner.py).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from agent.errors import AgentError
 from central.payments.simulators import ServedApp, serve_in_thread
 from tests.checkout_stack import Stack
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "checkout.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "checkout.md"
 TOKEN = "errors-test-token"
 
 

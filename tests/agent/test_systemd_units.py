@@ -25,7 +25,7 @@ import pytest
 from agent.udev import UdevDevice, rules, usb_identity
 from drivers.discovery import discover
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 IN_CI = os.environ.get("CI") == "true"
 MAX_EXPOSURE = 2.5

@@ -29,7 +29,7 @@ import pytest
 from agent.db import head_revision, open_database
 from agent.member_cache import MemberCache, MemberChange
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTALLER = REPO / "systemd" / "install.sh"
 IN_CI = os.environ.get("CI") == "true"
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]

@@ -16,7 +16,7 @@ import pytest
 
 from agent.systemd_notify import Notifier, keep_alive, report_status, status_line, watchdog_interval_s
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

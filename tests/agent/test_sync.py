@@ -33,7 +33,7 @@ from central import feed
 from central.identity import merge
 from tests.conftest import PHONE_KEY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 AT = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)  # 11:00 in Shanghai
 DAY = date(2026, 11, 23)
@@ -332,8 +332,8 @@ def test_cli_sync_now_and_reconcile(central, store, engine, db_path, journal, tm
 def test_the_running_agent_syncs_on_its_schedule(central, store, engine, db_path, journal, tmp_path):
     import httpx
 
-    from tests.test_cli import free_port
-    from tests.test_device_tools import wait_until
+    from tests.agent.test_cli import free_port
+    from tests.agent.test_device_tools import wait_until
 
     transaction = sale(journal, 1234)
     engine.dispose()

@@ -8,10 +8,10 @@
   only, even under a umask that would let anyone read them;
 - a member code replayed or forged (bad signature, another key, unknown kid, expired, altered member id) is
   refused at the till with a message that says what to do, and identifies nobody. The verification itself is
-  unit-tested in tests/test_member_code.py and the replay guard in tests/test_member_code_gate.py; here it is
+  unit-tested in tests/agent/test_member_code.py and the replay guard in tests/agent/test_member_code_gate.py; here it is
   the till's answer over HTTP.
 
-The settings loader's warning about a secret in a file anyone can read is tested in tests/test_settings.py.
+The settings loader's warning about a secret in a file anyone can read is tested in tests/agent/test_settings.py.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tests.checkout_stack import API_TOKEN, APPID, Stack, wechat_code
 
 # Open without a token, on purpose: liveness, the static screens (they take the token from the URL fragment),
 # the home page's redirect to the console, and the API's own description.
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPEN_PATHS = {
     "/healthz",
     "/readyz",
@@ -286,7 +286,7 @@ def test_member_codes_replayed_or_forged_are_refused_at_the_till_with_what_to_do
 @pytest.mark.parametrize("name", ["example.toml", "demo.toml"])
 def test_the_shipped_settings_hold_no_secret_so_a_copy_anyone_can_read_draws_no_warning(name, tmp_path, monkeypatch):
     """Secrets go in the environment (docs/checkout.md): the files a store starts from carry none, so copying one
-    with the usual mode 0644 exposes nothing. A secret in such a file is warned about (tests/test_settings.py)."""
+    with the usual mode 0644 exposes nothing. A secret in such a file is warned about (tests/agent/test_settings.py)."""
     for variable in [v for v in os.environ if v.startswith("POS_EDGE_")]:
         monkeypatch.delenv(variable)
     copy = tmp_path / name

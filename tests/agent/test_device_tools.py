@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from drivers.escpos_decode import QrCode, TextLine, decode
-from tests.test_camera import WECHAT, clip, phone, write_video
-from tests.test_cli import free_port
+from tests.agent.test_cli import free_port
+from tests.drivers.test_camera import WECHAT, clip, phone, write_video
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pos_edge(*args: str, **kwargs) -> subprocess.Popen:

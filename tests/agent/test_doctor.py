@@ -17,7 +17,7 @@ from agent.doctor import SERVICE_GROUPS, Doctor, read_environment_file
 from agent.journal import Journal, JournalEntry
 from tests.central.plugin import CentralServer, central_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

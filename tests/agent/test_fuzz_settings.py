@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from agent.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = tomllib.loads((ROOT / "config" / "example.toml").read_text(encoding="utf-8"))
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # What a settings error says when it cannot name a key: the file as a whole is unreadable.

@@ -41,8 +41,8 @@ from drivers.escpos_printer import (
     render,
 )
 from drivers.urls import PRINTERS, driver_class, parse_device_url
+from tests.agent.test_receipts import TRANSACTION_ID, sale_receipt
 from tests.printer_server import PrinterServer
-from tests.test_receipts import TRANSACTION_ID, sale_receipt
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 URL = f"https://r.example.com/e/{TRANSACTION_ID}"

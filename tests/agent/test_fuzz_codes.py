@@ -1,4 +1,4 @@
-"""Fuzzing the classifier (agent/codes.py) beyond tests/test_codes.py, which already checks that it never raises
+"""Fuzzing the classifier (agent/codes.py) beyond tests/agent/test_codes.py, which already checks that it never raises
 on any text or bytes, that payment values are ASCII digits and that classifying is idempotent. Here: every
 well-formed code survives any noise a scanner or a keyboard layout puts around it; no store pattern, however
 loose, takes a payment or member code; a secret never shows in clear; and a pattern from settings is either

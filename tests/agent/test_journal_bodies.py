@@ -3,7 +3,7 @@ central keeps receiving the bytes the chain hashed; the receipt number and a ref
 
 Two kinds of evidence: the body builders of before (kept below, frozen, as they were in agent/checkout.py and
 agent/refunds.py) against the typed ones on the same sale; and rows the till journaled before, through the real
-checkout (tests/data/journal_before_0008.json), upgraded in place by migration 0008.
+checkout (tests/agent/data/journal_before_0008.json), upgraded in place by migration 0008.
 """
 
 from __future__ import annotations

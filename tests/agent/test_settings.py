@@ -8,7 +8,7 @@ import pytest
 
 from agent.settings import SettingsError, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = """
 [store]

@@ -11,8 +11,8 @@ import pytest
 
 from agent.db import open_database
 from agent.journal import Journal
+from tests.agent.test_checkout import BASKET, journal_count, start_sale
 from tests.checkout_stack import wechat_code
-from tests.test_checkout import BASKET, journal_count, start_sale
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -28,10 +28,10 @@ from agent.print_queue import insert_job
 from agent.retention import RetentionPolicy, purge_journal, purge_print_jobs, run_retention
 from agent.settings import CentralSettings
 from agent.sync import Sync
+from tests.agent.test_journal import tamper
 from tests.conftest import PHONE_KEY
-from tests.test_journal import tamper
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2027, 6, 1, 4, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=200)  # past the 180-day retention

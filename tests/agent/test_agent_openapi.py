@@ -19,7 +19,7 @@ from agent.journal import JournalRecord
 from agent.sale import CodePayment, PricingView, Sale, SaleLine, SaleMember
 from tests.checkout_stack import Stack
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "agent-openapi.json"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "agent-openapi.json"
 REGENERATE = "regenerate it with: .venv/bin/pos-edge openapi --output docs/agent-openapi.json"
 # Answers that are not JSON: event streams and a receipt's picture.
 NOT_JSON = {"text/event-stream", "image/png"}

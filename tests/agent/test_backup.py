@@ -38,10 +38,10 @@ from agent.member_code_gate import MemberCodeGate
 from agent.scheduler import build_scheduler
 from agent.settings import load_settings
 from agent.sync import Sync
+from tests.agent.test_retention import confirm, fill_journal
 from tests.conftest import PHONE_KEY
-from tests.test_retention import confirm, fill_journal
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOW = datetime(2027, 6, 1, 4, 0, tzinfo=UTC)
 
@@ -135,10 +135,12 @@ def _scramble_a_page(path: Path) -> None:
 
 
 def _change_a_digit(path: Path) -> None:
-    # One character of one sale's body: SQLite sees a well-formed page, only the chain can tell.
+    # One digit of one sale's tendered amount: SQLite sees a well-formed page (no index covers it; the receipt
+    # number is indexed, so a change there is caught by the integrity check), only the chain can tell.
     data = bytearray(path.read_bytes())
-    at = data.index(b'"receipt_no":"T0100004321"')
-    data[at + 24] = ord("9")
+    sale = data.index(b'"receipt_no":"T0100004321"')
+    at = data.index(b'"amount_fen":', sale) + len(b'"amount_fen":')
+    data[at] = ord("9") if data[at] != ord("9") else ord("8")
     path.write_bytes(bytes(data))
 
 

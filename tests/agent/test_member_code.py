@@ -33,7 +33,7 @@ from agent.member_code import (
 )
 from central.member_code import generate_signing_key, public_key_b64, sign_member_code
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "member-code.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "member-code.md"
 
 # A fixed key keeps failures reproducible (RFC 8032 TEST 1; never a real key).
 SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")

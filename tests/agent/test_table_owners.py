@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-AGENT = Path(__file__).resolve().parent.parent / "agent"
+AGENT = Path(__file__).resolve().parents[2] / "agent"
 
 # table -> the module that owns it. Still to get their store: journal, journal_checkpoint, outbox, open_sale,
 # pending_refund (docs/storage.md, "Owners").

@@ -3,7 +3,7 @@ confirms, when the till gives it up, how it waits for central to come back, how 
 finished, and how long an offline verdict stands. Minutes of store time run in milliseconds, with no sleeps.
 
 The checkout and refunds are the real ones on a real SQLite file; central is faked at the `CentralClient` method
-boundary, because the subject here is the timing, not the wire (tests/test_checkout.py, test_money_faults.py and
+boundary, because the subject here is the timing, not the wire (tests/agent/test_checkout.py, test_money_faults.py and
 test_checkout_durability.py run the same rules end to end, in real time, against the real central service).
 """
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from tests.agent.test_checkout import BASKET, journal_count, start_sale
 from tests.checkout_stack import wechat_code
-from tests.test_checkout import BASKET, journal_count, start_sale
 
 
 def central_payment(stack, out_trade_no: str) -> dict:

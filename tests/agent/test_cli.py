@@ -15,7 +15,7 @@ from agent.journal import Journal, JournalEntry
 from agent.member_cache import MemberCache, MemberChange
 from agent.pii import phone_hash
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "cli-test-phone-hash-key-0123"
 
 

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import __version__
 from agent.print_queue import PrinterState
+from tests.agent.test_checkout import BASKET, start_sale
 from tests.checkout_stack import Stack, wechat_code
-from tests.test_checkout import BASKET, start_sale
 
 WATER = "6901234567892"  # in the stack's catalogue: ¥2.00
 
