@@ -33,21 +33,10 @@ from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from drivers.escpos_decode import TextLine, decode
 from tests.central.plugin import CentralServer, central_settings
+from tests.support.credentials import API_TOKEN, APPID, MCH_ID, PHONE_KEY, WECHAT_KEY
+from tests.support.timings import STORE_PAYMENTS
 
-APPID, MCH_ID, WECHAT_KEY = "wx5f3c9a1e7b2d4068", "1900000109", "8f14e45fceea167a5a36dedd4bea2543"
-API_TOKEN = "test-api-token-0123456789"
-PHONE_KEY = "test-phone-hash-key-0123456789"
 STORE = "S1"
-# Central's payment timings, shrunk so a USERPAYING customer or a reversal takes a fraction of a second; its own
-# give-up limit stays long so a loaded machine never turns a slow confirmation into a reversal.
-FAST_PAYMENTS = dict(
-    payments_poll_seconds=0.05,
-    payments_limit_seconds=20.0,
-    payments_reverse_not_before_seconds=0.2,
-    payments_answer_seconds=2.0,
-    payments_retry_max_seconds=0.1,
-    wechat_timeout_seconds=1.0,
-)
 
 _serial = iter(range(1, 10**9))
 
@@ -152,7 +141,7 @@ class Stack:
                 wechat_mch_id=MCH_ID,
                 wechat_api_key=WECHAT_KEY,
                 phone_hash_key=PHONE_KEY,
-                **FAST_PAYMENTS,
+                **STORE_PAYMENTS,
             )
         )
         self.central.start()

@@ -8,11 +8,11 @@ import pytest
 
 from agent.db import open_database
 from agent.member_cache import MemberCache
+from tests.support.credentials import PHONE_KEY_BYTES
 
 # A network receipt printer on 127.0.0.1 (the `printer_server` fixture).
 pytest_plugins = ["tests.printer_server", "tests.central.plugin", "tests.checkout_stack"]
 
-PHONE_KEY = b"test-phone-hash-key-0123456789"
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -30,7 +30,7 @@ def engine(db_path: Path):
 
 @pytest.fixture
 def cache(engine) -> MemberCache:
-    return MemberCache(engine, PHONE_KEY)
+    return MemberCache(engine, PHONE_KEY_BYTES)
 
 
 @pytest.fixture

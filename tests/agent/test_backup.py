@@ -39,7 +39,7 @@ from agent.scheduler import build_scheduler
 from agent.settings import load_settings
 from agent.sync import Sync
 from tests.agent.test_retention import confirm, fill_journal
-from tests.conftest import PHONE_KEY
+from tests.support.credentials import PHONE_KEY_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -334,7 +334,7 @@ def test_the_daily_jobs_back_up_once_a_day_and_purge(config, tmp_path, caplog):
         for _ in range(3)
     ]
     confirm(engine, *(r.id for r in old))
-    sync = Sync(engine, MemberCache(engine, PHONE_KEY), MemberCodeGate(engine), client=None)
+    sync = Sync(engine, MemberCache(engine, PHONE_KEY_BYTES), MemberCodeGate(engine), client=None)
     scheduler = build_scheduler(settings, sync)
     jobs = {job.id: job for job in scheduler.get_jobs()}
     caplog.set_level(logging.INFO, logger="agent.scheduler")

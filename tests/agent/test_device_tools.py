@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 from drivers.escpos_decode import QrCode, TextLine, decode
 from tests.agent.test_cli import free_port
 from tests.drivers.test_camera import WECHAT, clip, phone, write_video
+from tests.support.poll import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,16 +97,6 @@ def running_agent(tmp_path):
     agent.wait(timeout=15)
 
 
-def wait_until(check, timeout: float = 10.0):
-    """Poll the agent's API until `check` returns something truthy (the agent works on its own threads)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.05)
-    raise AssertionError("the agent did not get there in time")
-
-
 def test_agent_routes_simulated_scans_and_previews_receipts(running_agent):
     client, folder = running_agent
     devices = client.get("/v1/devices").json()
@@ -121,7 +111,7 @@ def test_agent_routes_simulated_scans_and_previews_receipts(running_agent):
 
     assert client.post("/v1/devices/scanner-1/scan", json={"text": "]C0134512345678901234"}).status_code == 202
     assert client.post("/v1/devices/nope/scan", json={"text": "1"}).status_code == 404
-    scan = wait_until(lambda: client.get("/v1/scans").json())[0]
+    scan = eventually(lambda: client.get("/v1/scans").json())[0]
     assert (scan["kind"], scan["provider"], scan["value"], scan["device_id"]) == (
         "payment",
         "wechat",
@@ -130,7 +120,7 @@ def test_agent_routes_simulated_scans_and_previews_receipts(running_agent):
     )
 
     job = client.post("/v1/printer/test-page").json()
-    printed = wait_until(
+    printed = eventually(
         lambda: next(
             (j for j in client.get("/v1/printer/jobs").json() if j["id"] == job["id"] and j["status"] == "printed"),
             None,

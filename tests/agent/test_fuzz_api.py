@@ -25,7 +25,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Flaky, Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.checkout_stack import API_TOKEN, Stack
+from tests.checkout_stack import Stack
+from tests.support.credentials import API_TOKEN
 
 # Schemathesis draws from `random` inside its strategies; Hypothesis deprecates that, nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")

@@ -20,6 +20,7 @@ from agent import __version__
 from agent.print_queue import PrinterState
 from tests.agent.test_checkout import BASKET, start_sale
 from tests.checkout_stack import Stack, wechat_code
+from tests.support.poll import eventually
 
 WATER = "6901234567892"  # in the stack's catalogue: ¥2.00
 
@@ -54,15 +55,6 @@ def ready(stack: Stack) -> tuple[int, dict[str, dict[str, Any]]]:
     body = answer.json()
     assert body["can_sell"] is (answer.status_code == 200)
     return answer.status_code, {part["name"]: part for part in body["parts"]}
-
-
-def until(condition: Callable[[], Any], within: float = 10.0, what: str = "the condition") -> Any:
-    """Ask again until `condition()` holds (its value), for parts whose change no event announces."""
-    deadline = time.monotonic() + within
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"{what} never held"
-        time.sleep(0.02)
-    return found
 
 
 @pytest.fixture
@@ -260,14 +252,14 @@ def test_a_kiosk_without_a_working_scanner_cannot_sell(custom_stack):
     os.close(slave)  # only the driver holds the port open, as with a real one
     try:
         stack = custom_stack("kiosk", scanner=('url = "sim://scanner-1"', f'url = "serial://{path}"'))
-        status, parts = until(
+        status, parts = eventually(
             lambda: (found := ready(stack))[1]["scanner-1"]["ok"] and found, what="the scanner connected"
         )
         assert status == 200 and parts["scanning"]["ok"] and parts["central"]["needed_to_sell"]
     finally:
         os.close(master)  # the USB cable pulled
 
-    status, parts = until(lambda: (found := ready(stack))[0] == 503 and found, what="/readyz said 503")
+    status, parts = eventually(lambda: (found := ready(stack))[0] == 503 and found, what="/readyz said 503")
     assert parts["scanner-1"]["state"] in ("disconnected", "error") and not parts["scanner-1"]["ok"]
     assert (parts["scanning"]["ok"], parts["scanning"]["needed_to_sell"]) == (False, True)
     assert parts["database"]["ok"] and parts["central"]["ok"]

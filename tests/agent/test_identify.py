@@ -18,7 +18,7 @@ from agent.pii import InvalidPhoneNumber
 from agent.settings import CentralSettings
 from agent.sync import Sync
 from central.keys import member_code
-from tests.conftest import PHONE_KEY
+from tests.support.credentials import PHONE_KEY_BYTES
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def setup(engine, central, loop):
         url=central.url, token=SecretStr(credentials.token), connect_timeout_s=2, read_timeout_s=5
     )
     client = CentralClient(settings, "SH001")
-    cache, gate = MemberCache(engine, PHONE_KEY), MemberCodeGate(engine)
+    cache, gate = MemberCache(engine, PHONE_KEY_BYTES), MemberCodeGate(engine)
     online = {"up": True}
 
     async def is_online() -> bool:

@@ -28,13 +28,13 @@ import pytest
 
 from agent.db import head_revision, open_database
 from agent.member_cache import MemberCache, MemberChange
+from tests.support.credentials import PHONE_KEY_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLER = REPO / "systemd" / "install.sh"
 IN_CI = os.environ.get("CI") == "true"
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-KEY = b"test-phone-hash-key-0123456789"
 UPGRADE_REVISION = "9001"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the installer creates users and owners: root only")
@@ -219,7 +219,7 @@ def with_a_member(root: Path) -> None:
     assert made.returncode == 0, made.stderr
     engine = open_database(agent_database(root))
     try:
-        MemberCache(engine, KEY).apply(
+        MemberCache(engine, PHONE_KEY_BYTES).apply(
             [
                 MemberChange(
                     member_id="m1",

@@ -91,7 +91,8 @@ def test_under_systemd_lines_carry_their_priority_and_no_time(tmp_path):
 def test_the_agent_under_systemd_logs_no_code_phone_or_token(stack_factory):
     import re
 
-    from tests.checkout_stack import API_TOKEN, wechat_code
+    from tests.checkout_stack import wechat_code
+    from tests.support.credentials import API_TOKEN
 
     stack = stack_factory(separate_process=True, as_service=True)
     code = wechat_code("00", customer="0077")

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from agent.db import open_database
 from agent.member_cache import MemberCache, MemberChange, UnknownIdentifierKind
 from agent.pii import InvalidPhoneNumber, phone_hash
-from tests.conftest import PHONE_KEY
+from tests.support.credentials import PHONE_KEY_BYTES
 
 
 def wang(version: int = 1, **overrides) -> MemberChange:
@@ -24,7 +24,7 @@ def wang(version: int = 1, **overrides) -> MemberChange:
             ("openid:wx1234567890abcdef", "oP_wang_mini"),
             ("openid:wxfedcba0987654321", "oP_wang_oa"),
             ("card_no", "8800012345678"),
-            ("phone_hash", phone_hash(PHONE_KEY, "13812345678")),
+            ("phone_hash", phone_hash(PHONE_KEY_BYTES, "13812345678")),
         ),
     )
     fields.update(overrides)
@@ -87,7 +87,7 @@ def test_a_failed_page_leaves_the_previous_state_and_cursor(cache):
 def test_state_survives_reopening(cache, engine, db_path):
     cache.apply([wang()], cursor="abc")
     engine.dispose()
-    reopened = MemberCache(open_database(db_path), PHONE_KEY)
+    reopened = MemberCache(open_database(db_path), PHONE_KEY_BYTES)
     assert reopened.cursor() == "abc"
     assert reopened.lookup("unionid", "oU_wang").tier == "gold"
     reopened.engine.dispose()

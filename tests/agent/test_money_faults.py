@@ -5,14 +5,13 @@ paid sale, and code payment not refused while central is fine."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from agent.db import open_database
 from agent.journal import Journal
 from tests.agent.test_checkout import BASKET, journal_count, start_sale
 from tests.checkout_stack import wechat_code
+from tests.support.poll import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,13 +32,6 @@ def journaled_code_tenders(stack) -> list[str]:
     return [
         tender["out_trade_no"] for sale in sales for tender in sale["body"]["tenders"] if tender.get("out_trade_no")
     ]
-
-
-def until(condition, within: float = 15) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.05)
 
 
 # --- a charge whose request reaches central after the till asked about it -------------------------------------
@@ -127,7 +119,11 @@ def test_a_refund_whose_answer_a_crash_cut_off_is_finished_at_the_next_start(sta
     stack.kill()
     stack.start()  # nobody asks again: the till finishes the refund by itself
 
-    until(lambda: stack.api.get(f"/v1/transactions/{sale['transaction_id']}").json()["refunds"])
+    eventually(
+        lambda: stack.api.get(f"/v1/transactions/{sale['transaction_id']}").json()["refunds"],
+        within=15,
+        what="the refund",
+    )
     refunds = stack.api.get(f"/v1/transactions/{sale['transaction_id']}").json()["refunds"]
     assert [r["total_fen"] for r in refunds] == [4190]
     assert stack.wechat.count("refund") == 1
@@ -193,7 +189,9 @@ def test_one_lost_push_answer_does_not_turn_code_payment_off(stack):
     stack.central.faults.drop_response("/v1/transactions:batch", method="POST")
     start = start_sale(stack)
     stack.api.post(f"/v1/sessions/{start['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000})
-    until(lambda: stack.api.get("/v1/sync").json()["push"]["failures"] == 1)  # the sale's push lost its answer
+    eventually(
+        lambda: stack.api.get("/v1/sync").json()["push"]["failures"] == 1, within=15, what="a failed push"
+    )  # the sale's push lost its answer
 
     session = start_sale(stack)
     assert session["online"] is True

@@ -29,7 +29,7 @@ from agent.retention import RetentionPolicy, purge_journal, purge_print_jobs, ru
 from agent.settings import CentralSettings
 from agent.sync import Sync
 from tests.agent.test_journal import tamper
-from tests.conftest import PHONE_KEY
+from tests.support.credentials import PHONE_KEY_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -140,7 +140,9 @@ def test_only_rows_central_accepted_and_older_than_the_retention_go(central, eng
     )
     from agent.central_client import CentralClient
 
-    sync = Sync(engine, MemberCache(engine, PHONE_KEY), MemberCodeGate(engine), CentralClient(client_settings, "SH001"))
+    sync = Sync(
+        engine, MemberCache(engine, PHONE_KEY_BYTES), MemberCodeGate(engine), CentralClient(client_settings, "SH001")
+    )
     accepted = [journal.append(sale(OLD + timedelta(minutes=n))).id for n in range(3)]
     rejected = journal.append(sale(OLD + timedelta(minutes=5), member_id="NOSUCHMEMBER")).id  # central refuses it
     behind = journal.append(sale(OLD + timedelta(minutes=6))).id  # accepted, old, but after the rejected one

@@ -30,7 +30,8 @@ from fastapi.routing import iter_route_contexts
 from agent.member_code import HEADER_LEN, SIGNATURE_LEN, parse_member_code
 from agent.settings import load_settings
 from central.member_code import generate_signing_key, sign_member_code
-from tests.checkout_stack import API_TOKEN, APPID, Stack, wechat_code
+from tests.checkout_stack import Stack, wechat_code
+from tests.support.credentials import API_TOKEN, APPID
 
 # Open without a token, on purpose: liveness, the static screens (they take the token from the URL fragment),
 # the home page's redirect to the console, and the API's own description.

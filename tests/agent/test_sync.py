@@ -31,7 +31,7 @@ from agent.settings import CentralSettings
 from agent.sync import Sync
 from central import feed
 from central.identity import merge
-from tests.conftest import PHONE_KEY
+from tests.support.credentials import PHONE_KEY_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -51,7 +51,7 @@ def make_sync(engine, central, credentials, store_id: str | None = None, batch_s
     )
     return Sync(
         engine=engine,
-        cache=MemberCache(engine, PHONE_KEY),
+        cache=MemberCache(engine, PHONE_KEY_BYTES),
         gate=MemberCodeGate(engine),
         client=CentralClient(settings, store_id or credentials.store_id),
         batch_size=batch_size,
@@ -333,7 +333,7 @@ def test_the_running_agent_syncs_on_its_schedule(central, store, engine, db_path
     import httpx
 
     from tests.agent.test_cli import free_port
-    from tests.agent.test_device_tools import wait_until
+    from tests.support.poll import eventually
 
     transaction = sale(journal, 1234)
     engine.dispose()
@@ -356,9 +356,9 @@ def test_the_running_agent_syncs_on_its_schedule(central, store, engine, db_path
             if "Uvicorn running" in line or agent.poll() is not None:
                 break
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
-        status = wait_until(
+        status = eventually(
             lambda: (s := api.get("/v1/sync").json())["push"]["last_success"] and s["pull"]["last_success"] and s,
-            timeout=20,
+            within=20,
         )
         assert status["outbox_pending"] == 0 and status["member_cursor"]
         with central.client(store) as client:
@@ -379,13 +379,19 @@ def test_reconcile_reports_a_customer_charged_with_no_sale(central_factory, engi
     from central.payments.reconcile import CHINA
     from central.payments.simulators import serve_in_thread
     from central.payments.simulators.wechat import WeChatSimulator
-    from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, pay
+    from tests.central.test_payments import code, pay
+    from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
+    from tests.support.timings import FAST_PAYMENTS
 
-    simulator = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY)
+    simulator = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY)
     served = serve_in_thread(simulator.app())
     try:
         central = central_factory(
-            wechat_base_url=served.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST
+            wechat_base_url=served.url,
+            wechat_appid=APPID,
+            wechat_mch_id=MCH_ID,
+            wechat_api_key=WECHAT_KEY,
+            **FAST_PAYMENTS,
         )
         store = central.add_store("SH001")
         with central.client(store) as client:

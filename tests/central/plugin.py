@@ -46,10 +46,9 @@ from central.main import create_app
 from central.pii import mask_phone, phone_hash
 from central.seed import SeedReport, seed_demo
 from central.stores import add_store
+from tests.support.credentials import PHONE_KEY
 
 IN_CI = os.environ.get("CI") == "true"
-# The agent tests' key (tests/conftest.py PHONE_KEY): a till and this central agree on phone hashes.
-PHONE_KEY = "test-phone-hash-key-0123456789"
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from agent.member_code import load_public_key, verify_member_code
 from central.cli import main
 from central.models import Coupon, LedgerEntry, Member, MemberIdentifier
 from central.seed import MINI_PROGRAM_APPID, OFFICIAL_ACCOUNT_APPID, demo_member
-from tests.central.plugin import PHONE_KEY
+from tests.support.credentials import PHONE_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,7 +26,8 @@ from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from tests.agent.test_fuzz_api import checked_workflow, fuzz_each_operation, run_workflow
 from tests.central.plugin import CentralServer, central_settings
-from tests.checkout_stack import APPID, FAST_PAYMENTS, MCH_ID, PHONE_KEY, WECHAT_KEY
+from tests.support.credentials import APPID, MCH_ID, PHONE_KEY, WECHAT_KEY
+from tests.support.timings import STORE_PAYMENTS
 
 # Schemathesis draws from `random` inside its strategies; Hypothesis deprecates that, nothing to act on here.
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
@@ -101,7 +102,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CentralS
         wechat_mch_id=MCH_ID,
         wechat_api_key=WECHAT_KEY,
         phone_hash_key=PHONE_KEY,
-        **FAST_PAYMENTS,
+        **STORE_PAYMENTS,
     )
     server = CentralServer(settings_)
     server.start()

@@ -8,7 +8,7 @@ import pytest
 
 from agent.pii import phone_hash as agent_phone_hash
 from central import contract
-from tests.central.plugin import PHONE_KEY
+from tests.support.credentials import PHONE_KEY
 
 MINI = "openid:wx5f3c9a1e7b2d4068"
 

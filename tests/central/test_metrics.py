@@ -9,7 +9,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.central.rows import journal_row
-from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, follow, new_otn, pay, sim  # noqa: F401 - sim: fixture
+from tests.central.test_payments import code, follow, new_otn, pay, sim  # noqa: F401 - sim: fixture
+from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
+from tests.support.timings import FAST_PAYMENTS
 
 TOKEN = "metrics-token-0123456789abcdef"
 
@@ -49,9 +51,9 @@ def test_payments_requests_ingestion_and_the_feed_are_counted(central_factory, s
         wechat_base_url=sim.url,
         wechat_appid=APPID,
         wechat_mch_id=MCH_ID,
-        wechat_api_key=KEY,
+        wechat_api_key=WECHAT_KEY,
         metrics_token=TOKEN,
-        **FAST,
+        **FAST_PAYMENTS,
     )
     store = server.add_store("S1")
     before = scrape(server)

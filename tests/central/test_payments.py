@@ -13,23 +13,18 @@ import pytest
 from central.models import Payment, PaymentEvent
 from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
+from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
+from tests.support.timings import FAST_PAYMENTS
 
-APPID, MCH_ID, KEY = "wx5f3c9a1e7b2d4068", "1900000109", "8f14e45fceea167a5a36dedd4bea2543"
-NOT_BEFORE = 0.3
-FAST = dict(
-    payments_poll_seconds=0.05,
-    payments_limit_seconds=3.0,
-    payments_reverse_not_before_seconds=NOT_BEFORE,
-    payments_answer_seconds=2.0,
-    payments_retry_max_seconds=0.1,
-    wechat_timeout_seconds=0.4,
-)
+NOT_BEFORE = FAST_PAYMENTS["payments_reverse_not_before_seconds"]
 _serial = itertools.count(1)
 
 
 @pytest.fixture
 def sim():
-    simulator = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY, userpaying_seconds=0.2, slow_seconds=0.7)
+    simulator = WeChatSimulator(
+        appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.2, slow_seconds=0.7
+    )
     served = serve_in_thread(simulator.app())
     simulator.url = served.url
     yield simulator
@@ -40,7 +35,7 @@ def sim():
 def paying(central_factory, sim):
     """A central service with WeChat Pay pointed at the simulator, a store S1 and its client."""
     server = central_factory(
-        wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST
+        wechat_base_url=sim.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=WECHAT_KEY, **FAST_PAYMENTS
     )
     store = server.add_store("S1")
     with server.client(store) as client:
@@ -146,7 +141,7 @@ def test_never_confirmed_is_reversed_after_the_limit_and_not_before(paying, sim)
     assert "撤销" in done["reason_zh"] and "reversed" in done["reason_en"]
     order = sim.orders[otn]
     assert order.state == "REVOKED" and order.reverse_calls == 1 and not order.paid_before_reverse
-    assert order.reversed_at - started >= timedelta(seconds=FAST["payments_limit_seconds"])
+    assert order.reversed_at - started >= timedelta(seconds=FAST_PAYMENTS["payments_limit_seconds"])
 
 
 @pytest.mark.parametrize("scenario", ["20", "21"])
@@ -214,14 +209,14 @@ def test_a_paid_payment_taken_back_by_the_till_is_reversed(paying, sim):
 def test_a_lost_or_bad_answer_after_the_charge_is_settled_by_query_never_a_second_charge(
     central_factory, sim, scenario, fault
 ):
-    # The give-up limit is long here: on a loaded machine FAST's could pass before the query, and the
+    # The give-up limit is long here: on a loaded machine FAST_PAYMENTS's could pass before the query, and the
     # gateway would then (rightly) reverse instead of settling, which is another test's subject.
     server = central_factory(
         wechat_base_url=sim.url,
         wechat_appid=APPID,
         wechat_mch_id=MCH_ID,
-        wechat_api_key=KEY,
-        **(FAST | {"payments_limit_seconds": 30.0}),
+        wechat_api_key=WECHAT_KEY,
+        **(FAST_PAYMENTS | {"payments_limit_seconds": 30.0}),
     )
     with server.client(server.add_store("S1")) as client:
         payment = pay(client, code(scenario)).json()
@@ -292,8 +287,8 @@ def test_a_payment_survives_a_restart_while_the_customer_confirms(central_factor
         wechat_base_url=sim.url,
         wechat_appid=APPID,
         wechat_mch_id=MCH_ID,
-        wechat_api_key=KEY,
-        **(FAST | {"payments_limit_seconds": 30.0}),
+        wechat_api_key=WECHAT_KEY,
+        **(FAST_PAYMENTS | {"payments_limit_seconds": 30.0}),
     )
     store = server.add_store("S1")
     frozen = datetime.now(UTC)

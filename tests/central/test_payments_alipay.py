@@ -14,7 +14,8 @@ from central.cli import cli
 from central.payments.reconcile import CHINA
 from central.payments.simulators import serve_in_thread
 from central.payments.simulators.alipay import AlipaySimulator, generate_rsa_keypair
-from tests.central.test_payments import FAST, follow, new_otn, pay
+from tests.central.test_payments import follow, new_otn, pay
+from tests.support.timings import FAST_PAYMENTS
 
 APP_ID = "2021000000000001"
 
@@ -41,7 +42,7 @@ def alipay_central(central_factory, alipay: AlipaySimulator, tmp_path: Path):
     merchant_private, alipay_public = alipay.keys
     (tmp_path / "app_private.pem").write_text(merchant_private)
     (tmp_path / "alipay_public.pem").write_text(alipay_public)
-    fast = {k: v for k, v in FAST.items() if not k.startswith("wechat_")}
+    fast = {k: v for k, v in FAST_PAYMENTS.items() if not k.startswith("wechat_")}
     return central_factory(
         alipay_base_url=alipay.url,
         alipay_app_id=APP_ID,

@@ -3,7 +3,6 @@ worker pushes them to a wire-level stub of the card API (the simulator's cgi-bin
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -17,6 +16,7 @@ from central.payments.cards import register_card
 from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from tests.central.rows import journal_row
+from tests.support.poll import eventually
 
 APPID, MCH_ID, KEY, SECRET = (
     "wx9b1d7e3a5c2f8046",
@@ -49,13 +49,6 @@ def syncing(central_factory, card_api):
         yield server, client
 
 
-def wait_for(predicate, within: float = 5.0):
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def jobs(server) -> list[tuple[str, int]]:
     table = CardSyncJob.__table__
     with server.session() as session:
@@ -75,14 +68,14 @@ def test_points_changes_are_pushed_with_add_bonus_and_the_absolute_bonus(syncing
     client.post(
         "/v1/transactions:batch", json={"transactions": [sale, journal_row(800, member_id=other, points_earned=8)]}
     ).raise_for_status()
-    wait_for(lambda: any(call.answered == 0 for call in card_api.card_calls))
+    eventually(lambda: any(call.answered == 0 for call in card_api.card_calls))
     failed, pushed = card_api.card_calls
     assert failed.answered == -1 and failed.body == pushed.body
     assert pushed.body["card_id"] == CARD and pushed.body["code"] == "123456789012"
     assert (pushed.body["add_bonus"], pushed.body["bonus"]) == (25, 525) and pushed.body[
         "record_bonus"
     ] == "消费获得积分"
-    wait_for(lambda: jobs(server) == [("done", 2)])  # the worker books the push once WeChat's answer is back
+    eventually(lambda: jobs(server) == [("done", 2)])  # the worker books the push once WeChat's answer is back
 
     # The same batch again books nothing and pushes nothing.
     client.post("/v1/transactions:batch", json={"transactions": [sale]}).raise_for_status()
@@ -91,7 +84,7 @@ def test_points_changes_are_pushed_with_add_bonus_and_the_absolute_bonus(syncing
         "/v1/transactions:batch",
         json={"transactions": [journal_row(1000, member_id=holder, points_earned=10, points_redeemed=100)]},
     ).raise_for_status()
-    wait_for(lambda: len(jobs(server)) == 3 and all(state == "done" for state, _ in jobs(server)))
+    eventually(lambda: len(jobs(server)) == 3 and all(state == "done" for state, _ in jobs(server)))
     later = [call.body for call in card_api.card_calls[2:]]
     assert [(b["add_bonus"], b["record_bonus"]) for b in later] == [(10, "消费获得积分"), (-100, "积分抵扣消费")]
     assert later[-1]["bonus"] == 525 + 10 - 100 and len(card_api.card_calls) == 4

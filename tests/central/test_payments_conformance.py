@@ -12,14 +12,16 @@ from central.payments.alipay import parse_time
 from central.payments.simulators import serve_in_thread
 from central.payments.simulators.alipay import generate_rsa_keypair
 from central.payments.simulators.wechat import WeChatSimulator
-from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, follow, pay
+from tests.central.test_payments import code, follow, pay
 from tests.central.test_payments_alipay import alipay_central, serve_alipay
 from tests.central.test_payments_alipay import code as alipay_code
+from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
+from tests.support.timings import FAST_PAYMENTS
 
 
 @pytest.fixture
 def wechat():
-    simulator = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY, userpaying_seconds=0.2)
+    simulator = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.2)
     served = serve_in_thread(simulator.app())
     simulator.url = served.url
     yield simulator
@@ -28,7 +30,9 @@ def wechat():
 
 def wechat_central(central_factory, wechat, **overrides):
     """A central service with WeChat Pay pointed at the simulator (the settings' default sign type), its store S1."""
-    settings = dict(wechat_base_url=wechat.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST)
+    settings = dict(
+        wechat_base_url=wechat.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=WECHAT_KEY, **FAST_PAYMENTS
+    )
     server = central_factory(**(settings | overrides))
     return server, server.add_store("S1")
 
@@ -68,7 +72,7 @@ def test_micropay_expires_when_central_gives_up(central_factory, wechat):
 def test_a_charge_reaching_wechat_too_late_is_refused_and_the_order_closed(central_factory):
     # WeChat's clock is 15 s ahead of central's: as if every request took 15 s to get there.
     wechat = WeChatSimulator(
-        appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=lambda: datetime.now(UTC) + timedelta(seconds=15)
+        appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, clock=lambda: datetime.now(UTC) + timedelta(seconds=15)
     )
     served = serve_in_thread(wechat.app())
     wechat.url = served.url

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,7 +19,10 @@ from central.cli import cli
 from central.payments.orphans import refund_number
 from central.payments.reconcile import CHINA
 from tests.central import test_payments as base
-from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, follow, pay
+from tests.central.test_payments import code, follow, pay
+from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
+from tests.support.poll import eventually
+from tests.support.timings import FAST_PAYMENTS
 
 sim = base.sim
 HOUR = timedelta(hours=1)
@@ -104,9 +106,9 @@ def orphans(central_factory, sim):
             wechat_base_url=sim.url,
             wechat_appid=APPID,
             wechat_mch_id=MCH_ID,
-            wechat_api_key=KEY,
+            wechat_api_key=WECHAT_KEY,
             payments_orphan_check_seconds=0,
-            **FAST,
+            **FAST_PAYMENTS,
             **settings,
         )
         store = server.add_store("S1")
@@ -254,7 +256,7 @@ def test_a_charge_the_bill_shows_and_central_never_saw_is_an_orphan(orphans, sim
     settings = tmp_path / "central.toml"
     settings.write_text(
         f'environment = "development"\ndatabase_url = "{server.settings.database_url}"\nphone_hash_key = "{server.settings.phone_hash_key.get_secret_value()}"\n'
-        f'wechat_base_url = "{sim.url}"\nwechat_appid = "{APPID}"\nwechat_mch_id = "{MCH_ID}"\nwechat_api_key = "{KEY}"\n'
+        f'wechat_base_url = "{sim.url}"\nwechat_appid = "{APPID}"\nwechat_mch_id = "{MCH_ID}"\nwechat_api_key = "{WECHAT_KEY}"\n'
     )
     assert (
         CliRunner()
@@ -329,22 +331,27 @@ def test_the_service_checks_on_its_own_schedule(central_factory, sim):
         wechat_base_url=sim.url,
         wechat_appid=APPID,
         wechat_mch_id=MCH_ID,
-        wechat_api_key=KEY,
+        wechat_api_key=WECHAT_KEY,
         payments_orphan_refund=True,
         payments_orphan_grace_seconds=0,
         payments_orphan_clock_margin_seconds=0,
         payments_orphan_check_seconds=0.05,
-        **FAST,
+        **FAST_PAYMENTS,
     )
     with server.client(server.add_store("S1")) as client:
         planted = paid(client, 990)
         till = Station(client)
         till.push(till.row(10, datetime.now(UTC)))
         orn = refund_number(planted["out_trade_no"])
-        deadline = time.monotonic() + 20
-        while (answer := client.get(f"/v1/payments/{planted['out_trade_no']}/refunds/{orn}")).status_code == 404:
-            assert time.monotonic() < deadline, "the periodic check never refunded the orphan"
-            time.sleep(0.05)  # polling the service's own state: the round runs every 0.05 s
+        answer = eventually(  # polling the service's own state: the round runs every 0.05 s
+            lambda: (
+                (found := client.get(f"/v1/payments/{planted['out_trade_no']}/refunds/{orn}")).status_code != 404
+                and found
+            ),
+            within=20,
+            what="the periodic check's refund of the orphan",
+            every=0.05,
+        )
         refund = answer.json()
         while not refund["final"]:
             refund = client.get(f"/v1/payments/{planted['out_trade_no']}/refunds/{orn}", params={"wait": 2}).json()

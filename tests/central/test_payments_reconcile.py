@@ -10,9 +10,11 @@ from click.testing import CliRunner
 from central.cli import cli
 from central.payments.wechat import BEIJING
 from tests.central import test_payments as base
-from tests.central.test_payments import APPID, KEY, MCH_ID, code, follow, pay
+from tests.central.test_payments import code, follow, pay
 
 # The payment fixtures: a central service with WeChat Pay pointed at a simulator.
+from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
+
 paying, sim = base.paying, base.sim
 
 
@@ -36,7 +38,7 @@ def test_the_bill_finds_every_kind_of_difference(paying, sim, tmp_path):
     settings = tmp_path / "central.toml"
     settings.write_text(
         f'environment = "development"\ndatabase_url = "{server.settings.database_url}"\nphone_hash_key = "{server.settings.phone_hash_key.get_secret_value()}"\n'
-        f'wechat_base_url = "{sim.url}"\nwechat_appid = "{APPID}"\nwechat_mch_id = "{MCH_ID}"\nwechat_api_key = "{KEY}"\n'
+        f'wechat_base_url = "{sim.url}"\nwechat_appid = "{APPID}"\nwechat_mch_id = "{MCH_ID}"\nwechat_api_key = "{WECHAT_KEY}"\n'
     )
     result = CliRunner().invoke(cli, ["payments", "reconcile", "--config", str(settings), "--day", day.isoformat()])
     assert result.exit_code == 0, result.output
@@ -85,7 +87,7 @@ def test_a_day_without_a_bill_and_a_provider_not_configured(paying, sim, tmp_pat
     settings = tmp_path / "central.toml"
     settings.write_text(
         f'environment = "development"\ndatabase_url = "{server.settings.database_url}"\nphone_hash_key = "{server.settings.phone_hash_key.get_secret_value()}"\n'
-        f'wechat_base_url = "{sim.url}"\nwechat_appid = "{APPID}"\nwechat_mch_id = "{MCH_ID}"\nwechat_api_key = "{KEY}"\n'
+        f'wechat_base_url = "{sim.url}"\nwechat_appid = "{APPID}"\nwechat_mch_id = "{MCH_ID}"\nwechat_api_key = "{WECHAT_KEY}"\n'
     )
     quiet = CliRunner().invoke(cli, ["payments", "reconcile", "--config", str(settings), "--day", "2020-01-01"])
     assert quiet.exit_code == 0 and "wechat 2020-01-01: 0 bill rows, 0 matched, 0 to settle" in quiet.output

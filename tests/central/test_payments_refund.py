@@ -28,9 +28,12 @@ from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from central.payments.wechat import BEIJING, parse_bill
 from tests.central.plugin import central_settings
-from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, follow, new_otn, pay
+from tests.central.test_payments import code, follow, new_otn, pay
 from tests.central.test_payments_alipay import alipay_central, rsa_keys, serve_alipay  # noqa: F401 - rsa_keys is a fixture
 from tests.central.test_payments_timing import REQUEST, ScriptedProvider, VirtualClock, engine  # noqa: F401 - a fixture
+from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
+from tests.support.poll import eventually
+from tests.support.timings import FAST_PAYMENTS
 
 REFUND_SECONDS = 60.0  # how long the WeChat simulator keeps a refund PROCESSING, on its own clock
 
@@ -55,7 +58,9 @@ def sim_clock() -> SimClock:
 
 @pytest.fixture
 def wechat(sim_clock):
-    simulator = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=sim_clock, refund_seconds=REFUND_SECONDS)
+    simulator = WeChatSimulator(
+        appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, clock=sim_clock, refund_seconds=REFUND_SECONDS
+    )
     served = serve_in_thread(simulator.app())
     simulator.url, simulator.served = served.url, served
     yield simulator
@@ -66,7 +71,7 @@ def wechat(sim_clock):
 def paying(central_factory, wechat):
     """A central service with WeChat Pay pointed at the simulator, a store S1 and its client."""
     server = central_factory(
-        wechat_base_url=wechat.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST
+        wechat_base_url=wechat.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=WECHAT_KEY, **FAST_PAYMENTS
     )
     store = server.add_store("S1")
     with server.client(store) as client:
@@ -119,13 +124,6 @@ def follow_refund(client, otn: str, orn: str, until=("SUCCESS", "FAILED"), withi
             return answer
 
 
-def wait_for(predicate, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def refund_events(server, otn: str, orn: str) -> list[tuple[str, str, str | None]]:
     """The payment's audit trail about one refund: (action, outcome, code)."""
     table = PaymentEvent.__table__
@@ -152,7 +150,7 @@ def test_a_full_refund_is_processing_then_followed_to_success(paying, wechat, si
     assert wechat.refund(orn).desc == "顾客退货" and wechat.count("refund") == 1
 
     # WeChat is still on it: central keeps asking, and keeps answering PROCESSING.
-    wait_for(lambda: wechat.count("refundquery", otn) >= 2)
+    eventually(lambda: wechat.count("refundquery", otn) >= 2)
     assert client.get(f"/v1/payments/{otn}/refunds/{orn}").json()["state"] == "PROCESSING"
     sim_clock.advance(REFUND_SECONDS)  # the money reaches the payer
     done = follow_refund(client, otn, orn)
@@ -297,11 +295,11 @@ def test_wechat_unreachable_during_the_refund_is_resolved_later_by_query(paying,
     answer = refund(client, otn, 1500, orn).json()
     assert answer["state"] == "PROCESSING" and answer["code"] == "ProviderUnreachable" and "确认" in answer["reason_zh"]
     assert ("refund", "ERROR", "ProviderUnreachable") in refund_events(server, otn, orn)
-    wait_for(lambda: ("refund_query", "ERROR", "ProviderUnreachable") in refund_events(server, otn, orn))
+    eventually(lambda: ("refund_query", "ERROR", "ProviderUnreachable") in refund_events(server, otn, orn))
     assert wechat.count("refund") == 0  # it never reached WeChat
 
     wechat.served = serve_in_thread(wechat.app(), port=port)  # WeChat is back
-    wait_for(lambda: wechat.count("refund") == 1)
+    eventually(lambda: wechat.count("refund") == 1)
     # WeChat did not know the refund, so it was sent again under the same out_refund_no.
     assert ("refund_query", "NOT_FOUND", "REFUNDNOTEXIST") in refund_events(server, otn, orn)
     sim_clock.advance(REFUND_SECONDS)
@@ -316,7 +314,7 @@ def test_a_lost_refund_answer_is_found_by_query_not_sent_again(paying, wechat, s
     orn = new_orn()
     answer = refund(client, otn, 1200, orn).json()
     assert answer["state"] == "PROCESSING" and answer["code"] == "ProviderBadResponse"
-    wait_for(lambda: client.get(f"/v1/payments/{otn}/refunds/{orn}").json()["code"] == "PROCESSING")
+    eventually(lambda: client.get(f"/v1/payments/{otn}/refunds/{orn}").json()["code"] == "PROCESSING")
     sim_clock.advance(REFUND_SECONDS)
     assert follow_refund(client, otn, orn)["state"] == "SUCCESS"
     assert wechat.count("refund") == 1 and wechat.refunded_fen(otn) == 1200
@@ -328,7 +326,7 @@ def test_a_systemerror_is_sent_again_under_the_same_number(paying, wechat, sim_c
     orn = new_orn()
     answer = refund(client, otn, 1100, orn).json()
     assert answer["state"] == "PROCESSING" and answer["code"] == "SYSTEMERROR"
-    wait_for(lambda: wechat.count("refund") == 2)
+    eventually(lambda: wechat.count("refund") == 2)
     sim_clock.advance(REFUND_SECONDS)
     assert follow_refund(client, otn, orn)["state"] == "SUCCESS"
     assert wechat.count("refund") == 2 and wechat.refunded_fen(otn) == 1100 and list(wechat.refunds) == [orn]

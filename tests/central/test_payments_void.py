@@ -3,7 +3,7 @@ give-up even when it has never seen the number, and a late copy of the charge is
 
 from __future__ import annotations
 
-from tests.central.test_payments import FAST, code, follow, new_otn, pay, paying, sim  # noqa: F401 - fixtures
+from tests.central.test_payments import code, follow, new_otn, pay, paying, sim  # noqa: F401 - fixtures
 
 VOID = {"provider": "wechat", "amount_fen": 1234, "station_id": "T01"}
 

@@ -10,7 +10,9 @@ from central.payments.reconcile import CHINA
 from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from tests.central.rows import journal_row
-from tests.central.test_payments import APPID, FAST, KEY, MCH_ID, code, pay
+from tests.central.test_payments import code, pay
+from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
+from tests.support.timings import FAST_PAYMENTS
 
 
 def independent_digest(rows: list[dict]) -> str:
@@ -68,11 +70,15 @@ def test_another_stores_summary_is_forbidden(central):
 
 
 def test_the_summary_carries_the_days_code_payments(central_factory):
-    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY)
+    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY)
     served = serve_in_thread(sim.app())
     try:
         server = central_factory(
-            wechat_base_url=served.url, wechat_appid=APPID, wechat_mch_id=MCH_ID, wechat_api_key=KEY, **FAST
+            wechat_base_url=served.url,
+            wechat_appid=APPID,
+            wechat_mch_id=MCH_ID,
+            wechat_api_key=WECHAT_KEY,
+            **FAST_PAYMENTS,
         )
         with server.client(server.add_store("S1")) as client:
             payment = pay(client, code("00"), 2500).json()

@@ -27,8 +27,7 @@ from central.payments.wechat import (
     to_xml,
     yuan_to_fen,
 )
-
-APPID, MCH_ID, KEY = "wx5f3c9a1e7b2d4068", "1900000109", "8f14e45fceea167a5a36dedd4bea2543"
+from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
 
 # WeChat Pay v2 安全规范 (pay.weixin.qq.com/wiki/doc/api/micropay.php?chapter=4_3), its worked example.
 SPEC_PARAMS = {
@@ -129,7 +128,7 @@ def test_a_bill_cut_short_or_miscounted_is_refused():
 
 @pytest.fixture(scope="module")
 def simulator():
-    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY, userpaying_seconds=0.2, slow_seconds=0.6)
+    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.2, slow_seconds=0.6)
     served = serve_in_thread(sim.app())
     sim.url = served.url
     yield sim
@@ -137,7 +136,7 @@ def simulator():
 
 
 def client(simulator, **overrides) -> WeChatPayClient:
-    values = dict(base_url=simulator.url, appid=APPID, mch_id=MCH_ID, api_key=KEY, timeout=0.3)
+    values = dict(base_url=simulator.url, appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, timeout=0.3)
     return WeChatPayClient(**(values | overrides))
 
 
@@ -245,12 +244,18 @@ def test_answers_signed_with_another_key_or_unsigned_do_not_verify():
     answers.append(to_xml({**fields, "sign": sign(fields, "2" * 32, "HMAC-SHA256")}))  # someone else's key
     answers.append(to_xml(fields))  # no signature at all
     answers.append(
-        to_xml({**fields, "mch_id": "1999999999", "sign": sign({**fields, "mch_id": "1999999999"}, KEY, "HMAC-SHA256")})
+        to_xml(
+            {
+                **fields,
+                "mch_id": "1999999999",
+                "sign": sign({**fields, "mch_id": "1999999999"}, WECHAT_KEY, "HMAC-SHA256"),
+            }
+        )
     )
     served = serve_in_thread(app)
 
     async def go():
-        wechat = WeChatPayClient(base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=KEY)
+        wechat = WeChatPayClient(base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY)
         try:
             for expected in ("signature does not verify", "not signed", "not ours"):
                 with pytest.raises(ProviderBadResponse, match=expected):
@@ -271,7 +276,7 @@ def test_an_unreachable_provider_is_unreachable():
 
     async def go():
         wechat = WeChatPayClient(
-            base_url=f"http://127.0.0.1:{port}", appid=APPID, mch_id=MCH_ID, api_key=KEY, timeout=0.5
+            base_url=f"http://127.0.0.1:{port}", appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, timeout=0.5
         )
         try:
             await wechat.query("X")
@@ -310,7 +315,7 @@ def test_query_states_reverse_with_recall_and_identify(simulator):
 
 
 def test_downloadbill_from_what_the_simulator_processed():
-    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY)
+    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY)
     served = serve_in_thread(sim.app())
     sim.url = served.url
 
@@ -354,13 +359,13 @@ def test_the_simulator_takes_authcodetoopenid_signed_md5_only_as_wechat_does(sim
     hmac_signed = {**base, "sign_type": "HMAC-SHA256"}
     md5_with_type = {**base, "sign_type": "MD5"}
     for refused in (hmac_signed, md5_with_type, base):
-        signed = {**refused, "sign": sign(refused, KEY, refused.get("sign_type", "HMAC-SHA256"))}
+        signed = {**refused, "sign": sign(refused, WECHAT_KEY, refused.get("sign_type", "HMAC-SHA256"))}
         if refused is base:  # no sign_type, but a 64-character HMAC-SHA256 sign
             assert len(signed["sign"]) == 64
         assert raw_call(url, signed) == {"return_code": "FAIL", "return_msg": "签名错误"}
-    answer = raw_call(url, {**base, "sign": sign(base, KEY, "MD5")})
+    answer = raw_call(url, {**base, "sign": sign(base, WECHAT_KEY, "MD5")})
     assert answer["return_code"] == answer["result_code"] == "SUCCESS"
-    assert answer["openid"] == simulator.openid_for(base["auth_code"]) and signature_ok(answer, KEY, "MD5")
+    assert answer["openid"] == simulator.openid_for(base["auth_code"]) and signature_ok(answer, WECHAT_KEY, "MD5")
 
 
 @pytest.mark.parametrize("sign_type", ["MD5", "HMAC-SHA256"])
@@ -391,12 +396,14 @@ def test_authcodetoopenid_goes_out_md5_without_sign_type_and_its_answer_is_check
             "result_code": "SUCCESS",
             "openid": "oPAYER",
         }
-        return Response(to_xml({**fields, "sign": sign(fields, KEY, answers.pop(0))}), media_type="text/xml")
+        return Response(to_xml({**fields, "sign": sign(fields, WECHAT_KEY, answers.pop(0))}), media_type="text/xml")
 
     served = serve_in_thread(app)
 
     async def go():
-        wechat = WeChatPayClient(base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=KEY, sign_type="HMAC-SHA256")
+        wechat = WeChatPayClient(
+            base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, sign_type="HMAC-SHA256"
+        )
         try:
             answers.append("MD5")
             payer = await wechat.identify("134567890123456789")
@@ -413,7 +420,7 @@ def test_authcodetoopenid_goes_out_md5_without_sign_type_and_its_answer_is_check
         served.stop()
     request = seen[0]
     assert "sign_type" not in request and len(request["sign"]) == 32
-    assert request["sign"] == sign(request, KEY, "MD5")
+    assert request["sign"] == sign(request, WECHAT_KEY, "MD5")
 
 
 # --- micropay: spbill_create_ip and time_expire -------------------------------------------------------------------
@@ -439,12 +446,14 @@ T0 = datetime(2026, 11, 23, 2, 0, 0, 250000, tzinfo=UTC)  # 10:00:00.25 in Beiji
 def timed():
     """A simulator and a client on one still clock (T0) that the test moves."""
     clock = SimClock(T0)
-    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=clock, userpaying_seconds=120)
+    sim = WeChatSimulator(appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, clock=clock, userpaying_seconds=120)
     served = serve_in_thread(sim.app())
     sim.url, sim.clock_ = served.url, clock
     yield (
         sim,
-        WeChatPayClient(base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=KEY, clock=lambda: T0, timeout=2),
+        WeChatPayClient(
+            base_url=served.url, appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, clock=lambda: T0, timeout=2
+        ),
     )
     served.stop()
 
