@@ -212,14 +212,13 @@ class Doctor:
         from agent.db import head_revision, reader
         from agent.journal import verify
         from agent.print_queue import PrintJobStore
+        from agent.station_figures import read_outbox
 
         with reader(engine) as connection:  # a live till's writers are never held up by a check
             quick = connection.exec_driver_sql("PRAGMA quick_check").scalar()
             full = [row[0] for row in connection.exec_driver_sql("PRAGMA integrity_check").all()]
             revision = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-            pending, rejected, oldest = connection.exec_driver_sql(
-                "SELECT sum(status = 'pending'), sum(status = 'rejected'), min(CASE WHEN status = 'pending' THEN created_at END) FROM outbox"
-            ).one()
+            outbox = read_outbox(connection)
         uncertain = PrintJobStore(engine).uncertain_count()
         size = path.stat().st_size + _size(path.with_name(path.name + "-wal"))
         if quick != "ok" or full != ["ok"]:
@@ -259,22 +258,22 @@ class Doctor:
             yield Check(
                 "journal", "ok", f"hash chain verifies: {report.rows} rows, {report.stations} station(s){purged}"
             )
-        if rejected:
+        if outbox.rejected:
             yield Check(
                 "outbox",
                 "fail",
-                f"{rejected} transaction(s) refused by central",
+                f"{outbox.rejected} transaction(s) refused by central",
                 "GET /v1/sync lists them; they need a person at central",
             )
-        elif pending and oldest and (self.now() - _parse_time(oldest)).total_seconds() > 3600:
+        elif outbox.oldest_pending_at and (self.now() - outbox.oldest_pending_at).total_seconds() > 3600:
             yield Check(
                 "outbox",
                 "warn",
-                f"{pending} transaction(s) waiting, the oldest since {oldest[:19]} UTC",
+                f"{outbox.pending} transaction(s) waiting, the oldest since {outbox.oldest_pending_at:%Y-%m-%d %H:%M:%S} UTC",
                 "check central below; the till keeps selling meanwhile",
             )
         else:
-            yield Check("outbox", "ok", f"{pending or 0} waiting")
+            yield Check("outbox", "ok", f"{outbox.pending} waiting")
         if uncertain:
             yield Check(
                 "print queue",
@@ -543,12 +542,6 @@ def _device_node(url) -> Path | None:
             return None if "%" in url.path else Path(url.path)
         return Path(f"/dev/video{url.text.split(':', 1)[1]}")
     return None  # tcp, usb, hid: found by address or id, checked by the agent's own view
-
-
-def _parse_time(text: str) -> datetime:
-    from agent.clock import from_storage
-
-    return from_storage(text)
 
 
 def _size(path: Path) -> int:

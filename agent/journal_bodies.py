@@ -59,17 +59,7 @@ def sale_body(sale: Sale, excluded_categories: Collection[str]) -> SaleBody:
 def void_body(sale: Sale) -> VoidBody:
     """A sale cancelled after money moved: what was taken (given back as the sale is cancelled)."""
     return VoidBody(
-        lines=[
-            JournalLine(
-                sku=line.sku,
-                name=line.name,
-                qty=line.qty,
-                unit_price_fen=line.unit_price_fen,
-                category=line.category,
-                amount_fen=line.amount_fen,
-            )
-            for line in sale.lines
-        ],
+        lines=[JournalLine.model_validate(line, from_attributes=True) for line in sale.lines],
         tenders=[_paid(tender) for tender in sale.tenders],
         coupons=[],
         reason=VOID_REASON,
@@ -119,11 +109,4 @@ def _sold(line: SaleLine, earns_points: bool) -> SoldLine:
 
 
 def _paid(tender: Tender) -> PaidTender:
-    return PaidTender(
-        kind=tender.kind,
-        amount_fen=tender.amount_fen,
-        tendered_fen=tender.tendered_fen,
-        change_fen=tender.change_fen,
-        reference=tender.reference,
-        out_trade_no=tender.out_trade_no,
-    )
+    return PaidTender.model_validate(tender, from_attributes=True)

@@ -35,20 +35,33 @@ class StationFigures:
         return None if self.oldest_pending_at is None else now - self.oldest_pending_at
 
 
+@dataclass(frozen=True)
+class OutboxFigures:
+    pending: int
+    rejected: int
+    oldest_pending_at: datetime | None
+
+
+def read_outbox(connection: sa.Connection) -> OutboxFigures:
+    """Rows waiting for central, rows it refused, and since when the oldest has waited: in the caller's read."""
+    counts: dict[str, int] = dict(
+        connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").tuples().all()
+    )
+    oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
+    return OutboxFigures(counts.get("pending", 0), counts.get("rejected", 0), oldest and from_storage(oldest))
+
+
 def read_station_figures(engine: sa.Engine, printer_id: str | None = None) -> StationFigures:
     """Cheap reads (counts and one min over the outbox), all in one read transaction, so they agree."""
     with reader(engine) as connection:
         count = lambda sql: connection.exec_driver_sql(sql).scalar_one()  # noqa: E731
-        outbox: dict[str, int] = dict(
-            connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").tuples().all()
-        )
-        oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
+        outbox = read_outbox(connection)
         return StationFigures(
             members=MemberCache.count_in(connection),
             journal_rows=count("SELECT count(*) FROM journal"),
-            outbox_pending=outbox.get("pending", 0),
-            outbox_rejected=outbox.get("rejected", 0),
-            oldest_pending_at=oldest and from_storage(oldest),
+            outbox_pending=outbox.pending,
+            outbox_rejected=outbox.rejected,
+            oldest_pending_at=outbox.oldest_pending_at,
             refunds_pending=count("SELECT count(*) FROM pending_refund"),
             print_jobs=None if printer_id is None else PrintJobStore(engine).counts(printer_id, connection),
         )

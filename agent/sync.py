@@ -21,10 +21,11 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from agent.central_client import CentralClient
-from agent.clock import from_storage, to_storage, utcnow
+from agent.clock import to_storage, utcnow
 from agent.db import reader
 from agent.member_cache import CachedCoupon, MemberCache, MemberChange
 from agent.member_code_gate import MemberCodeGate, PublicKeyRecord
+from agent.station_figures import read_outbox
 from agent.sync_job import SyncJob
 from central import contract
 
@@ -204,16 +205,13 @@ class Sync:
 
     def status(self) -> SyncStatus:
         with reader(self.engine) as connection:
-            counts: dict[str, int] = dict(
-                connection.exec_driver_sql("SELECT status, count(*) FROM outbox GROUP BY status").tuples().all()
-            )
-            oldest = connection.exec_driver_sql("SELECT min(created_at) FROM outbox WHERE status = 'pending'").scalar()
+            outbox = read_outbox(connection)
         return SyncStatus(
             push=self.push_job,
             pull=self.pull_job,
-            outbox_pending=counts.get("pending", 0),
-            outbox_rejected=counts.get("rejected", 0),
-            oldest_pending_at=oldest and from_storage(oldest),
+            outbox_pending=outbox.pending,
+            outbox_rejected=outbox.rejected,
+            oldest_pending_at=outbox.oldest_pending_at,
             member_cursor=self.cache.cursor(),
         )
 
