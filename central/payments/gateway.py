@@ -534,6 +534,7 @@ class Gateway:
                     "refund_query",
                     code="REJECTED",
                     reasons=REFUND_REASONS["REJECTED"],
+                    final=True,
                 )
             else:
                 # It never arrived (or the provider lost it): the same out_refund_no again, refunded at most once.
