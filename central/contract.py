@@ -21,6 +21,7 @@ Conventions on the wire:
 from __future__ import annotations
 
 from datetime import date
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -445,7 +446,27 @@ PaymentProvider = Literal["wechat", "alipay"]
 # PENDING: sent, no answer yet · USERPAYING: the customer confirms on the phone · UNKNOWN: the provider could not
 # say, central is asking · SUCCESS: paid · FAILED: not paid (`reason_*` says why) · REVERSING: given up or
 # cancelled, being reversed (treat as not paid) · REVERSED: reversed or closed, not paid (money taken goes back).
-PaymentState = Literal["PENDING", "USERPAYING", "UNKNOWN", "SUCCESS", "FAILED", "REVERSING", "REVERSED"]
+
+
+class PaymentState(StrEnum):
+    """A code payment's state, the same at central and at the till (the till adds only `sending`, before its
+    request leaves the store). Names equal values, so either spelling stores the same."""
+
+    PENDING = "PENDING"
+    USERPAYING = "USERPAYING"
+    UNKNOWN = "UNKNOWN"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    REVERSING = "REVERSING"
+    REVERSED = "REVERSED"
+
+    @property
+    def final(self) -> bool:
+        """Will not change by itself (a SUCCESS can still be reversed on request)."""
+        return self in FINAL_PAYMENT_STATES
+
+
+FINAL_PAYMENT_STATES = frozenset({PaymentState.SUCCESS, PaymentState.FAILED, PaymentState.REVERSED})
 
 
 class PaymentRequest(WireModel):
