@@ -1,5 +1,7 @@
 """The payment gateway: one state machine for every provider, persisted per `out_trade_no`, driven by asyncio tasks
-in the central process and resumed at start-up.
+in the central process and resumed at start-up. The machine's moves are a table (central/payments/transitions.py):
+each move here names the event that happened, and the table gives the states it may leave and the one it leads to;
+the move is one conditional UPDATE … WHERE state IN (those states), so a cancel and an answer racing never both win.
 
     POST /v1/payments ─► PENDING ──charge──► SUCCESS                              (paid)
                             │                FAILED                               (not paid; reason zh/en)
@@ -19,7 +21,8 @@ Rules that keep a customer from paying for nothing (WeChat's micropay guidance; 
   POST refused, so it is never charged (`void`).
 
 Refunds of a paid payment (whole, or in parts that never add up to more than was paid) are rows of their own,
-keyed by the store's `out_refund_no`, which is also the refund's number at the provider:
+keyed by the store's `out_refund_no`, which is also the refund's number at the provider; their moves are the second
+table of central/payments/transitions.py:
 
     POST .../refunds ─► PENDING ──refund──► SUCCESS (the money is back)
                            │                FAILED (refused: reason zh/en)
@@ -43,7 +46,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -53,6 +56,7 @@ import sqlalchemy as sa
 from central import contract, feed, identity
 from central.clock import utcnow
 from central.config import Settings
+from central.contract import FINAL_PAYMENT_STATES, PaymentState
 from central.db import CentralSession, read_session, write_session
 from central.errors import Conflict, Invalid, NotFound, ProviderUnavailable
 from central.models import Payment, PaymentEvent, PaymentRefund
@@ -67,17 +71,35 @@ from central.payments.provider import (
     RefundStatus,
     Result,
 )
+from central.payments.transitions import (
+    CHARGE_ANSWERS,
+    DRIVEN_STATES,
+    QUERY_ANSWERS,
+    REFUND_ANSWERS,
+    REFUND_FINAL_STATES,
+    REFUND_OPEN_STATES,
+    WAITING_STATES,
+    PaymentTrigger,
+    RefundState,
+    RefundTrigger,
+    next_payment_state,
+    next_refund_state,
+    payment_move,
+    refund_move,
+)
 
 if TYPE_CHECKING:
     from central.metrics import CentralMetrics
 
 log = logging.getLogger(__name__)
 
-WAITING = ("PENDING", "USERPAYING", "UNKNOWN")  # the outcome is still open
-ACTIVE = (*WAITING, "REVERSING")  # a task must be driving it
-FINAL = ("SUCCESS", "FAILED", "REVERSED")
-REFUND_OPEN = ("PENDING", "PROCESSING")  # a task follows it; PENDING is PROCESSING on the wire
-REFUND_FINAL = ("SUCCESS", "FAILED")
+# The state sets of central/payments/transitions.py as the database's strings, in declared order (SQL `IN`;
+# tests/chaos reads FINAL and REFUND_FINAL).
+WAITING = tuple(s.value for s in PaymentState if s in WAITING_STATES)  # the outcome is still open
+ACTIVE = tuple(s.value for s in PaymentState if s in DRIVEN_STATES)  # a task must be driving it
+FINAL = tuple(s.value for s in PaymentState if s in FINAL_PAYMENT_STATES)
+REFUND_OPEN = tuple(s.value for s in RefundState if s in REFUND_OPEN_STATES)  # a task follows it
+REFUND_FINAL = tuple(s.value for s in RefundState if s in REFUND_FINAL_STATES)
 
 # Payment codes by prefix (docs/ARCHITECTURE.md): WeChat Pay 18 digits 10–15; Alipay 16–24 digits 25–30.
 CODE_PATTERNS: dict[str, re.Pattern[str]] = {
@@ -313,8 +335,10 @@ class Gateway:
                 expires_at=now + timedelta(seconds=self.timings.limit),  # the provider closes it when we give up
             )
             self._spawn(request.out_trade_no, charge)
-        if row.state == "PENDING" and self.timings.answer > 0:
-            return await self.wait(store_id, request.out_trade_no, self.timings.answer, since="PENDING"), created
+        if row.state == PaymentState.PENDING and self.timings.answer > 0:
+            return await self.wait(
+                store_id, request.out_trade_no, self.timings.answer, since=PaymentState.PENDING
+            ), created
         return _wire(row, self), created
 
     async def get(self, store_id: str, out_trade_no: str) -> contract.Payment:
@@ -347,14 +371,17 @@ class Gateway:
         row = await asyncio.to_thread(self._load, out_trade_no)
         if row is None or row.store_id != store_id:
             raise NotFound(f"no payment {out_trade_no} at this store")
-        if row.state in ("FAILED", "REVERSED", "REVERSING"):
-            return _wire(row, self)
+        if next_payment_state(row.state, PaymentTrigger.TILL_CANCELS) is None:
+            return _wire(row, self)  # not paid, or being reversed already
         if row.provider not in self.providers:
             raise Invalid(
                 f"{PROVIDER_LABELS.get(row.provider, row.provider)} is not configured any more; cannot reverse",
                 code="provider_not_configured",
             )
-        if row.state == "SUCCESS" and self.clock() - (row.paid_at or row.charge_sent_at) > REVERSE_PAID_WITHIN:
+        if (
+            row.state == PaymentState.SUCCESS
+            and self.clock() - (row.paid_at or row.charge_sent_at) > REVERSE_PAID_WITHIN
+        ):
             # Providers reverse a paid order only for a while (Alipay 24 h, WeChat 7 days); later is a refund.
             raise Conflict(
                 "this payment was made more than 24 hours ago; refund it instead (POST .../refunds)",
@@ -363,8 +390,7 @@ class Gateway:
         changed = await asyncio.to_thread(
             self._transition,
             out_trade_no,
-            (*WAITING, "SUCCESS"),
-            "REVERSING",
+            PaymentTrigger.TILL_CANCELS,
             "cancel",
             code="CANCELLED",
             cancel_requested=True,
@@ -373,7 +399,7 @@ class Gateway:
         if changed:
             self._notify(out_trade_no)
             self._spawn(out_trade_no, None)  # a SUCCESS has no task any more; a waiting one keeps its own
-        elif row.state == "SUCCESS" and await asyncio.to_thread(self._refunded_fen, out_trade_no):
+        elif row.state == PaymentState.SUCCESS and await asyncio.to_thread(self._refunded_fen, out_trade_no):
             raise Conflict(
                 "part of this payment is refunded or being refunded; refund the rest instead of reversing it",
                 code="refunded",
@@ -403,9 +429,9 @@ class Gateway:
         row, created = await asyncio.to_thread(self._create_refund, store_id, out_trade_no, request, self.clock())
         if created:
             self._spawn_refund(request.out_refund_no, send=True)
-        if row.state == "PENDING" and self.timings.answer > 0:
+        if row.state == RefundState.PENDING and self.timings.answer > 0:
             return await self.wait_refund(
-                store_id, out_trade_no, request.out_refund_no, self.timings.answer, since="PENDING"
+                store_id, out_trade_no, request.out_refund_no, self.timings.answer, since=RefundState.PENDING
             ), created
         return _wire_refund(row), created
 
@@ -481,15 +507,14 @@ class Gateway:
             # holds all the same must not make the till pay the customer a second time).
             await self._record(otn, "refund", "REJECTED", None, str(exc), out_refund_no=out_refund_no)
             await self._move_refund(
-                out_refund_no, REFUND_OPEN, "PROCESSING", "refund", code="REJECTED", reasons=REFUND_REASONS["UNKNOWN"]
+                out_refund_no, RefundTrigger.SEND_REFUSED, "refund", code="REJECTED", reasons=REFUND_REASONS["UNKNOWN"]
             )
             return
         except ProviderError as exc:
             await self._record(otn, "refund", "ERROR", type(exc).__name__, str(exc), out_refund_no=out_refund_no)
             await self._move_refund(
                 out_refund_no,
-                ("PENDING",),
-                "PROCESSING",
+                RefundTrigger.SEND_UNANSWERED,
                 "refund",
                 code=type(exc).__name__,
                 reasons=REFUND_REASONS["UNKNOWN"],
@@ -529,12 +554,10 @@ class Gateway:
                 # Refused before processing, and the provider holds no such refund: definitely not refunded.
                 await self._move_refund(
                     out_refund_no,
-                    REFUND_OPEN,
-                    "FAILED",
+                    RefundTrigger.REFUSAL_CONFIRMED,
                     "refund_query",
                     code="REJECTED",
                     reasons=REFUND_REASONS["REJECTED"],
-                    final=True,
                 )
             else:
                 # It never arrived (or the provider lost it): the same out_refund_no again, refunded at most once.
@@ -547,72 +570,52 @@ class Gateway:
             log.error(
                 "refund %s: %s reports %d fen, %d fen were asked", orn, row.provider, result.amount_fen, row.amount_fen
             )
+        event = REFUND_ANSWERS[result.status]
         reasons = (result.reason_zh, result.reason_en)
         if result.status is RefundStatus.SUCCESS:
             await self._move_refund(
                 orn,
-                REFUND_OPEN,
-                "SUCCESS",
+                event,
                 action,
                 code=result.code,
                 reasons=reasons,
-                final=True,
                 provider_refund_no=result.provider_refund_no,
                 refunded_at=result.refunded_at or self.clock(),
             )
         elif result.status is RefundStatus.FAILED:
             await self._move_refund(
-                orn,
-                REFUND_OPEN,
-                "FAILED",
-                action,
-                code=result.code,
-                reasons=reasons,
-                final=True,
-                provider_refund_no=result.provider_refund_no,
+                orn, event, action, code=result.code, reasons=reasons, provider_refund_no=result.provider_refund_no
             )
         elif result.status is RefundStatus.PROCESSING:
             if (
-                row.state != "PROCESSING"
+                row.state != RefundState.PROCESSING
                 or row.code != result.code
                 or (result.provider_refund_no and not row.provider_refund_no)
             ):
                 await self._move_refund(
-                    orn,
-                    REFUND_OPEN,
-                    "PROCESSING",
-                    action,
-                    code=result.code,
-                    reasons=reasons,
-                    provider_refund_no=result.provider_refund_no,
+                    orn, event, action, code=result.code, reasons=reasons, provider_refund_no=result.provider_refund_no
                 )
-        elif row.state == "PENDING":  # UNKNOWN: ask again later
-            await self._move_refund(
-                orn, ("PENDING",), "PROCESSING", action, code=result.code, reasons=REFUND_REASONS["UNKNOWN"]
-            )
+        elif next_refund_state(row.state, event) is not None:  # UNKNOWN to a refund just sent: ask again later
+            await self._move_refund(orn, event, action, code=result.code, reasons=REFUND_REASONS["UNKNOWN"])
 
     async def _move_refund(
         self,
         out_refund_no: str,
-        allowed: tuple[str, ...],
-        state: str,
+        event: RefundTrigger,
         action: str,
         *,
         code: str | None = None,
         reasons: tuple[str | None, str | None] | None = None,
-        final: bool = False,
         provider_refund_no: str | None = None,
         refunded_at: datetime | None = None,
     ) -> bool:
         changed = await asyncio.to_thread(
             self._refund_transition,
             out_refund_no,
-            allowed,
-            state,
+            event,
             action,
             code=code,
             reasons=reasons,
-            final=final,
             provider_refund_no=provider_refund_no,
             refunded_at=refunded_at,
         )
@@ -675,16 +678,20 @@ class Gateway:
             # that nothing can ever be charged on it.
             await self._record(charge.out_trade_no, "charge", "REJECTED", None, str(result))
             await self._move(
-                charge.out_trade_no, ("PENDING",), "REVERSING", "charge", code="REJECTED", detail=str(result)
+                charge.out_trade_no, PaymentTrigger.CHARGE_REFUSED, "charge", code="REJECTED", detail=str(result)
             )
             return
         if isinstance(result, ProviderError):
             await self._record(charge.out_trade_no, "charge", "ERROR", type(result).__name__, str(result))
             await self._move(
-                charge.out_trade_no, ("PENDING",), "UNKNOWN", "charge", code=type(result).__name__, detail=str(result)
+                charge.out_trade_no,
+                PaymentTrigger.CHARGE_UNANSWERED,
+                "charge",
+                code=type(result).__name__,
+                detail=str(result),
             )
             return
-        await self._apply(row, result, "charge", ("PENDING",))
+        await self._apply(row, result, "charge", CHARGE_ANSWERS)
 
     async def _follow(self, out_trade_no: str) -> None:
         """Query until the outcome is known or the limit passes, then reverse until confirmed."""
@@ -693,13 +700,13 @@ class Gateway:
             if row is None or row.state in FINAL:
                 return
             provider = self.providers[row.provider]
-            if row.state == "REVERSING":
+            if row.state == PaymentState.REVERSING:
                 await self._reverse(row, provider)
                 return
             deadline = row.charge_sent_at + timedelta(seconds=self.timings.limit)
             left = (deadline - self.clock()).total_seconds()
             if left <= 0:
-                await self._move(out_trade_no, WAITING, "REVERSING", "state", code="TIMEOUT")
+                await self._move(out_trade_no, PaymentTrigger.LIMIT_PASSED, "state", code="TIMEOUT")
                 continue
             await self._pause(out_trade_no, min(self.timings.poll, left))
             row = await asyncio.to_thread(self._load, out_trade_no)
@@ -710,47 +717,24 @@ class Gateway:
             except ProviderError as exc:
                 await self._record(out_trade_no, "query", "ERROR", type(exc).__name__, str(exc))
                 continue
-            await self._apply(row, result, "query", WAITING)
+            await self._apply(row, result, "query", QUERY_ANSWERS)
 
-    async def _apply(self, row: sa.Row, result: Result, action: str, allowed: tuple[str, ...]) -> None:
-        """Take a provider's answer about `row` (from charge or query) into its state."""
+    async def _apply(self, row: sa.Row, result: Result, action: str, answers: Mapping[Outcome, PaymentTrigger]) -> None:
+        """Take a provider's answer about `row` (from charge or query: `answers` says which event each is) into its
+        state."""
         otn = row.out_trade_no
         await self._record(otn, action, result.outcome.value, result.code, None)
+        event = answers[result.outcome]
         if result.outcome is Outcome.SUCCESS:
-            await asyncio.to_thread(self._succeed, otn, result, allowed)
+            await asyncio.to_thread(self._succeed, otn, result, event)
             self._notify(otn)
-        elif result.outcome is Outcome.USERPAYING:
-            if row.state == "USERPAYING":
-                return  # no news
-            await self._move(
-                otn, allowed, "USERPAYING", action, code=result.code, reasons=(result.reason_zh, result.reason_en)
-            )
-        elif result.outcome is Outcome.FAILED:
-            if await self._move(
-                otn,
-                allowed,
-                "FAILED",
-                action,
-                code=result.code,
-                reasons=(result.reason_zh, result.reason_en),
-                final=True,
-            ):
-                self._ended(row, "FAILED", result.code)
-        elif result.outcome is Outcome.REVERSED:
-            if await self._move(
-                otn,
-                allowed,
-                "REVERSED",
-                action,
-                code=result.code,
-                reasons=(result.reason_zh, result.reason_en),
-                final=True,
-            ):
-                self._ended(row, "REVERSED", result.code)
-        elif row.state == "PENDING":  # UNKNOWN, NOT_FOUND: keep asking
-            await self._move(
-                otn, ("PENDING",), "UNKNOWN", action, code=result.code, reasons=(result.reason_zh, result.reason_en)
-            )
+            return
+        state = next_payment_state(row.state, event)
+        if state is None or state == row.state:
+            return  # no news (USERPAYING again), or nothing to change (UNKNOWN, NOT_FOUND to one asking already)
+        if await self._move(otn, event, action, code=result.code, reasons=(result.reason_zh, result.reason_en)):
+            if state.final:
+                self._ended(row, state, result.code)
 
     async def _reverse(self, row: sa.Row, provider: Provider) -> None:
         otn = row.out_trade_no
@@ -777,14 +761,12 @@ class Gateway:
                 cause = row.code if row.code in REASONS else None
                 if await self._move(
                     otn,
-                    ("REVERSING",),
-                    "REVERSED",
+                    PaymentTrigger.REVERSE_CONFIRMED,
                     "reverse",
                     code=cause or answer.code,
                     reasons=REASONS.get(cause or "CANCELLED"),
-                    final=True,
                 ):
-                    self._ended(row, "REVERSED", cause or answer.code)
+                    self._ended(row, PaymentState.REVERSED, cause or answer.code)
                 return
             if answer.recall:
                 await self._record(otn, "reverse", "RECALL", answer.code, None)
@@ -824,25 +806,15 @@ class Gateway:
     async def _move(
         self,
         out_trade_no: str,
-        allowed: tuple[str, ...],
-        state: str,
+        event: PaymentTrigger,
         action: str,
         *,
         code: str | None = None,
         reasons: tuple[str | None, str | None] | None = None,
-        final: bool = False,
         detail: str | None = None,
     ) -> bool:
         changed = await asyncio.to_thread(
-            self._transition,
-            out_trade_no,
-            allowed,
-            state,
-            action,
-            code=code,
-            reasons=reasons,
-            final=final,
-            detail=detail,
+            self._transition, out_trade_no, event, action, code=code, reasons=reasons, detail=detail
         )
         if changed:
             self._notify(out_trade_no)
@@ -898,7 +870,8 @@ class Gateway:
                 if member is None:
                     raise Invalid(f"central has no member {request.member_id}", code="unknown_member")
                 member_id = member.id
-            zh, en = REASONS["PENDING"]
+            state = payment_move(PaymentTrigger.REQUESTED).target
+            zh, en = REASONS[state]
             session.execute(
                 sa.insert(table).values(
                     out_trade_no=request.out_trade_no,
@@ -909,7 +882,7 @@ class Gateway:
                     description=request.description or "",
                     member_id=member_id,
                     request_hash=fingerprint,
-                    state="PENDING",
+                    state=state.value,
                     reason_zh=zh,
                     reason_en=en,
                     cancel_requested=False,
@@ -920,7 +893,7 @@ class Gateway:
             )
             session.execute(
                 sa.insert(PaymentEvent.__table__).values(
-                    out_trade_no=request.out_trade_no, at=now, action="state", outcome="PENDING"
+                    out_trade_no=request.out_trade_no, at=now, action="state", outcome=state.value
                 )
             )
             try:
@@ -942,6 +915,7 @@ class Gateway:
             existing = session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
             if existing is not None:
                 return existing, False
+            state = payment_move(PaymentTrigger.VOIDED_BEFORE_ARRIVAL).target
             zh, en = REASONS[VOIDED]
             session.execute(
                 sa.insert(table).values(
@@ -953,7 +927,7 @@ class Gateway:
                     description="",
                     member_id=None,
                     request_hash="",
-                    state="FAILED",
+                    state=state.value,
                     code=VOIDED,
                     reason_zh=zh,
                     reason_en=en,
@@ -966,7 +940,7 @@ class Gateway:
             )
             session.execute(
                 sa.insert(PaymentEvent.__table__).values(
-                    out_trade_no=out_trade_no, at=now, action="void", outcome="FAILED", code=VOIDED
+                    out_trade_no=out_trade_no, at=now, action="void", outcome=state.value, code=VOIDED
                 )
             )
             try:
@@ -993,7 +967,7 @@ class Gateway:
         with write_session(self.engine) as session:
             done = session.execute(
                 sa.update(table)
-                .where(table.c.out_trade_no == out_trade_no, table.c.state == "PENDING")
+                .where(table.c.out_trade_no == out_trade_no, table.c.state == PaymentState.PENDING.value)
                 .values(charge_sent_at=self.clock())
             ).rowcount
             session.commit()
@@ -1004,29 +978,30 @@ class Gateway:
     def _transition(
         self,
         out_trade_no: str,
-        allowed: tuple[str, ...],
-        state: str,
+        event: PaymentTrigger,
         action: str,
         *,
         code: str | None = None,
         reasons: tuple[str | None, str | None] | None = None,
-        final: bool = False,
         cancel_requested: bool | None = None,
         detail: str | None = None,
         unless_refunded: bool = False,
     ) -> bool:
-        """Move a payment to `state` if it is in one of `allowed` (atomically: a cancel and an answer can race).
-        `unless_refunded`: not if any of its refunds is not FAILED (checked under the payment's row lock)."""
+        """Make the move `event` makes in the table, if the payment is in one of the states it leaves (atomically: a
+        cancel and an answer can race). `unless_refunded`: not if any of its refunds is not FAILED (checked under the
+        payment's row lock)."""
+        move = payment_move(event)
+        state = move.target
         now = self.clock()
         zh, en = reasons if reasons and reasons[0] else REASONS.get(code or "", REASONS.get(state, (None, None)))
         values: dict[str, Any] = {
-            "state": state,
+            "state": state.value,
             "updated_at": now,
             "code": code and code[:64],
             "reason_zh": zh and zh[:128],
             "reason_en": en and en[:256],
         }
-        if final:
+        if state.final:
             values["finished_at"] = now
         if cancel_requested is not None:
             values["cancel_requested"] = cancel_requested
@@ -1041,13 +1016,18 @@ class Gateway:
                     return False
             done = session.execute(
                 sa.update(table)
-                .where(table.c.out_trade_no == out_trade_no, table.c.state.in_(allowed))
+                .where(table.c.out_trade_no == out_trade_no, table.c.state.in_([s.value for s in move.sources]))
                 .values(**values)
             ).rowcount
             if done:
                 session.execute(
                     sa.insert(PaymentEvent.__table__).values(
-                        out_trade_no=out_trade_no, at=now, action=action, outcome=state, code=code, detail=_clip(detail)
+                        out_trade_no=out_trade_no,
+                        at=now,
+                        action=action,
+                        outcome=state.value,
+                        code=code,
+                        detail=_clip(detail),
                     )
                 )
             session.commit()
@@ -1055,14 +1035,16 @@ class Gateway:
             log.info("payment %s → %s (%s)", out_trade_no, state, code or action)
         return bool(done)
 
-    def _succeed(self, out_trade_no: str, result: Result, allowed: tuple[str, ...]) -> None:
-        """Paid: record the provider's ids, and link the payer to the member (or learn the member from it)."""
+    def _succeed(self, out_trade_no: str, result: Result, event: PaymentTrigger) -> None:
+        """Paid (`event` is the answer that says so): record the provider's ids, and link the payer to the member (or
+        learn the member from it)."""
+        move = payment_move(event)
         now = self.clock()
         table = Payment.__table__
         with write_session(self.engine) as session:
             feed.lock(session)  # first: linking an openid changes a member
             row = session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
-            if row is None or row.state not in allowed:
+            if row is None or row.state not in move.sources:
                 session.rollback()
                 return
             member_id = row.member_id
@@ -1095,7 +1077,7 @@ class Gateway:
                 sa.update(table)
                 .where(table.c.out_trade_no == out_trade_no)
                 .values(
-                    state="SUCCESS",
+                    state=move.target.value,
                     code=(result.code or "SUCCESS")[:64],
                     reason_zh=(result.reason_zh or "支付成功")[:128],
                     reason_en=(result.reason_en or "Paid")[:256],
@@ -1110,12 +1092,12 @@ class Gateway:
             )
             session.execute(
                 sa.insert(PaymentEvent.__table__).values(
-                    out_trade_no=out_trade_no, at=now, action="state", outcome="SUCCESS", code=result.code
+                    out_trade_no=out_trade_no, at=now, action="state", outcome=move.target.value, code=result.code
                 )
             )
             session.commit()
-        self._ended(row, "SUCCESS", result.code)
-        log.info("payment %s → SUCCESS", out_trade_no)
+        self._ended(row, move.target, result.code)
+        log.info("payment %s → %s", out_trade_no, move.target)
 
     def _event_row(
         self,
@@ -1172,7 +1154,7 @@ class Gateway:
         """What the payment's refunds that are not FAILED add up to (refunded, or being refunded)."""
         table = PaymentRefund.__table__
         query = sa.select(sa.func.coalesce(sa.func.sum(table.c.amount_fen), 0)).where(
-            table.c.out_trade_no == out_trade_no, table.c.state != "FAILED"
+            table.c.out_trade_no == out_trade_no, table.c.state != RefundState.FAILED.value
         )
         if session is not None:
             return int(session.execute(query).scalar_one())
@@ -1197,7 +1179,7 @@ class Gateway:
             if existing is not None:
                 session.rollback()
                 return self._replay_refund(store_id, out_trade_no, request), False
-            if payment.state != "SUCCESS":
+            if payment.state != PaymentState.SUCCESS:
                 raise Conflict(
                     f"payment {out_trade_no} is {payment.state}, not paid: there is nothing to refund", code="not_paid"
                 )
@@ -1214,7 +1196,8 @@ class Gateway:
                     f"refunded or being refunded, {paid - taken} fen left",
                     code="refund_exceeds_payment",
                 )
-            zh, en = REFUND_REASONS["PENDING"]
+            state = refund_move(RefundTrigger.REQUESTED).target
+            zh, en = REFUND_REASONS[state]
             session.execute(
                 sa.insert(refunds).values(
                     out_refund_no=request.out_refund_no,
@@ -1222,7 +1205,7 @@ class Gateway:
                     provider=payment.provider,
                     amount_fen=request.amount_fen,
                     reason=request.reason,
-                    state="PENDING",
+                    state=state.value,
                     reason_zh=zh,
                     reason_en=en,
                     created_at=now,
@@ -1234,7 +1217,7 @@ class Gateway:
                     out_trade_no=out_trade_no,
                     at=now,
                     action="refund_state",
-                    outcome="PENDING",
+                    outcome=state.value,
                     out_refund_no=request.out_refund_no,
                 )
             )
@@ -1259,21 +1242,22 @@ class Gateway:
     def _refund_transition(
         self,
         out_refund_no: str,
-        allowed: tuple[str, ...],
-        state: str,
+        event: RefundTrigger,
         action: str,
         *,
         code: str | None = None,
         reasons: tuple[str | None, str | None] | None = None,
-        final: bool = False,
         provider_refund_no: str | None = None,
         refunded_at: datetime | None = None,
     ) -> bool:
-        """Move a refund to `state` if it is in one of `allowed`, with its audit event, atomically."""
+        """Make the move `event` makes in the refund table, if the refund is in one of the states it leaves, with its
+        audit event, atomically."""
+        move = refund_move(event)
+        state = move.target
         now = self.clock()
         zh, en = reasons if reasons and reasons[0] else (None, None)
         values: dict[str, Any] = {
-            "state": state,
+            "state": state.value,
             "updated_at": now,
             "code": code and code[:64],
             "reason_zh": zh and zh[:128],
@@ -1283,7 +1267,7 @@ class Gateway:
             values["provider_refund_no"] = provider_refund_no[:64]
         if refunded_at is not None:
             values["refunded_at"] = refunded_at
-        if final:
+        if state in REFUND_FINAL_STATES:
             values["finished_at"] = now
         table = PaymentRefund.__table__
         with write_session(self.engine) as session:
@@ -1292,7 +1276,7 @@ class Gateway:
             ).scalar_one_or_none()
             done = session.execute(
                 sa.update(table)
-                .where(table.c.out_refund_no == out_refund_no, table.c.state.in_(allowed))
+                .where(table.c.out_refund_no == out_refund_no, table.c.state.in_([s.value for s in move.sources]))
                 .values(**values)
             ).rowcount
             if done:
@@ -1301,7 +1285,7 @@ class Gateway:
                         out_trade_no=otn,
                         at=now,
                         action="refund_state",
-                        outcome=state,
+                        outcome=state.value,
                         code=code and code[:64],
                         out_refund_no=out_refund_no,
                     )
@@ -1331,7 +1315,7 @@ def _wire_refund(row: sa.Row) -> contract.Refund:
         out_refund_no=row.out_refund_no,
         out_trade_no=row.out_trade_no,
         provider=row.provider,
-        state="PROCESSING" if row.state == "PENDING" else row.state,
+        state=RefundState.PROCESSING.value if row.state == RefundState.PENDING else row.state,
         final=row.state in REFUND_FINAL,
         amount_fen=row.amount_fen,
         provider_refund_no=row.provider_refund_no,
@@ -1351,7 +1335,7 @@ def _wire(row: sa.Row, gateway: Gateway) -> contract.Payment:
         out_trade_no=row.out_trade_no,
         provider=row.provider,
         state=row.state,
-        paid=row.state == "SUCCESS",
+        paid=row.state == PaymentState.SUCCESS,
         final=row.state in FINAL,
         amount_fen=row.amount_fen,
         station_id=row.station_id,
