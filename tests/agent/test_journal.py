@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -169,3 +170,50 @@ def test_kill_9_mid_append_loses_no_committed_row_and_no_outbox_row(db_path):
     assert outbox_ids(engine) == journaled
     assert verify(engine).ok
     engine.dispose()
+
+
+# --- what the till reads back: receipt numbers, the offline redemption cap, listings -------------------------------
+
+# 18:30 UTC on 23 November is 02:30 on the 24th in Shanghai: still the 23rd's business day with a 04:00 cut-off.
+LATE_ON_23RD = datetime(2026, 11, 23, 18, 30, tzinfo=UTC)
+MORNING_OF_24TH = datetime(2026, 11, 23, 20, 30, tzinfo=UTC)
+
+
+def test_the_receipt_number_counts_the_station_s_business_day(journal, engine):
+    assert journal.next_receipt_no(LATE_ON_23RD) == "T012611230001"
+    journal.append(sale(created_at=datetime(2026, 11, 23, 2, 0, tzinfo=UTC)))
+    journal.append(sale(created_at=LATE_ON_23RD))
+    Journal(engine, "K01", SHANGHAI, 4).append(sale(created_at=LATE_ON_23RD))  # another station's day
+    journal.append(sale(created_at=MORNING_OF_24TH))  # the next business day
+    assert journal.next_receipt_no(LATE_ON_23RD) == "T012611230003"
+    assert asyncio.run(journal.anext_receipt_no(MORNING_OF_24TH)) == "T012611240002"
+
+
+def test_offline_points_spent_are_the_member_s_offline_sales_of_the_business_day(journal):
+    def spent(points: int, online: bool, **overrides) -> None:
+        body = {"tenders": [{"kind": "cash", "amount_fen": 100}], "online": online}
+        journal.append(sale(100, points_redeemed=points, body=body, **({"created_at": LATE_ON_23RD} | overrides)))
+
+    spent(30, online=False)
+    spent(20, online=False, created_at=datetime(2026, 11, 23, 2, 0, tzinfo=UTC))  # same business day, earlier
+    spent(500, online=True)  # central checked that one's balance: not under the offline cap
+    spent(70, online=False, member_id="m2")
+    spent(40, online=False, created_at=MORNING_OF_24TH)  # the next business day
+    spent(60, online=False, kind="refund")  # points given back are not points spent
+    assert journal.offline_points_spent("m1", LATE_ON_23RD) == 50
+    assert asyncio.run(journal.aoffline_points_spent("m1", MORNING_OF_24TH)) == 40
+    assert journal.offline_points_spent("m3", LATE_ON_23RD) == 0
+
+
+def test_transactions_are_found_by_receipt_number_and_listed_newest_first(journal, engine):
+    rows = [journal.append(sale(100 * n, body={"receipt_no": f"T01261123000{n}"})) for n in range(1, 6)]
+    refund = journal.append(
+        sale(100, kind="refund", body={"receipt_no": "RT012611230001-1", "original_id": rows[0].id})
+    )
+    Journal(engine, "K01", SHANGHAI, 4).append(sale())
+    assert journal.by_receipt_no("T012611230003") == rows[2]
+    assert journal.by_receipt_no("T019999999999") is None
+    assert journal.refunds_of(rows[0].id) == [refund] and journal.refunds_of(rows[1].id) == []
+    newest = asyncio.run(journal.arecent(3))
+    assert [r.id for r in newest] == [refund.id, rows[4].id, rows[3].id]
+    assert [r.id for r in journal.recent(3, before_seq=rows[3].seq)] == [rows[2].id, rows[1].id, rows[0].id]
