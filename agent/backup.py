@@ -36,10 +36,11 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 
+from agent import journal
 from agent.clock import utcnow
 from agent.db import MIGRATIONS
 from agent.disk_space import MB, statvfs_free_bytes
-from agent.journal import verify as verify_journal
+from agent.open_sales import OpenSaleStore
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +231,7 @@ def verify_backup(path: Path) -> BackupCheck:
     size = path.stat().st_size
     if size == 0:
         raise BackupInvalid(f"{path}: the file is empty")
-    engine = sa.create_engine(
-        "sqlite://", creator=lambda: sqlite3.connect(_read_only(path), uri=True), poolclass=sa.pool.NullPool
-    )
+    engine = _read_only_engine(path)
     try:
         with engine.connect() as connection:
             problems = [row[0] for row in connection.exec_driver_sql("PRAGMA integrity_check(20)")]
@@ -241,11 +240,9 @@ def verify_backup(path: Path) -> BackupCheck:
                     f"{path} is damaged (SQLite integrity check: {'; '.join(problems[:3])}); use another backup"
                 )
             revision = _schema_revision(connection, path)
-            stations = tuple(connection.exec_driver_sql("SELECT DISTINCT station_id FROM journal ORDER BY 1").scalars())
-            last_seq = (
-                connection.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'journal'").scalar() or 0
-            )
-        report = verify_journal(engine)
+            stations = tuple(journal.stations(connection))
+            last_seq = journal.highest_seq(connection) or 0
+        report = journal.verify(engine)
     except sa.exc.DatabaseError as exc:
         raise BackupInvalid(f"{path} is not a usable SQLite database ({exc.orig}); use another backup") from None
     finally:
@@ -310,21 +307,21 @@ def inspect_current(database: Path, backup: BackupCheck) -> CurrentState:
     database = Path(database)
     if not database.exists():
         return CurrentState(readable=True)
+    engine = _read_only_engine(database, timeout=BUSY_TIMEOUT_S)
+    open_work = OpenSaleStore(engine)
     try:
-        connection = sqlite3.connect(_read_only(database), uri=True, timeout=BUSY_TIMEOUT_S)
-        try:
-            count = lambda sql, *args: connection.execute(sql, args).fetchone()[0]  # noqa: E731
+        with engine.connect() as connection:
             return CurrentState(
                 readable=True,
-                newer_rows=count("SELECT count(*) FROM journal WHERE seq > ?", backup.last_seq),
-                unconfirmed_rows=count("SELECT count(*) FROM outbox"),
-                open_sales=count("SELECT count(*) FROM open_sale"),
-                pending_refunds=count("SELECT count(*) FROM pending_refund"),
+                newer_rows=journal.count_rows(connection, after_seq=backup.last_seq),
+                unconfirmed_rows=journal.count_unconfirmed(connection),
+                open_sales=open_work.count_open(connection),
+                pending_refunds=open_work.count_refunds(connection),
             )
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as exc:
-        return CurrentState(readable=False, problem=str(exc))
+    except sa.exc.DatabaseError as exc:
+        return CurrentState(readable=False, problem=str(exc.orig))
+    finally:
+        engine.dispose()
 
 
 def restore(
@@ -415,6 +412,16 @@ def _set_aside(database: Path, at: datetime) -> Path:
 
 
 # --- files -----------------------------------------------------------------------------------------------------
+
+
+def _read_only_engine(path: Path, timeout: float = 5.0) -> sa.Engine:
+    """An engine reading the file without writing to it (no pragmas, no migration): a backup, or the database a
+    restore would replace."""
+    return sa.create_engine(
+        "sqlite://",
+        creator=lambda: sqlite3.connect(_read_only(path), uri=True, timeout=timeout),
+        poolclass=sa.pool.NullPool,
+    )
 
 
 def _read_only(path: Path) -> str:

@@ -12,7 +12,6 @@ from pydantic import BaseModel, Field, StrictInt
 
 from agent import pii
 from agent.checkout import record_view
-from agent.db import reader
 from agent.deps import TOKEN_REQUIRED, V1_ERRORS, CheckoutDep, ReceiptsDep, RefundsDep, accepts_token_in_query
 from agent.errors import (
     BasketRefused,
@@ -309,22 +308,8 @@ async def list_transactions(
     before: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="seq to page back from")] = None,
 ) -> list[Transaction]:
     """This station's journaled transactions, newest first."""
-
-    def read() -> list[Transaction]:
-        with reader(checkout.engine) as connection:
-            ids = (
-                connection.exec_driver_sql(
-                    "SELECT id FROM journal WHERE station_id = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-                    (checkout.station_id, before or 2**62, limit),
-                )
-                .scalars()
-                .all()
-            )
-        records = (checkout.journal.get(i) for i in ids)
-        # A row retention purged between the two reads is not listed.
-        return [Transaction.model_validate(record_view(record)) for record in records if record is not None]
-
-    return await asyncio.to_thread(read)
+    records = await checkout.journal.arecent(limit, before)
+    return [Transaction.model_validate(record_view(record)) for record in records]
 
 
 @checkout_router.get("/transactions/{reference}", responses=error_responses(NotFound))

@@ -210,9 +210,8 @@ class Doctor:
 
     def _database_content(self, path: Path, engine: sa.Engine) -> Iterator[Check]:
         from agent.db import head_revision, reader
-        from agent.journal import verify
+        from agent.journal import read_outbox, verify
         from agent.print_queue import PrintJobStore
-        from agent.station_figures import read_outbox
 
         with reader(engine) as connection:  # a live till's writers are never held up by a check
             quick = connection.exec_driver_sql("PRAGMA quick_check").scalar()

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from agent.db import reader
 from agent.errors import Unauthorized, Unavailable
+from agent.journal import last_id
 from agent.metrics import PRINTER_UP
 from drivers.base import DeviceState
 
@@ -69,7 +70,7 @@ def database_part(state: AgentState) -> Part:
     """A read of the journal's newest row: the table every sale is written to."""
     try:
         with reader(state.engine) as connection:
-            connection.exec_driver_sql("SELECT id FROM journal ORDER BY seq DESC LIMIT 1").first()
+            last_id(connection)
     except sa.exc.SQLAlchemyError as exc:
         return Part(
             "database",

@@ -17,8 +17,9 @@ from datetime import date
 
 import sqlalchemy as sa
 
+from agent import journal
 from agent.central_client import CentralClient
-from agent.clock import to_storage, utcnow
+from agent.clock import utcnow
 from agent.db import reader
 from central.contract import DaySummary, PaymentsCheck
 
@@ -95,11 +96,7 @@ async def reconcile(engine: sa.Engine, client: CentralClient, station_id: str, b
 
 def compare_and_requeue(engine: sa.Engine, station_id: str, business_day: date, central: DaySummary) -> Reconciliation:
     with reader(engine) as connection:
-        rows = connection.exec_driver_sql(
-            "SELECT j.id, j.total_fen, j.points_earned, j.points_redeemed, o.status FROM journal AS j"
-            " LEFT JOIN outbox AS o ON o.journal_id = j.id WHERE j.station_id = ? AND j.business_day = ?",
-            (station_id, business_day.isoformat()),
-        ).all()
+        rows = journal.day_rows(connection, station_id, business_day)
     store = {row.id: row for row in rows}
     theirs = {t.id: t for t in central.transactions}
     result = Reconciliation(
@@ -128,13 +125,8 @@ def compare_and_requeue(engine: sa.Engine, station_id: str, business_day: date, 
                 result.mismatched.append(Mismatch(transaction_id, name, ours, central_value))
     if result.requeued:
         # Central lost rows it had accepted (a restore, say): send them again; it answers them on their merits.
-        now = to_storage(utcnow())
         with engine.begin() as connection:
-            connection.exec_driver_sql(
-                "INSERT INTO outbox (journal_id, status, attempts, created_at, next_attempt_at) VALUES (?, 'pending', 0, ?, ?)"
-                " ON CONFLICT (journal_id) DO NOTHING",
-                [(transaction_id, now, now) for transaction_id in result.requeued],
-            )
+            journal.requeue(connection, result.requeued, utcnow())
     return result
 
 

@@ -29,14 +29,14 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from agent.central_client import CentralClient, CentralError, CentralNotReached, CentralRejected
-from agent.clock import SYSTEM_CLOCK, Clock, to_storage, utcnow
+from agent.clock import SYSTEM_CLOCK, Clock, utcnow
 from agent.connectivity import Connectivity
-from agent.db import reader
 from agent.errors import AgentError, NotFound, Offline, PaymentFailed, RefundInProgress, RefundRefused
 from agent.ids import uuid7
-from agent.journal import Journal, JournalEntry, JournalError, JournalRecord
+from agent.journal import Journal, JournalEntry, JournalRecord
 from agent.journal_bodies import refund_body
 from agent.member_cache import MemberCache
+from agent.open_sales import OpenSaleStore
 from agent.receipt_printing import ReceiptPrinting
 from agent.settings import Settings
 from central.contract import Refund, RefundBody, RefundRequest, SaleBody
@@ -96,9 +96,11 @@ class Refunds:
         receipts: ReceiptPrinting | None = None,
         push_soon: Callable[[], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        open_sales: OpenSaleStore | None = None,
     ):
         self.settings = settings
         self.engine = engine
+        self.open_sales = open_sales or OpenSaleStore(engine)  # where a refund in flight is kept
         self.journal = journal
         self.members = members
         self.client = client
@@ -112,32 +114,14 @@ class Refunds:
 
     def find(self, reference: str) -> JournalRecord:
         """A transaction by its id or its receipt number (the barcode on the receipt)."""
-        record = self.journal.get(reference)
-        if record is None:
-            with reader(self.engine) as connection:
-                found = connection.exec_driver_sql("SELECT id FROM journal WHERE receipt_no = ?", (reference,)).scalar()
-            record = None if found is None else self.journal.get(found)
+        record = self.journal.get(reference) or self.journal.by_receipt_no(reference)
         if record is None:
             raise NotFound(f"no transaction {reference} at this till")
         return record
 
     def refunds_of(self, sale_id: str) -> list[JournalRecord]:
-        with reader(self.engine) as connection:
-            ids = (
-                connection.exec_driver_sql(
-                    "SELECT id FROM journal WHERE kind = 'refund' AND original_id = ? ORDER BY seq",
-                    (sale_id,),
-                )
-                .scalars()
-                .all()
-            )
-        records = []
-        for transaction_id in ids:
-            record = self.journal.get(transaction_id)
-            if record is None:  # never plan a refund without every earlier one: stop rather than skip it
-                raise JournalError(f"refund {transaction_id} of {sale_id} left the journal while being read")
-            records.append(record)
-        return records
+        # Read together: a refund is never planned without every earlier one.
+        return self.journal.refunds_of(sale_id)
 
     async def refund(
         self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None
@@ -301,7 +285,7 @@ class Refunds:
         cash = any(t.kind == "cash" for t in body.tenders)
 
         def within(connection: sa.Connection, record: JournalRecord) -> None:
-            connection.exec_driver_sql("DELETE FROM pending_refund WHERE id = ?", (pending.id,))
+            self.open_sales.drop_refund(pending.id, connection)
             if self._receipts is not None:
                 try:
                     self._receipts.queue_in(connection, record, "refund", cash)
@@ -314,28 +298,17 @@ class Refunds:
         return None if self._receipts is None else f"{record.id}-refund"
 
     def _pending_of(self, sale_id: str) -> PendingRefund | None:
-        with reader(self.engine) as connection:
-            body = connection.exec_driver_sql("SELECT body FROM pending_refund WHERE sale_id = ?", (sale_id,)).scalar()
+        body = self.open_sales.refund_body(sale_id)
         return None if body is None else PendingRefund.model_validate_json(body)
 
     def _pending_sales(self) -> list[str]:
-        with reader(self.engine) as connection:
-            return list(
-                connection.exec_driver_sql("SELECT sale_id FROM pending_refund ORDER BY created_at").scalars().all()
-            )
+        return self.open_sales.refund_sales()
 
     def _save_pending(self, pending: PendingRefund) -> None:
-        now = to_storage(utcnow())
-        with self.engine.begin() as connection:
-            connection.exec_driver_sql(
-                "INSERT INTO pending_refund (id, sale_id, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-                (pending.id, pending.sale_id, pending.model_dump_json(), to_storage(pending.created_at), now),
-            )
+        self.open_sales.save_refund(pending.id, pending.sale_id, pending.model_dump_json(), pending.created_at)
 
     def _drop_pending(self, refund_id: str) -> None:
-        with self.engine.begin() as connection:
-            connection.exec_driver_sql("DELETE FROM pending_refund WHERE id = ?", (refund_id,))
+        self.open_sales.drop_refund(refund_id)
 
 
 def _pending(

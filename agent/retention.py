@@ -27,26 +27,16 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from agent.clock import to_storage, utcnow
+from agent import journal
+from agent.clock import utcnow
 from agent.db import reader
-from agent.journal import purge_through
 from agent.member_cache import MemberCache
+from agent.open_sales import OpenSaleStore
 from agent.print_queue import PrintJobStore
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500  # rows per transaction: short enough that a sale waiting for the write lock never notices
-
-# One station's oldest rows, with what could hold each one back.
-_OLDEST = """
-SELECT j.seq, j.id, j.kind, j.created_at, j.hash, j.original_id,
-       o.status AS outbox_status,
-       EXISTS (SELECT 1 FROM pending_refund AS r WHERE r.sale_id = j.id) AS refund_in_flight
-FROM journal AS j LEFT JOIN outbox AS o ON o.journal_id = j.id
-WHERE j.station_id = ?
-ORDER BY j.seq
-LIMIT ?
-"""
 
 
 @dataclass(frozen=True)
@@ -96,19 +86,21 @@ def purge_journal(
 ) -> tuple[int, tuple[str, ...], dict[str, tuple[int, str]]]:
     """Purge each station's oldest rows that may go (module docstring); rows purged, why stations stopped early,
     and each station's new checkpoint."""
-    cutoff = to_storage(before)
+    open_work = OpenSaleStore(engine)
     with reader(engine) as connection:
-        stations = connection.exec_driver_sql("SELECT DISTINCT station_id FROM journal ORDER BY 1").scalars().all()
+        stations = journal.stations(connection)
     total, held_back, checkpoints = 0, [], {}
     for station in stations:
         while True:
             with engine.begin() as connection:
-                rows = connection.exec_driver_sql(_OLDEST, (station, batch_size)).mappings().all()
+                rows = journal.oldest_rows(connection, station, batch_size)
+                # Both few at any time: read once per batch, in the batch's transaction.
                 unprinted = PrintJobStore.unfinished_journal_ids(connection)
-                taken, reason = _purgeable_prefix(connection, rows, unprinted, cutoff)
+                refunding = set(open_work.refund_sales(connection))
+                taken, reason = _purgeable_prefix(connection, rows, unprinted, refunding, before)
                 if taken:
                     last = taken[-1]
-                    total += purge_through(connection, station, last["seq"], last["hash"], len(taken), now)
+                    total += journal.purge_through(connection, station, last["seq"], last["hash"], len(taken), now)
                     checkpoints[station] = (last["seq"], last["hash"])
             if taken:
                 after_batch(station, last["seq"])
@@ -120,7 +112,9 @@ def purge_journal(
     return total, tuple(held_back), checkpoints
 
 
-def _purgeable_prefix(connection: sa.Connection, rows, unprinted: set[str], cutoff: str) -> tuple[list, str | None]:
+def _purgeable_prefix(
+    connection: sa.Connection, rows, unprinted: set[str], refunding: set[str], cutoff: datetime
+) -> tuple[list, str | None]:
     """The leading rows that may go, and why the next one may not (None: old enough rows ran out, or the batch)."""
     taken: list = []
     ids: set[str] = set()
@@ -132,7 +126,7 @@ def _purgeable_prefix(connection: sa.Connection, rows, unprinted: set[str], cuto
                 taken,
                 f"transaction {row['id']} (seq {row['seq']}) is not confirmed by central ({row['outbox_status']})",
             )
-        if row["refund_in_flight"]:
+        if row["id"] in refunding:
             return taken, f"a refund of sale {row['id']} (seq {row['seq']}) is still in flight"
         if row["id"] in unprinted:
             return (
@@ -140,15 +134,11 @@ def _purgeable_prefix(connection: sa.Connection, rows, unprinted: set[str], cuto
                 f"the receipt of transaction {row['id']} (seq {row['seq']}) has not printed or waits for a person",
             )
         original = row["original_id"] if row["kind"] == "refund" else None
-        if original and original not in ids and _still_journaled(connection, original):
+        if original and original not in ids and journal.is_journaled(connection, original):
             return taken, f"refund {row['id']} (seq {row['seq']}) goes only with its sale {original}, which is kept"
         taken.append(row)
         ids.add(row["id"])
     return taken, None
-
-
-def _still_journaled(connection: sa.Connection, transaction_id: str) -> bool:
-    return connection.exec_driver_sql("SELECT 1 FROM journal WHERE id = ?", (transaction_id,)).first() is not None
 
 
 def purge_print_jobs(engine: sa.Engine, before: datetime, batch_size: int = BATCH_SIZE) -> int:

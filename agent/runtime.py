@@ -28,6 +28,7 @@ from agent.journal import Journal
 from agent.member_cache import MemberCache
 from agent.member_code_gate import MemberCodeGate
 from agent.metrics import AgentMetrics
+from agent.open_sales import OpenSaleStore
 from agent.receipt_printing import ReceiptPrinting
 from agent.refunds import Refunds
 from agent.scans import ScanRouter
@@ -55,6 +56,7 @@ class AgentState:
     members: MemberCache
     journal: Journal
     member_codes: MemberCodeGate
+    open_sales: OpenSaleStore  # sales and refunds in progress, kept on disk until journaled
     scans: ScanRouter | None = None
     devices: StationDevices | None = None
     sync: Sync | None = None
@@ -75,6 +77,7 @@ def open_state(settings: Settings) -> AgentState:
         members=MemberCache(engine, settings.privacy.key_bytes()),
         journal=Journal(engine, settings.station.id, settings.store.zone, settings.store.business_day_cutoff_hour),
         member_codes=MemberCodeGate(engine, settings.member_codes.window_s, settings.member_codes.clock_skew_s),
+        open_sales=OpenSaleStore(engine),
     )
 
 
@@ -128,6 +131,7 @@ def open_checkout(
         receipts=state.receipts,
         push_soon=push_soon,
         clock=clock,
+        open_sales=state.open_sales,
     )
     scans.subscribe(checkout.on_scan)
     state.checkout, state.refunds = checkout, refunds

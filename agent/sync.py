@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from pydantic import ValidationError
 
+from agent import journal
 from agent.central_client import CentralClient
-from agent.clock import to_storage, utcnow
+from agent.clock import utcnow
 from agent.db import reader
 from agent.member_cache import CachedCoupon, MemberCache, MemberChange
 from agent.member_code_gate import MemberCodeGate, PublicKeyRecord
-from agent.station_figures import read_outbox
 from agent.sync_job import SyncJob
 from central import contract
 
@@ -112,17 +112,7 @@ class Sync:
 
     def _next_batch(self) -> tuple[list[contract.TransactionIn], dict[str, str]]:
         with reader(self.engine) as connection:
-            found = (
-                connection.exec_driver_sql(
-                    "SELECT j.id, j.station_id, j.kind, j.business_day, j.created_at, j.member_id, j.total_fen,"
-                    " j.points_earned, j.points_redeemed, j.body, j.prev_hash, j.hash"
-                    " FROM outbox AS o JOIN journal AS j ON j.id = o.journal_id"
-                    " WHERE o.status = 'pending' ORDER BY j.seq LIMIT ?",
-                    (self.batch_size,),
-                )
-                .mappings()
-                .all()
-            )
+            found = journal.pending_batch(connection, self.batch_size)
         rows, unreadable = [], {}
         for row in found:
             try:
@@ -134,28 +124,20 @@ class Sync:
 
     def _reject_locally(self, unreadable: dict[str, str]) -> None:
         with self.engine.begin() as connection:
-            connection.exec_driver_sql(
-                "UPDATE outbox SET status = 'rejected', last_error = ?, attempts = attempts + 1 WHERE journal_id = ?",
-                [(reason, transaction_id) for transaction_id, reason in unreadable.items()],
-            )
+            journal.reject(connection, unreadable)
         for transaction_id, reason in unreadable.items():
             log.error("transaction cannot be sent", extra={"transaction": transaction_id, "reason": reason})
         if self.metrics is not None:
             self.metrics.rows_pushed("unreadable", len(unreadable))
 
     def _apply_push(self, result: contract.BatchResult) -> PushReport:
-        done = [(row.id,) for row in result.results if row.status in ("accepted", "duplicate")]
         rejected = [row for row in result.results if row.status == "rejected"]
-        now = to_storage(utcnow())
+        # A row without an id (a malformed one central could not read) names no outbox row.
+        done = [row.id for row in result.results if row.status in ("accepted", "duplicate") and row.id is not None]
+        reasons = {row.id: f"{row.reason}: {row.message or ''}".strip(": ") for row in rejected if row.id is not None}
         with self.engine.begin() as connection:
-            if done:
-                connection.exec_driver_sql("DELETE FROM outbox WHERE journal_id = ?", done)
-            if rejected:
-                connection.exec_driver_sql(
-                    "UPDATE outbox SET status = 'rejected', last_error = ?, attempts = attempts + 1, next_attempt_at = ?"
-                    " WHERE journal_id = ?",
-                    [(f"{row.reason}: {row.message or ''}".strip(": "), now, row.id) for row in rejected],
-                )
+            journal.confirm(connection, done)
+            journal.reject(connection, reasons, at=utcnow())
             MemberCache.set_points(connection, [(b.member_id, b.points) for b in result.balances])
         for row in rejected:
             log.error(
@@ -205,7 +187,7 @@ class Sync:
 
     def status(self) -> SyncStatus:
         with reader(self.engine) as connection:
-            outbox = read_outbox(connection)
+            outbox = journal.read_outbox(connection)
         return SyncStatus(
             push=self.push_job,
             pull=self.pull_job,
