@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.member_cache import CachedCoupon
+from agent.member_records import CachedCoupon
 from agent.settings import PointsSettings
 
 MAX_QTY = 999

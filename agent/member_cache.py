@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
+from agent.member_records import CachedCoupon, CachedMember
 from agent.models import Member
 from agent.pii import phone_hash
 from central.contract import IDENTIFIER_KIND_PATTERN
@@ -39,23 +40,6 @@ class PhoneLookupUnavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class CachedCoupon:
-    """A coupon issued to a member, as the feed carries it; amounts in fen, times aware UTC."""
-
-    code: str
-    title: str
-    kind: str  # amount_off | percent_off
-    amount_off_fen: int
-    percent_off: int
-    threshold_fen: int
-    cap_fen: int | None
-    valid_from: datetime
-    valid_until: datetime
-    usable_offline: bool
-    used_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class MemberChange:
     """One entry of the member change feed: an upsert with the member's full identifier set, or a tombstone."""
 
@@ -68,16 +52,6 @@ class MemberChange:
     phone_masked: str | None = None
     identifiers: tuple[tuple[str, str], ...] = ()
     coupons: tuple[CachedCoupon, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class CachedMember:
-    id: str
-    tier: str
-    points: int
-    display_name: str
-    phone_masked: str | None
-    version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +309,14 @@ class MemberCache:
         return connection.execute(sa.select(sa.func.count()).select_from(_member)).scalar_one()
 
     # --- the same, from the event loop: each hops to a worker thread, since a read may wait on the disk ----------
+
+    async def acoupons_by_code(self, codes: Sequence[str]) -> dict[str, tuple[str | None, CachedCoupon]]:
+        """The coupons with these codes the till knows, each with the member it was issued to."""
+
+        def read() -> dict[str, tuple[str | None, CachedCoupon]]:
+            return {code: found for code in codes if (found := self.coupon(code)) is not None}
+
+        return await asyncio.to_thread(read) if codes else {}
 
     async def alookup(self, kind: str, value: str) -> CachedMember | None:
         return await asyncio.to_thread(self.lookup, kind, value)
