@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from agent.journal import JournalEntry
 from agent.sale import Sale, SaleLine, Tender
 from central.contract import (
     BodyMember,
@@ -54,6 +55,28 @@ def sale_body(sale: Sale, excluded_categories: Collection[str]) -> SaleBody:
         ),
         points_balance=None if points is None else points.balance,
     )
+
+
+def sale_entry(sale: Sale, excluded_categories: Collection[str]) -> JournalEntry:
+    """The journal row of a paid sale: its body, total and the member's points."""
+    body = sale_body(sale, excluded_categories)
+    pricing, member_id = sale.pricing, sale.member.id if sale.member else None
+    assert pricing is not None
+    return JournalEntry(
+        kind="sale",
+        id=sale.id,
+        total_fen=pricing.amount_due_fen,
+        body=body,
+        member_id=member_id,
+        points_earned=pricing.points_earned if member_id else 0,
+        points_redeemed=pricing.points_redeemed if member_id else 0,
+    )
+
+
+def void_entry(sale: Sale) -> JournalEntry:
+    """The journal row of a sale cancelled after money moved: what was taken and given back, no points."""
+    member_id = sale.member.id if sale.member else None
+    return JournalEntry(kind="void", id=sale.id, total_fen=sale.paid_fen, body=void_body(sale), member_id=member_id)
 
 
 def void_body(sale: Sale) -> VoidBody:

@@ -9,18 +9,16 @@ States: idle → member (optional) → basket → tender → paid → receipt_qu
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from agent.benefits import BasketLine, Pricing
+from agent.code_payment import NOT_PAID, SENDING, TillPaymentState, is_final, is_settled
 
 SaleState = Literal["idle", "member", "basket", "tender", "paid", "receipt_queued", "closed", "cancelled"]
 OPEN_STATES = frozenset({"idle", "member", "basket", "tender"})
 TenderKind = Literal["cash", "wechat", "alipay", "card", "other"]
-# A code payment's state as central reports it, plus `sending`: written to disk before the request goes out.
-PaymentState = Literal["sending", "PENDING", "USERPAYING", "UNKNOWN", "SUCCESS", "FAILED", "REVERSING", "REVERSED"]
-FINAL_PAYMENT_STATES = frozenset({"SUCCESS", "FAILED", "REVERSED"})
 
 TENDER_NAMES_ZH = {"cash": "现金", "wechat": "微信支付", "alipay": "支付宝", "card": "银行卡", "other": "其他"}
 
@@ -128,7 +126,7 @@ class CodePayment(BaseModel):
 
     out_trade_no: str
     provider: Literal["wechat", "alipay"]
-    state: PaymentState
+    state: TillPaymentState
     amount_fen: int
     created_at: datetime
     provider_trade_no: str | None = None
@@ -139,12 +137,17 @@ class CodePayment(BaseModel):
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL_PAYMENT_STATES
+        return is_final(self.state)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more to ask central (agent/code_payment.py)."""
+        return is_settled(self.state, self.cancel_requested)
 
     @property
     def counted(self) -> bool:
         """Taken into account as possibly paid: anything but a definite no (sending/unknown count until known)."""
-        return self.state not in ("FAILED", "REVERSED", "REVERSING")
+        return self.state not in NOT_PAID
 
 
 class SalePoints(BaseModel):
@@ -201,11 +204,11 @@ class Sale(BaseModel):
 
     @property
     def unsettled_payments(self) -> list[CodePayment]:
-        return [payment for payment in self.payments if not payment.final]
+        return [payment for payment in self.payments if not payment.settled]
 
     @property
     def money_taken(self) -> bool:
-        return bool(self.tenders) or any(payment.counted and payment.state != "sending" for payment in self.payments)
+        return bool(self.tenders) or any(payment.counted and payment.state != SENDING for payment in self.payments)
 
     def points(self) -> SalePoints | None:
         if self.member is None or self.pricing is None:
@@ -218,7 +221,7 @@ class Sale(BaseModel):
             provisional=not self.online,
         )
 
-    def view(self) -> dict:
+    def view(self) -> dict[str, Any]:
         """The session as the API and the screens see it (docs/checkout.md)."""
         payment = self.payment
         return {

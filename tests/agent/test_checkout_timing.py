@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.central_client import CentralNotReached, CentralTimedOut
-from agent.checkout import PAYMENT_WAIT_S, RESOLVE_RETRY, Checkout
+from agent.checkout import Checkout
 from agent.connectivity import Connectivity
 from agent.db import open_database
 from agent.errors import Offline, RefundInProgress
@@ -27,6 +27,7 @@ from agent.identify import Identifier
 from agent.journal import Journal
 from agent.member_cache import MemberCache
 from agent.member_code_gate import MemberCodeGate
+from agent.payment_follower import PAYMENT_WAIT_S, RESOLVE_RETRY
 from agent.refunds import RETRY, Refunds
 from agent.sale import SaleLine
 from agent.settings import Settings
