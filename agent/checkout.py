@@ -307,9 +307,9 @@ class Checkout:
             raise Offline(str(exc), rules.OFFLINE_ZH) from None
         except CentralError as exc:
             raise PayerNotIdentified(f"could not ask central who the payer is: {exc}") from exc
-        sale = await self.sales.carry_out(await self.facts.identified(sale, found))
-        sale.message = (sale.message or "") + "; set the basket, then scan the payment code again to pay"
-        return sale
+        step = await self.facts.identified(sale, found)
+        step.sale.message = f"{step.sale.message}; set the basket, then scan the payment code again to pay"
+        return await self.sales.carry_out(step)
 
     async def _code_payment(self, sale: Sale, code: Classification) -> Sale:
         provider = self._enabled_provider(code)

@@ -134,6 +134,8 @@ class PaymentFollower:
             await self._apply(sale_id, out_trade_no, move, lambda sale: rules.void_answered(sale, out_trade_no, voided))
         elif move is FollowerMove.GIVE_UP:
             await self._apply(sale_id, out_trade_no, move, lambda sale: rules.given_up(sale, out_trade_no, TIMED_OUT))
+            if self._next(sale_id, out_trade_no) is FollowerMove.VOID:  # its void went unanswered: wait, then again
+                await self.clock.sleep(RESOLVE_RETRY.delay(failures=1))
         else:
             answer = await self.client.payment(out_trade_no, wait_s=PAYMENT_WAIT_S) or await self._send_again(
                 sale_id, out_trade_no
