@@ -48,7 +48,7 @@ from agent.errors import (
 from agent.events import EventHub
 from agent.identify import CentralNeeded, Identifier, MemberNotFound
 from agent.ids import uuid7
-from agent.journal import Journal, JournalRecord
+from agent.journal import Journal
 from agent.journal_bodies import void_entry
 from agent.member_cache import MemberCache, PhoneLookupUnavailable
 from agent.member_code import MemberCodeError
@@ -370,19 +370,3 @@ class Checkout:
         sale = self.get(sale_id)
         rules.open_or_refuse(sale)
         return sale
-
-
-def record_view(record: JournalRecord) -> dict:
-    """A journaled transaction as the API shows it."""
-    return {
-        "id": record.id,
-        "kind": record.kind,
-        "receipt_no": record.receipt_no,
-        "business_day": record.business_day.isoformat(),
-        "created_at": record.created_at.isoformat(),
-        "member_id": record.member_id,
-        "total_fen": record.total_fen,
-        "points_earned": record.points_earned,
-        "points_redeemed": record.points_redeemed,
-        "body": record.body,
-    }

@@ -11,7 +11,6 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field, StrictInt
 
 from agent import pii
-from agent.checkout import record_view
 from agent.deps import TOKEN_REQUIRED, V1_ERRORS, CheckoutDep, ReceiptsDep, RefundsDep, accepts_token_in_query
 from agent.errors import (
     BasketRefused,
@@ -33,6 +32,7 @@ from agent.errors import (
     error_responses,
 )
 from agent.identify import MemberNotFound
+from agent.journal import JournalRecord
 from agent.member_cache import PhoneLookupUnavailable
 from agent.refunds import RefundLine
 from agent.sale import (
@@ -339,3 +339,19 @@ async def refund(body: RefundIn, refunds: RefundsDep) -> RefundMade:
     lines = None if body.lines is None else [RefundLine(line.line, line.qty) for line in body.lines]
     record, job_id = await refunds.refund(body.transaction, lines, body.reason)
     return RefundMade.model_validate(record_view(record) | {"receipt_job_id": job_id})
+
+
+def record_view(record: JournalRecord) -> dict[str, Any]:
+    """A journaled transaction as the API shows it."""
+    return {
+        "id": record.id,
+        "kind": record.kind,
+        "receipt_no": record.receipt_no,
+        "business_day": record.business_day.isoformat(),
+        "created_at": record.created_at.isoformat(),
+        "member_id": record.member_id,
+        "total_fen": record.total_fen,
+        "points_earned": record.points_earned,
+        "points_redeemed": record.points_redeemed,
+        "body": record.body,
+    }

@@ -13,8 +13,7 @@ from pathlib import Path
 import httpx
 import schemathesis
 
-from agent.checkout import record_view
-from agent.checkout_api import Session, Transaction
+from agent.checkout_api import Session, Transaction, record_view
 from agent.journal import JournalRecord
 from agent.sale import CodePayment, PricingView, Sale, SaleLine, SaleMember
 from tests.checkout_stack import Stack
