@@ -52,6 +52,7 @@ from agent.errors import (
     error_responses,
 )
 from agent.health import health_router
+from agent.idempotency import answer_once
 from agent.ids import new_transaction_id
 from agent.print_queue import JobNotFound, JobStateError, JobView
 from agent.receipts import test_page
@@ -399,6 +400,18 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
 
     @app.middleware("http")
+    async def idempotent(request: Request, call_next):
+        """A request sent again with its Idempotency-Key gets the first answer (agent/idempotency.py). Runs after
+        the token check (middleware declared first runs inner)."""
+        state = getattr(request.app.state, "agent", None)
+        if state is None:
+            return await call_next(request)
+        try:
+            return await answer_once(request, call_next, state.idempotency)
+        except AgentError as exc:
+            return _answer(exc)
+
+    @app.middleware("http")
     async def token_first(request: Request, call_next):
         """The same check as the /v1 routers' `require_token`, made before the request is read: a request without
         the token is refused whatever its body."""
@@ -461,13 +474,25 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
     return app
 
 
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "one per user action (a UUID): the same key again gets the first answer and acts once; another "
+    "request with it is 409 idempotency_mismatch; kept 24 h (docs/checkout.md, Retrying safely)",
+}
+
+
 def openapi_document(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document, with every error answer filed as JSON: FastAPI files a route's extra responses under the
     route's own media type, so an event stream's 404 would read as an event stream."""
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        for operations in document["paths"].values():
-            for operation in operations.values():
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                if method != "get" and path.startswith("/v1/"):
+                    operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY_PARAMETER)
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
                     for media_type in [m for m in content if not status.startswith("2") and m != "application/json"]:

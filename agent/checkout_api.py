@@ -32,7 +32,6 @@ from agent.errors import (
     error_responses,
 )
 from agent.identify import MemberNotFound
-from agent.journal import JournalRecord
 from agent.member_cache import PhoneLookupUnavailable
 from agent.refunds import RefundLine
 from agent.sale import (
@@ -309,15 +308,15 @@ async def list_transactions(
 ) -> list[Transaction]:
     """This station's journaled transactions, newest first."""
     records = await checkout.journal.arecent(limit, before)
-    return [Transaction.model_validate(record_view(record)) for record in records]
+    return [Transaction.model_validate(record.view()) for record in records]
 
 
 @checkout_router.get("/transactions/{reference}", responses=error_responses(NotFound))
 async def get_transaction(reference: str, refunds: RefundsDep) -> TransactionWithRefunds:
     """One transaction by its id or receipt number, with its refunds so far."""
     record = await asyncio.to_thread(refunds.find, reference)
-    view: dict[str, Any] = record_view(record)
-    view["refunds"] = [record_view(r) for r in await asyncio.to_thread(refunds.refunds_of, record.id)]
+    view: dict[str, Any] = record.view()
+    view["refunds"] = [r.view() for r in await asyncio.to_thread(refunds.refunds_of, record.id)]
     return TransactionWithRefunds.model_validate(view)
 
 
@@ -338,20 +337,4 @@ async def refund(body: RefundIn, refunds: RefundsDep) -> RefundMade:
     """Refund a sale, whole or by lines; money goes back the way it came (docs/checkout.md)."""
     lines = None if body.lines is None else [RefundLine(line.line, line.qty) for line in body.lines]
     record, job_id = await refunds.refund(body.transaction, lines, body.reason)
-    return RefundMade.model_validate(record_view(record) | {"receipt_job_id": job_id})
-
-
-def record_view(record: JournalRecord) -> dict[str, Any]:
-    """A journaled transaction as the API shows it."""
-    return {
-        "id": record.id,
-        "kind": record.kind,
-        "receipt_no": record.receipt_no,
-        "business_day": record.business_day.isoformat(),
-        "created_at": record.created_at.isoformat(),
-        "member_id": record.member_id,
-        "total_fen": record.total_fen,
-        "points_earned": record.points_earned,
-        "points_redeemed": record.points_redeemed,
-        "body": record.body,
-    }
+    return RefundMade.model_validate(record.view() | {"receipt_job_id": job_id})

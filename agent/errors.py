@@ -26,6 +26,8 @@ AgentError                      500 internal
 │   ├── RedemptionNotAllowed    409 redemption_refused
 │   ├── RefundRefused           409 refund_refused
 │   ├── RefundInProgress        409 refund_in_progress
+│   ├── IdempotencyMismatch     409 idempotency_mismatch: a key sent again with another request
+│   ├── IdempotencyInProgress   409 idempotency_in_progress: a key whose request is still being answered
 │   └── NotNow                  409 not_now: the step means nothing in the sale's state
 │       ├── SaleClosed
 │       ├── PaymentStarted
@@ -164,6 +166,18 @@ class RefundInProgress(Conflict):
     """Sent, answer not back: the till finishes it by itself; asking for the same refund again shows it."""
 
     code = "refund_in_progress"
+
+
+class IdempotencyMismatch(Conflict):
+    """An Idempotency-Key sent again with another request."""
+
+    code = "idempotency_mismatch"
+
+
+class IdempotencyInProgress(Conflict):
+    """An Idempotency-Key sent again while its first request is still being answered."""
+
+    code = "idempotency_in_progress"
 
 
 class NotNow(Conflict):

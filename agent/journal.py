@@ -139,6 +139,21 @@ class JournalRecord:
     receipt_no: str | None = None
     original_id: str | None = None
 
+    def view(self) -> dict[str, Any]:
+        """The transaction as the local API shows it (`Transaction` in agent/checkout_api.py)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "receipt_no": self.receipt_no,
+            "business_day": self.business_day.isoformat(),
+            "created_at": self.created_at.isoformat(),
+            "member_id": self.member_id,
+            "total_fen": self.total_fen,
+            "points_earned": self.points_earned,
+            "points_redeemed": self.points_redeemed,
+            "body": self.body,
+        }
+
     def sale_body(self) -> SaleBody:
         return self._typed("sale", SaleBody)
 

@@ -210,3 +210,19 @@ class PendingRefund(SQLModel, table=True):
     body: str
     created_at: datetime = Field(sa_column=utc_column())
     updated_at: datetime = Field(sa_column=utc_column())
+
+
+class IdempotentRequest(SQLModel, table=True):
+    """A local-API request sent with an `Idempotency-Key`: its fingerprint, and the answer to give it again. The
+    answer is written in the transaction that keeps the request's effect (a sale saved or journaled, a refund
+    started or journaled), so after a crash a retry still gets it and never acts twice."""
+
+    __tablename__ = "idempotent_request"
+
+    key: str = Field(primary_key=True)
+    fingerprint: str = Field(description="SHA-256 of method, path and body")
+    status_code: int | None = None
+    response: str | None = Field(None, description="the answer's JSON; null while the request has acted on nothing")
+    done: bool = False
+    created_at: datetime = Field(sa_column=utc_column())
+    expires_at: datetime = Field(sa_column=utc_column(index=True))

@@ -44,11 +44,23 @@ class OpenSaleStore:
 
     # --- open sales ---------------------------------------------------------------------------------------------
 
-    def save(self, sale_id: str, station_id: str, state: str, body: str, created_at: datetime) -> None:
-        """Keep the sale as it is now (its first save inserts it, later ones replace state and body)."""
+    def save(
+        self,
+        sale_id: str,
+        station_id: str,
+        state: str,
+        body: str,
+        created_at: datetime,
+        connection: sa.Connection | None = None,
+    ) -> None:
+        """Keep the sale as it is now (its first save inserts it, later ones replace state and body); with
+        `connection`, inside the caller's transaction (the answer kept for its request's Idempotency-Key)."""
+        if connection is None:
+            with self.engine.begin() as own:
+                self.save(sale_id, station_id, state, body, created_at, own)
+            return
         row = {"station_id": station_id, "state": state, "body": body, "created_at": created_at}
-        with self.engine.begin() as connection:
-            connection.execute(_SAVE_SALE, {"id": sale_id, **row, "updated_at": utcnow()})
+        connection.execute(_SAVE_SALE, {"id": sale_id, **row, "updated_at": utcnow()})
 
     def delete(self, sale_id: str, connection: sa.Connection | None = None) -> None:
         """The sale is journaled or settled; with `connection`, inside the caller's transaction (the journal row)."""
@@ -84,11 +96,17 @@ class OpenSaleStore:
 
     # --- refunds in flight -------------------------------------------------------------------------------------
 
-    def save_refund(self, refund_id: str, sale_id: str, body: str, created_at: datetime) -> None:
-        """Keep a refund with a code part as it is now, before a part is sent (one per sale at most)."""
+    def save_refund(
+        self, refund_id: str, sale_id: str, body: str, created_at: datetime, connection: sa.Connection | None = None
+    ) -> None:
+        """Keep a refund with a code part as it is now, before a part is sent (one per sale at most); with
+        `connection`, inside the caller's transaction."""
+        if connection is None:
+            with self.engine.begin() as own:
+                self.save_refund(refund_id, sale_id, body, created_at, own)
+            return
         row = {"id": refund_id, "sale_id": sale_id, "body": body, "created_at": created_at, "updated_at": utcnow()}
-        with self.engine.begin() as connection:
-            connection.execute(_SAVE_REFUND, row)
+        connection.execute(_SAVE_REFUND, row)
 
     def refund_body(self, sale_id: str) -> str | None:
         """The JSON of the sale's refund in flight, if it has one."""

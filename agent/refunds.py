@@ -32,6 +32,7 @@ from agent.central_client import CentralClient, CentralError, CentralNotReached,
 from agent.clock import SYSTEM_CLOCK, Clock, utcnow
 from agent.connectivity import Connectivity
 from agent.errors import AgentError, NotFound, Offline, PaymentFailed, RefundInProgress, RefundRefused
+from agent.idempotency import kept
 from agent.ids import uuid7
 from agent.journal import Journal, JournalEntry, JournalRecord
 from agent.journal_bodies import refund_body
@@ -286,11 +287,13 @@ class Refunds:
 
         def within(connection: sa.Connection, record: JournalRecord) -> None:
             self.open_sales.drop_refund(pending.id, connection)
+            job = None
             if self._receipts is not None:
                 try:
-                    self._receipts.queue_in(connection, record, "refund", cash)
+                    job = self._receipts.queue_in(connection, record, "refund", cash)
                 except Exception:  # a bug must not undo a refund made: its receipt can be reprinted
                     log.exception("refund receipt could not be queued", extra={"transaction": record.id})
+            kept(connection, record.view() | {"receipt_job_id": job}, 201)
 
         return self.journal.append(entry, within)
 
@@ -305,7 +308,15 @@ class Refunds:
         return self.open_sales.refund_sales()
 
     def _save_pending(self, pending: PendingRefund) -> None:
-        self.open_sales.save_refund(pending.id, pending.sale_id, pending.model_dump_json(), pending.created_at)
+        """Kept before a code part is sent; a request sent again with its Idempotency-Key is told it is under way."""
+        answer = RefundInProgress(
+            f"refund {pending.id} of sale {pending.sale_id} is under way: the till finishes it by itself",
+            "退款处理中，请稍后查看，请勿重复退款",
+        )
+        with self.open_sales.engine.begin() as connection:
+            body = pending.model_dump_json()
+            self.open_sales.save_refund(pending.id, pending.sale_id, body, pending.created_at, connection)
+            kept(connection, answer.body().model_dump(mode="json", exclude_none=True), answer.status)
 
     def _drop_pending(self, refund_id: str) -> None:
         self.open_sales.drop_refund(refund_id)

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from agent import journal
 from agent.clock import utcnow
 from agent.db import reader
+from agent.idempotency import IdempotencyStore
 from agent.member_cache import MemberCache
 from agent.open_sales import OpenSaleStore
 from agent.print_queue import PrintJobStore
@@ -52,6 +53,7 @@ class RetentionReport:
     journal_rows: int = 0
     print_jobs: int = 0
     members: int = 0
+    idempotency_keys: int = 0
     held_back: tuple[str, ...] = ()  # per station, why its purge stopped before the retention's cut-off
     checkpoints: dict[str, tuple[int, str]] = field(
         default_factory=dict
@@ -74,7 +76,10 @@ def run_retention(
     )
     print_jobs = purge_print_jobs(engine, now - timedelta(days=policy.print_job_days), policy.batch_size)
     purged_members = members.purge_personal_data(now - timedelta(days=policy.member_days), policy.batch_size)
-    return RetentionReport(journal_rows, print_jobs, purged_members, held_back, checkpoints, time.monotonic() - started)
+    keys = IdempotencyStore(engine).purge_expired(now)
+    return RetentionReport(
+        journal_rows, print_jobs, purged_members, keys, held_back, checkpoints, time.monotonic() - started
+    )
 
 
 def purge_journal(

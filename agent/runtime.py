@@ -23,6 +23,7 @@ from agent.db import open_database, schema_revision
 from agent.devices import StationDevices
 from agent.disk_space import MB, DiskSpace
 from agent.events import EventHub
+from agent.idempotency import IdempotencyStore
 from agent.identify import Identifier
 from agent.journal import Journal
 from agent.member_cache import MemberCache
@@ -57,6 +58,7 @@ class AgentState:
     journal: Journal
     member_codes: MemberCodeGate
     open_sales: OpenSaleStore  # sales and refunds in progress, kept on disk until journaled
+    idempotency: IdempotencyStore  # the local API's Idempotency-Keys and their answers
     scans: ScanRouter | None = None
     devices: StationDevices | None = None
     sync: Sync | None = None
@@ -78,6 +80,7 @@ def open_state(settings: Settings) -> AgentState:
         journal=Journal(engine, settings.station.id, settings.store.zone, settings.store.business_day_cutoff_hour),
         member_codes=MemberCodeGate(engine, settings.member_codes.window_s, settings.member_codes.clock_skew_s),
         open_sales=OpenSaleStore(engine),
+        idempotency=IdempotencyStore(engine),
     )
 
 

@@ -138,6 +138,7 @@ def add_storage_jobs(scheduler: AsyncIOScheduler, settings: Settings, sync: Sync
                 "journal_rows": report.journal_rows,
                 "print_jobs": report.print_jobs,
                 "members": report.members,
+                "idempotency_keys": report.idempotency_keys,
                 "seconds": round(report.seconds, 2),
             },
         )

@@ -23,6 +23,7 @@ from agent.clock import Clock, utcnow
 from agent.connectivity import Connectivity
 from agent.errors import NotFound
 from agent.events import EventHub
+from agent.idempotency import kept
 from agent.journal import Journal, JournalEntry, JournalRecord
 from agent.journal_bodies import sale_entry
 from agent.member_cache import MemberCache
@@ -110,7 +111,8 @@ class StationSales:
         """A sale cancelled: its payments voided, then the void of what was taken journaled (if anything was)."""
         sale = await self.voided(step)
         if void is not None:
-            await asyncio.to_thread(self.journal.append, void)
+            view = sale.view()
+            await asyncio.to_thread(self.journal.append, void, lambda connection, _: kept(connection, view))
         await self.finish(sale)
         self.publish("cancelled", sale, sale.message)
         self.follower.follow_unsettled(sale)
@@ -153,11 +155,19 @@ class StationSales:
 
     async def _save(self, sale: Sale) -> None:
         """An open sale is kept on disk; so is a cancelled one until its code payments are settled (a restart then
-        goes on giving them up). A journaled sale lives in the journal, not here."""
-        if sale.is_open or sale.unsettled_payments:
-            await self.open_sales.asave(sale.id, sale.station_id, sale.state, sale.model_dump_json(), sale.created_at)
-        elif sale.state == "cancelled":
-            await self.open_sales.adelete(sale.id)
+        goes on giving them up). A journaled sale lives in the journal, not here. The request's answer is kept with
+        it (agent/idempotency.py)."""
+        if sale.is_open or sale.unsettled_payments or sale.state == "cancelled":
+            await asyncio.to_thread(self._write, sale, sale.view())
+
+    def _write(self, sale: Sale, view: dict[str, Any]) -> None:
+        with self.open_sales.engine.begin() as connection:
+            if sale.is_open or sale.unsettled_payments:
+                body = sale.model_dump_json()
+                self.open_sales.save(sale.id, sale.station_id, sale.state, body, sale.created_at, connection)
+            else:
+                self.open_sales.delete(sale.id, connection)
+            kept(connection, view)
 
     # --- paid in full ---------------------------------------------------------------------------------------
 
@@ -174,6 +184,8 @@ class StationSales:
             self.open_sales.delete(sale.id, connection)
             self.members.mark_coupons_used([c.code for c in sale.coupons], record.created_at, connection)
             job[0] = self._queue_receipt(connection, record, cash)
+            done = rules.closed(rules.paid(sale.model_copy(deep=True), record.id, job[0]), self.receipts is not None)
+            kept(connection, done.view())
 
         entry = sale_entry(sale, self.settings.points.excluded_categories)
         record = await asyncio.to_thread(self.journal.append, entry, within)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import schemathesis
 
-from agent.checkout_api import Session, Transaction, record_view
+from agent.checkout_api import Session, Transaction
 from agent.journal import JournalRecord
 from agent.sale import CodePayment, PricingView, Sale, SaleLine, SaleMember
 from tests.checkout_stack import Stack
@@ -101,7 +101,7 @@ def test_the_session_and_transaction_models_show_every_field_of_the_views_they_d
         prev_hash="0" * 64,
         hash="1" * 64,
     )
-    transaction = record_view(record)
+    transaction = record.view()
     assert set(Transaction.model_fields) == set(transaction)
     assert Transaction.model_validate(transaction).model_dump(mode="json") == transaction
 

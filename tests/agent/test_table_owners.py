@@ -22,6 +22,7 @@ OWNERS = {
     "outbox": "journal.py",
     "open_sale": "open_sales.py",
     "pending_refund": "open_sales.py",
+    "idempotent_request": "idempotency.py",
 }
 # The declarations (agent/models.py) and the migrations that create the tables are not SQL on them.
 NOT_SQL = {"models.py"}
@@ -38,6 +39,7 @@ MODEL_OF = {
     "outbox": "Outbox",
     "open_sale": "OpenSale",
     "pending_refund": "PendingRefund",
+    "idempotent_request": "IdempotentRequest",
 }
 
 

@@ -125,3 +125,36 @@ def test_reprint_and_refund_from_the_recent_transactions(page: Page, stack: Stac
     page.get_by_role("button", name="确认退款 Confirm refund").click()
     expect(page.locator("#message")).to_have_attribute("data-code", "refund_refused")
     expect(page.locator("#message")).to_contain_text("nothing is left to refund")
+
+
+def test_a_cash_tender_whose_answer_is_lost_is_sent_again_and_taken_once(page: Page, stack: Stack) -> None:
+    """The network drops the answer to the cashier's tender after the till took it: the screen sends the request
+    again with the same Idempotency-Key, and the sale is paid once, with the change shown."""
+    open_till(page, stack)
+    page.locator("#new-sale").click()
+    expect(page.locator("#sale-state")).to_have_text("新交易 New")
+    session = stack.api.get("/v1/sessions/current").json()
+    set_basket(stack, session["id"])
+    expect(page.locator("#remaining")).to_have_text("¥30.30")
+
+    sent: list[str] = []
+
+    def lose_the_first_answer(route) -> None:
+        sent.append(route.request.headers["idempotency-key"])
+        if len(sent) == 1:
+            route.fetch()  # it reaches the till, which takes the cash ...
+            route.abort("connectionreset")  # ... and the answer never comes back
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/v1/sessions/[^/]+/tenders$"), lose_the_first_answer)
+    page.locator("#cash").fill("50")
+    with page.expect_response(re.compile(r".*/v1/sessions/[^/]+/tenders$")) as answered:
+        page.locator("#cash-form button[type=submit]").click()  # the first answer is lost; the second arrives
+
+    assert answered.value.headers["idempotent-replayed"] == "true"  # the till's first answer, given again
+    assert len(sent) == 2 and sent[0] == sent[1]  # the same request, sent again under its key
+    expect(page.locator("#change")).to_have_text("¥19.70")
+    expect(page.locator("#sale-state")).to_have_text("已完成 Done")
+    paid = stack.api.get(f"/v1/sessions/{session['id']}").json()
+    assert len(paid["tenders"]) == 1 and len(stack.api.get("/v1/transactions").json()) == 1

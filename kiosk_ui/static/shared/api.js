@@ -29,6 +29,12 @@ export class ApiError extends Error {
   }
 }
 
+/** A random key (crypto.randomUUID needs a secure context; a kiosk may reach the agent over plain http). */
+function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 const UNREACHABLE = {
   error: "agent_unreachable",
   message: "The POS Edge agent is not answering. Is pos-edge running?",
@@ -45,11 +51,16 @@ export class Api {
     const headers = { Accept: "application/json" };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
+    // One key per user action: if the answer is lost, the request sent again is answered once, never done twice.
+    if (method !== "GET") headers["Idempotency-Key"] = newKey();
+    const send = () => fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     let response;
     try {
-      response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+      response = await send();
     } catch {
-      throw new ApiError(0, UNREACHABLE);
+      if (method === "GET") throw new ApiError(0, UNREACHABLE);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      try { response = await send(); } catch { throw new ApiError(0, UNREACHABLE); }
     }
     const text = await response.text();
     let data = null;
