@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -390,7 +391,8 @@ def _json(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None
 
 
 def create_app(lifespan, api_token: str = "") -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(
+        redoc_url=None,  # ReDoc fetches its logo from a CDN: Swagger UI alone is whole offline
         title="POS Edge Agent",
         version=__version__,
         lifespan=lifespan,

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from starlette.exceptions import HTTPException
 
@@ -73,7 +74,8 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
                 await card_sync.stop()
             await gateway.stop()
 
-    app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # Swagger UI from the package, not a CDN; no ReDoc, which fetches its logo from one.
+    app = FastAPIOffline(title=TITLE, version=__version__, description=DESCRIPTION, lifespan=lifespan, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.payment_providers = build_providers(settings)

@@ -86,3 +86,24 @@ def test_data_is_shown_as_text_never_as_markup(page: Page, stack: Stack) -> None
     expect(page.locator("#sale-lines")).to_contain_text(name)
     expect(page.locator("#sale-lines img")).to_have_count(0)
     assert page.evaluate("window.pwned") is None
+
+
+@pytest.mark.parametrize("which", ["agent", "central"])
+def test_the_api_docs_render_with_every_outside_request_blocked(page: Page, stack: Stack, which: str) -> None:
+    """A store is often offline: /docs loads Swagger UI from the service itself, nothing from outside."""
+    origin = stack.url if which == "agent" else stack.central.url
+    outside: list[str] = []
+
+    def only_the_service(route) -> None:
+        if route.request.url.startswith(origin):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_service)
+    title = "POS Edge Agent" if which == "agent" else "POS Central"
+    page.goto(f"{origin}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text(title.split()[0])
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+    assert outside == []
