@@ -114,6 +114,7 @@ class Session(BaseModel):
     tenders: list[Tender]
     paid_fen: int
     remaining_fen: int
+    paid: bool = Field(description="journaled: paid in full (read it, or `state` closed; `paid` is an event's state)")
     change_fen: int
     payment: CodePayment | None = Field(description="the sale's latest code payment")
     points: SalePoints | None

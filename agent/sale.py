@@ -3,7 +3,8 @@
 The checkout (agent.checkout) moves a sale through its states and saves it as JSON after every step; nothing
 here talks to a database, a device or the network. Amounts are integer fen.
 
-States: idle → member (optional) → basket → tender → paid → receipt_queued → closed, or cancelled before paid.
+States: idle → member (optional) → basket → tender → paid → closed, or cancelled before paid. `paid` lasts only
+within the step that journals the sale (its event); a client that polls sees `closed`, with `paid` true.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel, Field
 from agent.benefits import BasketLine, Pricing
 from agent.code_payment import NOT_PAID, SENDING, TillPaymentState, is_final, is_settled
 
-SaleState = Literal["idle", "member", "basket", "tender", "paid", "receipt_queued", "closed", "cancelled"]
+SaleState = Literal["idle", "member", "basket", "tender", "paid", "closed", "cancelled"]
 OPEN_STATES = frozenset({"idle", "member", "basket", "tender"})
 TenderKind = Literal["cash", "wechat", "alipay", "card", "other"]
 
@@ -230,6 +231,7 @@ class Sale(BaseModel):
             "redeem_points": self.redeem_points,
             "paid_fen": self.paid_fen,
             "remaining_fen": self.remaining_fen,
+            "paid": self.transaction_id is not None,
             "change_fen": self.change_fen,
             "payment": None if payment is None else payment.model_dump(mode="json"),
             "points": None if (points := self.points()) is None else points.model_dump(),

@@ -494,6 +494,11 @@ def cancelled(sale: Sale) -> Step:
     sale = sale.model_copy(deep=True) if not voids else sale
     sale.state = "cancelled"
     sale.message = "sale cancelled" + (": money taken is given back" if taken else "")
+    on_terminal = [t for t in sale.tenders if t.kind in ("card", "other")]
+    if on_terminal:  # the till cannot give these back itself
+        sale.message += "; void on the card terminal: " + ", ".join(
+            f"{t.kind} ¥{t.amount_fen / 100:.2f} (ref {t.reference})" for t in on_terminal
+        )
     return Step(sale, "cancelled", voids=voids)
 
 

@@ -73,6 +73,30 @@ def journal_count(stack) -> int:
     return len(stack.api.get("/v1/transactions", params={"limit": 200}).json())
 
 
+def test_a_client_that_polls_sees_the_documented_states_and_paid_once_journaled(stack):
+    session = stack.open_session()
+    seen = [(session["state"], session["paid"])]
+    basket = stack.api.put(f"/v1/sessions/{session['id']}/basket", json=BASKET).json()
+    seen.append((basket["state"], basket["paid"]))
+    card = {"kind": "card", "amount_fen": 1000, "reference": "T8842"}
+    part = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json=card).json()
+    seen.append((part["state"], part["paid"]))
+    stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000})
+    polled = stack.session(session["id"])
+    seen.append((polled["state"], polled["paid"]))
+    assert seen == [("idle", False), ("basket", False), ("tender", False), ("closed", True)]
+    assert polled["transaction_id"] == session["id"] and journal_count(stack) == 1
+
+
+def test_cancelling_a_sale_with_a_card_tender_tells_the_cashier_to_void_it_on_the_terminal(stack):
+    session = start_sale(stack)
+    card = {"kind": "card", "amount_fen": 1000, "reference": "T8842"}
+    stack.api.post(f"/v1/sessions/{session['id']}/tenders", json=card)
+    cancelled = stack.api.post(f"/v1/sessions/{session['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled" and not cancelled["paid"]
+    assert "void on the card terminal: card ¥10.00 (ref T8842)" in cancelled["message"]
+
+
 def test_userpaying_shows_waiting_then_paid(stack):
     session = start_sale(stack)
     answer = stack.api.post(

@@ -23,7 +23,7 @@ import httpx
 from tests.chaos.disruptions import Disruptions
 from tests.chaos.stack import Stack
 
-PAID_STATES = frozenset({"paid", "receipt_queued", "closed"})
+PAID_STATES = frozenset({"paid", "closed"})
 OPEN_STATES = frozenset({"idle", "member", "basket", "tender"})
 PAYMENT_OPEN = frozenset({"sending", "PENDING", "USERPAYING", "UNKNOWN", "REVERSING"})
 

@@ -53,7 +53,7 @@ SECRETS = {
     "POS_EDGE_PRIVACY__PHONE_HASH_KEY": "demo-phone-hash-key-not-secret",
 }
 CENTRAL_CONFIG = "/etc/pos-central-demo/central.toml"
-PAID = {"paid", "receipt_queued", "closed"}
+PAID = {"paid", "closed"}
 # From the demo catalog (config/demo.toml).
 BASKETS = {
     "cash": {"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 1, "unit_price_fen": 200},

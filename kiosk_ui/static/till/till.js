@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 
 const STATES = {
   idle: "新交易 New", member: "会员 Member", basket: "待付款 To pay", tender: "收款中 Paying", paid: "已付款 Paid",
-  receipt_queued: "已付款 Paid", closed: "已完成 Done", cancelled: "已取消 Cancelled",
+  closed: "已完成 Done", cancelled: "已取消 Cancelled",
 };
 const TENDERS = {
   cash: "现金 Cash", wechat: "微信支付 WeChat Pay", alipay: "支付宝 Alipay", card: "银行卡 Card", other: "其他 Other",
