@@ -47,7 +47,7 @@ OPEN_PATHS = {
     "/openapi.json",
     "/docs",
     "/docs/oauth2-redirect",
-    "/redoc",
+    "/static-offline-docs",  # Swagger UI's own scripts and styles (fastapi-offline): nothing of the store's
 }
 # Outside /v1/ yet behind the token all the same: the route checks it itself (docs/metrics.md).
 TOKEN_PATHS = {"/metrics"}
