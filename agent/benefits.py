@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import combinations
 
 from agent.member_records import CachedCoupon
 from agent.settings import PointsSettings
@@ -187,6 +188,44 @@ def price(
         points_earned=earned,
         line_amounts_fen=tuple(line_amounts),
     )
+
+
+def usable_now(coupon: CachedCoupon, now: datetime, online: bool) -> bool:
+    """A member's own coupon the till may apply now: unused, within its dates, offline-usable while offline."""
+    try:
+        check_coupon(coupon, None, None, now, online)
+    except CouponNotUsable:
+        return False
+    return True
+
+
+def best_coupons(
+    lines: Sequence[BasketLine],
+    rules: PointsSettings,
+    tier: Tier | None,
+    chosen: Sequence[CachedCoupon],
+    held: Sequence[CachedCoupon],
+    room: int,
+) -> tuple[CachedCoupon, ...]:
+    """The coupons the member holds to apply by themselves, next to the ones already `chosen` (scanned): the
+    combination of at most `room` whose discount is largest, thresholds met. Ties go to the coupon that lapses
+    first (used before it is lost), then by code. `held` must already be usable (`usable_now`)."""
+    best: tuple[CachedCoupon, ...] = ()
+    best_key: tuple[int, tuple[datetime, ...], tuple[str, ...]] | None = None
+    for size in range(1, max(0, room) + 1):
+        for combination in combinations(held, size):
+            # Percentages first: a percentage of the larger amount, then the fixed amounts, is the better deal.
+            ordered = sorted(combination, key=lambda c: (c.kind != "percent_off", c.code))
+            try:
+                off = sum(fen for _, fen in price(lines, rules, tier, [*chosen, *ordered]).coupon_discounts)
+            except CouponNotUsable:
+                continue
+            if off <= 0:  # a coupon that takes nothing off this basket is kept for another
+                continue
+            key = (-off, tuple(sorted(c.valid_until for c in ordered)), tuple(c.code for c in ordered))
+            if best_key is None or key < best_key:
+                best, best_key = tuple(ordered), key
+    return best
 
 
 def max_redeemable(rules: PointsSettings, basket_fen: int, redemption: Redemption) -> int:

@@ -100,7 +100,7 @@ class Checkout:
             push_soon or (lambda: None),
             clock,
         )
-        self.facts = SaleFacts(settings, members, journal, connectivity)
+        self.facts = SaleFacts(settings, members, journal, connectivity, clock)
         self.members = members
         self.journal = journal
         self._disk = disk
@@ -285,9 +285,9 @@ class Checkout:
             coupon = (await self.members.acoupons_by_code([code.value])).get(code.value)
             online = await self.connectivity.online()
             facts = await self.facts.pricing(sale, codes=[c.code for c in sale.coupons] + [code.value], online=online)
-            return await self.sales.carry_out(
-                rules.add_coupon(sale, code.value, coupon, self.clock.now(), online, facts)
-            )
+            limit = self.settings.checkout.coupons_per_sale
+            step = rules.add_coupon(sale, code.value, coupon, self.clock.now(), online, facts, limit)
+            return await self.sales.carry_out(step)
         if kind is Kind.GUIDE:
             return await self.sales.carry_out(rules.attribute_guide(sale, code.value))
         if kind is Kind.PRODUCT:

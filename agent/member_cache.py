@@ -310,6 +310,9 @@ class MemberCache:
 
     # --- the same, from the event loop: each hops to a worker thread, since a read may wait on the disk ----------
 
+    async def acoupons(self, member_id: str) -> list[CachedCoupon]:
+        return await asyncio.to_thread(self.coupons, member_id)
+
     async def acoupons_by_code(self, codes: Sequence[str]) -> dict[str, tuple[str | None, CachedCoupon]]:
         """The coupons with these codes the till knows, each with the member it was issued to."""
 

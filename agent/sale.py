@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from agent.benefits import BasketLine, Pricing
 from agent.code_payment import NOT_PAID, SENDING, TillPaymentState, is_final, is_settled
+from agent.member_records import CachedCoupon
 
 SaleState = Literal["idle", "member", "basket", "tender", "paid", "closed", "cancelled"]
 OPEN_STATES = frozenset({"idle", "member", "basket", "tender"})
@@ -56,14 +57,42 @@ def new_tender(
     return Tender(kind=kind, amount_fen=amount, tendered_fen=amount, reference=reference[:64])
 
 
+class HeldCoupon(BaseModel):
+    """A coupon the member holds and may use now, for the screens (valid dates, and whether it works offline)."""
+
+    code: str
+    title: str
+    kind: str
+    amount_off_fen: int
+    percent_off: int
+    threshold_fen: int
+    valid_until: datetime
+    usable_offline: bool
+
+    @classmethod
+    def of(cls, coupon: CachedCoupon) -> HeldCoupon:
+        return cls(
+            code=coupon.code,
+            title=coupon.title,
+            kind=coupon.kind,
+            amount_off_fen=coupon.amount_off_fen,
+            percent_off=coupon.percent_off,
+            threshold_fen=coupon.threshold_fen,
+            valid_until=coupon.valid_until,
+            usable_offline=coupon.usable_offline,
+        )
+
+
 class SaleMember(BaseModel):
     id: str
     display_name: str
     tier: str
+    tier_name: str = Field("", description="the tier as customers read it, e.g. 银卡会员 (points.tiers.<tier>.name)")
     points: int = Field(description="balance as last confirmed by central")
     phone_masked: str | None = None
     via: Literal["member_code", "card", "phone", "payment_code"]
     may_redeem: bool
+    coupons: list[HeldCoupon] = Field(default_factory=list, description="coupons the member holds, usable now")
 
 
 class SaleLine(BaseModel):
@@ -82,6 +111,7 @@ class SaleCoupon(BaseModel):
     code: str
     title: str
     amount_off_fen: int = 0
+    auto: bool = Field(False, description="applied by the till from the member's coupons (not scanned)")
 
 
 class PricingView(BaseModel):
@@ -169,6 +199,7 @@ class Sale(BaseModel):
     lines: list[SaleLine] = Field(default_factory=list)
     coupons: list[SaleCoupon] = Field(default_factory=list)
     redeem_points: int = 0
+    declined_coupons: list[str] = Field(default_factory=list, description="taken off by the cashier: not re-applied")
     pricing: PricingView | None = None
     tenders: list[Tender] = Field(default_factory=list)
     payments: list[CodePayment] = Field(default_factory=list)
@@ -226,7 +257,7 @@ class Sale(BaseModel):
         """The session as the API and the screens see it (docs/checkout.md)."""
         payment = self.payment
         return {
-            **self.model_dump(mode="json", exclude={"payments", "redeem_points", "created_at"}),
+            **self.model_dump(mode="json", exclude={"payments", "redeem_points", "created_at", "declined_coupons"}),
             "created_at": self.created_at.isoformat(),
             "redeem_points": self.redeem_points,
             "paid_fen": self.paid_fen,

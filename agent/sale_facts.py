@@ -7,18 +7,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent import sale_rules as rules
-from agent.clock import utcnow
+from agent.benefits import usable_now
+from agent.clock import Clock, utcnow
 from agent.connectivity import Connectivity
 from agent.identify import Identification
 from agent.journal import Journal
 from agent.member_cache import MemberCache
+from agent.member_records import CachedCoupon
 from agent.sale import Sale
 from agent.settings import Settings
 
 
 class SaleFacts:
-    def __init__(self, settings: Settings, members: MemberCache, journal: Journal, connectivity: Connectivity):
+    def __init__(
+        self, settings: Settings, members: MemberCache, journal: Journal, connectivity: Connectivity, clock: Clock
+    ):
         self.settings = settings
+        self.clock = clock
         self.members = members
         self.journal = journal
         self.connectivity = connectivity
@@ -44,7 +49,14 @@ class SaleFacts:
             spent = await self.journal.aoffline_points_spent(member_id, utcnow())
             left = max(0, self.settings.offline.redeem_cap_points_per_day - spent)
         coupons = {code: coupon for code, (_, coupon) in found.items()}
-        return rules.PricingFacts(self.settings.points, online, coupons, left)
+        held = await self.held(member_id, online) if member_id is not None else ()
+        limit = self.settings.checkout.coupons_per_sale
+        return rules.PricingFacts(self.settings.points, online, coupons, left, held, limit)
+
+    async def held(self, member_id: str, online: bool = True) -> tuple[CachedCoupon, ...]:
+        """The member's own coupons usable now (offline: only those that work offline)."""
+        now = self.clock.now()
+        return tuple(c for c in await self.members.acoupons(member_id) if usable_now(c, now, online))
 
     async def identified(self, sale: Sale, found: Identification, save: bool = True) -> rules.Step:
         """The rules' step for an identification, with what it needs: who holds the sale's coupons, and the new
@@ -53,4 +65,7 @@ class SaleFacts:
         coupons = await self.members.acoupons_by_code([c.code for c in sale.coupons])
         owners = {code: owner for code, (owner, _) in coupons.items()}
         facts = await self.pricing(sale, member_id=member_id) if member_id is not None else None
-        return rules.identified(sale, rules.Found(found.member, found.via, found.may_redeem), owners, facts, save)
+        held = facts.held if facts is not None else await self.held(member_id) if member_id is not None else ()
+        tier_name = self.settings.points.tier_name(found.member.tier) if found.member is not None else ""
+        member = rules.Found(found.member, found.via, found.may_redeem, held, tier_name)
+        return rules.identified(sale, member, owners, facts, save)

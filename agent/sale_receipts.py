@@ -42,7 +42,11 @@ def receipt_of_record(record: JournalRecord, settings: Settings, reprint: bool =
             total_fen=record.total_fen,
         ),
         tenders=tenders,
-        member=None if member is None else MemberInfo(member.display_name, member.phone_masked, member.tier or None),
+        member=None
+        if member is None
+        else MemberInfo(
+            member.display_name, member.phone_masked, settings.points.tier_name(member.tier) if member.tier else None
+        ),
         points=points,
         coupons=tuple(CouponUse(c.title, c.amount_off_fen) for c in body.coupons if c.amount_off_fen),
         e_receipt_url=None if refund else e_receipt_url(settings.receipt.e_receipt_url, record.id),

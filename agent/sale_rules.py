@@ -15,10 +15,12 @@ from datetime import datetime
 
 from agent.benefits import (
     BadBasket,
+    BasketLine,
     CouponNotUsable,
     Redemption,
     RedemptionRefused,
     Tier,
+    best_coupons,
     check_coupon,
     max_redeemable,
     price,
@@ -55,6 +57,7 @@ from agent.errors import (
 from agent.member_records import CachedCoupon, CachedMember
 from agent.sale import (
     CodePayment,
+    HeldCoupon,
     PricingView,
     Sale,
     SaleCoupon,
@@ -93,6 +96,8 @@ class PricingFacts:
     online: bool
     coupons: Mapping[str, CachedCoupon] = field(default_factory=dict)  # the sale's coupons the cache knows, by code
     redeem_left_today: int | None = None  # offline: points the member may still spend today; None online
+    held: tuple[CachedCoupon, ...] = ()  # the member's own coupons usable now (online or offline as it is)
+    coupons_per_sale: int = 1
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ class Found:
     member: CachedMember | None
     via: str
     may_redeem: bool
+    held: tuple[CachedCoupon, ...] = ()  # the member's coupons usable now, shown with the member
+    tier_name: str = ""  # the member's tier as customers read it
 
 
 # --- guards ---------------------------------------------------------------------------------------------------
@@ -197,10 +204,12 @@ def identified(
         id=member.id,
         display_name=member.display_name,
         tier=member.tier,
+        tier_name=found.tier_name or member.tier,
         points=member.points,
         phone_masked=member.phone_masked,
         via=found.via,  # type: ignore[arg-type]  # one of identify.Via, checked by SaleMember
         may_redeem=may_redeem,
+        coupons=[HeldCoupon.of(c) for c in found.held],
     )
     # Coupons of another member leave with the member they belonged to.
     sale.coupons = [c for c in sale.coupons if owners.get(c.code) in (None, member.id)]
@@ -219,11 +228,17 @@ def add_coupon(
     now: datetime,
     online: bool,
     facts: PricingFacts | None,
+    limit: int = 1,
 ) -> Step:
-    """A coupon scanned: `found` is its owner and the cache's coupon; `facts` prices the sale with it on."""
+    """A coupon scanned: `found` is its owner and the cache's coupon; `facts` prices the sale with it on. A scanned
+    coupon takes the place of one the till applied by itself; at most `limit` are scanned into one sale."""
     no_money_yet(sale, "add a coupon")
-    if any(c.code == code for c in sale.coupons):
+    if any(c.code == code and not c.auto for c in sale.coupons):
         raise CouponRefused(f"coupon {code} is already on this sale")
+    if sum(not c.auto for c in sale.coupons) >= limit:
+        raise CouponRefused(
+            f"this store takes {limit} coupon(s) per sale: take one off first", "每单限用优惠券数量已满"
+        )
     if found is None:
         raise CouponRefused(f"coupon {code} is not known at this till", "优惠券无效")
     owner, coupon = found
@@ -232,7 +247,9 @@ def add_coupon(
     except CouponNotUsable as exc:
         raise CouponRefused(str(exc), "优惠券不可用") from None
     sale = sale.model_copy(deep=True)
+    sale.coupons = [c for c in sale.coupons if c.code != code]
     sale.coupons.append(SaleCoupon(code=coupon.code, title=coupon.title))
+    sale.declined_coupons = [c for c in sale.declined_coupons if c != code]
     if sale.lines:
         reprice(sale, facts)
     sale.message = f"coupon {coupon.title} added"
@@ -246,6 +263,7 @@ def remove_coupon(sale: Sale, code: str, facts: PricingFacts | None) -> Step:
         raise NotFound(f"coupon {code} is not on this sale")
     sale = sale.model_copy(deep=True)
     sale.coupons = [c for c in sale.coupons if c.code != code]
+    sale.declined_coupons.append(code)  # not applied by itself again in this sale
     reprice(sale, facts)
     sale.message = f"coupon {code} taken off"
     return changed(sale, "basket")
@@ -284,14 +302,17 @@ def reprice(sale: Sale, facts: PricingFacts | None) -> None:
     sale.online = facts.online
     rules = facts.points
     tier, redemption, coupons = None, None, []
-    if sale.member is not None:
-        tier_settings = rules.tiers.get(sale.member.tier)
-        if tier_settings is not None:
-            tier = Tier(sale.member.tier, tier_settings.discount_percent, tier_settings.earn_multiplier_percent)
-        coupons = [facts.coupons[c.code] for c in sale.coupons if c.code in facts.coupons]
-        redemption = Redemption(sale.redeem_points, sale.member.points, sale.member.may_redeem, facts.redeem_left_today)
     try:
-        pricing = price([line.basket_line() for line in sale.lines], rules, tier, coupons, redemption)
+        basket = [line.basket_line() for line in sale.lines]
+        if sale.member is not None:
+            tier_settings = rules.tiers.get(sale.member.tier)
+            if tier_settings is not None:
+                tier = Tier(sale.member.tier, tier_settings.discount_percent, tier_settings.earn_multiplier_percent)
+            coupons = _with_best_held(sale, basket, tier, facts)
+            redemption = Redemption(
+                sale.redeem_points, sale.member.points, sale.member.may_redeem, facts.redeem_left_today
+            )
+        pricing = price(basket, rules, tier, coupons, redemption)
     except BadBasket as exc:
         raise BasketRefused(str(exc)) from None
     except CouponNotUsable as exc:
@@ -307,6 +328,19 @@ def reprice(sale: Sale, facts: PricingFacts | None) -> None:
     if redemption is not None and redemption.may_redeem:
         most = max_redeemable(rules, pricing.subtotal_fen - pricing.discount_fen, redemption)
     sale.pricing = PricingView.of(pricing, most)
+
+
+def _with_best_held(sale: Sale, basket: list[BasketLine], tier: Tier | None, facts: PricingFacts) -> list[CachedCoupon]:
+    """The coupons to price with: those scanned, then the member's own best ones the till applies by itself —
+    until the cashier takes a coupon off: then the customer keeps their coupons unless one is scanned. Sets them
+    on the sale, the till's own marked `auto`."""
+    scanned = [c for c in sale.coupons if not c.auto]
+    chosen = [facts.coupons[c.code] for c in scanned if c.code in facts.coupons]
+    taken = {c.code for c in scanned}
+    held = [] if sale.declined_coupons else [c for c in facts.held if c.code not in taken]
+    auto = best_coupons(basket, facts.points, tier, chosen, held, facts.coupons_per_sale - len(chosen))
+    sale.coupons = scanned + [SaleCoupon(code=c.code, title=c.title, auto=True) for c in auto]
+    return [*chosen, *auto]
 
 
 # --- tenders ---------------------------------------------------------------------------------------------------

@@ -209,7 +209,20 @@ class MemberCodeSettings(Section):
     clock_skew_s: int = Field(30, ge=0, le=300, examples=[30])
 
 
+# Tier names as a Chinese customer reads them, for the usual tier codes; `points.tiers.<code>.name` overrides.
+TIER_NAMES_ZH = {
+    "normal": "会员",
+    "regular": "会员",
+    "member": "会员",
+    "silver": "银卡会员",
+    "gold": "金卡会员",
+    "platinum": "白金会员",
+    "diamond": "钻石会员",
+}
+
+
 class TierSettings(Section):
+    name: str = Field("", max_length=16, examples=["银卡会员"], description="shown on receipts and screens")
     discount_percent: int = Field(0, ge=0, le=90, examples=[5])
     earn_multiplier_percent: int = Field(100, ge=0, le=1000, examples=[150])
 
@@ -220,6 +233,11 @@ class PointsSettings(Section):
     max_redeem_percent: int = Field(50, ge=0, le=100, examples=[50], description="cap as a share of the basket")
     excluded_categories: tuple[str, ...] = Field((), examples=[["tobacco", "gift_card"]])
     tiers: dict[str, TierSettings] = Field(default_factory=dict, examples=[{"gold": {"discount_percent": 5}}])
+
+    def tier_name(self, tier: str) -> str:
+        """The tier as customers read it: its settings' name, the usual Chinese name, or the code itself."""
+        settings = self.tiers.get(tier)
+        return (settings.name if settings else "") or TIER_NAMES_ZH.get(tier, tier)
 
 
 class OfflineSettings(Section):
@@ -251,6 +269,9 @@ class CheckoutSettings(Section):
         "", max_length=32, examples=["消费"], description="shown to the payer after the store name"
     )
     catalog: tuple[CatalogItem, ...] = Field((), description="products a kiosk can sell without POS software")
+    coupons_per_sale: int = Field(
+        1, ge=1, le=3, examples=[1], description="coupons one sale may use, scanned or applied by the till itself"
+    )
 
 
 class ApiSettings(Section):

@@ -15,11 +15,13 @@ from agent.benefits import (
     Redemption,
     RedemptionRefused,
     Tier,
+    best_coupons,
     check_coupon,
     max_redeemable,
     percent_of,
     price,
     share_out,
+    usable_now,
 )
 from agent.member_cache import CachedCoupon
 from agent.settings import PointsSettings
@@ -177,3 +179,64 @@ def test_no_basket_breaks_the_money_rules(lines, discount, multiplier, coupon_of
     for line, amount in zip(lines, pricing.line_amounts_fen, strict=True):
         if line.category == "tobacco":
             assert amount == line.amount_fen
+
+
+# --- the member's coupons, applied by the till -----------------------------------------------------------------
+
+BASKET_139_80 = [BasketLine("6901", "礼盒", 1, 13980)]
+
+# held coupons (code, kind, amount or percent, threshold, days left) -> the ones applied, with room for one or two
+BEST = [
+    ("the larger discount wins", [("A", "amount_off", 1000, 10000, 30), ("B", "amount_off", 800, 5000, 30)], 1, ["A"]),
+    (
+        "a threshold not met is skipped",
+        [("A", "amount_off", 3000, 20000, 30), ("B", "amount_off", 800, 5000, 30)],
+        1,
+        ["B"],
+    ),
+    (
+        "a tie goes to the one lapsing first",
+        [("A", "amount_off", 1000, 0, 30), ("B", "amount_off", 1000, 0, 3)],
+        1,
+        ["B"],
+    ),
+    ("9折 beats 减10 on ¥139.80", [("A", "amount_off", 1000, 0, 30), ("P", "percent_off", 10, 0, 30)], 1, ["P"]),
+    (
+        "two when the store allows two, percent first",
+        [("A", "amount_off", 1000, 0, 30), ("P", "percent_off", 10, 0, 30)],
+        2,
+        ["P", "A"],
+    ),
+    ("nothing when nothing is held", [], 1, []),
+]
+
+
+@pytest.mark.parametrize(("name", "held", "room", "applied"), BEST, ids=[row[0] for row in BEST])
+def test_the_member_s_best_coupons_are_applied(name, held, room, applied):
+    coupons = [
+        coupon(
+            code,
+            kind,
+            amount if kind == "amount_off" else 0,
+            amount if kind == "percent_off" else 0,
+            threshold,
+            days=(-1, days),
+        )
+        for code, kind, amount, threshold, days in held
+    ]
+    assert [c.code for c in best_coupons(BASKET_139_80, RULES, None, [], coupons, room)] == applied
+
+
+def test_a_coupon_that_takes_nothing_off_is_kept_and_a_scanned_one_leaves_no_room():
+    tobacco = [BasketLine("6930", "香烟", 1, 2500, "tobacco")]  # excluded: no coupon takes anything off it
+    assert best_coupons(tobacco, RULES, None, [], [coupon(threshold=0)], 1) == ()
+    scanned = coupon("S", threshold=0)
+    assert best_coupons(BASKET_139_80, RULES, None, [scanned], [coupon("A", threshold=0)], 0) == ()
+
+
+def test_usable_now_leaves_out_used_expired_and_online_only_coupons_while_offline():
+    assert usable_now(coupon(), NOW, online=True)
+    assert not usable_now(coupon(used=NOW), NOW, online=True)
+    assert not usable_now(coupon(days=(-30, -1)), NOW, online=True)
+    assert not usable_now(coupon(offline=False), NOW, online=False)
+    assert usable_now(coupon(offline=True), NOW, online=False)

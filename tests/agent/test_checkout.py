@@ -320,18 +320,21 @@ def test_coupons_apply_once_to_their_member_and_refuse_others_expired_and_online
 
     session = start_sale(stack)
     sid = session["id"]
-    stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000011"})
+    member = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": "8800000000011"}).json()
+    # The member's best coupon is on by itself: ¥5 off beats 10% of ¥11.90 eligible (¥1.19).
+    assert member["coupons"] == [{"code": coupon, "title": "满10减5", "amount_off_fen": 500, "auto": True}]
+    assert {c["code"] for c in member["member"]["coupons"]} == {coupon, online_only}  # the expired one is not shown
     old = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": expired})  # central's feed leaves expired ones out
     assert (
         old.status_code == 409
         and old.json()["error"] == "coupon_not_usable"
         and old.json()["message_zh"] == "优惠券无效"
     )
-    applied = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": coupon}).json()
-    assert applied["coupons"] == [{"code": coupon, "title": "满10减5", "amount_off_fen": 500}]
+    applied = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": coupon}).json()  # scanned: now the cashier's
+    assert applied["coupons"] == [{"code": coupon, "title": "满10减5", "amount_off_fen": 500, "auto": False}]
     assert applied["pricing"]["amount_due_fen"] == 4190 - 500
-    percent = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": online_only}).json()
-    assert percent["pricing"]["coupon_discount_fen"] == 500 + 119  # 10% of the 11.90 eligible left, under the cap
+    second = stack.api.post(f"/v1/sessions/{sid}/codes", json={"text": online_only})  # one coupon per sale
+    assert second.status_code == 409 and second.json()["error"] == "coupon_not_usable"
     done = stack.api.post(f"/v1/sessions/{sid}/tenders", json={"kind": "cash", "tendered_fen": 5000}).json()
     assert done["state"] == "closed"
     assert "券 满10减5" in stack.printed(sid)
@@ -340,6 +343,37 @@ def test_coupons_apply_once_to_their_member_and_refuse_others_expired_and_online
     stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": "8800000000011"})
     reused = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": coupon})
     assert reused.status_code == 409 and "already used" in reused.json()["message"]
+
+
+def test_a_member_with_two_coupons_gets_the_better_one_without_scanning_it_and_the_receipt_lists_it(stack):
+    member = stack.add_member(points=0, card_no="8800000000033", display_name="郑*")
+    stack.add_coupon(member, "满10减5", amount_off_fen=500, threshold_fen=1000)
+    better = stack.add_coupon(member, "满15减6", amount_off_fen=600, threshold_fen=1500)
+    stack.add_coupon(member, "满20减9", amount_off_fen=900, threshold_fen=2000)  # ¥16.90 eligible: not met
+    stack.sync_now()
+
+    session = start_sale(stack)  # ¥41.90, of which ¥16.90 earns benefits (tobacco does not)
+    found = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": "8800000000033"}).json()
+    assert found["coupons"] == [{"code": better, "title": "满15减6", "amount_off_fen": 600, "auto": True}]
+    assert found["pricing"]["amount_due_fen"] == 4190 - 600 and len(found["member"]["coupons"]) == 3
+    paid = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000})
+    assert paid.json()["state"] == "closed" and "券 满15减6" in stack.printed(session["id"])
+
+    again = start_sale(stack)  # the coupon is used: the next best goes on
+    found = stack.api.post(f"/v1/sessions/{again['id']}/codes", json={"text": "8800000000033"}).json()
+    assert [c["title"] for c in found["coupons"]] == ["满10减5"]
+    kept = stack.api.delete(f"/v1/sessions/{again['id']}/coupons/{found['coupons'][0]['code']}").json()
+    assert kept["coupons"] == [] and kept["pricing"]["amount_due_fen"] == 4190  # the customer keeps it
+
+
+def test_the_tier_reads_in_chinese_on_the_session_and_the_receipt(stack):
+    stack.add_member(points=10, tier="gold", card_no="8800000000044", display_name="冯*")
+    session = start_sale(stack)
+    found = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": "8800000000044"}).json()
+    assert found["member"]["tier"] == "gold" and found["member"]["tier_name"] == "金卡会员"
+    stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "tendered_fen": 5000})
+    printed = stack.printed(session["id"])
+    assert "金卡会员" in printed and "gold" not in printed
 
 
 def test_offline_points_redemption_is_capped_per_member_per_day(stack):

@@ -59,7 +59,7 @@ def dict_sale_body(sale: Sale, excluded_categories) -> dict:
             line.model_dump() | {"earns_points": line.category not in excluded_categories} for line in sale.lines
         ],
         "tenders": [tender.model_dump(exclude_none=True) for tender in sale.tenders],
-        "coupons": [coupon.model_dump() for coupon in sale.coupons],
+        "coupons": [coupon.model_dump(include={"code", "title", "amount_off_fen"}) for coupon in sale.coupons],
         "subtotal_fen": pricing.subtotal_fen,
         "tier_discount_fen": pricing.tier_discount_fen,
         "discount_fen": pricing.discount_fen,

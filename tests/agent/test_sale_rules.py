@@ -14,6 +14,7 @@ from agent import sale_rules as rules
 from agent.errors import (
     AgentError,
     BasketMissing,
+    CouponRefused,
     NoPaymentInProgress,
     Offline,
     PaymentFailed,
@@ -22,7 +23,7 @@ from agent.errors import (
     RedemptionNotAllowed,
     SaleClosed,
 )
-from agent.member_records import CachedMember
+from agent.member_records import CachedCoupon, CachedMember
 from agent.sale import CodePayment, Sale, SaleLine, SaleMember, Tender
 from agent.settings import PointsSettings, TierSettings
 from central.contract import Payment, PaymentState
@@ -314,3 +315,34 @@ def test_offline_the_day_cap_limits_the_points_a_member_may_spend() -> None:
     member = rules.identified(sale(), found, {}, offline).sale
     assert member.pricing is not None and member.pricing.max_redeemable_points == 50 and not member.online
     assert isinstance(member.member, SaleMember) and member.member.may_redeem
+
+
+# --- the member's own coupons -------------------------------------------------------------------------------------
+
+
+def held(code: str, amount_off_fen: int, threshold_fen: int = 0) -> CachedCoupon:
+    later = datetime(2026, 12, 31, tzinfo=UTC)
+    return CachedCoupon(
+        code, f"减{amount_off_fen // 100}", "amount_off", amount_off_fen, 0, threshold_fen, None, T0, later, False
+    )
+
+
+def test_the_member_s_best_coupon_goes_on_by_itself_and_stays_off_once_the_cashier_takes_it_off() -> None:
+    facts = rules.PricingFacts(POINTS, online=True, held=(held("C1", 50), held("C2", 100)))
+    found = rules.Found(GOLD, "member_code", may_redeem=True, held=facts.held)
+    member = rules.identified(sale(), found, {}, facts).sale
+    assert [(c.code, c.auto, c.amount_off_fen) for c in member.coupons] == [("C2", True, 100)]
+    assert [c.code for c in member.member.coupons] == ["C1", "C2"] if member.member else False
+    off = rules.remove_coupon(member, "C2", facts).sale
+    assert off.coupons == [] and off.pricing is not None and off.pricing.coupon_discount_fen == 0
+    again = rules.set_basket(off, [WATER, WATER.model_copy(update={"sku": "6901234567893"})], facts).sale
+    assert again.coupons == []  # the customer keeps their coupons for another day
+
+
+def test_a_scanned_coupon_takes_the_place_of_the_till_s_own_and_the_limit_holds() -> None:
+    facts = rules.PricingFacts(POINTS, online=True, held=(held("C2", 100),), coupons={"C1": held("C1", 50)})
+    member = rules.identified(sale(), rules.Found(GOLD, "card", False, facts.held), {}, facts).sale
+    scanned = rules.add_coupon(member, "C1", ("M1", held("C1", 50)), T0, True, facts, limit=1).sale
+    assert [(c.code, c.auto) for c in scanned.coupons] == [("C1", False)]  # no room left for the till's own
+    with pytest.raises(CouponRefused):
+        rules.add_coupon(scanned, "C3", ("M1", held("C3", 30)), T0, True, facts, limit=1)

@@ -158,3 +158,12 @@ def test_secret_in_a_world_readable_file_is_warned_about(tmp_path):
 def test_short_phone_hash_key_is_refused(tmp_path):
     found = problems(tmp_path, MINIMAL + '\n[privacy]\nphone_hash_key = "short"\n')
     assert found[0].startswith("privacy.phone_hash_key: must be at least 16 characters")
+
+
+def test_a_tier_reads_as_its_settings_name_then_the_usual_chinese_name_then_its_code():
+    from agent.settings import PointsSettings, TierSettings
+
+    points = PointsSettings(tiers={"vip": TierSettings(name="尊享会员"), "gold": TierSettings()})
+    assert points.tier_name("vip") == "尊享会员"
+    assert points.tier_name("gold") == "金卡会员"
+    assert points.tier_name("staff") == "staff"

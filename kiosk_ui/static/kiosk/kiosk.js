@@ -18,9 +18,10 @@ const NOTICE_S = 8;
 
 const IN_PROGRESS = new Set(["sending", "PENDING", "USERPAYING", "UNKNOWN", "REVERSING"]);
 const FAILED = new Set(["FAILED", "REVERSED"]);
-const TIERS = {
-  normal: ["会员", "Member"], regular: ["会员", "Member"], member: ["会员", "Member"], silver: ["银卡会员", "Silver"],
-  gold: ["金卡会员", "Gold"], platinum: ["白金会员", "Platinum"], diamond: ["钻石会员", "Diamond"],
+// English beside the store's own Chinese tier name (`member.tier_name`, from the agent's settings).
+const TIERS_EN = {
+  normal: "Member", regular: "Member", member: "Member", silver: "Silver", gold: "Gold", platinum: "Platinum",
+  diamond: "Diamond",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -99,8 +100,10 @@ function render() {
   if (name === "failure" || name === "locked") hideNotice();
 }
 
-function tierLabel(tier) {
-  const [zh, en] = TIERS[tier] ?? [tier, ""];
+function tierLabel(member) {
+  const tier = member.tier;
+  const zh = member.tier_name || tier;
+  const en = TIERS_EN[tier] ?? "";
   return h("span", { className: "tier", dataset: { tier } }, zh, en ? h("span", { className: "en" }, ` ${en}`) : "");
 }
 
@@ -110,7 +113,7 @@ function renderMember(member) {
   if (!member) return box.replaceChildren();
   box.replaceChildren(
     h("span", { className: "name" }, member.display_name || member.phone_masked || "会员"),
-    tierLabel(member.tier),
+    tierLabel(member),
     h("span", { className: "balance" }, h("span", { className: "zh" }, "积分 "), String(member.points ?? 0),
       h("span", { className: "en" }, " points")),
   );

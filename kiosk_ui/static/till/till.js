@@ -115,7 +115,7 @@ function renderSale() {
   if (member) {
     memberBox.replaceChildren(
       h("strong", { className: "name" }, member.display_name || "会员 Member"),
-      h("span", { className: "tier", dataset: { tier: member.tier } }, member.tier),
+      h("span", { className: "tier", dataset: { tier: member.tier } }, member.tier_name || member.tier),
       h("span", {}, `积分 ${member.points} points`),
       member.phone_masked ? h("span", {}, member.phone_masked) : "",
       h("span", { className: "via" }, VIA[member.via] ?? member.via),
