@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt, field_validator
 
 from agent import pii
 from agent.deps import TOKEN_REQUIRED, V1_ERRORS, CheckoutDep, ReceiptsDep, RefundsDep, accepts_token_in_query
@@ -93,7 +93,20 @@ class RefundLineIn(BaseModel):
 class RefundIn(BaseModel):
     transaction: str = Field(min_length=1, max_length=64, description="transaction id or receipt number")
     lines: list[RefundLineIn] | None = Field(None, description="null: everything not refunded yet")
-    reason: str | None = Field(None, max_length=80)
+    reason: str = Field(
+        min_length=1,
+        max_length=80,
+        description="why, printed on the refund receipt: one of the till's reasons (顾客退货, 质量问题, 商品破损, "
+        "价格错误, 整单退款) or the cashier's words",
+        examples=["顾客退货"],
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def said(cls, reason: str) -> str:
+        if not reason.strip():
+            raise ValueError("say why the refund is made: it is printed on the refund receipt")
+        return reason.strip()
 
 
 class Session(BaseModel):

@@ -224,6 +224,8 @@ class Receipt:
     e_receipt_url: str | None = None
     footer: tuple[str, ...] = ()
     original_transaction_id: str | None = None  # the sale a refund refers to
+    original_receipt_no: str | None = None  # that sale's receipt number, printed instead of its id when known
+    reason: str | None = None  # why a refund was made
     receipt_no: str | None = None  # short number for the barcode (refunds, reprints); the id when absent
     reprint: bool = False
 
@@ -298,8 +300,10 @@ def layout(receipt: Receipt, columns: int, zone: ZoneInfo, *, open_drawer: bool 
     if receipt.receipt_no:
         out.pair("小票号", receipt.receipt_no)
     out.pair("单号", receipt.transaction_id)
-    if receipt.original_transaction_id:
-        out.pair("原单号", receipt.original_transaction_id)
+    if receipt.original_receipt_no or receipt.original_transaction_id:
+        out.pair("原小票号", receipt.original_receipt_no or receipt.original_transaction_id or "")
+    if receipt.reason:
+        out.pair("退款原因", receipt.reason)
     out.pair("时间", receipt.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"))
     out.pair("收银台", store.station)
     out.rule()

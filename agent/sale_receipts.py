@@ -52,6 +52,8 @@ def receipt_of_record(record: JournalRecord, settings: Settings, reprint: bool =
         e_receipt_url=None if refund else e_receipt_url(settings.receipt.e_receipt_url, record.id),
         footer=settings.receipt.footer,
         original_transaction_id=body.original_id if isinstance(body, RefundBody) else None,
+        original_receipt_no=body.original_receipt_no if isinstance(body, RefundBody) else None,
+        reason=body.reason if isinstance(body, RefundBody) else None,
         receipt_no=None if sale_or_refund is None else sale_or_refund.receipt_no,
         reprint=reprint,
     )

@@ -376,13 +376,23 @@ class Stack:
         ):
             for line in stream.iter_lines():
                 if line.startswith("data:") and json.loads(line[5:]).get("job_id") == job_id:
-                    return self.receipts()[-1]
+                    return self.job_text(job_id)
         raise AssertionError(f"print job {job_id} never printed")
 
     def printed(self, session_id: str) -> str:
         """Wait until the sale's receipt has printed; its text."""
         self.wait_event(session_id, lambda event: event["type"] == "printed")
-        return self.receipts()[-1]
+        return self.job_text(f"{session_id}-receipt")
+
+    def job_text(self, job_id: str) -> str:
+        """The text of one print job, as the printer would print it."""
+        engine = open_database(self.database)
+        try:
+            with engine.connect() as connection:
+                data = connection.exec_driver_sql("SELECT data FROM print_job WHERE id = ?", (job_id,)).scalar_one()
+        finally:
+            engine.dispose()
+        return "\n".join(e.text for e in decode(data) if isinstance(e, TextLine))
 
     def receipts(self, status: str = "printed") -> list[str]:
         """The text of every receipt printed so far, oldest first."""

@@ -233,20 +233,27 @@ def test_refund_lines_then_the_rest_through_central_with_points_reversed(stack):
     done = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": code}).json()
     assert done["state"] == "closed" and done["points"]["earned"] == 16
 
-    too_much = stack.api.post("/v1/refunds", json={"transaction": done["receipt_no"], "lines": [{"line": 0, "qty": 3}]})
+    too_much = stack.api.post(
+        "/v1/refunds", json={"transaction": done["receipt_no"], "lines": [{"line": 0, "qty": 3}], "reason": "顾客退货"}
+    )
     assert too_much.status_code == 409 and too_much.json()["error"] == "refund_refused"
+    for no_reason in ({}, {"reason": "  "}):  # the refund receipt says why: a refund without a reason is refused
+        refused = stack.api.post("/v1/refunds", json={"transaction": done["receipt_no"]} | no_reason)
+        assert refused.status_code == 422 and refused.json()["details"][0]["loc"][-1] == "reason"
+    assert journal_count(stack) == 1
     first = stack.api.post(
         "/v1/refunds", json={"transaction": done["receipt_no"], "lines": [{"line": 0, "qty": 1}], "reason": "破损"}
     )
     assert first.status_code == 201, first.text
     assert first.json()["total_fen"] == 200 and first.json()["body"]["tenders"][0]["kind"] == "wechat"
-    rest = stack.api.post("/v1/refunds", json={"transaction": done["transaction_id"]}).json()
+    rest = stack.api.post("/v1/refunds", json={"transaction": done["transaction_id"], "reason": "顾客退货"}).json()
     assert first.json()["total_fen"] + rest["total_fen"] == 4190
     assert first.json()["points_earned"] + rest["points_earned"] == 16
-    again = stack.api.post("/v1/refunds", json={"transaction": done["transaction_id"]})
+    again = stack.api.post("/v1/refunds", json={"transaction": done["transaction_id"], "reason": "顾客退货"})
     assert again.status_code == 409 and "nothing is left" in again.json()["message"]
     receipt = stack.job_printed(first.json()["receipt_job_id"])
     assert "退货 REFUND" in receipt and "-¥2.00" in receipt
+    assert done["receipt_no"] in receipt and "破损" in receipt and done["transaction_id"] not in receipt
 
 
 def test_bad_input_is_refused_with_a_reason_and_nothing_is_journaled(stack_factory):

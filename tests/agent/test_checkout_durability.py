@@ -65,11 +65,11 @@ def test_a_refund_whose_answer_was_lost_is_finished_by_asking_again_never_paid_t
     sale = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": wechat_code("00")}).json()
     out_trade_no = sale["tenders"][0]["out_trade_no"]
     stack.central.faults.drop_response(f"/v1/payments/{out_trade_no}/refunds", method="POST")
-    lost = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"]})
+    lost = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"], "reason": "顾客退货"})
     assert lost.status_code == 409 and lost.json()["error"] == "refund_in_progress"
     assert "ask for the same refund again" in lost.json()["message"]
     assert journal_count(stack) == 1  # not journaled while its outcome is unknown
-    again = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"]})
+    again = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"], "reason": "顾客退货"})
     assert again.status_code == 201 and again.json()["total_fen"] == 4190
     assert stack.wechat.count("refund") == 1  # the provider refunded once
     assert journal_count(stack) == 2

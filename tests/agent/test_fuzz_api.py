@@ -142,7 +142,14 @@ def with_links(document: dict) -> dict:
             ("post", "/v1/transactions/{reference}/reprint"),
             {"parameters": {"reference": transaction}},
         )
-        link(method, path, "200", "refund", ("post", "/v1/refunds"), {"requestBody": {"transaction": transaction}})
+        link(
+            method,
+            path,
+            "200",
+            "refund",
+            ("post", "/v1/refunds"),
+            {"requestBody": {"transaction": transaction, "reason": "顾客退货"}},
+        )
     return document
 
 

@@ -120,7 +120,7 @@ def test_sales_refunds_payments_scans_prints_and_sync_are_counted_per_agent(stac
     ).json()
     assert paid["state"] == "closed" and paid["tenders"][0]["kind"] == "wechat"
     # The code-paid sale is refunded through central; its refund receipt is the last print job.
-    refund = stack.api.post("/v1/refunds", json={"transaction": paid["transaction_id"]})
+    refund = stack.api.post("/v1/refunds", json={"transaction": paid["transaction_id"], "reason": "顾客退货"})
     assert refund.status_code == 201, refund.text
     stack.job_printed(refund.json()["receipt_job_id"])
     stack.sync_now()

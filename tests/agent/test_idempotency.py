@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -19,6 +20,12 @@ from tests.agent.test_checkout import BASKET, journal_count, start_sale
 from tests.checkout_stack import wechat_code
 
 CASH = {"kind": "cash", "tendered_fen": 5000}
+
+
+def run(coroutine):
+    """The store's async methods from a plain test, in a thread of their own (a browser test may hold this one's loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def key() -> dict[str, str]:
@@ -116,12 +123,12 @@ def test_an_effect_kept_before_its_answer_is_the_answer_after_a_stop(tmp_path):
         finally:
             CURRENT.reset(token)  # the process dies here: no answer recorded
 
-    asyncio.run(act("acted", "f1", effect=True))
-    asyncio.run(act("refused", "f2", effect=False))
+    run(act("acted", "f1", effect=True))
+    run(act("refused", "f2", effect=False))
     after_stop = IdempotencyStore(engine)  # a new process on the same file
-    replay = asyncio.run(after_stop.take("acted", "f1"))
+    replay = run(after_stop.take("acted", "f1"))
     assert replay is not None and json.loads(replay.body) == view and replay.status_code == 200
-    assert asyncio.run(after_stop.take("refused", "f2")) is None  # nothing was done: it may act now
+    assert run(after_stop.take("refused", "f2")) is None  # nothing was done: it may act now
 
     later = utcnow() + timedelta(hours=25)
     assert after_stop.purge_expired(later) == 2

@@ -95,12 +95,16 @@ def test_a_lost_refund_answer_then_another_refund_finishes_the_first_and_makes_t
     sale = pay_code(stack, session)
     out_trade_no = sale["tenders"][0]["out_trade_no"]
     stack.central.faults.drop_response(f"/v1/payments/{out_trade_no}/refunds", method="POST")
-    lost = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"], "lines": [{"line": 0, "qty": 1}]})
+    lost = stack.api.post(
+        "/v1/refunds", json={"transaction": sale["receipt_no"], "lines": [{"line": 0, "qty": 1}], "reason": "顾客退货"}
+    )
     assert lost.status_code == 409 and lost.json()["error"] == "refund_in_progress"
 
     # The cashier, not knowing, refunds another line: the first refund is finished (recorded, points reversed), then
     # the second is made under a number of its own — where central once answered 409 for a number already used.
-    second = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"], "lines": [{"line": 1, "qty": 1}]})
+    second = stack.api.post(
+        "/v1/refunds", json={"transaction": sale["receipt_no"], "lines": [{"line": 1, "qty": 1}], "reason": "顾客退货"}
+    )
     assert second.status_code == 201, second.text
     refunds = stack.api.get(f"/v1/transactions/{sale['transaction_id']}").json()["refunds"]
     assert [r["total_fen"] for r in refunds] == [200, 1290]
@@ -115,7 +119,9 @@ def test_a_refund_whose_answer_a_crash_cut_off_is_finished_at_the_next_start(sta
     sale = pay_code(stack, session)
     out_trade_no = sale["tenders"][0]["out_trade_no"]
     stack.central.faults.drop_response(f"/v1/payments/{out_trade_no}/refunds", method="POST")
-    assert stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"]}).status_code == 409
+    assert (
+        stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"], "reason": "顾客退货"}).status_code == 409
+    )
     stack.kill()
     stack.start()  # nobody asks again: the till finishes the refund by itself
 
@@ -136,11 +142,13 @@ def test_a_refund_that_never_left_the_store_is_not_recorded(stack):
     sale = pay_code(stack, session)
     stack.api.post("/v1/sync")  # online, recently
     stack.central.stop()
-    answer = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"]})
+    answer = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"], "reason": "顾客退货"})
     assert answer.status_code == 503 and answer.json()["error"] == "offline"
     stack.central.start()
     assert stack.api.get(f"/v1/transactions/{sale['transaction_id']}").json()["refunds"] == []
-    assert stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"]}).status_code == 201
+    assert (
+        stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"], "reason": "顾客退货"}).status_code == 201
+    )
     assert stack.wechat.count("refund") == 1
 
 

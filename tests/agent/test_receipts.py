@@ -230,14 +230,20 @@ def test_the_paper_is_fed_and_cut_last_and_the_drawer_opens_only_when_asked():
 
 
 def test_a_refund_says_so_and_shows_negative_amounts():
-    refund = sale_receipt(kind="refund", original_transaction_id="0190f5c2-0000-7000-8000-000000000001")
+    refund = sale_receipt(
+        kind="refund",
+        original_transaction_id="0190f5c2-0000-7000-8000-000000000001",
+        original_receipt_no="T012611230042",
+        reason="商品破损",
+    )
     lines = [block.text for block in texts(layout(refund, 48, SHANGHAI))]
     text = "\n".join(lines)
     assert "退货 REFUND" in text
     assert any(line.startswith("退款金额") and line.endswith("-¥46.45") for line in lines)
     assert any(line.startswith("农夫山泉") and line.endswith("-¥4.00") for line in lines)
     assert any(line.startswith("微信支付") and line.endswith("-¥20.00") for line in lines)
-    assert "原单号" in text
+    assert any(line.startswith("原小票号") and line.endswith("T012611230042") for line in lines)  # not the id
+    assert "0190f5c2-0000-7000" not in text and any(line.startswith("退款原因") and line.endswith("商品破损") for line in lines)
     assert "扣回积分" in text and "-46" in text  # points the sale earned are taken back
     assert "应付" not in text
 
