@@ -141,9 +141,11 @@ def test_the_checked_in_document_is_served_and_a_sale_and_its_refusals_answer_as
     answers("GET", "/v1/transactions", api.get("/v1/transactions"))
     answers("GET", "/v1/transactions/{reference}", api.get(f"/v1/transactions/{receipt}"))
     answers("POST", "/v1/transactions/{reference}/reprint", api.post(f"/v1/transactions/{receipt}/reprint"))
-    refund = answers("POST", "/v1/refunds", api.post("/v1/refunds", json={"transaction": receipt}))
+    refund = answers(
+        "POST", "/v1/refunds", api.post("/v1/refunds", json={"transaction": receipt, "reason": "顾客退货"})
+    )
     assert refund["kind"] == "refund" and refund["total_fen"] == 400
-    again = answers("POST", "/v1/refunds", api.post("/v1/refunds", json={"transaction": receipt}))
+    again = answers("POST", "/v1/refunds", api.post("/v1/refunds", json={"transaction": receipt, "reason": "顾客退货"}))
     assert again["error"] == "refund_refused"
     detail = answers("GET", "/v1/transactions/{reference}", api.get(f"/v1/transactions/{sid}"))
     assert [r["id"] for r in detail["refunds"]] == [refund["id"]]
