@@ -243,7 +243,9 @@ def test_a_refund_says_so_and_shows_negative_amounts():
     assert any(line.startswith("农夫山泉") and line.endswith("-¥4.00") for line in lines)
     assert any(line.startswith("微信支付") and line.endswith("-¥20.00") for line in lines)
     assert any(line.startswith("原小票号") and line.endswith("T012611230042") for line in lines)  # not the id
-    assert "0190f5c2-0000-7000" not in text and any(line.startswith("退款原因") and line.endswith("商品破损") for line in lines)
+    assert "0190f5c2-0000-7000" not in text and any(
+        line.startswith("退款原因") and line.endswith("商品破损") for line in lines
+    )
     assert "扣回积分" in text and "-46" in text  # points the sale earned are taken back
     assert "应付" not in text
 
