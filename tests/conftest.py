@@ -16,6 +16,12 @@ pytest_plugins = ["tests.printer_server", "tests.central.plugin", "tests.checkou
 IN_CI = os.environ.get("CI") == "true"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last, whatever the order asked: Playwright's sync API keeps an event loop running in the main
+    thread, and the tests that call `asyncio.run` after it would find it there."""
+    items.sort(key=lambda item: "tests/ui/" in item.nodeid.replace("\\", "/"))
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "agent.db"
