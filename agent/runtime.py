@@ -46,6 +46,8 @@ GRACEFUL_SHUTDOWN_S = 5
 PRINT_DEADLINE_S = 10
 # How often `systemctl status` is brought up to date (only a changed line is sent).
 STATUS_EVERY_S = 5
+# How often the screens' status is checked for a change to push (event `status`).
+STATUS_PUSH_EVERY_S = 1.0
 
 
 @dataclass
@@ -152,6 +154,7 @@ def build_app(settings: Settings) -> FastAPI:
         state.scans, state.devices, state.sync = scans, devices, sync
         scheduler = build_scheduler(settings, sync)
         checkout, refunds = open_checkout(settings, state, sync, devices, scans)
+        status_events: asyncio.Task[None] | None = None
         try:
             await asyncio.to_thread(devices.start)
             if devices.printer is not None:
@@ -164,6 +167,7 @@ def build_app(settings: Settings) -> FastAPI:
             if not settings.central.token.get_secret_value():
                 log.warning("sync with central is off: set central.token (POS_EDGE_CENTRAL__TOKEN)")
             app.state.agent = state
+            status_events = asyncio.create_task(push_status(state), name="status-events")
             url = f"http://{settings.api.host}:{settings.api.port}"
             log.info(
                 "agent ready",
@@ -182,6 +186,8 @@ def build_app(settings: Settings) -> FastAPI:
             # Reverse order: no new jobs, devices (the receipt being printed may finish), then the database.
             if scheduler.running:
                 scheduler.shutdown(wait=False)
+            if status_events is not None:
+                status_events.cancel()
             await checkout.close()
             await refunds.close()
             await sync.close()
@@ -252,6 +258,21 @@ class NotifyingServer(uvicorn.Server):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await super().shutdown(sockets)
         self.notifier.close()
+
+
+async def push_status(state: AgentState, every_s: float = STATUS_PUSH_EVERY_S) -> None:
+    """The screens hear the station's status (online, outbox, printer, sale open) within a second of a change: a
+    `status` event each time its line changes."""
+    shown: str | None = None
+    while True:
+        try:
+            line: str | None = await read_status(state)
+        except Exception:  # the status is for people: a failed read waits for the next
+            line = shown
+        if line != shown and line is not None and state.checkout is not None:
+            state.checkout.events.publish("status", None, line)
+            shown = line
+        await asyncio.sleep(every_s)
 
 
 async def read_status(state: AgentState) -> str:

@@ -158,3 +158,15 @@ def test_a_cash_tender_whose_answer_is_lost_is_sent_again_and_taken_once(page: P
     expect(page.locator("#sale-state")).to_have_text("已完成 Done")
     paid = stack.api.get(f"/v1/sessions/{session['id']}").json()
     assert len(paid["tenders"]) == 1 and len(stack.api.get("/v1/transactions").json()) == 1
+
+
+def test_the_online_pill_turns_offline_within_a_second_or_two_of_the_agent_knowing(page: Page, stack: Stack) -> None:
+    open_till(page, stack)
+    session = stack.open_session()
+    set_basket(stack, session["id"])
+    stack.central.stop()  # the store's line goes down ...
+    tender = {"kind": "code", "auth_code": "134567890123456789"}
+    refused = stack.api.post(f"/v1/sessions/{session['id']}/tenders", json=tender)
+    assert refused.status_code == 503 and refused.json()["error"] == "offline"  # ... and the agent knows it now
+    # Pushed over the event stream (the screen's own status poll is 15 s): seen within the agent's 1 s check.
+    expect(page.locator("#status-online")).to_contain_text("离线 Offline", timeout=3000)

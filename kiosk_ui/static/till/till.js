@@ -425,6 +425,7 @@ function onEvent(type, data) {
   if (data.session) show(data.session);
   if (type === "message") say({ message: data.message, message_zh: data.message_zh, code: data.error });
   if (type === "paid" || type === "closed" || type === "cancelled") refreshTransactions({ auto: true });
+  if (type === "status") refreshStatus(); // pushed within a second of the agent knowing
 }
 
 async function resync() {
@@ -454,5 +455,5 @@ api.follow("/v1/events", EVENT_TYPES, onEvent, (up) => {
 // The event stream is the fast path; this slow look catches anything it dropped.
 setInterval(() => { if (!till.locked) resync(); }, 3000);
 refreshStatus();
-setInterval(refreshStatus, 5000);
+setInterval(refreshStatus, 15000); // the `status` event is the fast path; this catches a dropped one
 start();
