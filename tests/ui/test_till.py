@@ -112,19 +112,37 @@ def test_reprint_and_refund_from_the_recent_transactions(page: Page, stack: Stac
     expect(page.locator("#message")).to_contain_text("已重打小票")
     expect(page.locator("#message")).to_contain_text(sale["receipt_no"])
 
+    # One bottle of water, damaged: quantities per line, and no refund without a reason.
     row.get_by_role("button", name="退款 Refund").click()
-    page.get_by_role("button", name="确认退款 Confirm refund").click()
+    confirm = page.get_by_role("button", name="确认退款 Confirm refund")
+    expect(confirm).to_be_disabled()
+    page.get_by_label("矿泉水 550ml 退货数量 quantity to refund").fill("1")
+    page.get_by_label("方便面 退货数量 quantity to refund").fill("0")
+    expect(confirm).to_be_disabled()  # no reason yet
+    page.get_by_label("退款原因 reason").select_option("商品破损")
+    confirm.click()
     expect(page.locator("#message")).to_contain_text("退款完成")
-    expect(page.locator("#message")).to_contain_text("Refunded ¥30.30")
-    refund = page.locator('#transactions tr[data-kind="refund"]')
+    expect(page.locator("#message")).to_contain_text("Refunded ¥12.90")
+    refund = page.locator('#transactions tr[data-kind="refund"]').first
     expect(refund).to_contain_text(sale["receipt_no"])
-    expect(refund).to_contain_text("-¥30.30")
+    expect(refund).to_contain_text("-¥12.90")
+    first = stack.api.get(f"/v1/transactions/{sale['id']}").json()["refunds"][0]
+    assert first["body"]["reason"] == "商品破损" and [(x["line"], x["qty"]) for x in first["body"]["lines"]] == [(0, 1)]
 
-    # Everything is refunded now: a second refund is refused, and the cashier is told why.
+    # The rest, for the cashier's own reason: the form offers only what is left.
     row.get_by_role("button", name="退款 Refund").click()
+    expect(page.get_by_label("矿泉水 550ml 退货数量 quantity to refund")).to_have_value("1")
+    page.get_by_label("退款原因 reason").select_option("other")
+    page.get_by_placeholder("原因 reason").fill("顾客不想要了")
     page.get_by_role("button", name="确认退款 Confirm refund").click()
-    expect(page.locator("#message")).to_have_attribute("data-code", "refund_refused")
-    expect(page.locator("#message")).to_contain_text("nothing is left to refund")
+    expect(page.locator("#message")).to_contain_text("Refunded ¥17.40")
+
+    # Everything is refunded now: nothing is left to pick, so nothing can be confirmed.
+    row.get_by_role("button", name="退款 Refund").click()
+    expect(page.get_by_label("矿泉水 550ml 退货数量 quantity to refund")).to_be_disabled()
+    expect(page.get_by_role("button", name="确认退款 Confirm refund")).to_be_disabled()
+    refunds = stack.api.get(f"/v1/transactions/{sale['id']}").json()["refunds"]
+    assert sum(r["total_fen"] for r in refunds) == 3030 and refunds[-1]["body"]["reason"] == "顾客不想要了"
 
 
 def test_a_cash_tender_whose_answer_is_lost_is_sent_again_and_taken_once(page: Page, stack: Stack) -> None:

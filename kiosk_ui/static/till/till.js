@@ -351,25 +351,53 @@ async function reprint(t) {
   });
 }
 
-function askRefund(t, tr) {
+const REFUND_REASONS = ["顾客退货", "质量问题", "商品破损", "价格错误"];
+
+/** The refund form under a sale's row: each line with what is left to refund, a reason (required), confirm. */
+async function askRefund(t, tr) {
   tr.parentElement.querySelector("tr.confirm")?.remove();
-  const reason = h("input", { className: "reason", placeholder: "原因 reason", maxLength: 80, value: "顾客退货" });
+  const sale = await attempt(() => api.get(`/v1/transactions/${encodeURIComponent(t.id)}`));
+  if (!sale) return;
+  const refunded = new Map();
+  for (const r of sale.refunds ?? []) for (const l of r.body?.lines ?? []) refunded.set(l.line, (refunded.get(l.line) ?? 0) + l.qty);
+  const rows = (sale.body?.lines ?? []).map((line, index) => {
+    const left = line.qty - (refunded.get(index) ?? 0);
+    const qty = h("input", { type: "number", className: "qty", min: 0, max: left, step: 1, value: left, disabled: left <= 0,
+      ariaLabel: `${line.name} 退货数量 quantity to refund` });
+    return { index, left, qty, row: h("div", { className: "refund-line" },
+      h("span", { className: "name" }, line.name), h("span", { className: "muted" }, ` 可退 ${left} left `), qty) };
+  });
+  const choice = h("select", { className: "reason-choice", ariaLabel: "退款原因 reason" },
+    h("option", { value: "" }, "选择原因 Choose a reason"),
+    ...REFUND_REASONS.map((r) => h("option", { value: r }, r)),
+    h("option", { value: "other" }, "其他 Other…"));
+  const words = h("input", { className: "reason", placeholder: "原因 reason", maxLength: 80, hidden: true });
+  const go = h("button", { type: "button", className: "danger", disabled: true }, "确认退款 Confirm refund");
+  const reason = () => (choice.value === "other" ? words.value.trim() : choice.value);
+  const asked = () => rows.filter((r) => Number(r.qty.value) > 0).map((r) => ({ line: r.index, qty: Number(r.qty.value) }));
+  const check = () => {
+    words.hidden = choice.value !== "other";
+    go.disabled = !reason() || asked().length === 0 || rows.some((r) => !(Number(r.qty.value) >= 0 && Number(r.qty.value) <= r.left));
+  };
+  for (const node of [choice, words, ...rows.map((r) => r.qty)]) node.addEventListener("input", check);
   const confirm = h("tr", { className: "confirm", dataset: { for: t.id } }, h("td", { colSpan: 7 },
-    h("span", {}, `整单退款 ${t.receipt_no ?? t.id}：${yuan(t.total_fen)} — Refund the whole sale? `),
-    reason,
-    h("button", { type: "button", className: "danger", onclick: () => refund(t, reason.value.trim(), confirm) }, "确认退款 Confirm refund"),
+    h("div", {}, `退款 ${t.receipt_no ?? t.id} — Refund: choose the quantities and a reason`),
+    ...rows.map((r) => r.row),
+    h("div", { className: "refund-reason" }, choice, words),
+    go,
     h("button", { type: "button", className: "plain", onclick: () => closeConfirm(confirm) }, "返回 Back"),
   ));
+  go.addEventListener("click", () => refund(t, asked(), reason(), confirm));
   tr.after(confirm);
-  reason.focus();
+  choice.focus();
 }
 
-async function refund(t, reason, confirmRow) {
+async function refund(t, lines, reason, confirmRow) {
   for (const button of confirmRow.querySelectorAll("button")) button.disabled = true;
   const done = await attempt(async () => {
-    const record = await api.post("/v1/refunds", { transaction: t.id, lines: null, reason: reason || "整单退款" });
+    const record = await api.post("/v1/refunds", { transaction: t.id, lines, reason });
     const no = record?.receipt_no ?? record?.id ?? "";
-    say({ message: `Refunded ${yuan(record?.total_fen ?? t.total_fen)} (refund receipt ${no})`, message_zh: "退款完成" }, "info");
+    say({ message: `Refunded ${yuan(record?.total_fen ?? 0)} (refund receipt ${no})`, message_zh: "退款完成" }, "info");
     return true;
   });
   if (!done) {
