@@ -154,8 +154,25 @@ class Transaction(BaseModel):
     )
 
 
+class RefundPart(BaseModel):
+    kind: str = Field(examples=["wechat"])
+    amount_fen: int
+    state: str = Field(description="central's word so far: PROCESSING until the provider answers")
+
+
+class RefundUnderWay(BaseModel):
+    """A refund sent through central whose answer has not come: the agent finishes it by itself (event
+    `refunded`), under the same refund numbers."""
+
+    id: str = Field(description="the refund's transaction id once journaled")
+    money_fen: int
+    reason: str | None
+    parts: list[RefundPart]
+
+
 class TransactionWithRefunds(Transaction):
     refunds: list[Transaction] = Field(description="the refunds of this sale so far, oldest first")
+    refund_in_progress: RefundUnderWay | None = Field(None, description="a refund of this sale still being finished")
 
 
 class RefundMade(Transaction):
@@ -331,6 +348,7 @@ async def get_transaction(reference: str, refunds: RefundsDep) -> TransactionWit
     record = await asyncio.to_thread(refunds.find, reference)
     view: dict[str, Any] = record.view()
     view["refunds"] = [r.view() for r in await asyncio.to_thread(refunds.refunds_of, record.id)]
+    view["refund_in_progress"] = await refunds.in_progress(record.id)
     return TransactionWithRefunds.model_validate(view)
 
 

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -32,6 +32,7 @@ from agent.central_client import CentralClient, CentralError, CentralNotReached,
 from agent.clock import SYSTEM_CLOCK, Clock, utcnow
 from agent.connectivity import Connectivity
 from agent.errors import AgentError, NotFound, Offline, PaymentFailed, RefundInProgress, RefundRefused
+from agent.events import EventHub
 from agent.idempotency import kept
 from agent.ids import uuid7
 from agent.journal import Journal, JournalEntry, JournalRecord
@@ -98,6 +99,7 @@ class Refunds:
         push_soon: Callable[[], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         open_sales: OpenSaleStore | None = None,
+        events: EventHub | None = None,
     ):
         self.settings = settings
         self.engine = engine
@@ -109,6 +111,7 @@ class Refunds:
         self._receipts = receipts
         self._push_soon = push_soon or (lambda: None)
         self.clock = clock  # the background follower's waits
+        self.events = events  # `refunded` for the screens, with the sale's session id
         self._lock = asyncio.Lock()
         self._followers: dict[str, asyncio.Task] = {}
         self.metrics: AgentMetrics | None = None  # counts refunds (agent/metrics.py)
@@ -208,7 +211,27 @@ class Refunds:
         if self._receipts is not None:
             self._receipts.wake()
         self._push_soon()
+        if self.events is not None:
+            self.events.publish(
+                "refunded",
+                sale.id,
+                f"refunded ¥{record.total_fen / 100:.2f} of {sale.receipt_no or sale.id}",
+                transaction_id=sale.id,
+                refund_id=record.id,
+                total_fen=record.total_fen,
+            )
         return record
+
+    async def in_progress(self, sale_id: str) -> dict[str, Any] | None:
+        """The sale's refund sent through central whose outcome is still open, as the transaction view shows it."""
+        pending = await asyncio.to_thread(self._pending_of, sale_id)
+        if pending is None:
+            return None
+        parts = [
+            {"kind": p["kind"], "amount_fen": p["amount_fen"], "state": p.get("state") or "PROCESSING"}
+            for p in pending.code_parts()
+        ]
+        return {"id": pending.id, "money_fen": pending.money_fen, "reason": pending.reason, "parts": parts}
 
     async def _send(self, part: dict, reason: str | None) -> Refund:
         request = RefundRequest(out_refund_no=part["out_refund_no"], amount_fen=part["amount_fen"], reason=reason)

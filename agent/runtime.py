@@ -137,6 +137,7 @@ def open_checkout(
         push_soon=push_soon,
         clock=clock,
         open_sales=state.open_sales,
+        events=checkout.events,
     )
     scans.subscribe(checkout.on_scan)
     state.checkout, state.refunds = checkout, refunds

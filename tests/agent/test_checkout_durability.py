@@ -73,3 +73,24 @@ def test_a_refund_whose_answer_was_lost_is_finished_by_asking_again_never_paid_t
     assert again.status_code == 201 and again.json()["total_fen"] == 4190
     assert stack.wechat.count("refund") == 1  # the provider refunded once
     assert journal_count(stack) == 2
+
+
+def test_a_refund_left_processing_is_shown_on_its_sale_and_finished_by_the_agent_with_an_event(stack):
+    session = start_sale(stack)
+    sale = stack.api.post(f"/v1/sessions/{session['id']}/codes", json={"text": wechat_code("00")}).json()
+    out_trade_no = sale["tenders"][0]["out_trade_no"]
+    stack.central.faults.drop_response(f"/v1/payments/{out_trade_no}/refunds", method="POST")
+    lost = stack.api.post("/v1/refunds", json={"transaction": sale["receipt_no"], "reason": "顾客退货"})
+    assert lost.status_code == 409 and lost.json()["error"] == "refund_in_progress"
+
+    shown = stack.api.get(f"/v1/transactions/{sale['receipt_no']}").json()
+    under_way = shown["refund_in_progress"]
+    assert under_way["money_fen"] == 4190 and under_way["reason"] == "顾客退货" and shown["refunds"] == []
+    assert [part["kind"] for part in under_way["parts"]] == ["wechat"]
+
+    # Nobody asks again: the agent finishes it by itself, under the same refund number, and says so.
+    refunded = stack.wait_event(session["id"], lambda event: event["type"] == "refunded")
+    assert refunded["refund_id"] == under_way["id"] and refunded["total_fen"] == 4190
+    done = stack.api.get(f"/v1/transactions/{sale['receipt_no']}").json()
+    assert done["refund_in_progress"] is None and [r["id"] for r in done["refunds"]] == [under_way["id"]]
+    assert stack.wechat.count("refund") == 1

@@ -453,6 +453,10 @@ function onEvent(type, data) {
   if (data.session) show(data.session);
   if (type === "message") say({ message: data.message, message_zh: data.message_zh, code: data.error });
   if (type === "paid" || type === "closed" || type === "cancelled") refreshTransactions({ auto: true });
+  if (type === "refunded") {
+    say({ message: data.message, message_zh: "退款完成" }, "info"); // a refund finished in the background
+    refreshTransactions({ auto: true });
+  }
   if (type === "status") refreshStatus(); // pushed within a second of the agent knowing
 }
 
