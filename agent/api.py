@@ -98,6 +98,7 @@ class Status(BaseModel):
     version: str
     store_id: str
     store_name: str
+    store_timezone: str = Field(description="IANA zone of the store: screens show every time in it (store time)")
     station_id: str
     station_kind: str
     database: DatabaseStatus
@@ -228,6 +229,7 @@ async def status(state: StateDep) -> Status:
         version=__version__,
         store_id=settings.store.id,
         store_name=settings.store.name,
+        store_timezone=settings.store.timezone,
         station_id=settings.station.id,
         station_kind=settings.station.kind,
         database=database,

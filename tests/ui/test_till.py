@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
-from playwright.sync_api import Page, expect
+import pytest
+from playwright.sync_api import Browser, Page, expect
 
 from tests.checkout_stack import Stack
 
@@ -188,3 +191,29 @@ def test_the_online_pill_turns_offline_within_a_second_or_two_of_the_agent_knowi
     assert refused.status_code == 503 and refused.json()["error"] == "offline"  # ... and the agent knows it now
     # Pushed over the event stream (the screen's own status poll is 15 s): seen within the agent's 1 s check.
     expect(page.locator("#status-online")).to_contain_text("离线 Offline", timeout=3000)
+
+
+@pytest.mark.parametrize("size", [(1024, 768), (1280, 800), (1920, 1080)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_a_touch_till_at_every_size_in_store_time(chromium: Browser, stack: Stack, size: tuple[int, int]) -> None:
+    """Big targets, readable amounts, nothing wider than the screen, and times as the store (and its receipts)
+    tell them, even on a PC set to another zone."""
+    viewport = {"width": size[0], "height": size[1]}
+    context = chromium.new_context(viewport=viewport, locale="zh-CN", timezone_id="America/New_York")
+    page = context.new_page()
+    sale = cash_sale(stack)
+    open_till(page, stack)
+    row = page.locator(f'#transactions tr[data-receipt="{sale["receipt_no"]}"]')
+    journaled = stack.api.get(f"/v1/transactions/{sale['id']}").json()["created_at"]
+    store_time = datetime.fromisoformat(journaled).astimezone(ZoneInfo("Asia/Shanghai"))
+    expect(row).to_contain_text(store_time.strftime("%H:%M:%S"))
+
+    controls = page.eval_on_selector_all(
+        "button, input, select",
+        "nodes => nodes.filter(n => n.offsetParent !== null && n.type !== 'hidden')"
+        ".map(n => [n.id || n.textContent.trim(), n.getBoundingClientRect().height])",
+    )
+    assert controls and [name for name, height in controls if height < 48] == []
+    amounts = page.eval_on_selector_all(".num", "nodes => nodes.map(n => parseFloat(getComputedStyle(n).fontSize))")
+    assert amounts and min(amounts) >= 18
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    context.close()

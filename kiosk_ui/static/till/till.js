@@ -25,7 +25,7 @@ const UNAUTHORIZED = {
 /** A step refused here, before asking the agent: shown like the agent's own refusals. */
 const refused = (message, messageZh) => Object.assign(new Error(message), { messageZh });
 
-const till = { session: null, locked: false, finished: new Set(), listStale: false };
+const till = { session: null, locked: false, finished: new Set(), listStale: false, timeZone: null };
 
 // --- messages ------------------------------------------------------------------------------------------------
 
@@ -300,9 +300,13 @@ $("message-close").addEventListener("click", () => { $("message").hidden = true;
 
 // --- recent transactions -------------------------------------------------------------------------------------
 
+/** The store's time (its zone from /v1/status), as on the receipt — never the browser's own zone. */
 function timeOf(iso) {
   const at = new Date(iso);
-  return Number.isNaN(at.getTime()) ? "" : at.toLocaleTimeString("zh-CN", { hour12: false });
+  if (Number.isNaN(at.getTime())) return "";
+  const options = { hour12: false, hour: "2-digit", minute: "2-digit", second: "2-digit" };
+  if (till.timeZone) options.timeZone = till.timeZone;
+  return at.toLocaleTimeString("zh-CN", options);
 }
 
 /** `auto`: after an event. An open refund confirmation is left alone then, and the list catches up once it
@@ -432,6 +436,10 @@ async function refreshStatus() {
     return;
   }
   $("store").textContent = status.store_name ? `${status.store_name} · 收银台 Till` : "收银台 Till";
+  if (status.store_timezone && status.store_timezone !== till.timeZone) {
+    till.timeZone = status.store_timezone;
+    refreshTransactions({ auto: true });
+  }
   $("station").textContent = [status.station_id, status.store_id].filter(Boolean).join(" · ");
   const checkout = status.checkout ?? {};
   const online = checkout.online;
