@@ -113,7 +113,7 @@ def db_upgrade(config_path: Path) -> None:
 def seed_demo(config_path: Path, members: int, seed: int) -> None:
     """Add the demo store (DEMO01, public token demo-store-token) and realistic demo members; running it again
     adds nothing. Only with environment = "development": the demo token is public."""
-    from central.seed import DEMO_STORE_ID
+    from central.seed import DEMO_STORE_ID, demo_member
     from central.seed import seed_demo as run
 
     settings = _settings(config_path)
@@ -128,6 +128,15 @@ def seed_demo(config_path: Path, members: int, seed: int) -> None:
         engine.dispose()
     store = f"store {DEMO_STORE_ID} added" if report.store_added else f"store {DEMO_STORE_ID} present"
     click.echo(f"{report.members_added} members added, {report.members_total} in total; {store}")
+    click.echo("\n  Demo members (type the phone or card at the till; customer 000N's payment code pays as member N):")
+    today = utcnow()
+    for n in range(1, min(members, 4) + 1):
+        m = demo_member(seed, n, settings.key_bytes(), today, settings.wechat_appid or None)
+        coupon = f"  coupon {m.coupons[0]['code']} {m.coupons[0]['title']}" if m.coupons else ""
+        phone = m.phone.removeprefix("+86") if m.phone else "-"
+        click.echo(
+            f"    {n:04d}  {m.id}  {m.tier:<8} {m.display_name:<4} phone {phone}  card {m.card_no() or '-'}{coupon}"
+        )
 
 
 @cli.group()

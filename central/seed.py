@@ -88,6 +88,10 @@ class DemoMember:
     points: int
     identifiers: list[tuple[str, str]] = field(default_factory=list)
     coupons: list[dict] = field(default_factory=list)
+    phone: str | None = None  # E.164, for the demo's banner only: central stores the keyed hash and the mask
+
+    def card_no(self) -> str | None:
+        return next((value for kind, value in self.identifiers if kind == "card_no"), None)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ def demo_member(seed: int, n: int, phone_key: bytes, today: datetime, payer_appi
 
     if rng.random() < 0.95:
         e164 = _mobile(rng)
-        member.phone_masked = mask_e164(e164)
+        member.phone_masked, member.phone = mask_e164(e164), e164
         member.identifiers.append(("phone_hash", hash_e164(phone_key, e164)))
     if rng.random() < 0.7:
         # Unique per n without a lookup: multiplying by a number prime to 10**9 permutes 0..10**9-1.

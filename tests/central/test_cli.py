@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from agent.member_code import load_public_key, verify_member_code
 from central.cli import main
 from central.models import Coupon, LedgerEntry, Member, MemberIdentifier
+from central.pii import hash_e164
 from central.seed import MINI_PROGRAM_APPID, OFFICIAL_ACCOUNT_APPID, demo_member
 from tests.support.credentials import PHONE_KEY
 
@@ -65,6 +66,9 @@ def test_seed_demo_is_realistic_deterministic_and_idempotent(central_database_ur
                 sa.select(Member.id, Member.tier, Member.display_name, Member.phone_masked)
             ).all()
             identifiers = connection.execute(sa.select(MemberIdentifier.kind, MemberIdentifier.value)).all()
+            by_identifier = connection.execute(
+                sa.select(MemberIdentifier.kind, MemberIdentifier.value, MemberIdentifier.member_id)
+            ).all()
             coupons = connection.execute(sa.select(Coupon.code)).scalars().all()
     finally:
         engine.dispose()
@@ -83,6 +87,15 @@ def test_seed_demo_is_realistic_deterministic_and_idempotent(central_database_ur
     assert all(re.fullmatch(r"CP[0-9A-Z]{10}", code) for code in coupons) and len(coupons) > 50
     # Same seed, same people, on any database.
     assert demo_member(1, 1, PHONE_KEY.encode(), datetime.now(UTC)).id in {m.id for m in members}
+    # The banner's members are the stored ones: each listed phone and card finds the member it is listed with.
+    listed = re.findall(r"^\s+000\d  (M\w{11}) .* phone (\d{11}|-)  card (8800\d{9}|-)", out, re.MULTILINE)
+    assert len(listed) == 4
+    found = {value: member for _, value, member in by_identifier}
+    for member_id, phone, card in listed:
+        if phone != "-":
+            assert found[hash_e164(PHONE_KEY.encode(), "+86" + phone)] == member_id
+        if card != "-":
+            assert found[card] == member_id
 
 
 def test_store_token_member_code_and_key_rotation_work_against_the_service(central, tmp_path, capsys):
