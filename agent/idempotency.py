@@ -86,9 +86,14 @@ class IdempotencyStore:
                 "a request with this Idempotency-Key is still being answered: send it again in a moment",
                 "请求正在处理中，请稍后重试",
             )
-        answer = await asyncio.to_thread(self._take, key, fingerprint, utcnow())
-        if answer is None:
-            self._answering.add(key)
+        self._answering.add(key)  # before the thread hop: a second copy arriving meanwhile must wait, not act
+        try:
+            answer = await asyncio.to_thread(self._take, key, fingerprint, utcnow())
+        except BaseException:
+            self._answering.discard(key)
+            raise
+        if answer is not None:
+            self._answering.discard(key)
         return answer
 
     async def answered(self, key: str, status_code: int, body: bytes) -> None:

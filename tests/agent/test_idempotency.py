@@ -43,6 +43,19 @@ def test_a_cash_tender_sent_twice_with_its_key_is_taken_once_and_answered_alike(
     assert len(first.json()["tenders"]) == 1 and journal_count(stack) == 1
 
 
+def test_two_copies_sent_at_once_act_once(stack):
+    session = start_sale(stack)
+    headers, part = key(), {"kind": "cash", "amount_fen": 100}
+
+    def send(_: int) -> int:
+        return stack.api.post(f"/v1/sessions/{session['id']}/tenders", json=part, headers=headers).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, range(8)))
+    assert 200 in statuses and set(statuses) <= {200, 409}  # 409 idempotency_in_progress for a copy too early
+    assert stack.session(session["id"])["paid_fen"] == 100  # taken once
+
+
 def test_without_a_key_the_same_tender_sent_again_is_a_new_request(stack):
     session = start_sale(stack)
     stack.api.post(f"/v1/sessions/{session['id']}/tenders", json=CASH)
