@@ -217,3 +217,14 @@ def test_a_touch_till_at_every_size_in_store_time(chromium: Browser, stack: Stac
     assert amounts and min(amounts) >= 18
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     context.close()
+
+
+def test_a_scan_typed_by_a_keyboard_wedge_after_a_button_press_still_reaches_the_code_box(
+    page: Page, stack: Stack
+) -> None:
+    stack.add_member(points=7, display_name="卫*", card_no="8800000000055")
+    open_till(page, stack)
+    page.locator("#new-sale").click()  # the focus is on a button now
+    expect(page.locator("#sale-state")).to_have_text("新交易 New")
+    page.keyboard.type("8800000000055\n", delay=5)  # a wedge scanner: keys, then Enter
+    expect(page.locator("#sale-member")).to_contain_text("卫*")

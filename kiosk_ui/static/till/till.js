@@ -213,6 +213,14 @@ function stepDone(session) {
   if (session?.message) say({ message: session.message }, "info");
 }
 
+// A keyboard-wedge scanner types wherever the focus is: keys typed outside a field (after a button was pressed)
+// go to the code box, so a scan is never lost to a button. A field being typed in keeps its keys.
+document.addEventListener("keydown", (event) => {
+  const typing = event.target instanceof HTMLElement && event.target.closest("input, select, textarea");
+  if (typing || event.ctrlKey || event.metaKey || event.altKey || event.key.length !== 1 || till.locked) return;
+  $("code").focus();
+});
+
 form("code-form", async () => {
   const text = $("code").value.trim();
   if (!text) return;
