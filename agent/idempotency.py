@@ -31,7 +31,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agent.clock import utcnow
-from agent.db import reader
 from agent.errors import IdempotencyInProgress, IdempotencyMismatch, InvalidRequest
 from agent.models import IdempotentRequest
 
@@ -147,10 +146,6 @@ class IdempotencyStore:
                 connection.execute(sa.update(_table).where(_table.c.key == key).values(**values))
             elif not acted:
                 connection.execute(sa.delete(_table).where(_table.c.key == key))
-
-    def count(self) -> int:
-        with reader(self.engine) as connection:
-            return connection.execute(sa.select(sa.func.count()).select_from(_table)).scalar_one()
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:

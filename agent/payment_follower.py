@@ -86,7 +86,7 @@ class PaymentFollower:
         """Ask central to void a payment the till gave up; its answer (or its absence) as the rules' step."""
         self._requests.pop(out_trade_no, None)
         try:
-            answer = await self.client.void_payment(out_trade_no, self._void_of(_payment(sale, out_trade_no)))
+            answer = await self.client.void_payment(out_trade_no, self._void_of(_payment_in(sale, out_trade_no)))
         except CentralError as exc:
             return rules.void_unanswered(sale, out_trade_no, str(exc))
         return rules.void_answered(sale, out_trade_no, answer)
@@ -188,11 +188,11 @@ class PaymentFollower:
         sale = self.keeper.find(sale_id)
         if sale is None:
             return None
-        return sale, _payment(sale, out_trade_no)
+        return sale, _payment_in(sale, out_trade_no)
 
     def _void_of(self, payment: CodePayment) -> PaymentVoid:
         return PaymentVoid(provider=payment.provider, amount_fen=payment.amount_fen, station_id=self.keeper.station_id)
 
 
-def _payment(sale: Sale, out_trade_no: str) -> CodePayment:
+def _payment_in(sale: Sale, out_trade_no: str) -> CodePayment:
     return next(p for p in sale.payments if p.out_trade_no == out_trade_no)

@@ -168,7 +168,10 @@ def build_app(settings: Settings) -> FastAPI:
             if not settings.central.token.get_secret_value():
                 log.warning("sync with central is off: set central.token (POS_EDGE_CENTRAL__TOKEN)")
             app.state.agent = state
-            status_events = asyncio.create_task(push_status(state), name="status-events")
+            status_events = asyncio.create_task(
+                report_status(ScreenStatus(checkout.events), lambda: read_status(state), STATUS_PUSH_EVERY_S),
+                name="status-events",
+            )
             url = f"http://{settings.api.host}:{settings.api.port}"
             log.info(
                 "agent ready",
@@ -261,19 +264,16 @@ class NotifyingServer(uvicorn.Server):
         self.notifier.close()
 
 
-async def push_status(state: AgentState, every_s: float = STATUS_PUSH_EVERY_S) -> None:
-    """The screens hear the station's status (online, outbox, printer, sale open) within a second of a change: a
-    `status` event each time its line changes."""
-    shown: str | None = None
-    while True:
-        try:
-            line: str | None = await read_status(state)
-        except Exception:  # the status is for people: a failed read waits for the next
-            line = shown
-        if line != shown and line is not None and state.checkout is not None:
-            state.checkout.events.publish("status", None, line)
-            shown = line
-        await asyncio.sleep(every_s)
+@dataclass
+class ScreenStatus:
+    """The screens' side of the status line: a `status` event on the station's stream each time it changes, so
+    they hear it within a second of the agent knowing."""
+
+    events: EventHub
+
+    def status(self, status: str) -> bool:
+        self.events.publish("status", None, status)
+        return True
 
 
 async def read_status(state: AgentState) -> str:

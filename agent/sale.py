@@ -71,16 +71,7 @@ class HeldCoupon(BaseModel):
 
     @classmethod
     def of(cls, coupon: CachedCoupon) -> HeldCoupon:
-        return cls(
-            code=coupon.code,
-            title=coupon.title,
-            kind=coupon.kind,
-            amount_off_fen=coupon.amount_off_fen,
-            percent_off=coupon.percent_off,
-            threshold_fen=coupon.threshold_fen,
-            valid_until=coupon.valid_until,
-            usable_offline=coupon.usable_offline,
-        )
+        return cls.model_validate(coupon, from_attributes=True)  # the cache's record, by its field names
 
 
 class SaleMember(BaseModel):

@@ -33,7 +33,6 @@ from agent.code_payment import (
     USERPAYING,
     WAITING,
     PaymentEvent,
-    is_settled,
     target,
 )
 from agent.errors import (
@@ -584,7 +583,3 @@ def _with_payment(
 def _back_to_basket(sale: Sale) -> None:
     if sale.is_open and not sale.tenders and not sale.unsettled_payments:
         sale.state = "basket"
-
-
-def settled(payment: CodePayment) -> bool:
-    return is_settled(payment.state, payment.cancel_requested)

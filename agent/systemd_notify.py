@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,14 @@ async def keep_alive(
         await sleep(interval_s)
 
 
+class StatusSink(Protocol):
+    """Where a changed status line goes: systemd (`Notifier`), or the screens' event stream."""
+
+    def status(self, status: str) -> bool: ...
+
+
 async def report_status(
-    notifier: Notifier,
+    notifier: StatusSink,
     read_status: Callable[[], Awaitable[str]],
     every_s: float,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
