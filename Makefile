@@ -40,14 +40,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# The central service (seeded with demo members, store DEMO01) and a WeChat Pay simulator in the background,
-# the agent in the foreground; Ctrl-C stops them all.
+# The central service (seeded with demo members, store DEMO01), a WeChat Pay simulator and the kiosk's agent
+# (K01, port 8766) in the background, the till's agent (T01, port 8765) in the foreground: two stations, each
+# with its own simulated scanner and printer and its own folder under .demo/. Ctrl-C stops them all.
 demo: setup
-	mkdir -p .demo
+	mkdir -p .demo/kiosk
 	$(BIN)/pos-central seed-demo --config config/central-demo.toml
 	@$(BIN)/pos-central simulate wechat --config config/central-demo.toml & simulator=$$!; \
 	$(BIN)/pos-central serve --config config/central-demo.toml & central=$$!; \
-	trap 'kill $$central $$simulator 2>/dev/null; wait $$central $$simulator' EXIT; \
+	$(DEMO_ENV) $(BIN)/pos-edge run --config config/demo-kiosk.toml & kiosk=$$!; \
+	trap 'kill $$kiosk $$central $$simulator 2>/dev/null; wait $$kiosk $$central $$simulator' EXIT; \
 	cat config/demo-banner.txt; \
 	$(DEMO_ENV) $(BIN)/pos-edge run --config config/demo.toml
 

@@ -284,7 +284,7 @@ def test_member_codes_replayed_or_forged_are_refused_at_the_till_with_what_to_do
 # --- the shipped settings hold no secret ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["example.toml", "demo.toml"])
+@pytest.mark.parametrize("name", ["example.toml", "demo.toml", "demo-kiosk.toml"])
 def test_the_shipped_settings_hold_no_secret_so_a_copy_anyone_can_read_draws_no_warning(name, tmp_path, monkeypatch):
     """Secrets go in the environment (docs/checkout.md): the files a store starts from carry none, so copying one
     with the usual mode 0644 exposes nothing. A secret in such a file is warned about (tests/agent/test_settings.py)."""

@@ -39,10 +39,32 @@ def problems(tmp_path: Path, text: str) -> list[str]:
     return caught.value.problems
 
 
-@pytest.mark.parametrize("name", ["example.toml", "demo.toml"])
+@pytest.mark.parametrize("name", ["example.toml", "demo.toml", "demo-kiosk.toml"])
 def test_shipped_settings_are_valid(name):
     loaded = load_settings(ROOT / "config" / name)
     assert loaded.settings.store.id
+
+
+def test_the_demo_till_and_kiosk_are_two_stations_of_one_store_that_share_no_device_port_or_folder():
+    """`make demo` runs both agents at once: a scan on one station's scanner must never reach the other, and
+    neither may write into the other's database, receipts or backups; both sell the same things the same way."""
+    till = load_settings(ROOT / "config" / "demo.toml").settings
+    kiosk = load_settings(ROOT / "config" / "demo-kiosk.toml").settings
+    assert (till.station.kind, kiosk.station.kind) == ("till", "kiosk")
+    assert till.station.id != kiosk.station.id
+    assert till.store == kiosk.store and till.central.url == kiosk.central.url
+    assert till.api.port != kiosk.api.port
+    assert str(till.api.port) in till.receipt.e_receipt_url and str(kiosk.api.port) in kiosk.receipt.e_receipt_url
+    till_devices = {d.id for d in till.devices.scanners} | {d.url for d in till.devices.scanners}
+    kiosk_devices = {d.id for d in kiosk.devices.scanners} | {d.url for d in kiosk.devices.scanners}
+    assert till_devices and kiosk_devices and not till_devices & kiosk_devices
+    assert till.devices.printer and kiosk.devices.printer
+    assert till.devices.printer.url != kiosk.devices.printer.url
+    # Receipts (sim:// printer) and backups go next to the database: a folder each.
+    assert till.storage.database.parent != kiosk.storage.database.parent
+    assert till.storage.backup_folder != kiosk.storage.backup_folder
+    assert till.checkout.catalog == kiosk.checkout.catalog and till.checkout.catalog
+    assert till.points == kiosk.points and till.codes == kiosk.codes
 
 
 def test_minimal_settings_take_defaults(tmp_path):
