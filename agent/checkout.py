@@ -179,11 +179,13 @@ class Checkout:
                 raise NotFound(str(exc), "未找到该手机号的会员") from None
             return await self.sales.carry_out(await self.facts.identified(sale, found))
 
-    async def set_basket(self, sale_id: str, lines: list[SaleLine]) -> Sale:
+    async def set_basket(self, sale_id: str, lines: list[SaleLine], approved_by: str | None = None) -> Sale:
+        """The POS's basket; `approved_by`: the supervisor who approved its price overrides, checked by the caller."""
         async with self.sales.lock:
             sale = self._open_sale(sale_id)
             facts = await self.facts.pricing(sale, bool(lines))
-            return await self.sales.carry_out(rules.set_basket(sale, lines, facts))
+            needed = "price_override" in self.settings.approval.actions
+            return await self.sales.carry_out(rules.set_basket(sale, lines, facts, approved_by, needed))
 
     async def set_redemption(self, sale_id: str, points: int) -> Sale:
         async with self.sales.lock:
@@ -222,12 +224,14 @@ class Checkout:
         async with self.sales.lock:
             return await self.sales.carry_out(rules.cancel_payment(self._open_sale(sale_id)))
 
-    async def cancel(self, sale_id: str) -> Sale:
-        """Cancel the sale. Code payments taken are reversed; if money moved, a void is journaled."""
+    async def cancel(self, sale_id: str, approved_by: str | None = None) -> Sale:
+        """Cancel the sale. Code payments taken are reversed; if money moved, a void is journaled, which needs a
+        supervisor (`approved_by`, checked by the caller) when `approval.actions` has "void"."""
         async with self.sales.lock:
             sale = self._open_sale(sale_id)
-            void = void_entry(sale) if sale.tenders else None  # what was taken, before it is given back
-            return await self.sales.cancelled(rules.cancelled(sale), void)
+            step = rules.cancelled(sale, approved_by, "void" in self.settings.approval.actions)
+            void = void_entry(sale, approved_by) if sale.tenders else None  # what was taken, before it is given back
+            return await self.sales.cancelled(step, void)
 
     # --- scans from the station's devices ------------------------------------------------------------------
 

@@ -8,11 +8,23 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel, Field, StrictInt, field_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 
 from agent import pii
-from agent.deps import TOKEN_REQUIRED, V1_ERRORS, CheckoutDep, ReceiptsDep, RefundsDep, accepts_token_in_query
+from agent.approval import Action, Approvals, Given
+from agent.deps import (
+    TOKEN_REQUIRED,
+    V1_ERRORS,
+    ApprovalsDep,
+    CheckoutDep,
+    ReceiptsDep,
+    RefundsDep,
+    accepts_token_in_query,
+)
 from agent.errors import (
+    ApprovalLocked,
+    ApprovalRefused,
+    ApprovalRequired,
     BasketRefused,
     CouponRefused,
     DiskFull,
@@ -50,6 +62,29 @@ sessions_router = APIRouter(prefix="/v1/sessions", tags=["checkout"], dependenci
 checkout_router = APIRouter(prefix="/v1", tags=["checkout"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
 
 
+class ApprovalIn(BaseModel):
+    """A supervisor's approval (docs/checkout.md, "Manager approval"): their PIN as typed, or their card as scanned."""
+
+    pin: str | None = Field(None, pattern=r"^[0-9]{4,12}$", examples=["2468"])
+    card: str | None = Field(None, min_length=1, max_length=128, description="the text of the supervisor's card")
+
+    @model_validator(mode="after")
+    def _one(self) -> ApprovalIn:
+        if (self.pin is None) == (self.card is None):
+            raise ValueError("send the supervisor's pin or their card, one of the two")
+        return self
+
+    def given(self) -> Given:
+        return Given(pin=self.pin, card=self.card)
+
+
+class Approved(BaseModel):
+    approval: ApprovalIn | None = Field(None, description="a supervisor's, where the action needs one")
+
+
+APPROVAL_ERRORS = (ApprovalRequired, ApprovalRefused, ApprovalLocked)
+
+
 class CodeIn(BaseModel):
     text: str = Field(min_length=1, max_length=4096, description="the code as scanned or typed")
 
@@ -65,9 +100,12 @@ class LineIn(BaseModel):
     qty: StrictInt = Field(examples=[1])
     unit_price_fen: StrictInt = Field(examples=[1990])
     category: str = Field("", max_length=32)
+    list_price_fen: StrictInt | None = Field(
+        None, ge=0, description="the item's list price when the cashier changed it: a price override (approval)"
+    )
 
 
-class BasketIn(BaseModel):
+class BasketIn(Approved):
     lines: list[LineIn] = Field(max_length=500)
 
 
@@ -90,7 +128,7 @@ class RefundLineIn(BaseModel):
     qty: StrictInt = Field(ge=1)
 
 
-class RefundIn(BaseModel):
+class RefundIn(Approved):
     transaction: str = Field(min_length=1, max_length=64, description="transaction id or receipt number")
     lines: list[RefundLineIn] | None = Field(None, description="null: everything not refunded yet")
     reason: str = Field(
@@ -134,6 +172,7 @@ class Session(BaseModel):
     transaction_id: str | None
     receipt_no: str | None = Field(description="short, on the receipt's barcode, e.g. T012611230042")
     receipt_job_id: str | None
+    price_approved_by: str | None = Field(description="the supervisor who approved the basket's price overrides")
     message: str | None
 
 
@@ -182,6 +221,7 @@ class RefundMade(Transaction):
 class Reprinted(BaseModel):
     transaction_id: str
     receipt_job_id: str | None = Field(description="null without a printer")
+    approved_by: str | None = Field(description="the supervisor who approved this reprint (the first needs none)")
 
 
 class MemberFound(BaseModel):
@@ -239,11 +279,14 @@ async def enter_phone(session_id: str, body: PhoneIn, checkout: CheckoutDep) -> 
 
 @sessions_router.put(
     "/{session_id}/basket",
-    responses=error_responses(BasketRefused, NotFound, NotNow, CouponRefused, RedemptionNotAllowed),
+    responses=error_responses(BasketRefused, NotFound, NotNow, CouponRefused, RedemptionNotAllowed, *APPROVAL_ERRORS),
 )
-async def set_basket(session_id: str, body: BasketIn, checkout: CheckoutDep) -> Session:
+async def set_basket(session_id: str, body: BasketIn, checkout: CheckoutDep, approvals: ApprovalsDep) -> Session:
+    """The basket, whole, at every change. A line with `list_price_fen` other than its price is a price override:
+    a new one needs `approval` when `approval.actions` has price_override."""
     lines = [SaleLine(**line.model_dump()) for line in body.lines]
-    return _session(await checkout.set_basket(session_id, lines))
+    approved_by = await _checked(approvals, body.approval)
+    return _session(await checkout.set_basket(session_id, lines, approved_by))
 
 
 @sessions_router.put("/{session_id}/redemption", responses=error_responses(NotFound, NotNow, RedemptionNotAllowed))
@@ -272,9 +315,13 @@ async def cancel_payment(session_id: str, checkout: CheckoutDep) -> Session:
     return _session(await checkout.cancel_payment(session_id))
 
 
-@sessions_router.post("/{session_id}/cancel", responses=SESSION_STEP)
-async def cancel_session(session_id: str, checkout: CheckoutDep) -> Session:
-    return _session(await checkout.cancel(session_id))
+@sessions_router.post("/{session_id}/cancel", responses=error_responses(NotFound, NotNow, *APPROVAL_ERRORS))
+async def cancel_session(
+    session_id: str, checkout: CheckoutDep, approvals: ApprovalsDep, body: Approved | None = None
+) -> Session:
+    """Cancel the sale. Once money was taken this is a void, which needs `approval` when `approval.actions` has void."""
+    approved_by = await _checked(approvals, None if body is None else body.approval)
+    return _session(await checkout.cancel(session_id, approved_by))
 
 
 @sessions_router.get(
@@ -352,21 +399,39 @@ async def get_transaction(reference: str, refunds: RefundsDep) -> TransactionWit
     return TransactionWithRefunds.model_validate(view)
 
 
-@checkout_router.post("/transactions/{reference}/reprint", responses=error_responses(NotFound))
-async def reprint(reference: str, refunds: RefundsDep, receipts: ReceiptsDep) -> Reprinted:
-    """Print the transaction's receipt again, marked 重打印 / reprint."""
+@checkout_router.post("/transactions/{reference}/reprint", responses=error_responses(NotFound, *APPROVAL_ERRORS))
+async def reprint(
+    reference: str, refunds: RefundsDep, receipts: ReceiptsDep, approvals: ApprovalsDep, body: Approved | None = None
+) -> Reprinted:
+    """Print the transaction's receipt again, marked 重打印 / reprint. The first reprint is free; the next need
+    `approval` when `approval.actions` has reprint."""
     record = await asyncio.to_thread(refunds.find, reference)
-    job_id = None if receipts is None else await receipts.reprint(record)
-    return Reprinted(transaction_id=record.id, receipt_job_id=job_id)
+    given = None if body is None or body.approval is None else body.approval.given()
+    if receipts is None:
+        return Reprinted(transaction_id=record.id, receipt_job_id=None, approved_by=None)
+    if await receipts.reprints_of(record) >= 1:
+        approved_by = await asyncio.to_thread(approvals.approved_by, Action.REPRINT, given)
+    else:
+        approved_by = await asyncio.to_thread(approvals.checked, given)
+    job_id = await receipts.reprint(record, approved_by)
+    return Reprinted(transaction_id=record.id, receipt_job_id=job_id, approved_by=approved_by)
 
 
 @checkout_router.post(
     "/refunds",
     status_code=201,
-    responses=error_responses(NotFound, RefundRefused, RefundInProgress, PaymentFailed, Offline),
+    responses=error_responses(NotFound, RefundRefused, RefundInProgress, PaymentFailed, Offline, *APPROVAL_ERRORS),
 )
-async def refund(body: RefundIn, refunds: RefundsDep) -> RefundMade:
-    """Refund a sale, whole or by lines; money goes back the way it came (docs/checkout.md)."""
+async def refund(body: RefundIn, refunds: RefundsDep, approvals: ApprovalsDep) -> RefundMade:
+    """Refund a sale, whole or by lines; money goes back the way it came (docs/checkout.md). Needs `approval` when
+    `approval.actions` has refund."""
     lines = None if body.lines is None else [RefundLine(line.line, line.qty) for line in body.lines]
-    record, job_id = await refunds.refund(body.transaction, lines, body.reason)
+    given = None if body.approval is None else body.approval.given()
+    approved_by = await asyncio.to_thread(approvals.approved_by, Action.REFUND, given)
+    record, job_id = await refunds.refund(body.transaction, lines, body.reason, approved_by)
     return RefundMade.model_validate(record.view() | {"receipt_job_id": job_id})
+
+
+async def _checked(approvals: Approvals, approval: ApprovalIn | None) -> str | None:
+    """The approving supervisor, checked off the loop (scrypt); whether the step needs one is the sale's rule."""
+    return None if approval is None else await asyncio.to_thread(approvals.checked, approval.given())

@@ -106,6 +106,19 @@ def config_check(file: Path) -> None:
     click.echo("\n".join(lines))
 
 
+@cli.command("hash-secret")
+def hash_secret_command() -> None:
+    """Hash a supervisor's PIN or card text for [[approval.supervisors]] (pin_hash, card_hash).
+
+    The secret is asked for, never taken as an argument: it would stay in the shell's history."""
+    from agent.approval import hash_secret
+
+    secret = click.prompt("PIN or card text", hide_input=True, confirmation_prompt=True)
+    if not secret.strip():
+        raise click.ClickException("an empty secret approves nothing")
+    click.echo(hash_secret(secret))
+
+
 @cli.group()
 def codes() -> None:
     """Inspect scanned codes."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
+from agent.approval import Approvals
 from agent.checkout import Checkout
 from agent.devices import StationDevices
 from agent.errors import Internal, InvalidRequest, NotFound, Unauthorized, Unavailable, error_responses
@@ -107,7 +108,12 @@ def get_scans(state: StateDep) -> ScanRouter:
     return state.scans
 
 
+def get_approvals(state: StateDep) -> Approvals:
+    return state.approvals
+
+
 CheckoutDep = Annotated[Checkout, Depends(get_checkout)]
+ApprovalsDep = Annotated[Approvals, Depends(get_approvals)]
 RefundsDep = Annotated[Refunds, Depends(get_refunds)]
 SyncDep = Annotated[Sync, Depends(get_sync)]
 DevicesDep = Annotated[StationDevices, Depends(get_devices)]

@@ -18,6 +18,9 @@ AgentError                      500 internal
 │   ├── UnknownCode             422 unknown_code
 │   ├── ProviderNotEnabled      422 provider_not_enabled
 │   └── InvalidPhone            422 invalid_phone
+├── ApprovalRequired            403 approval_required: the action needs a supervisor's PIN or card
+├── ApprovalRefused             403 approval_refused: not a supervisor's PIN or card (`tries_left`)
+├── ApprovalLocked              423 approval_locked: too many wrong tries (`retry_after_s`)
 ├── Conflict                    409 conflict
 │   ├── NotSimulated            409 conflict: a scan handed to a real scanner
 │   ├── PrintJobConflict        409 conflict: a print job action its state does not allow
@@ -66,6 +69,9 @@ class ErrorBody(BaseModel):
         None, description="invalid_request: one entry per field (`loc`, `msg`, `type`); the input is never echoed"
     )
     session_id: str | None = Field(None, description="sale_open: the sale open at this station")
+    action: str | None = Field(None, description="approval_required: refund, void, price_override or reprint")
+    tries_left: int | None = Field(None, description="approval_refused: wrong tries left before the lock-out")
+    retry_after_s: int | None = Field(None, description="approval_locked: seconds until a supervisor may try again")
 
 
 class AgentError(Exception):
@@ -129,6 +135,37 @@ class ProviderNotEnabled(InvalidRequest):
 
 class InvalidPhone(InvalidRequest):
     status, code = 422, "invalid_phone"
+
+
+# --- a supervisor must approve -----------------------------------------------------------------------------------
+
+
+class ApprovalRequired(AgentError):
+    """Sent without `approval` while `approval.actions` names the action: ask a supervisor and send it again."""
+
+    status, code = 403, "approval_required"
+    ACTION_ZH: ClassVar[dict[str, str]] = {
+        "refund": "退款",
+        "void": "撤销已付款的交易",
+        "price_override": "改价",
+        "reprint": "再次重打小票",
+    }
+
+    @classmethod
+    def of(cls, action: str) -> ApprovalRequired:
+        return cls(
+            f"{action.replace('_', ' ')} needs a supervisor's approval: send approval.pin or approval.card",
+            f"{cls.ACTION_ZH[action]}需要主管授权",
+            action=action,
+        )
+
+
+class ApprovalRefused(AgentError):
+    status, code = 403, "approval_refused"
+
+
+class ApprovalLocked(AgentError):
+    status, code = 423, "approval_locked"
 
 
 # --- not in this state ----------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ def sale_body(sale: Sale, excluded_categories: Collection[str]) -> SaleBody:
             via=sale.member.via,
         ),
         points_balance=None if points is None else points.balance,
+        approved_by=sale.price_approved_by,
     )
 
 
@@ -73,13 +74,14 @@ def sale_entry(sale: Sale, excluded_categories: Collection[str]) -> JournalEntry
     )
 
 
-def void_entry(sale: Sale) -> JournalEntry:
+def void_entry(sale: Sale, approved_by: str | None = None) -> JournalEntry:
     """The journal row of a sale cancelled after money moved: what was taken and given back, no points."""
     member_id = sale.member.id if sale.member else None
-    return JournalEntry(kind="void", id=sale.id, total_fen=sale.paid_fen, body=void_body(sale), member_id=member_id)
+    body = void_body(sale, approved_by)
+    return JournalEntry(kind="void", id=sale.id, total_fen=sale.paid_fen, body=body, member_id=member_id)
 
 
-def void_body(sale: Sale) -> VoidBody:
+def void_body(sale: Sale, approved_by: str | None = None) -> VoidBody:
     """A sale cancelled after money moved: what was taken (given back as the sale is cancelled)."""
     return VoidBody(
         lines=[JournalLine.model_validate(line, from_attributes=True) for line in sale.lines],
@@ -87,6 +89,7 @@ def void_body(sale: Sale) -> VoidBody:
         coupons=[],
         reason=VOID_REASON,
         online=sale.online,
+        approved_by=approved_by,
     )
 
 
@@ -99,6 +102,7 @@ def refund_body(
     lines: Sequence[Mapping[str, Any]],
     tenders: Sequence[Mapping[str, Any]],
     points_balance: int | None,
+    approved_by: str | None = None,
 ) -> RefundBody:
     """Refund number `ordinal` of the sale `sale_id`: its planned lines and the parts of money given back (code parts
     with central's answer), and the member's balance after it (None without a member)."""
@@ -115,6 +119,7 @@ def refund_body(
         subtotal_fen=sum(line.amount_fen for line in refunded),
         member=sale.member,
         points_balance=points_balance,
+        approved_by=approved_by,
     )
 
 
@@ -128,6 +133,7 @@ def _sold(line: SaleLine, earns_points: bool) -> SoldLine:
         category=line.category,
         amount_fen=line.amount_fen,
         earns_points=earns_points,
+        list_price_fen=line.list_price_fen if line.overridden else None,
     )
 
 

@@ -226,3 +226,15 @@ class IdempotentRequest(SQLModel, table=True):
     done: bool = False
     created_at: datetime = Field(sa_column=utc_column())
     expires_at: datetime = Field(sa_column=utc_column(index=True))
+
+
+class Reprint(SQLModel, table=True):
+    """A receipt printed again: the first reprint of a transaction is free, the next need a supervisor
+    (`approval.actions` "reprint"), who is recorded here. Kept after its print job is purged, so it still counts."""
+
+    __tablename__ = "reprint"
+
+    job_id: str = Field(primary_key=True)
+    journal_id: str = Field(index=True)
+    approved_by: str | None = None
+    created_at: datetime = Field(sa_column=utc_column())

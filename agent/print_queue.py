@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from agent.clock import from_storage, to_storage, utcnow
 from agent.db import reader
-from agent.models import PrintJob
+from agent.models import PrintJob, Reprint
 from drivers.backoff import Backoff
 from drivers.base import DeviceError, PaperOut
 
@@ -112,6 +112,7 @@ def insert_job(
 
 
 _print_job = PrintJob.metadata.tables["print_job"]
+_reprint = Reprint.metadata.tables["reprint"]
 # Jobs not yet done with: waiting to print, being sent, or waiting for a person.
 UNFINISHED = ("queued", "sending", "uncertain")
 
@@ -213,6 +214,24 @@ class PrintQueue:
             insert_job(connection, self.printer_id, job_id, data, purpose, journal_id)
         self._notify()
         return self.job(job_id)
+
+    def enqueue_reprint(self, job_id: str, data: bytes, journal_id: str, approved_by: str | None) -> JobView:
+        """A receipt printed again, and the reprint counted with who approved it: one transaction."""
+        with self.engine.begin() as connection:
+            insert_job(connection, self.printer_id, job_id, data, "reprint", journal_id)
+            connection.execute(
+                _reprint.insert().values(
+                    job_id=job_id, journal_id=journal_id, approved_by=approved_by, created_at=utcnow()
+                )
+            )
+        self._notify()
+        return self.job(job_id)
+
+    def reprints_of(self, journal_id: str) -> int:
+        """How many times the receipt of a transaction was printed again."""
+        with reader(self.engine) as connection:
+            query = sa.select(sa.func.count()).select_from(_reprint).where(_reprint.c.journal_id == journal_id)
+            return int(connection.execute(query).scalar_one())
 
     def wake(self) -> None:
         """A job was queued in someone else's transaction (`insert_job`): look for it now."""

@@ -50,16 +50,21 @@ class ReceiptPrinting:
         if queue is not None:
             queue.wake()
 
-    async def reprint(self, record: JournalRecord) -> str | None:
-        """A copy of a journaled receipt, marked as such: a new job each time. None while the printer is not running."""
+    async def reprint(self, record: JournalRecord, approved_by: str | None = None) -> str | None:
+        """A copy of a journaled receipt, marked as such: a new job each time, counted with who approved it. None
+        while the printer is not running."""
         queue = self._queue()
         if queue is None:
             return None
         data = await asyncio.to_thread(self._bytes, receipt_of_record(record, self.settings, reprint=True), False)
-        job = await asyncio.to_thread(
-            queue.enqueue, f"{record.id}-reprint-{uuid7().hex[:8]}", data, "reprint", record.id
-        )
+        job_id = f"{record.id}-reprint-{uuid7().hex[-12:]}"  # the random end: the start is the time
+        job = await asyncio.to_thread(queue.enqueue_reprint, job_id, data, record.id, approved_by)
         return job.id
+
+    async def reprints_of(self, record: JournalRecord) -> int:
+        """Reprints so far of the transaction's receipt (0 while the printer is not running: none can be made)."""
+        queue = self._queue()
+        return 0 if queue is None else await asyncio.to_thread(queue.reprints_of, record.id)
 
     def _bytes(self, receipt: Receipt, open_drawer: bool) -> bytes:
         return self._render(layout(receipt, self._columns, self.settings.store.zone, open_drawer=open_drawer))

@@ -74,6 +74,7 @@ class PendingRefund(BaseModel):
         list[tuple[int, int]] | None
     )  # the lines asked for (None: all that was left): the same request is this refund
     reason: str | None
+    approved_by: str | None = None  # the supervisor who approved it
     ordinal: int  # its place among the sale's refunds
     lines: list[dict]
     money_fen: int
@@ -128,7 +129,7 @@ class Refunds:
         return self.journal.refunds_of(sale_id)
 
     async def refund(
-        self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None
+        self, reference: str, lines: Sequence[RefundLine] | None, reason: str | None, approved_by: str | None = None
     ) -> tuple[JournalRecord, str | None]:
         """Refund and journal; the refund's journal row and its receipt's print job id."""
         asked = None if lines is None else sorted((item.line, item.qty) for item in lines)
@@ -148,7 +149,7 @@ class Refunds:
                     "this sale was paid by code: its refund goes through central, which cannot be reached now; try again later",
                     OFFLINE_ZH,
                 )
-            pending = _pending(sale, len(earlier) + 1, asked, reason, plan)
+            pending = _pending(sale, len(earlier) + 1, asked, reason, plan, approved_by)
             if pending.code_parts():
                 await asyncio.to_thread(self._save_pending, pending)  # on disk before anything is sent
             record = await self._finish(sale, pending)
@@ -295,7 +296,15 @@ class Refunds:
         tenders = [{k: v for k, v in t.items() if k != "sent"} for t in pending.tenders]
         points_balance = None if member is None else member.points - pending.points_taken_back + pending.points_returned
         body = refund_body(
-            sale.id, sale.sale_body(), pending.ordinal, pending.reason, online, pending.lines, tenders, points_balance
+            sale.id,
+            sale.sale_body(),
+            pending.ordinal,
+            pending.reason,
+            online,
+            pending.lines,
+            tenders,
+            points_balance,
+            pending.approved_by,
         )
         entry = JournalEntry(
             kind="refund",
@@ -346,7 +355,12 @@ class Refunds:
 
 
 def _pending(
-    sale: JournalRecord, ordinal: int, asked: list[tuple[int, int]] | None, reason: str | None, plan: _Plan
+    sale: JournalRecord,
+    ordinal: int,
+    asked: list[tuple[int, int]] | None,
+    reason: str | None,
+    plan: _Plan,
+    approved_by: str | None = None,
 ) -> PendingRefund:
     tenders = []
     for i, tender in enumerate(plan.tenders):
@@ -362,6 +376,7 @@ def _pending(
         sale_id=sale.id,
         asked=asked,
         reason=reason,
+        approved_by=approved_by,
         ordinal=ordinal,
         lines=plan.lines,
         money_fen=plan.money_fen,

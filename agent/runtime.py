@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from agent import __version__
 from agent.api import create_app
+from agent.approval import Approvals
 from agent.central_client import CentralClient
 from agent.checkout import Checkout
 from agent.clock import SYSTEM_CLOCK
@@ -61,6 +62,7 @@ class AgentState:
     member_codes: MemberCodeGate
     open_sales: OpenSaleStore  # sales and refunds in progress, kept on disk until journaled
     idempotency: IdempotencyStore  # the local API's Idempotency-Keys and their answers
+    approvals: Approvals  # the supervisors and their lock-out
     scans: ScanRouter | None = None
     devices: StationDevices | None = None
     sync: Sync | None = None
@@ -83,6 +85,7 @@ def open_state(settings: Settings) -> AgentState:
         member_codes=MemberCodeGate(engine, settings.member_codes.window_s, settings.member_codes.clock_skew_s),
         open_sales=OpenSaleStore(engine),
         idempotency=IdempotencyStore(engine),
+        approvals=Approvals(settings.approval),
     )
 
 

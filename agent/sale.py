@@ -93,6 +93,11 @@ class SaleLine(BaseModel):
     unit_price_fen: int
     category: str = Field("", max_length=32)
     amount_fen: int | None = Field(None, description="after tier and coupon discounts; set by pricing")
+    list_price_fen: int | None = Field(None, description="sold at another price than this one: a price override")
+
+    @property
+    def overridden(self) -> bool:
+        return self.list_price_fen is not None and self.list_price_fen != self.unit_price_fen
 
     def basket_line(self) -> BasketLine:
         return BasketLine(self.sku, self.name, self.qty, self.unit_price_fen, self.category)
@@ -199,6 +204,7 @@ class Sale(BaseModel):
     transaction_id: str | None = None
     receipt_no: str | None = None
     receipt_job_id: str | None = None
+    price_approved_by: str | None = Field(None, description="the supervisor who approved the basket's price overrides")
 
     @property
     def is_open(self) -> bool:

@@ -37,6 +37,7 @@ from agent.code_payment import (
 )
 from agent.errors import (
     AgentError,
+    ApprovalRequired,
     BasketMissing,
     BasketRefused,
     CouponRefused,
@@ -147,22 +148,45 @@ def opened(sale_id: str, station_id: str, now: datetime, online: bool) -> Step:
     return Step(sale, "opened")
 
 
-def set_basket(sale: Sale, lines: Sequence[SaleLine], facts: PricingFacts | None) -> Step:
+def set_basket(
+    sale: Sale,
+    lines: Sequence[SaleLine],
+    facts: PricingFacts | None,
+    approved_by: str | None = None,
+    approval_needed: bool = False,
+) -> Step:
+    """The POS's basket, whole. A line at another price than its `list_price_fen` is a price override: one not
+    already on the sale needs a supervisor when `approval_needed` (the basket is sent whole at every change, so an
+    override approved once is not asked again)."""
     open_or_refuse(sale)
     no_money_yet(sale, "change the basket")
     try:
         for line in lines:
             line.basket_line()  # validates quantity and price
+            if line.list_price_fen is not None and line.list_price_fen < 0:
+                raise BadBasket(f"line {line.sku}: the list price cannot be negative")
     except BadBasket as exc:
         raise BasketRefused(str(exc)) from None
     if not lines:
         raise BasketRefused("the basket is empty")
+    approved = {_override(line) for line in sale.lines if line.overridden}
+    new_overrides = [line for line in lines if line.overridden and _override(line) not in approved]
+    if new_overrides and approval_needed and approved_by is None:
+        raise ApprovalRequired.of("price_override")
     sale = sale.model_copy(deep=True)
     sale.lines = [line.model_copy() for line in lines]
+    if new_overrides and approved_by is not None:
+        sale.price_approved_by = approved_by
+    if not any(line.overridden for line in sale.lines):
+        sale.price_approved_by = None
     reprice(sale, facts)
     sale.state = "basket"
     sale.message = f"{len(lines)} line(s), amount due ¥{sale.amount_due_fen / 100:.2f}"
     return changed(sale, "basket")
+
+
+def _override(line: SaleLine) -> tuple[str, int, int | None]:
+    return line.sku, line.unit_price_fen, line.list_price_fen
 
 
 def add_product(sale: Sale, gtin: str, item: CatalogItem | None, facts: PricingFacts | None) -> Step:
@@ -516,11 +540,13 @@ def void_unanswered(sale: Sale, out_trade_no: str, why: str) -> Step:
     return changed(sale, "payment")
 
 
-def cancelled(sale: Sale) -> Step:
+def cancelled(sale: Sale, approved_by: str | None = None, approval_needed: bool = False) -> Step:
     """The sale is cancelled: every code payment not yet given up or refused is voided. The checkout journals a
-    void of what was taken first, if anything was."""
+    void of what was taken first, if anything was; that void needs a supervisor when `approval_needed`."""
     open_or_refuse(sale)
     taken = bool(sale.tenders)  # what the void journals
+    if taken and approval_needed and approved_by is None:
+        raise ApprovalRequired.of("void")
     voids = tuple(p.out_trade_no for p in sale.payments if p.state not in (REVERSED, FAILED) and not p.cancel_requested)
     for out_trade_no in voids:
         sale = given_up(sale, out_trade_no).sale

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -274,6 +274,54 @@ class CheckoutSettings(Section):
     )
 
 
+# agent.approval.hash_secret's form: scrypt$N$r$p$salt$key, salt and key in base64.
+SECRET_HASH_PATTERN = r"^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*$"
+ApprovalAction = Literal["refund", "void", "price_override", "reprint"]
+
+
+class SupervisorSettings(Section):
+    id: Identifier = Field(examples=["S001"], description="recorded as `approved_by` with what they approved")
+    name: str = Field(min_length=1, max_length=32, examples=["王店长"])
+    pin_hash: str | None = Field(
+        None,
+        pattern=SECRET_HASH_PATTERN,
+        examples=["scrypt$16384$8$1$…$…  (pos-edge hash-secret)"],
+        description="their PIN (4-12 digits), hashed by `pos-edge hash-secret`; never the PIN itself",
+    )
+    card_hash: str | None = Field(
+        None, pattern=SECRET_HASH_PATTERN, description="the text of their supervisor card, hashed the same way"
+    )
+
+    @model_validator(mode="after")
+    def _can_approve(self) -> SupervisorSettings:
+        if self.pin_hash is None and self.card_hash is None:
+            raise ValueError("a supervisor needs pin_hash or card_hash (make one with `pos-edge hash-secret`)")
+        return self
+
+
+class ApprovalSettings(Section):
+    actions: tuple[ApprovalAction, ...] = Field(
+        (),
+        examples=[["refund", "void", "price_override", "reprint"]],
+        description="what needs a supervisor's PIN or card: refund, void (cancelling a sale in which money was "
+        "taken), price_override (a line below or above its list price), reprint (after the first reprint)",
+    )
+    supervisors: tuple[SupervisorSettings, ...] = ()
+    wrong_tries: int = Field(5, ge=1, le=20, description="wrong PINs or cards in a row before the lock-out")
+    lockout_minutes: int = Field(5, ge=1, le=120, description="how long every try is refused after that")
+
+    @model_validator(mode="after")
+    def _someone_approves(self) -> ApprovalSettings:
+        if self.actions and not self.supervisors:
+            raise ValueError(
+                "approval.actions needs at least one [[approval.supervisors]] (or set approval.actions = [])"
+            )
+        ids = [s.id for s in self.supervisors]
+        if len(ids) != len(set(ids)):
+            raise ValueError("two approval.supervisors have the same id")
+        return self
+
+
 class ApiSettings(Section):
     host: str = Field("127.0.0.1", examples=["127.0.0.1"])
     port: int = Field(8765, ge=1, le=65535, examples=[8765])
@@ -372,6 +420,7 @@ class Settings(BaseSettings):
     points: PointsSettings = PointsSettings()
     offline: OfflineSettings = OfflineSettings()
     checkout: CheckoutSettings = CheckoutSettings()
+    approval: ApprovalSettings = ApprovalSettings()
     api: ApiSettings = ApiSettings()
     storage: StorageSettings = StorageSettings()
     privacy: PrivacySettings = PrivacySettings()

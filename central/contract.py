@@ -225,6 +225,9 @@ class JournalLine(BodyModel):
     unit_price_fen: StrictInt
     category: str
     amount_fen: StrictInt | None
+    list_price_fen: StrictInt | None = Field(
+        None, exclude_if=_is_none, description="a price override: the list price the cashier sold below or above"
+    )
 
 
 class SoldLine(JournalLine):
@@ -253,6 +256,9 @@ class SaleBody(BodyModel):
     points_value_fen: StrictInt = Field(description="what the points redeemed took off, in fen")
     member: BodyMember | None
     points_balance: StrictInt | None = Field(description="the member's balance after this sale (null: no member)")
+    approved_by: str | None = Field(
+        None, exclude_if=_is_none, description="a price override: the supervisor who approved it (absent: none did)"
+    )
 
 
 class VoidBody(BodyModel):
@@ -263,6 +269,9 @@ class VoidBody(BodyModel):
     coupons: list[UsedCoupon] = Field(description="always empty: a cancelled sale used no coupon")
     reason: str
     online: bool
+    approved_by: str | None = Field(
+        None, exclude_if=_is_none, description="the void: the supervisor who approved it (absent: none did)"
+    )
 
 
 class RefundedLine(BodyModel):
@@ -304,6 +313,9 @@ class RefundBody(BodyModel):
     subtotal_fen: StrictInt = Field(description="the sum of the lines' amount_fen")
     member: BodyMember | None = Field(description="the sale's, as it was then")
     points_balance: StrictInt | None = Field(description="the member's balance after this refund (null: no member)")
+    approved_by: str | None = Field(
+        None, exclude_if=_is_none, description="the refund: the supervisor who approved it (absent: none did)"
+    )
 
 
 class TransactionIn(WireModel):

@@ -24,6 +24,7 @@ import httpx
 import pytest
 import uvicorn
 
+from agent.approval import hash_secret
 from agent.db import open_database
 from agent.runtime import build_app
 from agent.settings import load_settings
@@ -33,7 +34,16 @@ from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from drivers.escpos_decode import TextLine, decode
 from tests.central.plugin import CentralServer, central_settings
-from tests.support.credentials import API_TOKEN, APPID, MCH_ID, PHONE_KEY, WECHAT_KEY
+from tests.support.credentials import (
+    API_TOKEN,
+    APPID,
+    MCH_ID,
+    PHONE_KEY,
+    SUPERVISOR_CARD,
+    SUPERVISOR_ID,
+    SUPERVISOR_PIN,
+    WECHAT_KEY,
+)
 from tests.support.timings import STORE_PAYMENTS
 
 STORE = "S1"
@@ -116,6 +126,17 @@ database = "{database}"
 """
 
 
+def _approval_toml(actions: tuple[str, ...]) -> str:
+    """The `[approval]` section: `actions` need the test store's supervisor (PIN and card, hashed as a store would)."""
+    if not actions:
+        return ""
+    return (
+        "\n[approval]\nactions = [" + ", ".join(f'"{a}"' for a in actions) + "]\n\n[[approval.supervisors]]\n"
+        f'id = "{SUPERVISOR_ID}"\nname = "王店长"\npin_hash = "{hash_secret(SUPERVISOR_PIN)}"\n'
+        f'card_hash = "{hash_secret(SUPERVISOR_CARD)}"\n'
+    )
+
+
 class Stack:
     def __init__(
         self,
@@ -125,6 +146,7 @@ class Stack:
         providers: tuple[str, ...] = ("wechat",),
         limit: int = 20,
         as_service: bool = False,
+        approval: tuple[str, ...] = (),
     ):
         self.tmp = tmp
         self.as_service = as_service  # separate process only: its log written as under systemd (journal stream)
@@ -160,7 +182,8 @@ class Stack:
                 database=self.database,
                 providers="[" + ", ".join(f'"{p}"' for p in providers) + "]",
                 limit=limit,
-            ),
+            )
+            + _approval_toml(approval),
             encoding="utf-8",
         )
         self.env = {

@@ -23,6 +23,7 @@ OWNERS = {
     "open_sale": "open_sales.py",
     "pending_refund": "open_sales.py",
     "idempotent_request": "idempotency.py",
+    "reprint": "print_queue.py",
 }
 # The declarations (agent/models.py) and the migrations that create the tables are not SQL on them.
 NOT_SQL = {"models.py"}
@@ -40,6 +41,7 @@ MODEL_OF = {
     "open_sale": "OpenSale",
     "pending_refund": "PendingRefund",
     "idempotent_request": "IdempotentRequest",
+    "reprint": "Reprint",
 }
 
 

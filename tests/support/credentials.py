@@ -15,3 +15,8 @@ API_TOKEN = "test-api-token-0123456789"
 # The phone-hash key as settings and central hold it (text), and as the agent's member cache takes it (bytes).
 PHONE_KEY = "test-phone-hash-key-0123456789"
 PHONE_KEY_BYTES = PHONE_KEY.encode()
+
+# The test store's supervisor: the PIN typed on the till and the text of the supervisor card scanned.
+SUPERVISOR_ID = "S001"
+SUPERVISOR_PIN = "2468"
+SUPERVISOR_CARD = "SUP0001"
