@@ -102,8 +102,16 @@ def config_check(file: Path) -> None:
         f"  api        http://{settings.api.host}:{settings.api.port} (token {secret(settings.api.token)})",
         f"  database   {settings.storage.database}",
         f"  phones     {'looked up by keyed hash' if settings.privacy.phone_hash_key else 'no lookup (privacy.phone_hash_key not set)'}",
+        f"  approval   {_approval_line(settings)}",
     ]
     click.echo("\n".join(lines))
+
+
+def _approval_line(settings) -> str:
+    approval = settings.approval
+    if not approval.actions:
+        return "none needed (approval.actions is empty)"
+    return f"{', '.join(approval.actions)} by {len(approval.supervisors)} supervisor(s)"
 
 
 @cli.command("hash-secret")

@@ -10,6 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.checkout_stack import Stack
+from tests.support.credentials import SUPERVISOR_CARD, SUPERVISOR_ID, SUPERVISOR_PIN
 
 BASKET = [
     {"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 2, "unit_price_fen": 1290},
@@ -146,6 +147,55 @@ def test_reprint_and_refund_from_the_recent_transactions(page: Page, stack: Stac
     expect(page.get_by_role("button", name="确认退款 Confirm refund")).to_be_disabled()
     refunds = stack.api.get(f"/v1/transactions/{sale['id']}").json()["refunds"]
     assert sum(r["total_fen"] for r in refunds) == 3030 and refunds[-1]["body"]["reason"] == "顾客不想要了"
+
+
+def test_a_refund_a_void_and_a_second_reprint_ask_for_the_supervisor(page: Page, stack_factory) -> None:
+    stack = stack_factory(approval=("refund", "void", "reprint"))
+    sale = cash_sale(stack)
+    open_till(page, stack)
+    row = page.locator(f'#transactions tr[data-receipt="{sale["receipt_no"]}"]')
+    dialog = page.locator("#approval")
+
+    # A partial refund: the agent asks for a supervisor; a wrong PIN says how many tries are left.
+    row.get_by_role("button", name="退款 Refund").click()
+    page.get_by_label("方便面 退货数量 quantity to refund").fill("0")
+    page.get_by_label("退款原因 reason").select_option("质量问题")
+    page.get_by_role("button", name="确认退款 Confirm refund").click()
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("退款需要主管授权")
+    for key in "1111":
+        dialog.get_by_role("button", name=key, exact=True).click()
+    dialog.get_by_role("button", name="授权 Approve").click()
+    expect(page.locator("#approval-error")).to_contain_text("还可再试 4 次")
+    for key in SUPERVISOR_PIN:
+        dialog.get_by_role("button", name=key, exact=True).click()
+    dialog.get_by_role("button", name="授权 Approve").click()
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#message")).to_contain_text("Refunded ¥25.80")
+    refund = stack.api.get(f"/v1/transactions/{sale['id']}").json()["refunds"][0]
+    assert refund["body"]["approved_by"] == SUPERVISOR_ID and refund["body"]["reason"] == "质量问题"
+
+    # The first reprint is free; the second takes the supervisor's card, scanned into the dialog.
+    row.get_by_role("button", name="重打 Reprint").click()
+    expect(page.locator("#message")).to_contain_text("已重打小票")
+    row.get_by_role("button", name="重打 Reprint").click()
+    expect(dialog).to_contain_text("再次重打小票需要主管授权")
+    page.keyboard.type(SUPERVISOR_CARD)
+    page.keyboard.press("Enter")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#message")).to_contain_text("已重打小票")
+
+    # A sale with cash taken, cancelled: a void; the cashier gives up at the dialog and nothing happens.
+    session = stack.open_session()
+    set_basket(stack, session["id"])
+    stack.api.post(f"/v1/sessions/{session['id']}/tenders", json={"kind": "cash", "amount_fen": 1000})
+    expect(page.locator("#sale-state")).to_contain_text("收款中 Paying")
+    page.get_by_role("button", name="取消交易 Cancel sale").click()
+    page.get_by_role("button", name="确认取消 Confirm cancel").click()
+    expect(dialog).to_contain_text("撤销已付款的交易需要主管授权")
+    dialog.get_by_role("button", name="取消 Cancel").click()
+    expect(page.locator("#message")).to_contain_text("未获授权")
+    assert stack.session(session["id"])["state"] == "tender"
 
 
 def test_a_cash_tender_whose_answer_is_lost_is_sent_again_and_taken_once(page: Page, stack: Stack) -> None:

@@ -50,6 +50,71 @@ async function attempt(work) {
   }
 }
 
+// --- supervisor approval -------------------------------------------------------------------------------------
+
+/** Runs `send(approval)`; when the agent answers that a supervisor must approve (a refund, a void, a second
+ *  reprint), asks for their PIN or card and sends the step again with it. Cancelled: nothing was done. */
+async function withApproval(send) {
+  try {
+    return await send(undefined);
+  } catch (error) {
+    if (error.code !== "approval_required") throw error;
+    return askSupervisor(error, send);
+  }
+}
+
+function askSupervisor(why, send) {
+  const dialog = $("approval");
+  const input = $("approval-secret");
+  $("approval-why").replaceChildren(h("div", { lang: "zh-CN" }, why.messageZh ?? ""), h("div", { className: "muted" }, why.message));
+  $("approval-error").textContent = "";
+  input.value = "";
+  return new Promise((resolve, reject) => {
+    const finish = (settle) => {
+      $("approval-form").onsubmit = null;
+      $("approval-cancel").onclick = null;
+      dialog.close();
+      settle();
+    };
+    $("approval-form").onsubmit = async (event) => {
+      event.preventDefault();
+      const text = input.value.trim();
+      if (!text) return;
+      // Typed on the keypad: 4-12 digits. Anything else came from the supervisor's card through the scanner.
+      const approval = /^[0-9]{4,12}$/.test(text) ? { pin: text } : { card: text };
+      $("approval-ok").disabled = true;
+      try {
+        const result = await send(approval);
+        finish(() => resolve(result));
+      } catch (error) {
+        if (error.code === "approval_refused") {
+          $("approval-error").textContent = `${error.messageZh ?? ""} ${error.message}`;
+          input.value = "";
+          input.focus();
+        } else {
+          finish(() => reject(error));  // locked out, or the step itself refused: the message area says why
+        }
+      } finally {
+        $("approval-ok").disabled = false;
+      }
+    };
+    $("approval-cancel").onclick = () => finish(() => reject(refused("Not approved: nothing was done", "未获授权，操作未执行")));
+    dialog.showModal();
+    input.focus();
+  });
+}
+
+$("approval-keys").replaceChildren(
+  ...["1", "2", "3", "4", "5", "6", "7", "8", "9", "⌫", "0", "C"].map((key) => h("button", {
+    type: "button", className: "plain", ariaLabel: key === "⌫" ? "删除 Delete" : key === "C" ? "清除 Clear" : key,
+    onclick: () => {
+      const input = $("approval-secret");
+      input.value = key === "C" ? "" : key === "⌫" ? input.value.slice(0, -1) : input.value + key;
+      input.focus();
+    },
+  }, key)),
+);
+
 function lock() {
   till.locked = true;
   document.body.dataset.locked = "true";
@@ -301,7 +366,8 @@ $("cancel-sale-confirm").addEventListener("click", () => attempt(async () => {
   clearTimeout(confirmTimer);
   $("cancel-sale").hidden = false;
   $("cancel-sale-confirm").hidden = true;
-  stepDone(await api.post(path(requireSale(), "/cancel")));
+  const sale = requireSale();
+  stepDone(await withApproval((approval) => api.post(path(sale, "/cancel"), approval ? { approval } : {})));
 }));
 
 $("message-close").addEventListener("click", () => { $("message").hidden = true; });
@@ -358,7 +424,8 @@ function transactionRow(t) {
 
 async function reprint(t) {
   await attempt(async () => {
-    await api.post(`/v1/transactions/${encodeURIComponent(t.id)}/reprint`);
+    const where = `/v1/transactions/${encodeURIComponent(t.id)}/reprint`;
+    await withApproval((approval) => api.post(where, approval ? { approval } : {}));
     say({ message: `Receipt ${t.receipt_no ?? t.id} sent to the printer again`, message_zh: "已重打小票" }, "info");
   });
 }
@@ -407,7 +474,8 @@ async function askRefund(t, tr) {
 async function refund(t, lines, reason, confirmRow) {
   for (const button of confirmRow.querySelectorAll("button")) button.disabled = true;
   const done = await attempt(async () => {
-    const record = await api.post("/v1/refunds", { transaction: t.id, lines, reason });
+    const asked = { transaction: t.id, lines, reason };
+    const record = await withApproval((approval) => api.post("/v1/refunds", approval ? { ...asked, approval } : asked));
     const no = record?.receipt_no ?? record?.id ?? "";
     say({ message: `Refunded ${yuan(record?.total_fen ?? 0)} (refund receipt ${no})`, message_zh: "退款完成" }, "info");
     return true;
