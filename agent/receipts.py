@@ -226,6 +226,7 @@ class Receipt:
     original_transaction_id: str | None = None  # the sale a refund refers to
     original_receipt_no: str | None = None  # that sale's receipt number, printed instead of its id when known
     reason: str | None = None  # why a refund was made
+    approved_by: str | None = None  # the supervisor who approved a refund, a void or a price override
     receipt_no: str | None = None  # short number for the barcode (refunds, reprints); the id when absent
     reprint: bool = False
 
@@ -304,6 +305,8 @@ def layout(receipt: Receipt, columns: int, zone: ZoneInfo, *, open_drawer: bool 
         out.pair("原小票号", receipt.original_receipt_no or receipt.original_transaction_id or "")
     if receipt.reason:
         out.pair("退款原因", receipt.reason)
+    if receipt.approved_by:
+        out.pair("主管授权", receipt.approved_by)
     out.pair("时间", receipt.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"))
     out.pair("收银台", store.station)
     out.rule()

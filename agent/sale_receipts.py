@@ -54,6 +54,7 @@ def receipt_of_record(record: JournalRecord, settings: Settings, reprint: bool =
         original_transaction_id=body.original_id if isinstance(body, RefundBody) else None,
         original_receipt_no=body.original_receipt_no if isinstance(body, RefundBody) else None,
         reason=body.reason if isinstance(body, RefundBody) else None,
+        approved_by=body.approved_by,
         receipt_no=None if sale_or_refund is None else sale_or_refund.receipt_no,
         reprint=reprint,
     )

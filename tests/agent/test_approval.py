@@ -116,6 +116,8 @@ def test_a_refund_needs_a_supervisor_and_records_who_approved(stack_factory):
     made = stack.api.post("/v1/refunds", json=ask | PIN)
     assert made.status_code == 201, made.text
     assert made.json()["body"]["approved_by"] == SUPERVISOR_ID and made.json()["total_fen"] == 200
+    receipt = stack.job_printed(made.json()["receipt_job_id"])
+    assert "主管授权" in receipt and SUPERVISOR_ID in receipt and "顾客退货" in receipt
     by_card = stack.api.post("/v1/refunds", json=ask | CARD)
     assert by_card.status_code == 201 and by_card.json()["body"]["approved_by"] == SUPERVISOR_ID
     assert journal_count(stack) == 3
