@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from agent.errors import ApprovalLocked, ApprovalRefused, ApprovalRequired
 
 if TYPE_CHECKING:
     from agent.settings import ApprovalSettings, SupervisorSettings
+
+log = logging.getLogger(__name__)
 
 # scrypt at the cost OWASP suggests for interactive logins: ~50 ms and 16 MiB on a Raspberry Pi 4, per supervisor tried.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -120,9 +123,12 @@ class Approvals:
                 timedelta(minutes=self.settings.lockout_minutes),
             )
             if found is not None:
+                log.info("supervisor approval given", extra={"supervisor": found.id})
                 return found
             if self._lockout.locked(now):
+                log.warning("supervisor approval locked after wrong tries", extra={"until": str(self._lockout.until)})
                 raise self._locked(now)
+            log.warning("supervisor approval refused: wrong PIN or card", extra={"wrong": self._lockout.wrong})
             left = self.settings.wrong_tries - self._lockout.wrong
             raise ApprovalRefused(
                 f"this is not a supervisor's {'PIN' if given.pin is not None else 'card'}: {left} tries left",
