@@ -21,10 +21,18 @@ async function getJSON(path, options = {}) {
   return response.json();
 }
 
-function cell(text) {
+// A table cell shows one line, cut to fit; the whole text is its title (a 4 KB scan of garbage included).
+function cell(text, className = "") {
   const td = document.createElement("td");
   td.textContent = text ?? "";
+  td.title = td.textContent;
+  td.className = className;
   return td;
+}
+
+// A device's or a job's error, cut to three lines on screen and whole in its title.
+function reason(text, tag = "span") {
+  return Object.assign(document.createElement(tag), { className: "reason", textContent: text, title: text });
 }
 
 function stateSpan(state) {
@@ -46,7 +54,7 @@ async function refreshDevices() {
   list.replaceChildren(...devices.scanners.map((scanner) => {
     const li = document.createElement("li");
     li.append(`扫码枪 ${scanner.id} `, stateSpan(scanner.state));
-    if (scanner.reason) li.append(" ", Object.assign(document.createElement("span"), { className: "reason", textContent: scanner.reason }));
+    if (scanner.reason) li.append(reason(scanner.reason));
     return li;
   }));
   const simulated = devices.scanners.filter((s) => s.simulated);
@@ -64,7 +72,7 @@ async function refreshDevices() {
   const div = document.createElement("div");
   div.append(`打印机 ${p.id} `, stateSpan(p.state), ` 排队 queued ${p.queued}`);
   if (p.uncertain) div.append(` · 待确认 to check ${p.uncertain}`);
-  if (p.reason) div.append(" ", Object.assign(document.createElement("span"), { className: "reason", textContent: p.reason }));
+  if (p.reason) div.append(reason(p.reason));
   printer.replaceChildren(div);
 }
 
@@ -73,7 +81,7 @@ async function refreshScans() {
   if (scans.length === 0) return;
   $("scans").replaceChildren(...scans.map((scan) => {
     const tr = document.createElement("tr");
-    tr.append(cell(new Date(scan.at).toLocaleTimeString()), cell(scan.device_id), cell(scan.kind), cell(scan.provider), cell(scan.value));
+    tr.append(cell(new Date(scan.at).toLocaleTimeString()), cell(scan.device_id), cell(scan.kind), cell(scan.provider), cell(scan.value, "value"));
     return tr;
   }));
 }
@@ -97,7 +105,7 @@ async function refreshJobs() {
       li.append(link, document.createElement("br"));
     }
     li.append(`${job.purpose} · `, stateSpan(job.status));
-    if (job.last_error) li.append(Object.assign(document.createElement("div"), { className: "reason", textContent: job.last_error }));
+    if (job.last_error) li.append(reason(job.last_error, "div"));
     if (job.status === "uncertain") li.append(jobAction(job, "release", "重打 Reprint"), jobAction(job, "mark-printed", "已打印 It printed"));
     if (job.status === "queued") li.append(jobAction(job, "cancel", "取消 Cancel"));
     return li;
