@@ -187,6 +187,13 @@ class Checkout:
             needed = "price_override" in self.settings.approval.actions
             return await self.sales.carry_out(rules.set_basket(sale, lines, facts, approved_by, needed))
 
+    async def set_quantity(self, sale_id: str, index: int, qty: int) -> Sale:
+        """A line's quantity changed at the kiosk (0 takes it off)."""
+        async with self.sales.lock:
+            sale = self._open_sale(sale_id)
+            facts = await self.facts.pricing(sale, qty > 0 or len(sale.lines) > 1)
+            return await self.sales.carry_out(rules.set_quantity(sale, index, qty, facts))
+
     async def set_redemption(self, sale_id: str, points: int) -> Sale:
         async with self.sales.lock:
             sale = self._open_sale(sale_id)

@@ -289,6 +289,16 @@ async def set_basket(session_id: str, body: BasketIn, checkout: CheckoutDep, app
     return _session(await checkout.set_basket(session_id, lines, approved_by))
 
 
+class QuantityIn(BaseModel):
+    qty: StrictInt = Field(ge=0, le=999, description="0 takes the line off")
+
+
+@sessions_router.put("/{session_id}/lines/{index}", responses=error_responses(BasketRefused, NotFound, NotNow))
+async def set_quantity(session_id: str, index: int, body: QuantityIn, checkout: CheckoutDep) -> Session:
+    """A line's quantity, changed by the customer at a kiosk (0 takes it off); its price stays the catalogue's."""
+    return _session(await checkout.set_quantity(session_id, index, body.qty))
+
+
 @sessions_router.put("/{session_id}/redemption", responses=error_responses(NotFound, NotNow, RedemptionNotAllowed))
 async def set_redemption(session_id: str, body: RedemptionIn, checkout: CheckoutDep) -> Session:
     return _session(await checkout.set_redemption(session_id, body.points))

@@ -72,6 +72,9 @@ from central.contract import Payment, PaymentProvider
 
 OFFLINE_ZH = "网络中断，暂时无法使用微信或支付宝付款，请使用现金或银行卡"
 OFFLINE_EN = "the network is down: code payment is not possible now; please pay in cash or by card"
+# Prefixes 20-29: numbers a store gives its own goods, mostly weighed, with the price or weight inside; sold at a
+# kiosk only when its catalogue lists the number (and not as weighed).
+IN_STORE_PREFIXES = frozenset(f"2{d}" for d in range(10))
 NOT_PAID_ZH = "支付失败，请重试或换一种方式付款"
 VIA = {"member_code": "member code", "card": "card", "phone": "phone number", "payment_code": "payment code"}
 
@@ -190,6 +193,11 @@ def _override(line: SaleLine) -> tuple[str, int, int | None]:
 
 
 def add_product(sale: Sale, gtin: str, item: CatalogItem | None, facts: PricingFacts | None) -> Step:
+    if (item is None and gtin[:2] in IN_STORE_PREFIXES) or (item is not None and item.weighed):
+        raise ProductNotInCatalogue(
+            f"product {gtin} is weighed or priced in store: the customer takes it to a cashier",
+            "称重或店内标价商品请到人工收银台结算",
+        )
     if item is None:
         raise ProductNotInCatalogue(
             f"product {gtin} is not in this station's catalogue: the POS adds items", "该商品无法在此结算"
@@ -207,6 +215,32 @@ def add_product(sale: Sale, gtin: str, item: CatalogItem | None, facts: PricingF
     reprice(sale, facts)
     sale.state = "basket"
     sale.message = f"{item.name} added"
+    return changed(sale, "basket")
+
+
+def set_quantity(sale: Sale, index: int, qty: int, facts: PricingFacts | None) -> Step:
+    """The customer changes a line's quantity at the kiosk, or takes it off (0). Prices stay the catalogue's."""
+    open_or_refuse(sale)
+    no_money_yet(sale, "change the basket")
+    if not 0 <= index < len(sale.lines):
+        raise NotFound(f"the sale has no line {index}")
+    sale = sale.model_copy(deep=True)
+    if qty == 0:
+        removed = sale.lines.pop(index)
+        sale.message = f"{removed.name} removed"
+    else:
+        sale.lines[index].qty = qty
+        try:
+            sale.lines[index].basket_line()  # validates the quantity
+        except BadBasket as exc:
+            raise BasketRefused(str(exc)) from None
+        sale.message = f"{sale.lines[index].name} × {qty}"
+    if sale.lines:
+        reprice(sale, facts)
+        sale.state = "basket"
+    else:
+        sale.pricing = None
+        sale.state = "member" if sale.member is not None else "idle"
     return changed(sale, "basket")
 
 

@@ -252,6 +252,7 @@ class CatalogItem(Section):
     name: str = Field(min_length=1, max_length=40, examples=["矿泉水 550ml"])
     price_fen: int = Field(ge=0, le=10_000_000, examples=[200])
     category: str = Field("", max_length=32, examples=[""])
+    weighed: bool = Field(False, description="sold by weight: a kiosk sends the customer to a cashier")
 
 
 class CheckoutSettings(Section):
