@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     key_grace_hours: int = Field(
         168, ge=0, le=24 * 365, examples=[168], description="how long a rotated member-code key still verifies"
     )
+    welcome_points: int = Field(
+        0, ge=0, le=100_000, examples=[100], description="points a customer gets on joining (booked once per member)"
+    )
+    card_no_prefix: str | None = Field(
+        None,
+        pattern=r"^[0-9]{2,6}$",
+        examples=["8800"],
+        description="a member who joins gets a 13-digit card number with this prefix, to keep as a QR in WeChat; "
+        "the agents' codes.card_patterns must match it",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", examples=["INFO"])
     metrics_token: SecretStr | None = Field(
         None,

@@ -139,6 +139,15 @@ class EnrolRequest(WireModel):
     name: str | None = Field(None, max_length=32, examples=["王小明"])
     unionid: str | None = Field(None, min_length=1, max_length=128)
     openid: OpenId | None = None
+    notice_version: str | None = Field(
+        None, max_length=32, examples=["2026-11"], description="the privacy notice the customer read and agreed to"
+    )
+    out_trade_no: str | None = Field(
+        None,
+        max_length=32,
+        description="pay and join (支付即会员): this store's paid code payment whose payer joins; central links the "
+        "payer's openid it recorded, never one a client sends",
+    )
 
 
 class EnrolResult(WireModel):
@@ -147,6 +156,7 @@ class EnrolResult(WireModel):
 
     member: MemberChange
     created: bool
+    welcome_points: int = Field(0, description="points this enrolment gave (0 for a member who already was one)")
 
 
 # --- transactions --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ at it, and both changes go out on the feed.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from sqlmodel import Session
 
 from central import card, contract, feed
 from central.errors import Conflict, Invalid, NotFound
-from central.models import Coupon, Member, MemberIdentifier
+from central.models import Coupon, LedgerEntry, Member, MemberConsent, MemberIdentifier
 from central.pii import InvalidPhoneNumber, mask_name, mask_phone, phone_hash
 
 ID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U to misread
@@ -150,6 +151,70 @@ def link_openid(session: Session, appid: str, openid: str, unionid: str, now: da
     if by_openid != by_unionid:
         merge(session, by_unionid, by_openid, now)
     return by_unionid
+
+
+@dataclass(frozen=True)
+class Joined:
+    member_id: str
+    created: bool
+    welcome_points: int = 0
+
+
+def join(
+    session: Session,
+    request: contract.EnrolRequest,
+    phone_hash_key: bytes,
+    now: datetime,
+    store_id: str | None = None,
+    welcome_points: int = 0,
+    card_no_prefix: str | None = None,
+) -> Joined:
+    """Enrol a customer with their consent recorded (which notice, when, where); a new member gets the welcome
+    points, booked once, and a card number to keep when `card_no_prefix` is set."""
+    member_id, created = enrol(session, request, phone_hash_key, now)
+    session.add(
+        MemberConsent(
+            member_id=member_id,
+            purpose="membership",
+            notice_version=request.notice_version,
+            store_id=store_id,
+            given_at=now,
+        )
+    )
+    given = 0
+    if created and card_no_prefix:
+        attach(session, member_id, "card_no", _free_card_no(session, card_no_prefix), now)
+    if created and welcome_points:
+        session.execute(
+            sa.insert(LedgerEntry.__table__).values(
+                member_id=member_id,
+                kind="welcome",
+                points=welcome_points,
+                transaction_id=f"welcome:{member_id}",
+                store_id=store_id,
+                created_at=now,
+            )
+        )
+        feed.touch(session, member_id)
+        given = welcome_points
+    return Joined(member_id, created, given)
+
+
+def _free_card_no(session: Session, prefix: str) -> str:
+    """A 13-digit card number: the prefix, random digits, and a Luhn check digit (a typo is caught at the till)."""
+    while True:
+        body = prefix + "".join(secrets.choice("0123456789") for _ in range(12 - len(prefix)))
+        number = body + _luhn_digit(body)
+        if owner(session, "card_no", number) is None:
+            return number
+
+
+def _luhn_digit(body: str) -> str:
+    total = 0
+    for i, digit in enumerate(reversed(body)):
+        d = int(digit) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return str((10 - total % 10) % 10)
 
 
 def enrol(session: Session, request: contract.EnrolRequest, phone_hash_key: bytes, now: datetime) -> tuple[str, bool]:

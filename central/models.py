@@ -148,6 +148,20 @@ class SigningKey(CentralModel, table=True):
     not_after: datetime | None = utc(nullable=True)
 
 
+class MemberConsent(CentralModel, table=True):
+    """A customer's consent to membership, as given: the privacy notice they read, when, and at which store. A
+    member who joins again (same phone) consents again: every consent is kept."""
+
+    __tablename__ = "member_consent"
+
+    id: int | None = Field(default=None, sa_column=sa.Column(AutoId, primary_key=True, autoincrement=True))
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=16)
+    purpose: str = Field(max_length=32, description="membership")
+    notice_version: str | None = Field(default=None, max_length=32)
+    store_id: str | None = Field(default=None, max_length=16)
+    given_at: datetime = utc()
+
+
 class IdempotencyRecord(CentralModel, table=True):
     """The answer given to a write with an `Idempotency-Key`, replayed when the same request comes again."""
 

@@ -10,9 +10,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from central import contract, feed, identity
+from central.contract import PaymentState
 from central.deps import CurrentStore, Now, ReadSessionDep, SessionDep, SettingsDep
 from central.errors import CentralError, Conflict, Invalid, NotFound
-from central.models import IdempotencyRecord
+from central.models import IdempotencyRecord, Payment
+from central.routes.payments import get_gateway
 
 router = APIRouter(prefix="/members", tags=["members"])
 
@@ -77,6 +79,7 @@ def lookup(
 def enrol(
     request: contract.EnrolRequest,
     response: Response,
+    http: Request,
     session: SessionDep,
     store: CurrentStore,
     settings: SettingsDep,
@@ -86,7 +89,8 @@ def enrol(
         Header(min_length=8, max_length=128, description="chosen by the client; the same key answers the same again"),
     ] = None,
 ) -> contract.EnrolResult:
-    """Enrol a customer (phone with consent), or answer the member they already are (200)."""
+    """Enrol a customer (phone with consent, recorded with the notice they read), or answer the member they already
+    are (200). A new member gets `welcome_points` and, with `card_no_prefix` set, a card number."""
     if idempotency_key is None:
         raise CentralError(
             "send an Idempotency-Key header (e.g. a UUID) so a retry cannot enrol twice", code="idempotency_key_missing"
@@ -105,10 +109,18 @@ def enrol(
         response.headers["Idempotent-Replayed"] = "true"
         return contract.EnrolResult.model_validate(earlier.response)
 
-    member_id, created = identity.enrol(session, request, settings.key_bytes(), now)
+    if request.out_trade_no is not None:
+        request = request.model_copy(update={"openid": _payer(session, store, http, request.out_trade_no)})
+    joined = identity.join(
+        session, request, settings.key_bytes(), now, store, settings.welcome_points, settings.card_no_prefix
+    )
     feed.assign_versions(session, now)  # the answer shows the member as committed
-    result = contract.EnrolResult(member=feed.snapshot(session, member_id, now), created=created)
-    response.status_code = 201 if created else 200
+    result = contract.EnrolResult(
+        member=feed.snapshot(session, joined.member_id, now),
+        created=joined.created,
+        welcome_points=joined.welcome_points,
+    )
+    response.status_code = 201 if joined.created else 200
     session.add(
         IdempotencyRecord(
             store_id=store,
@@ -121,3 +133,14 @@ def enrol(
     )
     session.commit()
     return result
+
+
+def _payer(session: SessionDep, store: str, http: Request, out_trade_no: str) -> contract.OpenId:
+    """The payer of this store's paid code payment, as the provider told central."""
+    payment = session.get(Payment, out_trade_no)
+    if payment is None or payment.store_id != store or payment.state != PaymentState.SUCCESS:
+        raise Invalid(f"no paid payment {out_trade_no} at this store", code="payment_not_found")
+    kind = get_gateway(http).payer_kind(payment.provider)
+    if not payment.payer_id or kind is None:
+        raise Invalid("the provider did not say who paid: join with the phone number only", code="payer_unknown")
+    return contract.OpenId(appid=kind.split(":", 1)[1], openid=payment.payer_id)

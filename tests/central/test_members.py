@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from sqlmodel import select
 
 from agent.pii import phone_hash as agent_phone_hash
 from central import contract
+from central.models import MemberConsent
 from tests.support.credentials import PHONE_KEY
 
 MINI = "openid:wx5f3c9a1e7b2d4068"
@@ -155,3 +157,29 @@ def test_two_members_sharing_a_unionid_are_merged(central, store):
     latest = {c["member_id"]: c for c in feed}
     assert latest[carded]["deleted"] is True and latest[carded]["merged_into"] == holder
     assert latest[carded]["version"] < latest[holder]["version"]  # the tombstone before the survivor's new state
+
+
+def test_joining_records_the_consent_gives_welcome_points_once_and_a_card_number(central_factory):
+    central = central_factory(welcome_points=100, card_no_prefix="8800")
+    store = central.add_store("S1")
+    body = {"phone": "13900004321", "consent": True, "notice_version": "2026-11"}
+    with central.client(store) as client:
+        joined = enrol(client, body)
+        again = enrol(client, body)  # the same customer joins again at another visit
+    assert joined.status_code == 201 and again.status_code == 200
+    first, second = contract.EnrolResult.model_validate(joined.json()), contract.EnrolResult.model_validate(again.json())
+    assert first.welcome_points == 100 and first.member.points == 100
+    assert second.welcome_points == 0 and second.member.points == 100  # booked once
+    [card_no] = [i.value for i in first.member.identifiers if i.kind == "card_no"]
+    assert card_no.startswith("8800") and len(card_no) == 13 and luhn_ok(card_no)
+    with central.session() as session:
+        consents = session.exec(select(MemberConsent).order_by(MemberConsent.id)).all()
+    assert [(c.member_id, c.notice_version, c.store_id) for c in consents] == [(first.member.member_id, "2026-11", "S1")] * 2
+
+
+def luhn_ok(number: str) -> bool:
+    total = 0
+    for i, digit in enumerate(reversed(number)):
+        d = int(digit) * (2 if i % 2 == 1 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
