@@ -103,8 +103,16 @@ def config_check(file: Path) -> None:
         f"  database   {settings.storage.database}",
         f"  phones     {'looked up by keyed hash' if settings.privacy.phone_hash_key else 'no lookup (privacy.phone_hash_key not set)'}",
         f"  approval   {_approval_line(settings)}",
+        f"  e-receipt  {_e_receipt_line(settings)}",
     ]
     click.echo("\n".join(lines))
+
+
+def _e_receipt_line(settings) -> str:
+    template = settings.e_receipt_template
+    if "{token}" in template and settings.privacy.phone_hash_key is None:
+        return "no QR code on receipts (privacy.phone_hash_key not set: no token can be minted)"
+    return f"QR code links to {template}"
 
 
 def _approval_line(settings) -> str:

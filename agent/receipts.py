@@ -21,6 +21,7 @@ from typing import Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from central.e_receipt_token import mint_token
 from drivers.document import (
     Align,
     Barcode,
@@ -123,11 +124,16 @@ def format_fen(fen: int) -> str:
     return f"{'-' if fen < 0 else ''}¥{yuan}.{rest:02d}"
 
 
-def e_receipt_url(template: str, transaction_id: str) -> str:
-    """The e-receipt link for a transaction, from the settings' template, e.g. "https://r.example.com/e/{transaction_id}"."""
-    if "{transaction_id}" not in template:
-        raise ValueError(f"e-receipt URL template {template!r} has no {{transaction_id}} placeholder")
-    return template.replace("{transaction_id}", quote(transaction_id, safe=""))
+def e_receipt_url(template: str, transaction_id: str, key: bytes | None = None) -> str | None:
+    """The e-receipt link of a sale, from the settings' template: "https://central.example.com/e/{token}" gets
+    the sale's unguessable token, minted here from the shared key (`central/e_receipt_token.py`); without the key
+    there is no token, so no link (None). A template of an older settings file, "…/{transaction_id}", still gets
+    the id itself (guessable: the settings loader warns)."""
+    if "{token}" in template:
+        return None if key is None else template.replace("{token}", mint_token(key, transaction_id))
+    if "{transaction_id}" in template:
+        return template.replace("{transaction_id}", quote(transaction_id, safe=""))
+    raise ValueError(f"e-receipt URL template {template!r} has no {{token}} placeholder")
 
 
 def _mask_phones_in(text: str) -> str:

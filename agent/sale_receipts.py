@@ -49,7 +49,10 @@ def receipt_of_record(record: JournalRecord, settings: Settings, reprint: bool =
         ),
         points=points,
         coupons=tuple(CouponUse(c.title, c.amount_off_fen) for c in body.coupons if c.amount_off_fen),
-        e_receipt_url=None if refund else e_receipt_url(settings.receipt.e_receipt_url, record.id),
+        # Only a sale has an e-receipt page: its link carries a token minted here, offline if need be.
+        e_receipt_url=e_receipt_url(settings.e_receipt_template, record.id, settings.privacy.key_bytes())
+        if isinstance(body, SaleBody)
+        else None,
         footer=settings.receipt.footer,
         original_transaction_id=body.original_id if isinstance(body, RefundBody) else None,
         original_receipt_no=body.original_receipt_no if isinstance(body, RefundBody) else None,

@@ -164,9 +164,12 @@ class DeviceSettings(Section):
 
 class ReceiptSettings(Section):
     e_receipt_url: str = Field(
-        "https://r.example.com/e/{transaction_id}",
-        examples=["https://r.example.com/e/{transaction_id}"],
-        description="QR code on the receipt; {transaction_id} is replaced",
+        "",
+        examples=["https://central.example.com/e/{token}"],
+        description=(
+            "the e-receipt link in the sale receipt's QR code; {token} is replaced by the sale's unguessable token "
+            "(needs privacy.phone_hash_key); empty: central's page, {central.url}/e/{token}"
+        ),
     )
     address: str = Field("", max_length=64, examples=["上海市徐汇区漕溪北路88号"])
     footer: tuple[str, ...] = Field(("谢谢惠顾，欢迎再次光临",), examples=[["谢谢惠顾，欢迎再次光临"]])
@@ -174,9 +177,17 @@ class ReceiptSettings(Section):
     @field_validator("e_receipt_url")
     @classmethod
     def _template(cls, value: str) -> str:
-        if "{transaction_id}" not in value:
-            raise ValueError("must contain {transaction_id}")
-        if urlsplit(value).scheme not in ("http", "https"):
+        if not value:
+            return value  # central's own page
+        has_token, has_id = "{token}" in value, "{transaction_id}" in value
+        if has_token and has_id:
+            raise ValueError("use {token} alone: {transaction_id} would put the sale's id back in the link")
+        if not (has_token or has_id):
+            raise ValueError(
+                "must contain {token}, where the sale's e-receipt token goes (or leave it empty for central's page)"
+            )
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL")
         return value
 
@@ -434,6 +445,11 @@ class Settings(BaseSettings):
         # The environment overrides the file, key by key.
         return (env_settings, init_settings)
 
+    @property
+    def e_receipt_template(self) -> str:
+        """The receipt's e-receipt link template: `receipt.e_receipt_url`, or central's page when that is empty."""
+        return self.receipt.e_receipt_url or f"{self.central.url}/e/{{token}}"
+
 
 SECRET_KEYS = ("central.token", "api.token", "privacy.phone_hash_key")
 
@@ -510,6 +526,11 @@ def load_settings(path: str | os.PathLike[str]) -> LoadedSettings:
                 f"{key} is written in a file anyone on this machine can read; "
                 f"run `chmod 600 {path}` or set {ENV_PREFIX}{section.upper()}__{name.upper()} instead"
             )
+    if "{transaction_id}" in settings.receipt.e_receipt_url:
+        warnings.append(
+            "receipt.e_receipt_url puts the sale's id in the receipt's QR code, where anyone can guess the next one; "
+            "use {token} instead (or leave it empty: central serves the e-receipt at {central.url}/e/{token})"
+        )
     return LoadedSettings(settings, tuple(warnings))
 
 

@@ -206,11 +206,16 @@ def test_the_qr_code_carries_the_e_receipt_url():
 
 
 def test_the_e_receipt_url_comes_from_the_settings_template():
-    assert (
+    key = b"a-phone-hash-key-that-is-secret"
+    url = e_receipt_url("https://central.example.com/e/{token}?s=1", TRANSACTION_ID, key)
+    assert url is not None and url.startswith("https://central.example.com/e/") and url.endswith("?s=1")
+    assert TRANSACTION_ID not in url and TRANSACTION_ID.replace("-", "") not in url
+    assert e_receipt_url("https://central.example.com/e/{token}", TRANSACTION_ID, None) is None  # no key, no link
+    assert (  # an older settings file's template
         e_receipt_url("https://r.example.com/e/{transaction_id}?s=1", "a/b c")
         == "https://r.example.com/e/a%2Fb%20c?s=1"
     )
-    with pytest.raises(ValueError, match="transaction_id"):
+    with pytest.raises(ValueError, match="token"):
         e_receipt_url("https://r.example.com/e/", TRANSACTION_ID)
 
 
