@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,6 +61,16 @@ class Settings(BaseSettings):
         None,
         examples=["set POS_CENTRAL_METRICS_TOKEN; what Prometheus sends as its bearer token"],
         description="bearer token for GET /metrics, at least 16 characters; without it /metrics is off",
+    )
+
+    # --- the e-receipt page, GET /e/{token} (docs/central.md) ------------------------------------------------
+    e_receipt_timezone: str = Field(
+        "Asia/Shanghai", examples=["Asia/Shanghai"], description="the stores' time zone: times on e-receipt pages"
+    )
+    e_receipt_join_url: str | None = Field(
+        None,
+        examples=["https://m.example.com/join"],
+        description="where a customer without a membership joins: a link on e-receipts of sales without a member",
     )
 
     # --- payments (docs/PAYMENTS.md) -------------------------------------------------------------------------
@@ -157,6 +168,25 @@ class Settings(BaseSettings):
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
+        return value
+
+    @field_validator("e_receipt_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder ("America"), a long name
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("e_receipt_join_url")
+    @classmethod
+    def _join_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # "" in the file: no link
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL")
         return value
 
     @field_validator("database_url")

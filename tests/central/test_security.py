@@ -31,6 +31,9 @@ from tests.support.credentials import WECHAT_KEY
 OPEN_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/static-offline-docs"}
 # Outside /v1/ yet behind a token: metrics_token (off without one), checked by the route itself.
 TOKEN_PATHS = {"/metrics"}
+# Outside /v1/ and without credentials by design: the e-receipt page, whose unguessable token is its key
+# (tests/central/test_e_receipts.py); a made-up token is a 404 page.
+TOKEN_IN_PATH = {"/e/{token}"}
 PHONE_HASH_KEY = "a-phone-hash-key-that-is-secret"
 
 
@@ -49,14 +52,14 @@ def test_every_route_without_a_token_or_with_a_wrong_one_is_401_and_does_nothing
         (method, context.path) for context in contexts for method in sorted(context.methods or ()) if method != "HEAD"
     ]
     assert ("POST", "/v1/payments") in routes and ("POST", "/v1/transactions:batch") in routes
-    unprotected = {path for _, path in routes if not path.startswith("/v1/")} - TOKEN_PATHS
+    unprotected = {path for _, path in routes if not path.startswith("/v1/")} - TOKEN_PATHS - TOKEN_IN_PATH
     assert unprotected <= OPEN_PATHS, (
         f"routes outside /v1/ (served without a token?): {sorted(unprotected - OPEN_PATHS)}"
     )
 
     with httpx.Client(base_url=central.url, timeout=10) as client:
         for method, path in routes:
-            if path in OPEN_PATHS:
+            if path in OPEN_PATHS or path in TOKEN_IN_PATH:
                 continue
             url = (
                 path.replace("{store_id}", "S1")
@@ -77,6 +80,7 @@ def test_every_route_without_a_token_or_with_a_wrong_one_is_401_and_does_nothing
         for path in OPEN_PATHS - {"/docs/oauth2-redirect", "/static-offline-docs"}:
             assert client.get(path).status_code == 200, path
         assert client.get("/static-offline-docs/swagger-ui.css").status_code == 200
+        assert client.get("/e/" + "A" * 32).status_code == 404
 
     with central.session() as session:  # nothing was written
         assert session.execute(sa.select(sa.func.count()).select_from(Member)).scalar_one() == 0
