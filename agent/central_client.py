@@ -23,6 +23,8 @@ from central.contract import (
     BatchResult,
     ChangesPage,
     DaySummary,
+    EnrolRequest,
+    EnrolResult,
     IdentifyRequest,
     IdentifyResult,
     MemberChange,
@@ -152,6 +154,16 @@ class CentralClient:
                 return None
             raise
         return found.member
+
+    async def enrol(self, request: EnrolRequest, idempotency_key: str) -> EnrolResult:
+        """Enrol a customer, or find the member they are; the same key again is the same enrolment."""
+        return await self._call(
+            "POST",
+            "/members",
+            EnrolResult,
+            json=request.model_dump(mode="json", exclude_none=True),
+            headers={"Idempotency-Key": idempotency_key},
+        )
 
     async def identify_payer(self, auth_code: str) -> IdentifyResult:
         """Who is about to pay with this payment code (nothing is charged)."""

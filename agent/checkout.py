@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import sqlalchemy as sa
 
@@ -63,6 +63,14 @@ if TYPE_CHECKING:
     from agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
+
+
+class WalletScans(Protocol):
+    """The part of the wallet (agent/membership.py) the scan path asks."""
+
+    def claims(self, text: str) -> bool: ...
+
+    async def on_scan(self, text: str) -> None: ...
 
 
 class Checkout:
@@ -110,6 +118,7 @@ class Checkout:
         self.rules: CodeRules = settings.codes.rules()
         self.station_id = settings.station.id
         self._catalog = {item.gtin: item for item in settings.checkout.catalog}
+        self.wallet: WalletScans | None = None  # set by the runtime: the customer's wallet may claim a scan
 
     @property
     def current(self) -> Sale | None:
@@ -243,8 +252,14 @@ class Checkout:
     # --- scans from the station's devices ------------------------------------------------------------------
 
     def on_scan(self, scan) -> None:
-        """ScanRouter subscriber: a scan from one of this station's devices, handled on the loop."""
-        asyncio.get_running_loop().create_task(self._scan(scan.scan.text))
+        """ScanRouter subscriber: a scan from one of this station's devices, handled on the loop. With no sale open,
+        a scan the wallet is waiting for (`wallet`) is the wallet's, not a new sale's."""
+        text = scan.scan.text
+        open_sale = self.current is not None and self.current.is_open
+        if not open_sale and self.wallet is not None and self.wallet.claims(text):
+            asyncio.get_running_loop().create_task(self.wallet.on_scan(text))
+            return
+        asyncio.get_running_loop().create_task(self._scan(text))
 
     async def _scan(self, text: str) -> None:
         try:

@@ -17,6 +17,7 @@ AgentError                      500 internal
 │   ├── BasketRefused           400 bad_basket
 │   ├── UnknownCode             422 unknown_code
 │   ├── ProviderNotEnabled      422 provider_not_enabled
+│   ├── ConsentRequired         422 consent_required: joining without the customer's consent
 │   └── InvalidPhone            422 invalid_phone
 ├── ApprovalRequired            403 approval_required: the action needs a supervisor's PIN or card
 ├── ApprovalRefused             403 approval_refused: not a supervisor's PIN or card (`tries_left`)
@@ -29,6 +30,7 @@ AgentError                      500 internal
 │   ├── RedemptionNotAllowed    409 redemption_refused
 │   ├── RefundRefused           409 refund_refused
 │   ├── RefundInProgress        409 refund_in_progress
+│   ├── NoticeChanged           409 notice_changed: joining under a privacy notice no longer shown
 │   ├── IdempotencyMismatch     409 idempotency_mismatch: a key sent again with another request
 │   ├── IdempotencyInProgress   409 idempotency_in_progress: a key whose request is still being answered
 │   └── NotNow                  409 not_now: the step means nothing in the sale's state
@@ -133,6 +135,10 @@ class ProviderNotEnabled(InvalidRequest):
     status, code = 422, "provider_not_enabled"
 
 
+class ConsentRequired(InvalidRequest):
+    status, code = 422, "consent_required"
+
+
 class InvalidPhone(InvalidRequest):
     status, code = 422, "invalid_phone"
 
@@ -185,6 +191,12 @@ class PrintJobConflict(Conflict):
 
 class SaleOpen(Conflict):
     code = "sale_open"
+
+
+class NoticeChanged(Conflict):
+    """Joining with a notice version other than the one the agent shows now: show the notice again."""
+
+    code = "notice_changed"
 
 
 class CouponRefused(Conflict):

@@ -339,6 +339,33 @@ class Journal:
         with reader(self.engine) as connection:
             return [_record(row) for row in connection.execute(query)]
 
+    def member_sales(self, member_id: str, limit: int) -> list[JournalRecord]:
+        """The member's sales at this station, newest first (the wallet's last receipts)."""
+        query = (
+            sa.select(*_COLUMNS)
+            .where(
+                _journal.c.station_id == self.station_id,
+                _journal.c.member_id == member_id,
+                _journal.c.kind == "sale",
+            )
+            .order_by(_journal.c.seq.desc())
+            .limit(limit)
+        )
+        with reader(self.engine) as connection:
+            return [_record(row) for row in connection.execute(query)]
+
+    def unconfirmed_points(self, member_id: str) -> int:
+        """The member's points moved by rows central has not accepted yet: provisional in the cached balance. A
+        sale adds what it earned less what it spent; a refund or void the reverse."""
+        sign = sa.case((_journal.c.kind == "sale", 1), else_=-1)
+        query = (
+            sa.select(sa.func.coalesce(sa.func.sum(sign * (_journal.c.points_earned - _journal.c.points_redeemed)), 0))
+            .select_from(_journal.join(_outbox, _outbox.c.journal_id == _journal.c.id))
+            .where(_journal.c.member_id == member_id, _outbox.c.status == "pending")
+        )
+        with reader(self.engine) as connection:
+            return int(connection.execute(query).scalar_one())
+
     def next_receipt_no(self, now: datetime) -> str:
         """Short and scannable: station, business day (yymmdd) and the day's count, e.g. T012611230042."""
         day = business_day(now, self.zone, self.cutoff_hour)
@@ -356,6 +383,12 @@ class Journal:
 
     async def arecent(self, limit: int, before_seq: int | None = None) -> list[JournalRecord]:
         return await asyncio.to_thread(self.recent, limit, before_seq)
+
+    async def amember_sales(self, member_id: str, limit: int) -> list[JournalRecord]:
+        return await asyncio.to_thread(self.member_sales, member_id, limit)
+
+    async def aunconfirmed_points(self, member_id: str) -> int:
+        return await asyncio.to_thread(self.unconfirmed_points, member_id)
 
     async def anext_receipt_no(self, now: datetime) -> str:
         return await asyncio.to_thread(self.next_receipt_no, now)

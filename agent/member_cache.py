@@ -245,6 +245,15 @@ class MemberCache:
             ).first()
         return None if row is None else CachedMember(*row)
 
+    def card_no(self, member_id: str) -> str | None:
+        """The member's card number, the first when they hold several (the wallet shows it as a QR)."""
+        with reader(self.engine) as connection:
+            row = connection.exec_driver_sql(
+                "SELECT value FROM member_identifier WHERE member_id = ? AND kind = 'card_no' ORDER BY value LIMIT 1",
+                (member_id,),
+            ).first()
+        return None if row is None else row[0]
+
     def phone_hash(self, phone: str) -> str:
         """The keyed hash of a mobile number; raises pii.InvalidPhoneNumber or PhoneLookupUnavailable."""
         if self._phone_hash_key is None:
@@ -323,6 +332,9 @@ class MemberCache:
 
     async def alookup(self, kind: str, value: str) -> CachedMember | None:
         return await asyncio.to_thread(self.lookup, kind, value)
+
+    async def acard_no(self, member_id: str) -> str | None:
+        return await asyncio.to_thread(self.card_no, member_id)
 
     async def aget(self, member_id: str) -> CachedMember | None:
         return await asyncio.to_thread(self.get, member_id)

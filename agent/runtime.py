@@ -29,6 +29,7 @@ from agent.identify import Identifier
 from agent.journal import Journal
 from agent.member_cache import MemberCache
 from agent.member_code_gate import MemberCodeGate
+from agent.membership import Membership
 from agent.metrics import AgentMetrics
 from agent.open_sales import OpenSaleStore
 from agent.receipt_printing import ReceiptPrinting
@@ -68,6 +69,7 @@ class AgentState:
     sync: Sync | None = None
     checkout: Checkout | None = None
     refunds: Refunds | None = None
+    membership: Membership | None = None  # joining and the customer's wallet
     receipts: ReceiptPrinting | None = None  # None: the station has no printer
     metrics: AgentMetrics | None = None  # what /metrics shows
     disk: DiskSpace | None = None  # free space under the database: below storage.min_free_mb no sale starts
@@ -142,8 +144,12 @@ def open_checkout(
         open_sales=state.open_sales,
         events=checkout.events,
     )
+    membership = Membership(
+        settings, identifier, state.members, state.journal, client, connectivity, checkout.events, checkout.sales.find
+    )
+    checkout.wallet = membership
     scans.subscribe(checkout.on_scan)
-    state.checkout, state.refunds = checkout, refunds
+    state.checkout, state.refunds, state.membership = checkout, refunds, membership
     return checkout, refunds
 
 

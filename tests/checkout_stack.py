@@ -147,6 +147,7 @@ class Stack:
         limit: int = 20,
         as_service: bool = False,
         approval: tuple[str, ...] = (),
+        central_options: dict[str, Any] | None = None,
     ):
         self.tmp = tmp
         self.as_service = as_service  # separate process only: its log written as under systemd (journal stream)
@@ -163,7 +164,7 @@ class Stack:
                 wechat_mch_id=MCH_ID,
                 wechat_api_key=WECHAT_KEY,
                 phone_hash_key=PHONE_KEY,
-                **STORE_PAYMENTS,
+                **STORE_PAYMENTS | (central_options or {}),
             )
         )
         self.central.start()
@@ -388,6 +389,19 @@ class Stack:
                     if event.get("session") and event["session"]["lines"]:
                         return event["session"]
         raise AssertionError("no session opened")
+
+    def station_event(self, done: Callable[[dict], bool], within: float = 15) -> dict:
+        """The first event of the station (from the agent's start) for which `done(event)` holds."""
+        with (
+            httpx.Client(timeout=within) as client,
+            client.stream(
+                "GET", f"{self.url}/v1/events", params={"token": API_TOKEN}, headers={"Last-Event-ID": "0"}
+            ) as stream,
+        ):
+            for line in stream.iter_lines():
+                if line.startswith("data:") and done(event := json.loads(line[5:])):
+                    return event
+        raise AssertionError("the station event asked for never came")
 
     def job_printed(self, job_id: str, within: float = 15) -> str:
         """Wait until a print job (a refund, a reprint) has printed; its text."""
