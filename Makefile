@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 # Public demo secrets, passed the way a store passes real ones (environment, not the settings file).
 DEMO_ENV := POS_EDGE_CENTRAL__TOKEN=demo-store-token POS_EDGE_API__TOKEN=demo-api-token \
-	POS_EDGE_PRIVACY__PHONE_HASH_KEY=demo-phone-hash-key-not-secret
+	POS_EDGE_PRIVACY__PHONE_HASH_KEY=demo-phone-hash-key-not-secret POS_EDGE_HELP__TILL_TOKEN=demo-api-token
 
 # Debian packages: a CJK font for raster receipts, previews and the screens, zbar for the alternative camera
 # decoder, libusb for USB printers, PostgreSQL for the central service's tests on PostgreSQL, Chromium for the

@@ -53,6 +53,7 @@ from agent.errors import (
     error_responses,
 )
 from agent.health import health_router
+from agent.help_api import router as help_router
 from agent.idempotency import answer_once
 from agent.ids import new_transaction_id
 from agent.membership_api import router as membership_router
@@ -468,6 +469,7 @@ def create_app(lifespan, api_token: str = "") -> FastAPI:
     app.include_router(sessions_router)
     app.include_router(checkout_router)
     app.include_router(membership_router)
+    app.include_router(help_router)
     app.mount("/console", StaticFiles(directory=STATIC / "console", html=True), name="console")
     app.mount("/kiosk", StaticFiles(directory=STATIC / "kiosk", html=True), name="kiosk")
     app.mount("/till", StaticFiles(directory=STATIC / "till", html=True), name="till")

@@ -24,6 +24,7 @@ from agent.db import open_database, schema_revision
 from agent.devices import StationDevices
 from agent.disk_space import MB, DiskSpace
 from agent.events import EventHub
+from agent.help_calls import HelpCalls
 from agent.idempotency import IdempotencyStore
 from agent.identify import Identifier
 from agent.journal import Journal
@@ -70,6 +71,7 @@ class AgentState:
     checkout: Checkout | None = None
     refunds: Refunds | None = None
     membership: Membership | None = None  # joining and the customer's wallet
+    help_calls: HelpCalls | None = None  # a kiosk's calls for staff, sent and heard
     receipts: ReceiptPrinting | None = None  # None: the station has no printer
     metrics: AgentMetrics | None = None  # what /metrics shows
     disk: DiskSpace | None = None  # free space under the database: below storage.min_free_mb no sale starts
@@ -150,6 +152,7 @@ def open_checkout(
     checkout.wallet = membership
     scans.subscribe(checkout.on_scan)
     state.checkout, state.refunds, state.membership = checkout, refunds, membership
+    state.help_calls = HelpCalls(settings, checkout.events, clock)
     return checkout, refunds
 
 

@@ -64,6 +64,28 @@ class StationSettings(Section):
     name: str = Field("", max_length=32, examples=["1号收银台"])
 
 
+class HelpSettings(Section):
+    """Where a kiosk's "call staff" goes: the till whose screen shows it."""
+
+    till_url: str | None = Field(
+        None, examples=["http://192.168.1.20:8765"], description="the till agent's local API; unset: the kiosk alone"
+    )
+    till_token: SecretStr = Field(
+        SecretStr(""),
+        examples=["set POS_EDGE_HELP__TILL_TOKEN instead of writing it here"],
+        description="the till's api.token, sent with each call",
+    )
+
+    @field_validator("till_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be the till agent's http(s) URL, e.g. http://192.168.1.20:8765")
+        return value.rstrip("/") if value else value
+
+
 class CentralSettings(Section):
     url: str = Field(examples=["https://central.example.com"])
     token: SecretStr = Field(SecretStr(""), examples=["set POS_EDGE_CENTRAL__TOKEN instead of writing it here"])
@@ -433,6 +455,7 @@ class Settings(BaseSettings):
     offline: OfflineSettings = OfflineSettings()
     checkout: CheckoutSettings = CheckoutSettings()
     approval: ApprovalSettings = ApprovalSettings()
+    help: HelpSettings = HelpSettings()
     api: ApiSettings = ApiSettings()
     storage: StorageSettings = StorageSettings()
     privacy: PrivacySettings = PrivacySettings()
@@ -451,7 +474,7 @@ class Settings(BaseSettings):
         return self.receipt.e_receipt_url or f"{self.central.url}/e/{{token}}"
 
 
-SECRET_KEYS = ("central.token", "api.token", "privacy.phone_hash_key")
+SECRET_KEYS = ("central.token", "api.token", "privacy.phone_hash_key", "help.till_token")
 
 
 class SettingsError(Exception):

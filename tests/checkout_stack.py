@@ -148,6 +148,7 @@ class Stack:
         as_service: bool = False,
         approval: tuple[str, ...] = (),
         central_options: dict[str, Any] | None = None,
+        extra_toml: str = "",
     ):
         self.tmp = tmp
         self.as_service = as_service  # separate process only: its log written as under systemd (journal stream)
@@ -184,7 +185,8 @@ class Stack:
                 providers="[" + ", ".join(f'"{p}"' for p in providers) + "]",
                 limit=limit,
             )
-            + _approval_toml(approval),
+            + _approval_toml(approval)
+            + extra_toml,
             encoding="utf-8",
         )
         self.env = {

@@ -231,6 +231,18 @@ def test_a_cash_tender_whose_answer_is_lost_is_sent_again_and_taken_once(page: P
     assert len(paid["tenders"]) == 1 and len(stack.api.get("/v1/transactions").json()) == 1
 
 
+def test_a_kiosk_customers_call_for_staff_shows_on_the_till_until_a_cashier_takes_it(page: Page, stack_factory) -> None:
+    till = stack_factory()
+    kiosk = stack_factory(kind="kiosk", extra_toml=f'\n[help]\ntill_url = "{till.url}"\ntill_token = "{till.token}"\n')
+    open_till(page, till)
+    assert kiosk.api.post("/v1/help", json={}).json()["delivered"] is True
+    call = page.locator("#help-calls li")
+    expect(call).to_contain_text("需要帮助")
+    expect(call).to_contain_text("T01 needs staff")
+    call.get_by_role("button", name="我去处理 On my way").click()
+    expect(page.locator("#help-calls")).to_be_hidden()
+
+
 def test_the_online_pill_turns_offline_within_a_second_or_two_of_the_agent_knowing(page: Page, stack: Stack) -> None:
     open_till(page, stack)
     session = stack.open_session()

@@ -153,4 +153,4 @@ export function bilingual(zh, en, tag = "div") {
 
 export const OPEN_STATES = new Set(["idle", "member", "basket", "tender"]);
 export const PAID_STATES = new Set(["paid", "closed"]);
-export const EVENT_TYPES = ["opened", "scan", "member", "basket", "payment", "paid", "printed", "message", "closed", "cancelled", "status", "refunded"];
+export const EVENT_TYPES = ["opened", "scan", "member", "basket", "payment", "paid", "printed", "message", "closed", "cancelled", "status", "refunded", "help", "wallet"];

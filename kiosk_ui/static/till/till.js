@@ -542,6 +542,20 @@ function onEvent(type, data) {
     refreshTransactions({ auto: true });
   }
   if (type === "status") refreshStatus(); // pushed within a second of the agent knowing
+  if (type === "help" && data.call) helpCalled(data.call);
+}
+
+/** A kiosk's customer asks for staff: a banner that stays until a cashier says they are going. */
+function helpCalled(call) {
+  const list = $("help-calls");
+  if (list.querySelector(`[data-call="${CSS.escape(call.id)}"]`)) return;
+  const item = h("li", { dataset: { call: call.id } },
+    h("span", { lang: "zh-CN" }, `${call.station_name}（${call.station_id}）需要帮助`),
+    h("span", { className: "muted" }, ` ${timeOf(call.at)} — ${call.station_id} needs staff `),
+    h("button", { type: "button", onclick: () => { item.remove(); list.hidden = !list.children.length; } }, "我去处理 On my way"),
+  );
+  list.append(item);
+  list.hidden = false;
 }
 
 async function resync() {
