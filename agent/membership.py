@@ -46,6 +46,7 @@ from agent.identify import CentralNeeded, Identification, Identifier, MemberNotF
 from agent.journal import Journal
 from agent.member_cache import MemberCache, PhoneLookupUnavailable
 from agent.member_code import MemberCodeError
+from agent.receipts import e_receipt_url
 from agent.sale import HeldCoupon, Sale
 from agent.settings import Settings
 from agent.sync import to_cache_change
@@ -84,6 +85,7 @@ class WalletReceipt(BaseModel):
     created_at: datetime
     total_fen: int
     points_earned: int
+    e_receipt_url: str | None = Field(description="the page the receipt's QR opens; null when none can be made")
 
 
 class Wallet(BaseModel):
@@ -303,6 +305,9 @@ class Membership:
                     created_at=r.created_at,
                     total_fen=r.total_fen,
                     points_earned=r.points_earned,
+                    e_receipt_url=e_receipt_url(
+                        self.settings.e_receipt_template, r.id, self.settings.privacy.key_bytes()
+                    ),
                 )
                 for r in sales
             ],

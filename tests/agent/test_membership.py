@@ -110,6 +110,7 @@ def test_the_wallet_shows_points_coupons_and_receipts_without_opening_a_sale(sta
     assert wallet["member"]["display_name"] == "李*华" and wallet["member"]["tier_name"] == "金卡会员"
     assert wallet["member"]["points"] == 300 + sale["points"]["earned"]
     assert [r["receipt_no"] for r in wallet["receipts"]] == [sale["receipt_no"]]
+    assert wallet["receipts"][0]["e_receipt_url"].startswith(f"{stack.central.url}/e/")
     assert wallet["coupons"] == []  # used in that sale
     assert journal_count(stack) == 1 and stack.api.get("/v1/status").json()["checkout"]["open_session"] is None
 
