@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import qrcode
 from pydantic import BaseModel, Field
+from qrcode.image.svg import SvgPathImage
 
 from agent import idempotency, pii
 from agent.benefits import usable_now
@@ -77,6 +79,7 @@ class WalletMember(BaseModel):
     points: int
     points_pending: int = Field(description="of `points`, moved by this till's sales central has not confirmed yet")
     card_no: str | None = Field(description="the card number to keep as a QR, when the member has one")
+    card_qr_svg: str | None = Field(description="that card number as a QR code, SVG markup for the screen")
 
 
 class WalletReceipt(BaseModel):
@@ -296,6 +299,7 @@ class Membership:
                 points=member.points + pending,
                 points_pending=pending,
                 card_no=card_no,
+                card_qr_svg=None if card_no is None else qr_svg(card_no),
             ),
             coupons=[HeldCoupon.of(c) for c in coupons if usable_now(c, now, online)],
             receipts=[
@@ -313,3 +317,10 @@ class Membership:
             ],
             via=found.via,
         )
+
+
+def qr_svg(text: str) -> str:
+    """A QR code as SVG markup that fills its box (drawn here: the screens load nothing from outside)."""
+    image = qrcode.make(text, image_factory=SvgPathImage, box_size=10, border=2)
+    svg = image.to_string(encoding="unicode")
+    return svg[svg.index("<svg") :].replace('width="', 'data-mm-width="').replace('height="', 'data-mm-height="')

@@ -37,6 +37,7 @@ def test_a_customer_joins_with_consent_gets_welcome_points_and_a_card_the_till_r
     member = answer["wallet"]["member"]
     assert member["phone_masked"] == "139****7777" and member["points"] == 100 and member["points_pending"] == 0
     assert member["card_no"].startswith("8800") and len(member["card_no"]) == 13
+    assert member["card_qr_svg"].startswith("<svg") and "viewBox" in member["card_qr_svg"]
     assert "13900007777" not in joined.text  # the number is shown masked once confirmed
 
     # Known at once, offline too: the card number the customer keeps as a QR identifies them at this station.
