@@ -18,6 +18,15 @@ export function readFragment() {
   return { token: sessionStorage.getItem(TOKEN_KEY) ?? "", options: params };
 }
 
+/** Empties the browser's storage (sessionStorage and localStorage) but for the station's token that readFragment
+ *  keeps: what a kiosk does before its next shopper. */
+export function forgetAllButToken() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  sessionStorage.clear();
+  localStorage.clear();
+  if (token !== null) sessionStorage.setItem(TOKEN_KEY, token);
+}
+
 /** A refused request: `status`, the API's `code` (`error`), `message` (for the cashier), `messageZh`. */
 export class ApiError extends Error {
   constructor(status, body) {
