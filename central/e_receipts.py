@@ -55,7 +55,7 @@ RETRY_SECONDS = 30  # how often the "not yet received" page looks again
 class Line:
     name: str
     qty: int
-    unit_price_fen: int
+    unit_price_fen: int | None  # None: the body does not say
     amount_fen: int
     discount_fen: int  # off the list price (tier, coupons, points shared over the lines)
 
@@ -203,10 +203,10 @@ def _view(session: Session, row: sa.Row, zone: ZoneInfo) -> SaleView:
 
 def _line(line: Mapping[str, Any], sold: bool) -> Line:
     qty = _int(line, "qty", 1)
-    unit = _int(line, "unit_price_fen")
-    amount = _int(line, "amount_fen", qty * unit)
-    list_price = qty * unit if "unit_price_fen" in line else amount
-    return Line(_text(line, "name") or "商品", qty, unit, amount, max(list_price - amount, 0) if sold else 0)
+    unit = line.get("unit_price_fen") if _is_int(line.get("unit_price_fen")) else None
+    amount = _int(line, "amount_fen", qty * (unit or 0))
+    discount = max(qty * unit - amount, 0) if sold and unit is not None else 0
+    return Line(_text(line, "name") or "商品", qty, unit, amount, discount)
 
 
 def _paid(tender: Mapping[str, Any]) -> Paid:
@@ -324,7 +324,7 @@ def receipt_html(sale: SaleView, join_url: str | None = None) -> str:
 
     parts.append('<section class="card"><h2>商品 Items</h2>')
     for line in sale.lines:
-        detail = f"{line.qty} × {money(line.unit_price_fen)}"
+        detail = f"{line.qty} × {money(line.unit_price_fen)}" if line.unit_price_fen is not None else f"× {line.qty}"
         if line.discount_fen:
             detail += f'，<span class="off">优惠 -{money(line.discount_fen)}</span>'
         parts.append(

@@ -257,6 +257,7 @@ def test_a_body_with_only_what_central_requires_still_shows_and_the_store_s_zone
     text = visible_text(answer.text)
     assert answer.status_code == 200 and "矿泉水 550ml" in text and "¥2.50" in text and "现金" in text
     assert "2026-11-23 12:30:00" in text  # Tokyo
+    assert "× 1" in text and "¥0.00" not in text  # no unit price in the body: none made up
     assert "加入会员" not in text  # no join link set
 
 
