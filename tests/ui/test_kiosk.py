@@ -1,21 +1,51 @@
-"""The shopper's kiosk screen in a real browser, against a whole store: agent, central, WeChat Pay simulator."""
+"""The shopper's kiosk screen in a real browser, against a whole store: agent, central, WeChat Pay simulator.
+
+Every test here fails on an error in the browser's console (a request the agent refuses is one). The screen's
+idle timer runs on Playwright's clock, which the tests move forward instead of waiting."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from playwright.sync_api import Page, expect
+import pytest
+from playwright.sync_api import ConsoleMessage, Page, expect
 
 from tests.checkout_stack import Stack, wechat_code
+from tests.support.credentials import SUPERVISOR_PIN
 from tests.support.poll import eventually
 
+STATIC = Path(__file__).resolve().parents[2] / "kiosk_ui" / "static"
 WATER = {"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 2, "unit_price_fen": 1000}
 
 
+IDLE_MS = 120_000  # the kiosk's defaults: "still there?" after two minutes without a touch ...
+COUNTDOWN_MS = 20_000  # ... and the next shopper's screen twenty seconds later
+
+
+@pytest.fixture(autouse=True)
+def no_console_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "page" not in request.fixturenames:
+        yield
+        return
+    page: Page = request.getfixturevalue("page")
+    errors: list[str] = []
+
+    def seen(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"{message.text} at {message.location.get('url')}")
+
+    page.on("console", seen)
+    yield
+    assert not errors, f"errors in the browser's console: {errors}"
+
+
 def open_kiosk(page: Page, stack: Stack, **options: object) -> None:
-    """The kiosk at idle, following the station's events (so the next scan shows)."""
+    """The kiosk at idle, following the station's events (so the next scan shows), on a clock the test can move."""
     fragment = "&".join([f"token={stack.token}", *(f"{name}={value}" for name, value in options.items())])
+    page.clock.install()
     page.goto(f"{stack.url}/kiosk/#{fragment}")
     expect(page.locator("body")).to_have_attribute("data-live", "true")
     expect(page.locator("#screen-idle")).to_be_visible()
@@ -133,7 +163,7 @@ def test_not_enough_money_shows_why_in_chinese(page: Page, stack_factory) -> Non
     stack.scan(wechat_code("32"))  # NOTENOUGH
     failure = page.locator("#screen-failure")
     expect(failure).to_be_visible()
-    expect(page.locator("#failure-zh")).to_contain_text("余额不足")
+    expect(page.locator("#failure-reason")).to_contain_text("余额不足")
 
     page.locator("#failure-retry").click()
     expect(page.locator("#pay-prompt")).to_be_visible()
@@ -185,12 +215,337 @@ def test_offline_banner_when_central_is_down(page: Page, stack_factory) -> None:
     expect(page.locator("#pay-prompt")).to_be_hidden()
 
 
-def test_abandoned_sale_is_cancelled_after_the_idle_timeout(page: Page, stack_factory) -> None:
+# --- idle: "still there?" ------------------------------------------------------------------------------------
+
+
+def shoppers_data_left(page: Page) -> list[str]:
+    """The elements that showed a shopper's data and still hold some."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll("[data-customer]")]
+             .filter((node) => node.textContent.trim())
+             .map((node) => `${node.id}: ${node.textContent.trim()}`)"""
+    )
+
+
+def storage(page: Page) -> dict:
+    return page.evaluate(
+        """() => ({session: Object.keys(sessionStorage).sort(), local: Object.keys(localStorage).sort()})"""
+    )
+
+
+def test_nobody_answers_still_there_so_the_sale_is_cancelled_and_nothing_of_the_shopper_stays(
+    page: Page, stack_factory
+) -> None:
     stack = stack_factory(kind="kiosk")
-    open_kiosk(page, stack, idle=1, final=0.5)
+    member = stack.add_member(points=1000, tier="gold", display_name="王*明")
+    stack.sync_now()
+    open_kiosk(page, stack)
+    stack.scan(stack.member_code(member))
     stack.scan(WATER["sku"])
+    expect(page.locator("#member")).to_contain_text("王*明")
+    expect(page.locator("#lines")).to_contain_text("矿泉水 550ml")
+    sale_id = stack.api.get("/v1/status").json()["checkout"]["open_session"]
+    # What a screen of the shopper's might have left in the browser.
+    page.evaluate(
+        """() => { sessionStorage.setItem("draft", "13812345678"); localStorage.setItem("last", "王*明"); }"""
+    )
+
+    prompt = page.locator("#idle-prompt")
+    page.clock.fast_forward(IDLE_MS - 5_000)
+    expect(prompt).to_be_hidden()
+    page.clock.fast_forward(5_000)
+    expect(prompt).to_be_visible()
+    expect(prompt).to_contain_text("还在吗？")
+    expect(page.locator("#idle-seconds")).to_have_text("20")
+    expect(page.locator("#idle-continue")).to_be_focused()
+
+    page.locator("#idle-continue").click()  # still there: nothing is lost
+    expect(prompt).to_be_hidden()
     expect(page.locator("#lines")).to_contain_text("矿泉水 550ml")
 
-    expect(page.locator("#cancelled-reason")).to_contain_text("长时间无操作")
+    page.clock.fast_forward(IDLE_MS)
+    expect(prompt).to_be_visible()
+    page.clock.fast_forward(COUNTDOWN_MS // 2)
+    expect(page.locator("#idle-seconds")).to_have_text("10")  # counting down where the shopper sees it
+    page.clock.fast_forward(COUNTDOWN_MS // 2)
+
     expect(page.locator("#screen-idle")).to_be_visible()
-    assert stack.api.get("/v1/sessions/current").status_code == 404
+    expect(prompt).to_be_hidden()
+    assert stack.wait_session(sale_id, lambda sale: sale["state"] == "cancelled")["state"] == "cancelled"
+    assert stack.api.get("/v1/status").json()["checkout"]["open_session"] is None
+    assert shoppers_data_left(page) == []
+    html = page.content()
+    assert "王*明" not in html and "矿泉水" not in html and "13812345678" not in html
+    assert storage(page) == {"session": ["pos-edge-api-token"], "local": []}
+
+    # The token stayed: the next shopper's scan shows, with none of the last one's.
+    stack.scan(WATER["sku"])
+    expect(page.locator("#lines")).to_contain_text("矿泉水 550ml")
+    expect(page.locator("#member")).to_be_hidden()
+
+
+def test_the_idle_count_stands_still_while_the_customer_confirms_on_the_phone(page: Page, stack_factory) -> None:
+    stack = stack_factory(kind="kiosk")
+    open_kiosk(page, stack)
+    stack.scan(WATER["sku"])
+    expect(page.locator("#pay-prompt")).to_be_visible()
+    expect(page.locator("body")).to_have_attribute("data-idle", "counting")
+
+    hold_customer(stack)
+    stack.scan(wechat_code("11"))  # USERPAYING, then the customer cancels on the phone
+    expect(page.locator("#screen-waiting")).to_contain_text("请在手机上确认支付")
+    expect(page.locator("body")).to_have_attribute("data-idle", "paused")
+    page.clock.fast_forward(10 * IDLE_MS)
+    expect(page.locator("body")).to_have_attribute("data-idle", "paused")
+    expect(page.locator("#idle-prompt")).to_be_hidden()
+    sale = stack.api.get("/v1/sessions/current").json()
+    assert sale["state"] != "cancelled" and sale["payment"]["state"] == "USERPAYING"
+
+    release_customer(stack)
+    expect(page.locator("#screen-failure")).to_be_visible()
+    expect(page.locator("body")).to_have_attribute("data-idle", "counting")
+    # The count starts again when the payment has ended, not from the last touch before it.
+    page.clock.fast_forward(IDLE_MS - 10_000)
+    expect(page.locator("#idle-prompt")).to_be_hidden()
+    page.clock.fast_forward(10_000)
+    expect(page.locator("#idle-prompt")).to_be_visible()
+
+
+def test_a_part_paid_sale_left_behind_waits_for_the_staff(page: Page, stack_factory) -> None:
+    stack = stack_factory(kind="kiosk", approval=("void",))
+    open_kiosk(page, stack)
+    stack.scan(WATER["sku"])
+    sale = stack.api.get("/v1/sessions/current").json()
+    paid = stack.api.post(f"/v1/sessions/{sale['id']}/tenders", json={"kind": "cash", "amount_fen": 100})
+    assert paid.status_code == 200, paid.text
+    expect(page.locator("#pricing")).to_contain_text("已付")
+
+    page.clock.fast_forward(IDLE_MS)
+    expect(page.locator("#idle-prompt")).to_be_visible()
+    page.clock.fast_forward(COUNTDOWN_MS)
+    staff = page.locator("#screen-staff")
+    expect(staff).to_contain_text("请联系店员")
+    assert shoppers_data_left(page) == []
+    assert "矿泉水" not in page.content()
+    assert stack.session(sale["id"])["state"] != "cancelled"  # a void needs the supervisor
+
+    # The staff void it with the supervisor's PIN; the kiosk is ready for the next shopper.
+    voided = stack.api.post(f"/v1/sessions/{sale['id']}/cancel", json={"approval": {"pin": SUPERVISOR_PIN}})
+    assert voided.status_code == 200, voided.text
+    expect(page.locator("#screen-cancelled")).to_be_visible()
+    page.clock.fast_forward(10_000)
+    expect(page.locator("#screen-idle")).to_be_visible()
+
+
+# --- language, keyboard ----------------------------------------------------------------------------------------
+
+CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+def test_english_at_one_tap_and_chinese_again_for_the_next_shopper(page: Page, stack_factory) -> None:
+    stack = stack_factory(kind="kiosk")
+    open_kiosk(page, stack)
+    html = page.locator("html")
+    switch = page.locator("#lang")
+    expect(html).to_have_attribute("lang", "zh-CN")
+    expect(switch).to_have_text("English")
+
+    switch.click()
+    expect(html).to_have_attribute("lang", "en")
+    expect(page.locator("#screen-idle h2")).to_have_text("Scan your member code or payment code")
+    expect(switch).to_have_text("中文")
+    assert not CJK.search(page.locator("main").inner_text())  # one language at a time
+    assert page.title() == "Self checkout"
+
+    stack.scan(WATER["sku"])
+    expect(page.locator("#pay-prompt")).to_contain_text("Show your payment code")
+    expect(page.locator(".due")).to_contain_text("To pay")
+    # Only the goods' own names stay as the store wrote them.
+    assert not CJK.search(page.locator("main").inner_text().replace("矿泉水", ""))
+
+    page.clock.fast_forward(IDLE_MS)
+    expect(page.locator("#idle-prompt")).to_contain_text("Are you still there?")
+    expect(page.locator("#idle-continue")).to_have_text("Continue")
+    page.clock.fast_forward(COUNTDOWN_MS)
+    expect(page.locator("#screen-idle h2")).to_have_text("请扫描会员码或付款码")
+    expect(html).to_have_attribute("lang", "zh-CN")
+    expect(switch).to_have_text("English")
+
+
+def assert_focus_ring(page: Page) -> None:
+    ring = page.evaluate(
+        """() => { const style = getComputedStyle(document.activeElement);
+                   return {id: document.activeElement.id, style: style.outlineStyle, width: parseFloat(style.outlineWidth)}; }"""
+    )
+    assert ring["style"] == "solid" and ring["width"] >= 3, f"no visible focus ring: {ring}"
+
+
+def test_the_kiosk_works_from_a_keyboard(page: Page, stack_factory) -> None:
+    stack = stack_factory(kind="kiosk")
+    phone = "13812345678"
+    stack.add_member(points=500, tier="gold", display_name="李*华", phone=phone)
+    open_kiosk(page, stack)
+
+    page.keyboard.press("Tab")  # from the screen's title
+    expect(page.locator("#use-phone")).to_be_focused()
+    assert_focus_ring(page)
+    page.keyboard.press("Shift+Tab")
+    expect(page.locator("#lang")).to_be_focused()
+    assert_focus_ring(page)
+    page.keyboard.press("Tab")
+    page.keyboard.press("Space")
+    expect(page.locator("#screen-phone")).to_be_visible()
+
+    # Tab goes through the keypad in reading order, then the checkbox and Back (Confirm waits for a number).
+    order = []
+    for _ in range(14):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("() => document.activeElement.dataset.key || document.activeElement.id"))
+    assert order == [*"123456789", "clear", "0", "back", "phone-mine", "phone-cancel"]
+
+    page.keyboard.type(phone + "9")  # digits from the keyboard; a twelfth is not taken
+    expect(page.locator("#phone-display")).to_have_text("138****5678")
+    page.keyboard.press("Backspace")
+    expect(page.locator("#phone-display")).to_have_text("138****567_")
+    page.keyboard.press("8")
+    page.locator("#phone-mine").focus()
+    page.keyboard.press("Space")
+    expect(page.locator("#phone-mine")).to_be_checked()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.locator("#phone-ok")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#member")).to_contain_text("李*华")
+
+
+def test_the_kiosk_loads_nothing_from_outside_the_station() -> None:
+    files = [*(STATIC / "kiosk").iterdir(), STATIC / "shared" / "api.js"]
+    outside = [
+        f"{file.name}: {match.group(0)}"
+        for file in files
+        for match in re.finditer(r"https?://\S+|@import|url\(", file.read_text(encoding="utf-8"))
+    ]
+    assert outside == []
+
+
+# --- layout: three screens, every step of a sale ---------------------------------------------------------------
+
+SIZES = [(1080, 1920), (1920, 1080), (1280, 800)]
+
+# What a shopper must be able to read and touch, measured in the page as drawn: elements inside the window (or,
+# inside a box that scrolls, not past its sides), touch targets of 48 px, amounts of 24 px, and text contrast
+# of 4.5:1 against the colours behind it (faded text counts as faded).
+LAYOUT_PROBLEMS = """() => {
+  const problems = [];
+  const W = window.innerWidth, H = window.innerHeight;
+  const root = document.documentElement;
+  if (root.scrollWidth > W || root.scrollHeight > H) problems.push(`the page scrolls: ${root.scrollWidth}x${root.scrollHeight}`);
+  const name = (n) => n.id ? `#${n.id}` : `${n.tagName.toLowerCase()}.${n.className}` + (n.textContent ? ` "${n.textContent.trim().slice(0, 20)}"` : "");
+  const shown = [...document.querySelectorAll("body *")].filter(
+    (n) => n.getClientRects().length && getComputedStyle(n).visibility !== "hidden" && !n.closest("[inert]"));
+  const scroller = (n) => {
+    for (let p = n.parentElement; p && p !== document.body; p = p.parentElement) {
+      if (["auto", "scroll"].includes(getComputedStyle(p).overflowY)) return p;
+    }
+    return null;
+  };
+  for (const n of shown) {
+    const r = n.getBoundingClientRect(), box = scroller(n);
+    if (box) {
+      const b = box.getBoundingClientRect();
+      if (r.left < b.left - 0.5 || r.right > b.right + 0.5) problems.push(`${name(n)} sticks out of its box`);
+    } else if (r.left < -0.5 || r.top < -0.5 || r.right > W + 0.5 || r.bottom > H + 0.5) {
+      problems.push(`${name(n)} is outside the window`);
+    }
+  }
+  for (const n of shown.filter((n) => n.matches("button, input, select, a[href], [role=button]"))) {
+    const r = n.getBoundingClientRect();
+    if (r.width < 48 || r.height < 48) problems.push(`${name(n)} is a small target: ${r.width}x${r.height}`);
+  }
+  const money = ".money, #lines td.num:last-child, #pricing dd:not(.provisional), .coupon .discount, #success-points dd:not(.provisional)";
+  for (const n of shown.filter((n) => n.matches(money))) {
+    const size = parseFloat(getComputedStyle(n).fontSize);
+    if (size < 24) problems.push(`${name(n)}: an amount in ${size}px`);
+  }
+  const rgba = (text) => { const v = text.match(/[\\d.]+/g).map(Number); return [v[0], v[1], v[2], v.length > 3 ? v[3] : 1]; };
+  const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat(1);
+  const luminance = (c) => {
+    const [r, g, b] = c.slice(0, 3).map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  for (const n of shown) {
+    if (![...n.childNodes].some((c) => c.nodeType === Node.TEXT_NODE && c.textContent.trim())) continue;
+    if (n.closest("button:disabled")) continue;  // a control that cannot be used need not be read (WCAG 1.4.3)
+    const chain = [];
+    let opacity = 1;
+    for (let p = n; p; p = p.parentElement) {
+      chain.unshift(p);
+      opacity *= parseFloat(getComputedStyle(p).opacity);
+    }
+    let back = [255, 255, 255, 1];
+    for (const p of chain) {
+      const colour = rgba(getComputedStyle(p).backgroundColor);
+      if (colour[3] > 0) back = over(colour, back);
+    }
+    const ink = rgba(getComputedStyle(n).color);
+    const fore = over([ink[0], ink[1], ink[2], ink[3] * opacity], back);
+    const [a, b] = [luminance(fore), luminance(back)];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) problems.push(`${name(n)}: contrast ${ratio.toFixed(2)}`);
+  }
+  return problems;
+}"""
+
+
+def check_layout(page: Page, shots: Path, step: str) -> None:
+    page.screenshot(path=shots / f"{step}.png")
+    assert page.evaluate(LAYOUT_PROBLEMS) == [], f"{step}: see {shots / step}.png"
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: f"{size[0]}x{size[1]}")
+def test_every_step_fits_the_screen_and_reads_well(
+    page: Page, stack_factory, tmp_path: Path, size: tuple[int, int]
+) -> None:
+    stack = stack_factory(kind="kiosk")
+    member = stack.add_member(points=800, tier="gold", display_name="欧阳*明", phone="13812345678")
+    stack.add_coupon(member, "满30减5", threshold_fen=3000)
+    stack.sync_now()
+    page.set_viewport_size({"width": size[0], "height": size[1]})
+    shots = tmp_path / f"{size[0]}x{size[1]}"
+    shots.mkdir()
+    open_kiosk(page, stack)
+    check_layout(page, shots, "1-idle")
+
+    page.locator("#use-phone").click()
+    page.keyboard.type("1381234")
+    check_layout(page, shots, "2-phone")
+    page.locator("#phone-cancel").click()
+
+    stack.scan(stack.member_code(member))
+    long_name = "ExtraVirginOliveOilFamilyPack1Lx2_进口特级初榨"  # 40 characters, the most a line takes
+    lines = [WATER, {"sku": "6900000000011", "name": long_name, "qty": 1, "unit_price_fen": 12_345}]
+    lines += [{"sku": f"69000000001{i:02d}", "name": f"商品 {i}", "qty": 1, "unit_price_fen": 990} for i in range(12)]
+    set_basket(stack, *lines)
+    expect(page.locator("#lines tr")).to_have_count(len(lines))
+    expect(page.locator("#redeem-use")).to_be_visible()
+    check_layout(page, shots, "3-sale")
+
+    stack.scan(wechat_code("32"))  # NOTENOUGH
+    expect(page.locator("#screen-failure")).to_be_visible()
+    check_layout(page, shots, "4-failure")
+    page.locator("#failure-retry").click()
+
+    page.clock.fast_forward(IDLE_MS)
+    expect(page.locator("#idle-prompt")).to_be_visible()
+    check_layout(page, shots, "5-still-there")
+    page.locator("#idle-continue").click()
+
+    page.locator("#lang").click()
+    hold_customer(stack)
+    stack.scan(wechat_code("10"))
+    expect(page.locator("#screen-waiting")).to_contain_text("Confirm the payment on your phone")
+    check_layout(page, shots, "6-waiting-en")
+    release_customer(stack)
+    expect(page.locator("#screen-success")).to_be_visible()
+    expect(page.locator("#receipt-no")).to_have_text(re.compile(r"^T01\d{10}$"))
+    check_layout(page, shots, "7-success-en")

@@ -1,10 +1,20 @@
 // The shopper's self-checkout screen. It follows the station's sale over server-sent events and shows one
-// screen at a time: idle → (phone keypad) → sale → waiting for the phone → success / failure / cancelled.
-// What is on screen is decided from the sale as the agent last described it (`screenName`), plus the few
-// things only this screen knows: the keypad, a failed payment the shopper has seen, a sale that timed out.
-// Open it as /kiosk/#token=<api.token>; `&final=10` (seconds on the success and cancelled screens) and
-// `&idle=120` (seconds before an untouched sale is cancelled) may follow.
-import { Api, EVENT_TYPES, OPEN_STATES, PAID_STATES, bilingual, h, readFragment, yuan } from "/shared/api.js";
+// screen at a time: idle → (phone keypad) → sale → waiting for the phone → success / failure / cancelled, or
+// "please ask staff" for a part-paid sale left behind. What is on screen is decided from the sale as the agent
+// last described it (`screenName`), plus the few things only this screen knows: the keypad, a failed payment
+// the shopper has seen, a sale handed to the staff. Each screen is drawn by its own small function (`SCREENS`).
+//
+// One language at a time, Chinese first. Every text is in TEXTS (index.html names its static ones with
+// `data-t`); the 中文/English button switches, and the next shopper starts in Chinese again.
+//
+// Idle: after IDLE_S without a touch or a key an open sale asks "还在吗？" for PROMPT_S seconds; unanswered, the
+// screen is cleared for the next shopper and the sale cancelled if nothing was paid. The count stands still while
+// a payment is in progress. It runs on Date.now and one interval, so a test drives it with a fake clock.
+//
+// Open it as /kiosk/#token=<api.token>; options may follow in the fragment: `&idle=120` (seconds without
+// activity before the prompt), `&countdown=20` (seconds the prompt waits), `&final=10` (seconds on the success
+// and cancelled screens).
+import { Api, EVENT_TYPES, OPEN_STATES, PAID_STATES, forgetAllButToken, h, readFragment, yuan } from "/shared/api.js";
 
 const { token, options } = readFragment();
 const api = new Api(token);
@@ -12,17 +22,135 @@ const seconds = (name, fallback) => {
   const value = Number(options.get(name));
   return Number.isFinite(value) && value > 0 ? value : fallback;
 };
+const IDLE_S = seconds("idle", 120); // an open sale nobody touches for this long asks "still there?"
+const PROMPT_S = seconds("countdown", 20); // ... for this long, then it is cleared
 const FINAL_S = seconds("final", 10); // success and cancelled screens stay this long, then idle
-const IDLE_S = seconds("idle", 120); // an open sale nobody touches for this long is cancelled
 const NOTICE_S = 8;
+const POLL_MS = 3000;
 
 const IN_PROGRESS = new Set(["sending", "PENDING", "USERPAYING", "UNKNOWN", "REVERSING"]);
 const FAILED = new Set(["FAILED", "REVERSED"]);
+const COUNTING_SCREENS = new Set(["phone", "sale", "failure"]); // where a shopper can walk away mid-sale
+
+// --- texts ---------------------------------------------------------------------------------------------------
+
+const LANGS = { zh: "zh-CN", en: "en" };
+
+/** Every text the shopper reads, in both languages; a function takes the numbers it shows. */
+const TEXTS = {
+  langName: { zh: "中文", en: "English" },
+  title: { zh: "自助收银", en: "Self checkout" },
+  offline: {
+    zh: "网络中断：仅支持现金/银行卡，请到人工收银台付款",
+    en: "Network down: cash and bank card only, please pay at a staffed till",
+  },
+  starting: { zh: "正在启动…", en: "Starting…" },
+  locked: { zh: "此屏幕需要本机的 API 令牌", en: "This screen needs the station's API token" },
+  lockedHint: {
+    zh: "请以 /kiosk/#token=… 打开此页面，令牌为本机的 api.token（POS_EDGE_API__TOKEN）。",
+    en: "Open it as /kiosk/#token=… with the station's api.token (POS_EDGE_API__TOKEN).",
+  },
+  // idle
+  scanPrompt: { zh: "请扫描会员码或付款码", en: "Scan your member code or payment code" },
+  step1: { zh: "扫描会员码，或使用手机号（可选）", en: "Scan your member code, or use your phone number (optional)" },
+  step2: { zh: "扫描商品", en: "Scan your items" },
+  step3: { zh: "出示付款码完成支付", en: "Show your payment code to pay" },
+  usePhone: { zh: "使用手机号", en: "Use phone number" },
+  // phone keypad
+  phoneTitle: { zh: "请输入手机号", en: "Enter your mobile number" },
+  keypad: { zh: "数字键盘", en: "Keypad" },
+  clear: { zh: "清除", en: "Clear" },
+  delete: { zh: "删除", en: "Delete" },
+  phoneMine: { zh: "这是我的手机号", en: "This is my number" },
+  back: { zh: "返回", en: "Back" },
+  confirm: { zh: "确认", en: "Confirm" },
+  phoneNotFound: { zh: "未能识别此手机号", en: "This number was not recognised" },
+  // the sale
+  member: { zh: "会员", en: "Member" },
+  pointsBalance: { zh: (n) => `积分 ${n}`, en: (n) => `${n} points` },
+  item: { zh: "商品", en: "Item" },
+  qty: { zh: "数量", en: "Qty" },
+  amount: { zh: "金额", en: "Amount" },
+  noLines: { zh: "请扫描商品，或等待店员录入", en: "Scan your items, or wait for the staff to enter them" },
+  subtotal: { zh: "小计", en: "Subtotal" },
+  memberDiscount: { zh: "会员折扣", en: "Member discount" },
+  coupons: { zh: "优惠券", en: "Coupons" },
+  pointsRedeemed: { zh: (n) => `积分抵扣 ${n}`, en: (n) => `${n} points used` },
+  paidSoFar: { zh: "已付", en: "Paid" },
+  earns: { zh: (n) => `本单可得 ${n} 积分`, en: (n) => `This sale earns ${n} points` },
+  provisional: { zh: "（暂计，联网后确认）", en: " (provisional until the store is back online)" },
+  usePoints: { zh: (n) => `使用 ${n} 积分`, en: (n) => `Use ${n} points` },
+  dontUsePoints: { zh: "不使用积分", en: "Don't use points" },
+  toPay: { zh: "应付", en: "To pay" },
+  showPayCode: { zh: "请出示付款码", en: "Show your payment code" },
+  showPayCodeHow: { zh: "将手机上的付款码对准扫码窗口", en: "Hold the payment code on your phone to the scanner" },
+  payAtTill: { zh: "请到人工收银台用现金或银行卡付款", en: "Please pay by cash or bank card at a staffed till" },
+  cancelSale: { zh: "取消交易", en: "Cancel sale" },
+  // paying
+  confirmOnPhone: { zh: "请在手机上确认支付", en: "Confirm the payment on your phone" },
+  processing: { zh: "正在支付，请稍候", en: "Processing the payment" },
+  cancellingPayment: { zh: "正在取消支付…", en: "Cancelling the payment…" },
+  cancelPayment: { zh: "取消支付", en: "Cancel payment" },
+  paymentCancelled: { zh: "支付已取消", en: "Payment cancelled" },
+  paymentNotCompleted: { zh: "支付未成功", en: "Payment not completed" },
+  paymentFailed: { zh: "支付未成功，请重试或换一种方式付款", en: "The payment did not go through." },
+  tryAgain: { zh: "重新付款", en: "Try again" },
+  // the end
+  paid: { zh: "支付成功，谢谢惠顾", en: "Paid, thank you" },
+  pointsEarned: { zh: "本次获得积分", en: "Points earned" },
+  pointsUsed: { zh: "本次使用积分", en: "Points used" },
+  newBalance: { zh: "积分余额", en: "New balance" },
+  provisionalNote: { zh: "* 暂计，联网后确认", en: "* provisional until the store is back online" },
+  change: { zh: "找零", en: "Change" },
+  receiptNo: { zh: "小票号", en: "Receipt no." },
+  cancelled: { zh: "交易已取消", en: "Sale cancelled" },
+  askStaff: { zh: "请联系店员", en: "Please ask staff" },
+  askStaffWhy: { zh: "本单已有付款，店员会为您处理", en: "Part of this sale is paid: a member of staff will finish it" },
+  // still there?
+  stillThere: { zh: "还在吗？", en: "Are you still there?" },
+  idleClears: { zh: "秒后将清空本次交易", en: "seconds until this checkout is cleared" },
+  continue: { zh: "继续", en: "Continue" },
+};
+
 // English beside the store's own Chinese tier name (`member.tier_name`, from the agent's settings).
 const TIERS_EN = {
   normal: "Member", regular: "Member", member: "Member", silver: "Silver", gold: "Gold", platinum: "Platinum",
   diamond: "Diamond",
 };
+
+let lang = "zh";
+
+/** The text `key` in the shopper's language. */
+function t(key, ...args) {
+  const entry = TEXTS[key];
+  if (!entry) return key;
+  const text = entry[lang] ?? entry.zh;
+  return typeof text === "function" ? text(...args) : text;
+}
+
+/** The agent's own words (its Chinese `zh`, its English `en`) in the shopper's language, or the other one. */
+function said(zh, en) {
+  return (lang === "en" ? en || zh : zh || en) || "";
+}
+
+/** Switches every text on the page; the screens are drawn again by the caller. */
+function setLanguage(next) {
+  lang = next;
+  document.documentElement.lang = LANGS[lang];
+  document.title = t("title");
+  for (const node of document.querySelectorAll("[data-t]")) node.textContent = t(node.dataset.t);
+  for (const node of document.querySelectorAll("[data-t-label]")) node.setAttribute("aria-label", t(node.dataset.tLabel));
+  const other = lang === "zh" ? "en" : "zh";
+  const button = $("lang");
+  button.textContent = TEXTS.langName[other];
+  button.lang = LANGS[other];
+}
+
+function switchLanguage() {
+  setLanguage(lang === "zh" ? "en" : "zh");
+  render();
+  renderNotice();
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -37,10 +165,16 @@ const ui = {
   cancelledHere: new Set(), // out_trade_no of payments the shopper cancelled on this screen
   refusal: null, // the last step the agent refused: { session_id, zh, en }
   finished: new Set(), // ids of sales seen paid or cancelled
-  timedOut: null, // id of the sale this screen cancelled after IDLE_S without activity
+  staffHold: null, // id of a part-paid sale left by its shopper: the staff finish it
+  notice: null, // { what, kind } shown over the screen
   screen: "starting",
   screenSince: Date.now(),
-  lastActivity: Date.now(),
+};
+
+const idle = {
+  since: Date.now(), // the last touch, key or news of the sale
+  prompt: false, // "still there?" is up
+  returnFocus: null, // where the keyboard's focus was before it
 };
 
 // --- the sale ------------------------------------------------------------------------------------------------
@@ -50,13 +184,21 @@ function current() {
   return s && s.id !== ui.dismissed ? s : null;
 }
 
+const isOpen = (s) => Boolean(s) && OPEN_STATES.has(s.state);
+const paying = (s) => isOpen(s) && IN_PROGRESS.has(s.payment?.state);
+const moneyTaken = (s) => (s.tenders ?? []).length > 0 || (s.paid_fen ?? 0) > 0;
+
 function show(session) {
   if (!session || !session.id) return session;
   const old = ui.session;
   if (old && old.id === session.id && (session.version ?? 0) < (old.version ?? 0)) return old;
-  if (session.id === ui.dismissed && !OPEN_STATES.has(session.state)) return session; // late news of a finished sale
-  if (ui.finished.has(session.id) && OPEN_STATES.has(session.state)) return old; // paid or cancelled is final
-  if (!OPEN_STATES.has(session.state)) ui.finished.add(session.id);
+  if (session.id === ui.dismissed && !isOpen(session)) {
+    // Late news of a sale no longer shown: only how it ended is kept, none of its shopper's data.
+    ui.session = { id: session.id, version: session.version, state: session.state };
+    return session;
+  }
+  if (ui.finished.has(session.id) && isOpen(session)) return old; // paid or cancelled is final
+  if (!isOpen(session)) ui.finished.add(session.id);
   if (!old || old.id !== session.id) ui.dismissed = null;
   const news = !old || old.id !== session.id || (session.version ?? 0) > (old.version ?? 0);
   ui.session = session;
@@ -69,20 +211,33 @@ function show(session) {
 function screenName() {
   if (ui.locked) return "locked";
   const s = current();
-  if (ui.phone && (!s || (OPEN_STATES.has(s.state) && !s.member))) return "phone";
+  if (ui.phone && (!s || (isOpen(s) && !s.member))) return "phone";
   if (!s) return ui.started ? "idle" : "starting";
   if (s.state === "cancelled") return "cancelled";
   if (PAID_STATES.has(s.state)) return "success";
   const payment = s.payment;
   const mine = payment && ui.cancelledHere.has(payment.out_trade_no);
-  if (payment && IN_PROGRESS.has(payment.state) && !mine) return "waiting";
+  if (paying(s) && !mine) return "waiting";
+  if (ui.staffHold === s.id) return "staff";
   if (payment && FAILED.has(payment.state) && !mine && !ui.seenFailures.has(payment.out_trade_no)) return "failure";
   return "sale";
 }
 
+// --- screens -------------------------------------------------------------------------------------------------
+
+/** The screens with something to draw from the sale (the others are all static text). */
+const SCREENS = {
+  phone: renderPhone,
+  sale: renderSale,
+  waiting: renderWaiting,
+  failure: renderFailure,
+  success: renderSuccess,
+};
+
 function render() {
   const name = screenName();
-  if (name !== ui.screen) {
+  const changed = name !== ui.screen;
+  if (changed) {
     ui.screen = name;
     ui.screenSince = Date.now();
   }
@@ -91,20 +246,25 @@ function render() {
   const s = current();
   const online = s ? s.online : ui.stationOnline;
   $("offline").hidden = online !== false || name === "locked";
-  if (name === "phone") renderPhone();
-  if (s && name === "sale") renderSale(s);
-  if (s && name === "waiting") renderWaiting(s);
-  if (s && name === "failure") renderFailure(s);
-  if (s && name === "success") renderSuccess(s);
-  if (s && name === "cancelled") renderCancelled(s);
+  if (name === "phone" || s) SCREENS[name]?.(s);
   if (name === "failure" || name === "locked") hideNotice();
+  if (changed) keepFocus();
+}
+
+/** A keyboard user never loses their place: focus left on a screen that went away moves to the new one's title. */
+function keepFocus() {
+  const focused = document.activeElement;
+  if (focused && focused !== document.body && !focused.closest("[hidden]")) return;
+  const title = document.querySelector(`#screen-${ui.screen} h2`);
+  if (!title || idle.prompt) return;
+  title.tabIndex = -1;
+  title.focus({ preventScroll: true });
 }
 
 function tierLabel(member) {
   const tier = member.tier;
-  const zh = member.tier_name || tier;
-  const en = TIERS_EN[tier] ?? "";
-  return h("span", { className: "tier", dataset: { tier } }, zh, en ? h("span", { className: "en" }, ` ${en}`) : "");
+  const name = lang === "en" ? TIERS_EN[tier] ?? member.tier_name ?? tier : member.tier_name || tier;
+  return h("span", { className: "tier", dataset: { tier } }, name);
 }
 
 function renderMember(member) {
@@ -112,16 +272,14 @@ function renderMember(member) {
   box.hidden = !member;
   if (!member) return box.replaceChildren();
   box.replaceChildren(
-    h("span", { className: "name" }, member.display_name || member.phone_masked || "会员"),
+    h("span", { className: "name" }, member.display_name || member.phone_masked || t("member")),
     tierLabel(member),
-    h("span", { className: "balance" }, h("span", { className: "zh" }, "积分 "), String(member.points ?? 0),
-      h("span", { className: "en" }, " points")),
+    h("span", { className: "balance" }, t("pointsBalance", member.points ?? 0)),
   );
 }
 
-function pricingRow(zh, en, value, className = "") {
-  return [h("dt", { className }, h("span", { className: "zh" }, zh), " ", h("span", { className: "en" }, en)),
-    h("dd", { className }, value)];
+function pricingRow(label, value, className = "") {
+  return [h("dt", { className }, label), h("dd", { className }, value)];
 }
 
 function redeemablePoints(s) {
@@ -135,7 +293,7 @@ function renderSale(s) {
   renderMember(s.member);
   const lines = s.lines ?? [];
   $("lines").replaceChildren(...lines.map((line) => h("tr", {},
-    h("td", {}, line.name || line.sku, line.qty > 1 ? h("span", { className: "unit" }, ` ${yuan(line.unit_price_fen)}`) : ""),
+    h("td", {}, line.name || line.sku, line.qty > 1 ? h("span", { className: "unit" }, yuan(line.unit_price_fen)) : ""),
     h("td", { className: "num" }, `×${line.qty}`),
     h("td", { className: "num" }, yuan(line.amount_fen ?? line.qty * line.unit_price_fen)),
   )));
@@ -143,13 +301,13 @@ function renderSale(s) {
 
   const p = s.pricing ?? {};
   const rows = [];
-  if (lines.length) rows.push(...pricingRow("小计", "Subtotal", yuan(p.subtotal_fen)));
-  if (p.tier_discount_fen) rows.push(...pricingRow("会员折扣", "Member discount", `-${yuan(p.tier_discount_fen)}`, "discount"));
-  if (p.coupon_discount_fen) rows.push(...pricingRow("优惠券", "Coupons", `-${yuan(p.coupon_discount_fen)}`, "discount"));
+  if (lines.length) rows.push(...pricingRow(t("subtotal"), yuan(p.subtotal_fen)));
+  if (p.tier_discount_fen) rows.push(...pricingRow(t("memberDiscount"), `-${yuan(p.tier_discount_fen)}`, "discount"));
+  if (p.coupon_discount_fen) rows.push(...pricingRow(t("coupons"), `-${yuan(p.coupon_discount_fen)}`, "discount"));
   if (p.points_redeemed) {
-    rows.push(...pricingRow(`积分抵扣 ${p.points_redeemed}`, `${p.points_redeemed} points`, `-${yuan(p.points_value_fen)}`, "discount"));
+    rows.push(...pricingRow(t("pointsRedeemed", p.points_redeemed), `-${yuan(p.points_value_fen)}`, "discount"));
   }
-  if (s.paid_fen) rows.push(...pricingRow("已付", "Paid", yuan(s.paid_fen)));
+  if (s.paid_fen) rows.push(...pricingRow(t("paidSoFar"), yuan(s.paid_fen)));
   $("pricing").replaceChildren(...rows);
 
   $("coupons").replaceChildren(...(s.coupons ?? []).map((coupon) => h("div", { className: "coupon" },
@@ -160,10 +318,8 @@ function renderSale(s) {
   const earn = $("earn");
   const earned = s.points?.earned ?? p.points_earned ?? 0;
   earn.hidden = !s.member || !lines.length;
-  earn.replaceChildren(
-    h("span", { className: "zh" }, `本单可得 ${earned} 积分`), " ", h("span", { className: "en" }, `earns ${earned} points`),
-    s.online === false ? h("span", { className: "provisional" }, " （暂计，联网后确认 provisional）") : "",
-  );
+  earn.replaceChildren(t("earns", earned),
+    s.online === false ? h("span", { className: "provisional" }, t("provisional")) : "");
 
   const left = s.remaining_fen ?? p.amount_due_fen ?? 0;
   $("due").textContent = yuan(lines.length ? left : 0);
@@ -181,40 +337,28 @@ function renderRedeem(s, hasLines) {
   box.hidden = !member?.may_redeem || !hasLines || (used === 0 && most === 0) || s.state === "tender";
   if (box.hidden) return box.replaceChildren();
   const button = used
-    ? h("button", { type: "button", className: "secondary", id: "redeem-none", onclick: () => redeem(s, 0) },
-      h("span", { className: "zh" }, "不使用积分"), h("span", { className: "en" }, "Don't use points"))
-    : h("button", { type: "button", id: "redeem-use", onclick: () => redeem(s, most) },
-      h("span", { className: "zh" }, `使用 ${most} 积分`), h("span", { className: "en" }, `Use ${most} points`));
+    ? h("button", { type: "button", className: "secondary", id: "redeem-none", onclick: () => redeem(s, 0) }, t("dontUsePoints"))
+    : h("button", { type: "button", id: "redeem-use", onclick: () => redeem(s, most) }, t("usePoints", most));
   box.replaceChildren(button);
-}
-
-async function redeem(s, points) {
-  try {
-    show(await api.put(`/v1/sessions/${encodeURIComponent(s.id)}/redemption`, { points }));
-  } catch (error) {
-    notice(error);
-  }
 }
 
 function renderWaiting(s) {
   const payment = s.payment ?? {};
   const onPhone = payment.state === "USERPAYING";
-  $("waiting-title").replaceChildren(onPhone
-    ? bilingual("请在手机上确认支付", "Confirm the payment on your phone", "span")
-    : bilingual("正在支付，请稍候", "Processing the payment", "span"));
+  $("waiting-title").textContent = t(onPhone ? "confirmOnPhone" : "processing");
   $("waiting-amount").textContent = yuan(payment.amount_fen ?? s.remaining_fen);
-  const state = $("waiting-state");
-  if (payment.state === "REVERSING") state.replaceChildren(bilingual("正在取消支付…", "Cancelling the payment…"));
-  else if (!onPhone && payment.message_zh) state.replaceChildren(bilingual(payment.message_zh, payment.message ?? ""));
-  else state.replaceChildren();
+  let state = "";
+  if (payment.state === "REVERSING") state = t("cancellingPayment");
+  else if (!onPhone && payment.message_zh) state = said(payment.message_zh, payment.message);
+  $("waiting-state").textContent = state;
   $("payment-cancel").disabled = payment.state === "REVERSING";
 }
 
 function renderFailure(s) {
   const payment = s.payment ?? {};
   const refusal = ui.refusal?.session_id === s.id ? ui.refusal : {};
-  $("failure-zh").textContent = payment.message_zh || refusal.zh || "支付未成功，请重试或换一种方式付款";
-  $("failure-en").textContent = payment.message || refusal.en || "The payment did not go through.";
+  $("failure-reason").textContent =
+    said(payment.message_zh || refusal.zh, payment.message || refusal.en) || t("paymentFailed");
 }
 
 function renderSuccess(s) {
@@ -223,43 +367,38 @@ function renderSuccess(s) {
   if (s.member) {
     const points = s.points ?? {};
     const mark = s.online === false ? " *" : "";
-    rows.push(...pricingRow("本次获得积分", "Points earned", `+${points.earned ?? s.pricing?.points_earned ?? 0}${mark}`, "earned"));
-    if (points.redeemed) rows.push(...pricingRow("本次使用积分", "Points used", `-${points.redeemed}`));
+    rows.push(...pricingRow(t("pointsEarned"), `+${points.earned ?? s.pricing?.points_earned ?? 0}${mark}`, "earned"));
+    if (points.redeemed) rows.push(...pricingRow(t("pointsUsed"), `-${points.redeemed}`));
     if (points.balance !== undefined && points.balance !== null) {
-      rows.push(...pricingRow("积分余额", "New balance", `${points.balance}${mark}`, "balance"));
+      rows.push(...pricingRow(t("newBalance"), `${points.balance}${mark}`, "balance"));
     }
-    if (mark) rows.push(h("dd", { className: "provisional" }, "* 暂计，联网后确认 provisional until the store is back online"));
+    if (mark) rows.push(h("dd", { className: "provisional" }, t("provisionalNote")));
   }
-  if (s.change_fen) rows.push(...pricingRow("找零", "Change", yuan(s.change_fen)));
+  if (s.change_fen) rows.push(...pricingRow(t("change"), yuan(s.change_fen)));
   $("success-points").replaceChildren(...rows);
   $("receipt-no").textContent = s.receipt_no ?? "—";
 }
 
-function renderCancelled(s) {
-  const reason = $("cancelled-reason");
-  const timedOut = ui.timedOut === s.id;
-  reason.replaceChildren(timedOut ? bilingual("长时间无操作，交易已自动取消", "Cancelled after a while without activity") : "");
-}
-
 // --- actions -------------------------------------------------------------------------------------------------
+
+const sessionPath = (id, step = "") => `/v1/sessions/${encodeURIComponent(id)}${step}`;
 
 async function ensureSale() {
   const s = current();
-  if (s && OPEN_STATES.has(s.state)) return { session: s, opened: false };
+  if (isOpen(s)) return { session: s, opened: false };
   try {
     return { session: show(await api.post("/v1/sessions", {})), opened: true };
   } catch (error) {
     if (error.code === "sale_open" && error.body.session_id) {
-      return { session: show(await api.get(`/v1/sessions/${encodeURIComponent(error.body.session_id)}`)), opened: false };
+      return { session: show(await api.get(sessionPath(error.body.session_id))), opened: false };
     }
     throw error;
   }
 }
 
-async function cancelSale(session, { quiet = false, timedOut = false } = {}) {
-  if (timedOut) ui.timedOut = session.id;
+async function cancelSale(session, { quiet = false } = {}) {
   try {
-    const after = await api.post(`/v1/sessions/${encodeURIComponent(session.id)}/cancel`);
+    const after = await api.post(sessionPath(session.id, "/cancel"));
     if (quiet) ui.dismissed = session.id;
     show(after);
     if (quiet) render();
@@ -274,11 +413,19 @@ async function cancelPayment() {
   ui.cancelledHere.add(s.payment.out_trade_no);
   render();
   try {
-    show(await api.post(`/v1/sessions/${encodeURIComponent(s.id)}/payment/cancel`));
-    notice({ zh: "支付已取消", en: "Payment cancelled" }, "info");
+    show(await api.post(sessionPath(s.id, "/payment/cancel")));
+    notice({ key: "paymentCancelled" }, "info");
   } catch (error) {
     ui.cancelledHere.delete(s.payment.out_trade_no);
     render();
+    notice(error);
+  }
+}
+
+async function redeem(s, points) {
+  try {
+    show(await api.put(sessionPath(s.id, "/redemption"), { points }));
+  } catch (error) {
     notice(error);
   }
 }
@@ -301,11 +448,10 @@ function closePhone() {
   const opened = ui.phone?.openedSession;
   ui.phone = null;
   $("phone-mine").checked = false;
+  $("phone-display").replaceChildren();
   const s = current();
   // A sale this keypad opened and nothing went into: take it away again.
-  if (s && s.id === opened && OPEN_STATES.has(s.state) && !s.member && !(s.lines ?? []).length) {
-    cancelSale(s, { quiet: true });
-  }
+  if (s && s.id === opened && isOpen(s) && !s.member && !(s.lines ?? []).length) cancelSale(s, { quiet: true });
   render();
 }
 
@@ -326,47 +472,146 @@ function pressKey(key) {
 }
 
 async function submitPhone() {
-  if (!ui.phone) return;
+  if (!ui.phone || $("phone-ok").disabled) return;
   const entry = ui.phone;
   $("phone-ok").disabled = true;
   try {
     const { session, opened } = await ensureSale();
     if (opened) entry.openedSession = session.id;
-    const after = await api.post(`/v1/sessions/${encodeURIComponent(session.id)}/phone`, { phone: entry.digits, confirmed: true });
+    const after = await api.post(sessionPath(session.id, "/phone"), { phone: entry.digits, confirmed: true });
     entry.digits = "";
     if (ui.phone === entry) ui.phone = null;
     show(after);
   } catch (error) {
     const box = $("phone-error");
-    box.replaceChildren(bilingual(error.messageZh || "未能识别此手机号", error.message));
+    box.textContent = said(error.messageZh, error.message) || t("phoneNotFound");
     box.hidden = false;
     if (ui.phone) renderPhone();
   }
 }
 
-// --- notices, activity, start --------------------------------------------------------------------------------
-
-let noticeTimer = null;
-
-/** A short message over the current screen: an ApiError, an event's message or `{ zh, en }`. */
-function notice(what, kind = "error") {
-  const zh = what.messageZh ?? what.message_zh ?? what.zh ?? null;
-  const en = what.en ?? what.message ?? "";
-  if (!zh && !en) return;
-  const box = $("notice");
-  box.className = `notice ${kind}`;
-  box.replaceChildren(bilingual(zh ?? "", en));
-  box.hidden = false;
-  clearTimeout(noticeTimer);
-  noticeTimer = setTimeout(hideNotice, NOTICE_S * 1000);
+/** The keyboard does what the touch screen does: digits, Backspace and Delete on the keypad, Enter to confirm,
+ *  Escape to go back or to answer "still there?". Buttons take Enter and Space themselves. */
+function onKey(event) {
+  if (event.ctrlKey || event.altKey || event.metaKey) return;
+  if (idle.prompt) {
+    if (event.key === "Escape") stillHere();
+    return;
+  }
+  if (ui.screen !== "phone") return;
+  const onControl = event.target instanceof Element && event.target.closest("button, input");
+  const key = event.key;
+  if (/^\d$/.test(key)) pressKey(key);
+  else if (key === "Backspace") pressKey("back");
+  else if (key === "Delete") pressKey("clear");
+  else if (key === "Escape") closePhone();
+  else if (key === "Enter" && !onControl) submitPhone();
+  else return;
+  event.preventDefault();
 }
 
-function hideNotice() {
-  $("notice").hidden = true;
-}
+// --- idle: still there? --------------------------------------------------------------------------------------
 
 function touch() {
-  ui.lastActivity = Date.now();
+  idle.since = Date.now();
+}
+
+/** "off" (no shopper's sale to leave behind), "paused" (a payment is in progress) or "counting". */
+function idleMode() {
+  if (paying(current())) return "paused";
+  return COUNTING_SCREENS.has(ui.screen) ? "counting" : "off";
+}
+
+function idleTick(now) {
+  const mode = idleMode();
+  document.body.dataset.idle = mode;
+  if (mode !== "counting") {
+    idle.since = now; // the count starts again once the payment has ended
+    hidePrompt();
+    return;
+  }
+  const quiet = now - idle.since;
+  if (quiet < IDLE_S * 1000) {
+    hidePrompt();
+    return;
+  }
+  const left = (IDLE_S + PROMPT_S) * 1000 - quiet;
+  if (left > 0) showPrompt(Math.ceil(left / 1000));
+  else timeOut();
+}
+
+function showPrompt(left) {
+  $("idle-seconds").textContent = String(left);
+  if (idle.prompt) return;
+  idle.prompt = true;
+  idle.returnFocus = document.activeElement;
+  $("idle-prompt").hidden = false;
+  document.querySelector("main").inert = true;
+  $("idle-continue").focus();
+}
+
+function hidePrompt() {
+  if (!idle.prompt) return;
+  idle.prompt = false;
+  $("idle-prompt").hidden = true;
+  document.querySelector("main").inert = false;
+  const back = idle.returnFocus;
+  idle.returnFocus = null;
+  if (back && back !== document.body && back.isConnected && !back.closest("[hidden]")) back.focus({ preventScroll: true });
+  else keepFocus();
+}
+
+function stillHere() {
+  touch();
+  hidePrompt();
+}
+
+/** Nobody answered "still there?": the screen is made ready for the next shopper. A sale with nothing paid is
+ *  cancelled; one with money taken is left to the staff (cancelling it is a void, which may need a supervisor:
+ *  the agent answers 403 approval_required). */
+async function timeOut() {
+  touch();
+  hidePrompt();
+  const s = current();
+  ui.phone = null;
+  if (!isOpen(s)) {
+    clearForNextShopper();
+    render();
+    return;
+  }
+  if (moneyTaken(s)) {
+    holdForStaff(s);
+    return;
+  }
+  ui.dismissed = s.id;
+  clearForNextShopper();
+  render();
+  try {
+    show(await api.post(sessionPath(s.id, "/cancel")));
+  } catch (error) {
+    if (error.status !== 404) holdForStaff(s); // refused (money was taken meanwhile) or not answered
+  }
+}
+
+function holdForStaff(s) {
+  ui.staffHold = s.id;
+  if (ui.dismissed === s.id) ui.dismissed = null;
+  if (ui.session?.id !== s.id) ui.session = s;
+  clearForNextShopper();
+  render();
+}
+
+/** Nothing of the last shopper stays: their data leaves the page and the browser's storage (the station's
+ *  token stays), notices go, and the screen speaks Chinese again. */
+function clearForNextShopper() {
+  for (const node of document.querySelectorAll("[data-customer]")) node.replaceChildren();
+  $("member").hidden = true;
+  $("phone-error").hidden = true;
+  $("phone-mine").checked = false;
+  hideNotice();
+  ui.refusal = null;
+  forgetAllButToken();
+  setLanguage("zh");
 }
 
 function tick() {
@@ -374,14 +619,43 @@ function tick() {
   const s = current();
   if ((ui.screen === "success" || ui.screen === "cancelled") && now - ui.screenSince >= FINAL_S * 1000) {
     ui.dismissed = s?.id ?? null;
+    if (s) ui.session = { id: s.id, version: s.version, state: s.state }; // none of its shopper's data
+    clearForNextShopper();
     render();
-    return;
   }
-  if (now - ui.lastActivity < IDLE_S * 1000) return;
-  touch();
-  if (ui.screen === "phone") closePhone();
-  else if (s && OPEN_STATES.has(s.state) && (ui.screen === "sale" || ui.screen === "failure")) cancelSale(s, { timedOut: true });
+  idleTick(now);
 }
+
+// --- notices -------------------------------------------------------------------------------------------------
+
+let noticeTimer = null;
+
+/** A short message over the current screen: an ApiError, an event's message, or `{ key }` of TEXTS. */
+function notice(what, kind = "error") {
+  ui.notice = { what, kind };
+  if (!renderNotice()) return;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(hideNotice, NOTICE_S * 1000);
+}
+
+function renderNotice() {
+  const box = $("notice");
+  if (!ui.notice) return false;
+  const { what, kind } = ui.notice;
+  const text = what.key ? t(what.key) : said(what.messageZh ?? what.message_zh ?? what.zh, what.en ?? what.message);
+  if (!text) return false;
+  box.className = `notice ${kind}`;
+  box.textContent = text;
+  box.hidden = false;
+  return true;
+}
+
+function hideNotice() {
+  ui.notice = null;
+  $("notice").hidden = true;
+}
+
+// --- the agent: events, status, start ------------------------------------------------------------------------
 
 function onEvent(type, data) {
   const s = data.session;
@@ -390,40 +664,37 @@ function onEvent(type, data) {
     notice({ zh: data.message_zh ?? null, en: data.message ?? "" });
   }
   if (s) show(s);
+  if (type === "status") poll().catch(() => {});
 }
 
-async function refreshStation() {
-  try {
-    const status = await api.get("/v1/status");
-    ui.stationOnline = status.checkout?.online ?? null;
-    if (status.store_name) $("store").dataset.store = status.store_name;
-    render();
-  } catch {
-    // 401 locks the screen (onUnauthorized); the agent being away shows on the next call that matters
-  }
-}
-
-async function resync() {
-  const shown = current();
-  try {
-    show(await api.get("/v1/sessions/current"));
-  } catch (error) {
-    if (error.status === 404 && shown && OPEN_STATES.has(shown.state)) {
-      show(await api.get(`/v1/sessions/${encodeURIComponent(shown.id)}`).catch(() => null));
+/** The station as the agent describes it: online or not, the store's name, and its open sale, read by id. Asking
+ *  for /v1/sessions/current instead would answer 404 whenever no sale is open, an error in the browser's log. */
+async function poll() {
+  const status = await api.get("/v1/status");
+  ui.stationOnline = status.checkout?.online ?? null;
+  $("store").textContent = status.store_name ?? "";
+  const open = status.checkout?.open_session ?? null;
+  const shown = ui.session;
+  if (open) show(await api.get(sessionPath(open)));
+  if (shown && shown.id !== open && isOpen(shown)) {
+    // The sale last seen open has ended since (paid, cancelled): how, once.
+    try {
+      show(await api.get(sessionPath(shown.id)));
+    } catch (error) {
+      if (error.status === 404 && ui.session === shown) ui.session = null; // the agent no longer knows it
     }
   }
+  render();
 }
 
 async function start() {
   try {
-    show(await api.get("/v1/sessions/current"));
+    await poll();
   } catch (error) {
     if (error.status === 401) return;
-    if (error.status !== 404) {
-      notice(error);
-      setTimeout(start, 3000);
-      return;
-    }
+    notice(error);
+    setTimeout(start, 3000);
+    return;
   }
   ui.started = true;
   render();
@@ -434,6 +705,7 @@ api.onUnauthorized = () => {
   render();
 };
 
+$("lang").addEventListener("click", switchLanguage);
 $("use-phone").addEventListener("click", openPhone);
 $("sale-phone").addEventListener("click", openPhone);
 $("phone-cancel").addEventListener("click", closePhone);
@@ -451,15 +723,16 @@ $("failure-retry").addEventListener("click", () => {
   if (payment) ui.seenFailures.add(payment.out_trade_no);
   render();
 });
+$("idle-continue").addEventListener("click", stillHere);
 for (const kind of ["pointerdown", "keydown"]) document.addEventListener(kind, touch, { capture: true });
+document.addEventListener("keydown", onKey);
 
+setLanguage("zh");
 api.follow("/v1/events", EVENT_TYPES, onEvent, (up) => {
   document.body.dataset.live = String(up);
-  if (up) resync(); // what happened while the stream was not connected
+  if (up && ui.started) poll().catch(() => {}); // what happened while the stream was not connected
 });
 // The event stream is the fast path; this slow look catches anything it dropped.
-setInterval(() => { if (!ui.locked) resync(); }, 3000);
-refreshStation();
-setInterval(refreshStation, 10_000);
+setInterval(() => { if (ui.started && !ui.locked) poll().catch(() => {}); }, POLL_MS);
 setInterval(tick, 250);
 start();
