@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import FrameType
 
 import sqlalchemy as sa
 import uvicorn
@@ -236,6 +238,10 @@ def serve(settings: Settings) -> None:
     server.run()
     if not server.started:
         raise SystemExit(1)
+    if signal.SIGINT in server.stopped_by:
+        # uvicorn raises the signal again once shut down, but asyncio's runner may already be past its last await
+        # and swallow it: say "stopped by Ctrl-C" (exit 130) ourselves.
+        raise KeyboardInterrupt
 
 
 class NotifyingServer(uvicorn.Server):
@@ -250,6 +256,11 @@ class NotifyingServer(uvicorn.Server):
         self.notifier = notifier
         self.agent = agent
         self._tasks: list[asyncio.Task] = []
+        self.stopped_by: list[int] = []  # the signals that stopped it
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.stopped_by.append(sig)
+        super().handle_exit(sig, frame)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
