@@ -42,14 +42,18 @@ def no_console_errors(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not errors, f"errors in the browser's console: {errors}"
 
 
-def open_kiosk(page: Page, stack: Stack, **options: object) -> None:
-    """The kiosk at idle, following the station's events (so the next scan shows), on a clock the test can move."""
+def open_kiosk(page: Page, stack: Stack, *, stop_clock: bool = False, **options: object) -> None:
+    """The kiosk at idle, following the station's events (so the next scan shows), on a clock the test can move.
+
+    `stop_clock`: the page's time then moves only when the test moves it, so a countdown reads exactly."""
     fragment = "&".join([f"token={stack.token}", *(f"{name}={value}" for name, value in options.items())])
     page.clock.install()
     page.goto(f"{stack.url}/kiosk/#{fragment}")
     expect(page.locator("body")).to_have_attribute("data-live", "true")
     expect(page.locator("#screen-idle")).to_be_visible()
     expect(page.locator("#screen-idle")).to_contain_text("请扫描会员码或付款码")
+    if stop_clock:
+        page.clock.pause_at(page.evaluate("Date.now()") + 1_000)
 
 
 def set_basket(stack: Stack, *lines: dict) -> dict:
@@ -239,7 +243,7 @@ def test_nobody_answers_still_there_so_the_sale_is_cancelled_and_nothing_of_the_
     stack = stack_factory(kind="kiosk")
     member = stack.add_member(points=1000, tier="gold", display_name="王*明")
     stack.sync_now()
-    open_kiosk(page, stack)
+    open_kiosk(page, stack, stop_clock=True)
     stack.scan(stack.member_code(member))
     stack.scan(WATER["sku"])
     expect(page.locator("#member")).to_contain_text("王*明")
@@ -286,7 +290,7 @@ def test_nobody_answers_still_there_so_the_sale_is_cancelled_and_nothing_of_the_
 
 def test_the_idle_count_stands_still_while_the_customer_confirms_on_the_phone(page: Page, stack_factory) -> None:
     stack = stack_factory(kind="kiosk")
-    open_kiosk(page, stack)
+    open_kiosk(page, stack, stop_clock=True)
     stack.scan(WATER["sku"])
     expect(page.locator("#pay-prompt")).to_be_visible()
     expect(page.locator("body")).to_have_attribute("data-idle", "counting")

@@ -248,6 +248,7 @@ function render() {
   $("offline").hidden = online !== false || name === "locked";
   if (name === "phone" || s) SCREENS[name]?.(s);
   if (name === "failure" || name === "locked") hideNotice();
+  document.body.dataset.idle = idleMode();
   if (changed) keepFocus();
 }
 
