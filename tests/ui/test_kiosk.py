@@ -288,6 +288,23 @@ def test_nobody_answers_still_there_so_the_sale_is_cancelled_and_nothing_of_the_
     expect(page.locator("#member")).to_be_hidden()
 
 
+def test_a_number_half_typed_and_left_is_wiped(page: Page, stack_factory) -> None:
+    stack = stack_factory(kind="kiosk")
+    open_kiosk(page, stack, stop_clock=True)
+    page.locator("#use-phone").click()
+    page.keyboard.type("1391234")
+    expect(page.locator("#phone-display")).to_have_text("139****____")
+
+    page.clock.fast_forward(IDLE_MS)
+    expect(page.locator("#idle-prompt")).to_be_visible()
+    page.clock.fast_forward(COUNTDOWN_MS)
+    expect(page.locator("#screen-idle")).to_be_visible()
+    assert shoppers_data_left(page) == []
+    assert "139" not in page.locator("body").inner_text()
+    page.locator("#use-phone").click()  # the next shopper starts with an empty number
+    expect(page.locator("#phone-display")).to_have_text("___________")
+
+
 def test_the_idle_count_stands_still_while_the_customer_confirms_on_the_phone(page: Page, stack_factory) -> None:
     stack = stack_factory(kind="kiosk")
     open_kiosk(page, stack, stop_clock=True)
