@@ -45,6 +45,8 @@ from agent.errors import (
 )
 from agent.identify import MemberNotFound
 from agent.member_cache import PhoneLookupUnavailable
+from agent.membership import qr_svg
+from agent.receipts import e_receipt_url
 from agent.refunds import RefundLine
 from agent.sale import (
     CodePayment,
@@ -57,6 +59,7 @@ from agent.sale import (
     SaleState,
     Tender,
 )
+from agent.settings import Settings
 
 sessions_router = APIRouter(prefix="/v1/sessions", tags=["checkout"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
 checkout_router = APIRouter(prefix="/v1", tags=["checkout"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
@@ -172,6 +175,11 @@ class Session(BaseModel):
     transaction_id: str | None
     receipt_no: str | None = Field(description="short, on the receipt's barcode, e.g. T012611230042")
     receipt_job_id: str | None
+    e_receipt_url: str | None = Field(
+        description="once paid, the e-receipt page the receipt's QR opens (null without the privacy key); "
+        "null in an event's session: read the session"
+    )
+    e_receipt_qr_svg: str | None = Field(description="that link as a QR code, SVG markup for the screen")
     price_approved_by: str | None = Field(description="the supervisor who approved the basket's price overrides")
     message: str | None
 
@@ -235,8 +243,12 @@ class MemberFound(BaseModel):
     from_central: bool = Field(description="not in the till's cache: found by asking central")
 
 
-def _session(sale: Sale) -> Session:
-    return Session.model_validate(sale.view())
+def _session(sale: Sale, settings: Settings) -> Session:
+    """The sale as answered; a paid one with its e-receipt link and QR, for the customer's screen."""
+    link = None
+    if sale.transaction_id is not None:
+        link = e_receipt_url(settings.e_receipt_template, sale.transaction_id, settings.privacy.key_bytes())
+    return Session.model_validate(sale.view(link, None if link is None else qr_svg(link)))
 
 
 EVENT_STREAM: dict[int | str, dict[str, Any]] = {
@@ -247,19 +259,19 @@ SESSION_STEP = error_responses(NotFound, NotNow)
 
 @sessions_router.post("", status_code=201, responses=error_responses(SaleOpen, DiskFull))
 async def open_session(checkout: CheckoutDep) -> Session:
-    return _session(await checkout.open())
+    return _session(await checkout.open(), checkout.settings)
 
 
 @sessions_router.get("/current", responses=error_responses(NotFound))
 async def current_session(checkout: CheckoutDep) -> Session:
     if checkout.current is None:
         raise NotFound("no sale is open at this station")
-    return _session(await checkout.look(checkout.current.id))
+    return _session(await checkout.look(checkout.current.id), checkout.settings)
 
 
 @sessions_router.get("/{session_id}", responses=error_responses(NotFound))
 async def get_session(session_id: str, checkout: CheckoutDep) -> Session:
-    return _session(await checkout.look(session_id))
+    return _session(await checkout.look(session_id), checkout.settings)
 
 
 @sessions_router.post(
@@ -269,12 +281,12 @@ async def get_session(session_id: str, checkout: CheckoutDep) -> Session:
     ),
 )
 async def enter_code(session_id: str, body: CodeIn, checkout: CheckoutDep) -> Session:
-    return _session(await checkout.code(session_id, body.text))
+    return _session(await checkout.code(session_id, body.text), checkout.settings)
 
 
 @sessions_router.post("/{session_id}/phone", responses=error_responses(NotFound, NotNow, InvalidPhone))
 async def enter_phone(session_id: str, body: PhoneIn, checkout: CheckoutDep) -> Session:
-    return _session(await checkout.phone(session_id, body.phone, body.confirmed))
+    return _session(await checkout.phone(session_id, body.phone, body.confirmed), checkout.settings)
 
 
 @sessions_router.put(
@@ -286,7 +298,7 @@ async def set_basket(session_id: str, body: BasketIn, checkout: CheckoutDep, app
     a new one needs `approval` when `approval.actions` has price_override."""
     lines = [SaleLine(**line.model_dump()) for line in body.lines]
     approved_by = await _checked(approvals, body.approval)
-    return _session(await checkout.set_basket(session_id, lines, approved_by))
+    return _session(await checkout.set_basket(session_id, lines, approved_by), checkout.settings)
 
 
 class QuantityIn(BaseModel):
@@ -296,17 +308,17 @@ class QuantityIn(BaseModel):
 @sessions_router.put("/{session_id}/lines/{index}", responses=error_responses(BasketRefused, NotFound, NotNow))
 async def set_quantity(session_id: str, index: int, body: QuantityIn, checkout: CheckoutDep) -> Session:
     """A line's quantity, changed by the customer at a kiosk (0 takes it off); its price stays the catalogue's."""
-    return _session(await checkout.set_quantity(session_id, index, body.qty))
+    return _session(await checkout.set_quantity(session_id, index, body.qty), checkout.settings)
 
 
 @sessions_router.put("/{session_id}/redemption", responses=error_responses(NotFound, NotNow, RedemptionNotAllowed))
 async def set_redemption(session_id: str, body: RedemptionIn, checkout: CheckoutDep) -> Session:
-    return _session(await checkout.set_redemption(session_id, body.points))
+    return _session(await checkout.set_redemption(session_id, body.points), checkout.settings)
 
 
 @sessions_router.delete("/{session_id}/coupons/{code}", responses=SESSION_STEP)
 async def remove_coupon(session_id: str, code: str, checkout: CheckoutDep) -> Session:
-    return _session(await checkout.remove_coupon(session_id, code))
+    return _session(await checkout.remove_coupon(session_id, code), checkout.settings)
 
 
 @sessions_router.post(
@@ -317,12 +329,12 @@ async def take_tender(session_id: str, body: TenderIn, checkout: CheckoutDep) ->
     sale = await checkout.tender(
         session_id, body.kind, body.amount_fen, body.tendered_fen, body.reference, body.auth_code
     )
-    return _session(sale)
+    return _session(sale, checkout.settings)
 
 
 @sessions_router.post("/{session_id}/payment/cancel", responses=SESSION_STEP)
 async def cancel_payment(session_id: str, checkout: CheckoutDep) -> Session:
-    return _session(await checkout.cancel_payment(session_id))
+    return _session(await checkout.cancel_payment(session_id), checkout.settings)
 
 
 @sessions_router.post("/{session_id}/cancel", responses=error_responses(NotFound, NotNow, *APPROVAL_ERRORS))
@@ -331,7 +343,7 @@ async def cancel_session(
 ) -> Session:
     """Cancel the sale. Once money was taken this is a void, which needs `approval` when `approval.actions` has void."""
     approved_by = await _checked(approvals, None if body is None else body.approval)
-    return _session(await checkout.cancel(session_id, approved_by))
+    return _session(await checkout.cancel(session_id, approved_by), checkout.settings)
 
 
 @sessions_router.get(

@@ -250,8 +250,9 @@ class Sale(BaseModel):
             provisional=not self.online,
         )
 
-    def view(self) -> dict[str, Any]:
-        """The session as the API and the screens see it (docs/checkout.md)."""
+    def view(self, e_receipt_url: str | None = None, e_receipt_qr_svg: str | None = None) -> dict[str, Any]:
+        """The session as the API and the screens see it (docs/checkout.md). The API's answer gives a paid sale its
+        e-receipt link and that link's QR (made from the settings); an event's view leaves them null."""
         payment = self.payment
         return {
             **self.model_dump(mode="json", exclude={"payments", "redeem_points", "created_at", "declined_coupons"}),
@@ -263,4 +264,6 @@ class Sale(BaseModel):
             "change_fen": self.change_fen,
             "payment": None if payment is None else payment.model_dump(mode="json"),
             "points": None if (points := self.points()) is None else points.model_dump(),
+            "e_receipt_url": e_receipt_url,
+            "e_receipt_qr_svg": e_receipt_qr_svg,
         }
