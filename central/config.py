@@ -156,6 +156,67 @@ class Settings(BaseSettings):
         600.0, ge=0, le=86400, examples=[600.0], description="how often the service checks the last days; 0: never"
     )
 
+    # --- WeChat mini program and official account: identity for central (central/wechat, docs/WECHAT.md) ---------
+    # An app is configured by its appid and AppSecret together; without them its routes answer 404 not_configured.
+    wechat_api_base_url: str = Field(
+        "https://api.weixin.qq.com",
+        examples=["https://api.weixin.qq.com"],
+        description="WeChat's server API (mini program login, phone number, official account followers); "
+        "a simulator's URL in the demo",
+    )
+    wechat_miniprogram_appid: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,32}$", examples=["wx5f3c9a1e7b2d4068"]
+    )
+    wechat_miniprogram_secret: SecretStr | None = Field(
+        None,
+        examples=["set POS_CENTRAL_WECHAT_MINIPROGRAM_SECRET: the mini program's AppSecret"],
+        description="AppSecret of wechat_miniprogram_appid (login and access tokens)",
+    )
+    wechat_official_account_appid: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,32}$", examples=["wx9b1d7e3a5c2f8046"]
+    )
+    wechat_official_account_secret: SecretStr | None = Field(
+        None,
+        examples=["set POS_CENTRAL_WECHAT_OFFICIAL_ACCOUNT_SECRET: the official account's AppSecret"],
+        description="AppSecret of wechat_official_account_appid (access tokens for the follower sync)",
+    )
+    wechat_session_ttl_seconds: int = Field(
+        7200, ge=60, le=30 * 86400, examples=[7200], description="how long a mini program session token is valid"
+    )
+    wechat_watermark_max_age_seconds: int = Field(
+        600,
+        ge=10,
+        le=86400,
+        examples=[600],
+        description="decrypted user data whose watermark.timestamp is older than this is refused",
+    )
+    wechat_follower_sync_seconds: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 86400,
+        examples=[3600.0],
+        description="how often the official account's followers are walked for UnionIDs; 0: never",
+    )
+    wechat_api_calls_per_second: float = Field(
+        20.0, gt=0, le=1000, examples=[20.0], description="most calls per second central makes to WeChat, per app"
+    )
+    wechat_api_timeout_seconds: float = Field(10.0, gt=0, le=120, examples=[10.0], description="per request")
+
+    @model_validator(mode="after")
+    def _check_wechat_apps(self) -> Settings:
+        for app in ("miniprogram", "official_account"):
+            if bool(getattr(self, f"wechat_{app}_appid")) != bool(getattr(self, f"wechat_{app}_secret")):
+                raise ValueError(
+                    f"give wechat_{app}_appid and wechat_{app}_secret together (the app and its AppSecret)"
+                )
+        if (
+            self.environment != "development"
+            and (self.wechat_miniprogram_appid or self.wechat_official_account_appid)
+            and not self.wechat_api_base_url.startswith("https://")
+        ):
+            raise ValueError('wechat_api_base_url must be an https:// URL outside environment = "development"')
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
