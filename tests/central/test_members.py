@@ -167,14 +167,19 @@ def test_joining_records_the_consent_gives_welcome_points_once_and_a_card_number
         joined = enrol(client, body)
         again = enrol(client, body)  # the same customer joins again at another visit
     assert joined.status_code == 201 and again.status_code == 200
-    first, second = contract.EnrolResult.model_validate(joined.json()), contract.EnrolResult.model_validate(again.json())
+    first, second = (
+        contract.EnrolResult.model_validate(joined.json()),
+        contract.EnrolResult.model_validate(again.json()),
+    )
     assert first.welcome_points == 100 and first.member.points == 100
     assert second.welcome_points == 0 and second.member.points == 100  # booked once
     [card_no] = [i.value for i in first.member.identifiers if i.kind == "card_no"]
     assert card_no.startswith("8800") and len(card_no) == 13 and luhn_ok(card_no)
     with central.session() as session:
         consents = session.exec(select(MemberConsent).order_by(MemberConsent.id)).all()
-    assert [(c.member_id, c.notice_version, c.store_id) for c in consents] == [(first.member.member_id, "2026-11", "S1")] * 2
+    assert [(c.member_id, c.notice_version, c.store_id) for c in consents] == [
+        (first.member.member_id, "2026-11", "S1")
+    ] * 2
 
 
 def luhn_ok(number: str) -> bool:
