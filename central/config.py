@@ -112,6 +112,69 @@ class Settings(BaseSettings):
         5.0, gt=0, le=3600, examples=[5.0], description="how often the card queue is pushed"
     )
 
+    # WeChat Pay API v3 for code payment (central/payments/wechat_v3.py; docs/WECHAT.md, "WeChat Pay: v2 or v3").
+    # v3 signs requests with the merchant's RSA key and checks WeChat Pay's answers with the WeChat Pay public key
+    # or a platform certificate (both at once while switching). wechat_api_key stays needed: identifying the payer
+    # (authcodetoopenid) and the settlement bill exist in API v2 only.
+    wechat_pay_api: Literal["v2", "v3"] = Field(
+        "v2", examples=["v3"], description="the WeChat Pay API code payments and refunds go through"
+    )
+    wechat_merchant_serial_no: str | None = Field(
+        None,
+        pattern=r"^[0-9A-Fa-f]{1,64}$",
+        examples=["444F4864EA9B34415E5C03CE1E7F8A86D9A3BF34"],
+        description="serial number of the merchant API certificate; read from wechat_cert_path when not set",
+    )
+    wechat_v3_private_key_path: Path | None = Field(
+        None,
+        examples=["/etc/pos-central/apiclient_key.pem"],
+        description="the merchant API private key that signs v3 requests; wechat_key_path when not set",
+    )
+    wechat_pay_public_key_path: Path | None = Field(
+        None, examples=["/etc/pos-central/pub_key.pem"], description="the WeChat Pay public key (verifies answers)"
+    )
+    wechat_pay_public_key_id: str | None = Field(
+        None,
+        pattern=r"^PUB_KEY_ID_[0-9A-Za-z_]+$",
+        examples=["PUB_KEY_ID_0119000001092026010100000000000001"],
+        description="its id, the serial WeChat Pay names it by",
+    )
+    wechat_platform_cert_path: Path | None = Field(
+        None,
+        examples=["/etc/pos-central/wechatpay_platform_cert.pem"],
+        description="a WeChat Pay platform certificate (verifies answers signed under its serial number)",
+    )
+    wechat_api_v3_key: SecretStr | None = Field(
+        None,
+        examples=["set POS_CENTRAL_WECHAT_API_V3_KEY: the 32-character API v3 key of the merchant platform"],
+        description="decrypts notifications and downloaded certificates (AEAD_AES_256_GCM)",
+    )
+
+    @model_validator(mode="after")
+    def _check_wechat_pay_v3(self) -> Settings:
+        if self.wechat_pay_api != "v3" or not self.wechat_base_url:
+            return self
+        if self.wechat_v3_private_key_path is None and self.wechat_key_path is None:
+            raise ValueError('wechat_pay_api = "v3" needs the merchant API private key: set wechat_v3_private_key_path')
+        if self.wechat_merchant_serial_no is None and self.wechat_cert_path is None:
+            raise ValueError(
+                'wechat_pay_api = "v3" needs wechat_merchant_serial_no (the merchant API certificate\'s serial number)'
+            )
+        if (self.wechat_pay_public_key_path is None) != (self.wechat_pay_public_key_id is None):
+            raise ValueError(
+                "give wechat_pay_public_key_path and wechat_pay_public_key_id together (the key and its id)"
+            )
+        if self.wechat_pay_public_key_path is None and self.wechat_platform_cert_path is None:
+            raise ValueError(
+                'wechat_pay_api = "v3" needs a key to check WeChat Pay\'s answers with: wechat_pay_public_key_path '
+                "and wechat_pay_public_key_id, or wechat_platform_cert_path (or both while switching)"
+            )
+        if self.wechat_api_v3_key is None:
+            raise ValueError('wechat_pay_api = "v3" needs wechat_api_v3_key (POS_CENTRAL_WECHAT_API_V3_KEY)')
+        if len(self.wechat_api_v3_key.get_secret_value().encode("utf-8")) != 32:
+            raise ValueError("wechat_api_v3_key must be 32 characters (the API v3 key set in the merchant platform)")
+        return self
+
     # Alipay face-to-face (the client is central/payments/alipay.py).
     alipay_base_url: str | None = Field(None, examples=["https://openapi.alipay.com/gateway.do"])
     alipay_app_id: str | None = Field(None, pattern=r"^[0-9A-Za-z_-]{1,32}$", examples=["2021000000000000"])
@@ -370,7 +433,15 @@ def _secrets_others_can_read(path: Path, data: dict[str, Any]) -> tuple[str, ...
     )
 
 
-PATH_KEYS = ("wechat_cert_path", "wechat_key_path", "alipay_private_key_path", "alipay_public_key_path")
+PATH_KEYS = (
+    "wechat_cert_path",
+    "wechat_key_path",
+    "wechat_v3_private_key_path",
+    "wechat_pay_public_key_path",
+    "wechat_platform_cert_path",
+    "alipay_private_key_path",
+    "alipay_public_key_path",
+)
 
 
 def resolve_sqlite_path(url: str, base: Path) -> str:
