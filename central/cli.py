@@ -376,12 +376,25 @@ def simulate() -> None:
 @click.option(
     "--slow-seconds", type=float, default=15.0, show_default=True, help="How long scenario 50 holds its answer."
 )
+@click.option(
+    "--wechatpay-private-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="API v3: the private key of the settings' WeChat Pay public key, which signs the simulator's answers. "
+    "Default: wechatpay_private_key.pem next to wechat_pay_public_key_path.",
+)
 def simulate_wechat(
-    config_path: Path, host: str, port: int | None, userpaying_seconds: float, slow_seconds: float
+    config_path: Path,
+    host: str,
+    port: int | None,
+    userpaying_seconds: float,
+    slow_seconds: float,
+    wechatpay_private_key: Path | None,
 ) -> None:
-    """Serve the WeChat Pay v2 simulator (and the member-card API) with the settings' appid, mch_id, API key and
-    card AppSecret, so the central service configured by the same file talks to it. The auth code's last two
-    digits pick the scenario (docs/PAYMENTS.md)."""
+    """Serve the WeChat Pay simulator (and the member-card API) with the settings' appid, mch_id, API key and
+    card AppSecret, so the central service configured by the same file talks to it. It answers API v2, and API v3
+    under /v3/... when the settings hold v3 keys (the merchant private key, the WeChat Pay public key and its id):
+    it checks requests with the merchant's public key and signs answers with the WeChat Pay key pair. The auth
+    code's last two digits pick the scenario (docs/PAYMENTS.md)."""
     from urllib.parse import urlsplit
 
     import uvicorn
@@ -398,7 +411,7 @@ def simulate_wechat(
             "set wechat_appid, wechat_mch_id and wechat_api_key in the settings (the simulator uses them)"
         )
     base = urlsplit(settings.wechat_base_url or "")
-    simulator = WeChatSimulator(
+    common: dict = dict(
         appid=settings.wechat_appid,
         mch_id=settings.wechat_mch_id,
         api_key=settings.wechat_api_key.get_secret_value(),
@@ -410,9 +423,49 @@ def simulate_wechat(
             else {}
         ),
     )
+    merchant_key = settings.wechat_v3_private_key_path or settings.wechat_key_path
+    if settings.wechat_pay_public_key_path and settings.wechat_pay_public_key_id and merchant_key:
+        simulator: WeChatSimulator = _v3_simulator(settings, merchant_key, wechatpay_private_key, common)
+        apis = "v2 and v3"
+    else:
+        if settings.wechat_pay_api == "v3":
+            raise click.UsageError(
+                "the simulator signs its v3 answers with a WeChat Pay public key pair: set wechat_pay_public_key_path "
+                "and wechat_pay_public_key_id (the demo's keys are in config/demo-keys/)"
+            )
+        simulator = WeChatSimulator(**common)
+        apis = "v2"
     port = port or base.port or 8801
-    click.echo(f"WeChat Pay v2 simulator for appid {settings.wechat_appid} on http://{host}:{port}", err=True)
+    click.echo(f"WeChat Pay {apis} simulator for appid {settings.wechat_appid} on http://{host}:{port}", err=True)
     uvicorn.run(simulator.app(), host=host, port=port, log_level="warning", access_log=False)
+
+
+def _v3_simulator(settings, merchant_key: Path, wechatpay_private_key: Path | None, common: dict):
+    """The v2 and v3 simulator for these settings: the merchant's public key from its private key (both on this
+    development machine), the WeChat Pay key pair from `wechatpay_private_key` checked against the settings'."""
+    from central.payments.simulators.wechat_v3 import WeChatV3Simulator
+    from central.payments.wechat_v3 import load_private_key, load_public_key, public_pem
+
+    private_path = wechatpay_private_key or settings.wechat_pay_public_key_path.parent / "wechatpay_private_key.pem"
+    try:
+        merchant = load_private_key(merchant_key.read_bytes())
+        signer_pem = private_path.read_text(encoding="ascii")
+        signer = load_private_key(signer_pem)
+        configured = load_public_key(settings.wechat_pay_public_key_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise click.UsageError(f"the v3 simulator's keys: {exc}") from None
+    if public_pem(signer) != public_pem(configured):
+        raise click.UsageError(
+            f"{private_path} is not the private key of wechat_pay_public_key_path {settings.wechat_pay_public_key_path}: "
+            "central could not verify the simulator's answers"
+        )
+    return WeChatV3Simulator(
+        **common,
+        merchant_public_key_pem=public_pem(merchant),
+        merchant_serial_no=settings.wechat_merchant_serial_no or "",
+        wechatpay_private_key_pem=signer_pem,
+        public_key_id=settings.wechat_pay_public_key_id,
+    )
 
 
 @cli.group()

@@ -303,8 +303,11 @@ class Gateway:
         message = None if member else "no member holds this payer's openid"
         return contract.IdentifyResult(provider=name, payer=payer, member=member, may_redeem=False, message=message)
 
-    async def pay(self, store_id: str, request: contract.PaymentRequest) -> tuple[contract.Payment, bool]:
-        """Start a payment, or answer the one this `out_trade_no` already is. (payment, created)."""
+    async def pay(
+        self, store_id: str, request: contract.PaymentRequest, device_ip: str | None = None
+    ) -> tuple[contract.Payment, bool]:
+        """Start a payment, or answer the one this `out_trade_no` already is. (payment, created). `device_ip`: the
+        till's address as the request came in (WeChat Pay v3 reports it with the charge)."""
         name = self.route(request.auth_code, request.provider)
         fingerprint = self._fingerprint(store_id, request)
         now = self.clock()
@@ -333,6 +336,7 @@ class Gateway:
                 store_id=store_id,
                 station_id=request.station_id,
                 expires_at=now + timedelta(seconds=self.timings.limit),  # the provider closes it when we give up
+                device_ip=device_ip,
             )
             self._spawn(request.out_trade_no, charge)
         if row.state == PaymentState.PENDING and self.timings.answer > 0:

@@ -1,6 +1,6 @@
 """What the gateway needs from a payment provider, whatever its wire protocol.
 
-A provider client speaks one protocol (WeChat Pay API v2 XML, Alipay OpenAPI with RSA2) against a base URL from
+A provider client speaks one protocol (WeChat Pay API v2 XML or v3 JSON, Alipay OpenAPI with RSA2) against a base URL from
 settings: the real provider in production, a simulator (central/payments/simulators/) in the demo and tests.
 Clients translate the protocol's answers into the outcomes below and raise ProviderError subclasses for
 failures of the exchange itself; the gateway owns the state machine and never sees XML or JSON.
@@ -59,6 +59,8 @@ class Charge:
     # provider to refuse or close the order from then on (WeChat time_expire, Alipay time_expire/timeout_express),
     # no earlier than the provider allows; None sends no expiry.
     expires_at: datetime | None = None
+    # The till's IP address as central saw the request (WeChat Pay v3 scene_info.device_ip); None: not known.
+    device_ip: str | None = None
 
 
 @dataclass(frozen=True)

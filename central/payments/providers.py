@@ -1,5 +1,6 @@
-"""The provider clients the settings configure: WeChat Pay when `wechat_base_url` is set, Alipay when
-`alipay_base_url` is set and its client (central/payments/alipay.py) is part of this release."""
+"""The provider clients the settings configure: WeChat Pay when `wechat_base_url` is set (API v2, or v3 with
+`wechat_pay_api = "v3"`), Alipay when `alipay_base_url` is set and its client (central/payments/alipay.py) is part
+of this release."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ class ProviderSetupError(Exception):
 
 def build_providers(settings: Settings) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
-    if settings.wechat_configured:
+    if settings.wechat_configured and settings.wechat_pay_api == "v3":
+        from central.payments.wechat_v3 import WeChatPayV3Client
+
+        try:
+            providers["wechat"] = WeChatPayV3Client.from_settings(settings)
+        except ValueError as exc:
+            raise ProviderSetupError(f"WeChat Pay API v3: {exc}") from exc
+    elif settings.wechat_configured:
         from central.payments.wechat import WeChatPayClient
 
         try:

@@ -61,12 +61,13 @@ async def identify(
     },
 )
 async def pay(
-    request: contract.PaymentRequest, response: Response, store: CurrentStore, gateway: GatewayDep
+    request: contract.PaymentRequest, response: Response, store: CurrentStore, gateway: GatewayDep, http: Request
 ) -> contract.Payment:
     """Charge a payment code. Answers within a few seconds with the state then: SUCCESS, FAILED (with a reason
     for the customer), or USERPAYING / UNKNOWN / PENDING, then follow it with `GET ...?wait=`. The same request
     again answers the same payment (200, `Idempotent-Replayed: true`) and never charges twice."""
-    payment, created = await gateway.pay(store, request)
+    # The till's address as it reached central (WeChat Pay v3 wants the device's IP with the charge).
+    payment, created = await gateway.pay(store, request, device_ip=http.client.host if http.client else None)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"

@@ -208,6 +208,11 @@ def prepare(c: Container, python_bin: Path) -> None:
         raise StepFailed("config/central-demo.toml has no single database_url line")
     c.path(CENTRAL_CONFIG).parent.mkdir(parents=True)
     c.path(CENTRAL_CONFIG).write_text(central)
+    # The demo's public WeChat Pay v3 keys, where its settings name them (relative to the settings file).
+    keys = c.path(CENTRAL_CONFIG).parent / "demo-keys"
+    keys.mkdir()
+    for key in (REPO / "config/demo-keys").glob("*.pem"):
+        (keys / key.name).write_bytes(key.read_bytes())
     c.path("/var/lib/pos-central-demo").mkdir(parents=True)
     for unit, what, command in (
         ("pos-central-demo.service", "Demo central service", "serve"),
