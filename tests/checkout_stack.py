@@ -2,7 +2,8 @@
 behind it, and the agent with a simulated scanner and printer serving its local API on a real socket.
 
 `stack_factory(kind="till"|"kiosk", separate_process=False, ...)` builds one; `stack` is a till. With
-`separate_process=True` the agent runs as `pos-edge run` in its own process, so a test can kill -9 it.
+`separate_process=True` the agent runs as `pos-edge run` in its own process, so a test can kill -9 it. Central pays
+through WeChat Pay API v2 unless `wechat_api="v3"`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from tests.support.credentials import (
     WECHAT_KEY,
 )
 from tests.support.timings import STORE_PAYMENTS
+from tests.support.wechat_v3 import v3_settings, v3_simulator
 
 STORE = "S1"
 
@@ -149,12 +151,20 @@ class Stack:
         approval: tuple[str, ...] = (),
         central_options: dict[str, Any] | None = None,
         extra_toml: str = "",
+        wechat_api: str = "v2",
     ):
         self.tmp = tmp
         self.as_service = as_service  # separate process only: its log written as under systemd (journal stream)
-        self.wechat = WeChatSimulator(
-            appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.3, slow_seconds=0.7
-        )
+        # WeChat Pay API v2 by default (the tests count `micropay`); "v3": central pays through v3 against the
+        # simulator that answers both (tests/support/wechat_v3.py).
+        v3: dict[str, Any] = {}
+        if wechat_api == "v3":
+            self.wechat: WeChatSimulator = v3_simulator(userpaying_seconds=0.3, slow_seconds=0.7)
+            v3 = v3_settings(tmp / "wechat-v3")
+        else:
+            self.wechat = WeChatSimulator(
+                appid=APPID, mch_id=MCH_ID, api_key=WECHAT_KEY, userpaying_seconds=0.3, slow_seconds=0.7
+            )
         self._wechat_served = serve_in_thread(self.wechat.app())
         self.wechat.url = self._wechat_served.url
         self.central = CentralServer(
@@ -165,6 +175,7 @@ class Stack:
                 wechat_mch_id=MCH_ID,
                 wechat_api_key=WECHAT_KEY,
                 phone_hash_key=PHONE_KEY,
+                **v3,
                 **STORE_PAYMENTS | (central_options or {}),
             )
         )

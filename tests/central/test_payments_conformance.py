@@ -1,6 +1,7 @@
 """Central's payments as WeChat Pay and Alipay want them, end to end over HTTP on 127.0.0.1 against the simulators
-(which refuse what the providers refuse): pay-as-member identification with the default settings, the address
-micropay reports, and the expiry every charge carries so that one arriving late can never be paid."""
+(which refuse what the providers refuse): pay-as-member identification with the default settings (in WeChat Pay v3
+mode too), the address micropay reports, and the expiry every charge carries so that one arriving late can never be
+paid. The v3 protocol's own cases are in test_payments_wechat_v3.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.central.test_payments_alipay import alipay_central, serve_alipay
 from tests.central.test_payments_alipay import code as alipay_code
 from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
 from tests.support.timings import FAST_PAYMENTS
+from tests.support.wechat_v3 import v3_settings, v3_simulator
 
 
 @pytest.fixture
@@ -47,6 +49,27 @@ def test_pay_as_member_identifies_the_payer_with_the_default_sign_type(central_f
     assert answer.status_code == 200, answer.text
     assert answer.json()["member"]["member_id"] == member and answer.json()["may_redeem"] is False
     assert wechat.count("authcodetoopenid") == 1
+
+
+def test_pay_as_member_in_v3_mode_still_identifies_through_v2_authcodetoopenid(central_factory, tmp_path):
+    # WeChat Pay API v3 has no authcodetoopenid: a v3 central asks v2's, signed MD5 with the v2 key (the simulator
+    # refuses any other signing there, as WeChat does), and charges through v3.
+    wechat = v3_simulator()
+    served = serve_in_thread(wechat.app())
+    wechat.url = served.url
+    try:
+        server, store = wechat_central(central_factory, wechat, **v3_settings(tmp_path / "v3"))
+        payer = code("00", customer="0032")
+        member = server.add_member(identifiers={f"openid:{APPID}": wechat.openid_for(payer)})
+        with server.client(store) as client:
+            answer = client.post("/v1/payments/identify", json={"auth_code": payer})
+            payment = pay(client, payer, member_id=member).json()
+    finally:
+        served.stop()
+    assert answer.status_code == 200 and answer.json()["member"]["member_id"] == member
+    assert wechat.count("authcodetoopenid") == 1 and server.settings.wechat_sign_type == "HMAC-SHA256"
+    assert payment["state"] == "SUCCESS" and payment["member_id"] == member
+    assert wechat.count("codepay") == 1 and wechat.count("micropay") == 0
 
 
 def test_micropay_reports_central_s_address_from_the_settings(central_factory, wechat):
