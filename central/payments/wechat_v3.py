@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -387,7 +387,7 @@ class WeChatPayV3Client:
     """A `Provider` speaking WeChat Pay API v3 to `base_url` (https://api.mch.weixin.qq.com, or a simulator), with
     `identify` and `bill` through the v2 client `v2` (same merchant, its v2 API key)."""
 
-    name = "wechat"
+    name: Literal["wechat"] = "wechat"
 
     def __init__(
         self,
@@ -490,9 +490,10 @@ class WeChatPayV3Client:
                 Outcome.USERPAYING, charge.out_trade_no, code="USERPAYING", reason_zh=found.zh, reason_en=found.en
             )
         code = answer.code
-        found = ERROR_CODES_V3.get(code or "")
-        if found is None or (answer.status >= 500 and found.outcome is Outcome.FAILED):
-            # A 5xx never proves the order failed, whatever its code says.
+        listed = ERROR_CODES_V3.get(code or "")
+        found = listed or _CONFIRMING
+        if listed is None or (answer.status >= 500 and listed.outcome in (Outcome.FAILED, Outcome.REVERSED)):
+            # A 5xx never proves the order failed or closed, whatever its code says.
             log.warning(
                 "codepay %s: HTTP %d %s (%s); querying", charge.out_trade_no, answer.status, code, answer.message
             )
@@ -552,8 +553,9 @@ class WeChatPayV3Client:
         if answer.status == 200:
             return self._refund(answer.body, order.out_trade_no, order.out_refund_no)
         code = answer.code
-        found = REFUND_ERROR_CODES_V3.get(code or "")
-        if found is None or (answer.status >= 500 and found.status is RefundStatus.FAILED):
+        listed = REFUND_ERROR_CODES_V3.get(code or "")
+        found = listed or _REFUND_CONFIRMING
+        if listed is None or (answer.status >= 500 and listed.status is RefundStatus.FAILED):
             log.warning(
                 "refund %s: HTTP %d %s (%s); querying", order.out_refund_no, answer.status, code, answer.message
             )
@@ -654,8 +656,8 @@ class WeChatPayV3Client:
         if body.get("out_trade_no") and body["out_trade_no"] != out_trade_no:
             raise ProviderBadResponse(f"the answer is for order {body['out_trade_no']}, not {out_trade_no}")
         state = str(body.get("trade_state") or "")
-        amount = body.get("amount") if isinstance(body.get("amount"), dict) else {}
-        payer = body.get("payer") if isinstance(body.get("payer"), dict) else {}
+        amount: Mapping[str, Any] = body["amount"] if isinstance(body.get("amount"), dict) else {}
+        payer: Mapping[str, Any] = body["payer"] if isinstance(body.get("payer"), dict) else {}
         total = _fen(amount.get("total"), "amount.total")
         if state == "SUCCESS":
             if not body.get("transaction_id"):
@@ -702,7 +704,7 @@ class WeChatPayV3Client:
             log.warning(
                 "refund %s: WeChat could not pay it back (ABNORMAL); handle it in the merchant platform", out_refund_no
             )
-        amount = body.get("amount") if isinstance(body.get("amount"), dict) else {}
+        amount: Mapping[str, Any] = body["amount"] if isinstance(body.get("amount"), dict) else {}
         return RefundResult(
             found.status,
             out_refund_no,

@@ -236,13 +236,13 @@ class WeChatV3Simulator(WeChatSimulator):
                     PAYERROR: (403, "TRADE_ERROR", "支付失败"),
                 }[existing.state]
                 return self._error(*refusal)
-            refusal = {
+            declined = {
                 "30": (403, "AUTH_CODE_EXPIRE", "二维码已过期，请用户在微信上刷新后再试"),
                 "31": (400, "AUTH_CODE_INVALID", "授权码检验错误"),
                 "32": (403, "NOT_ENOUGH", "用户账号余额不足，请用户充值或更换支付卡后再支付"),
             }.get(scenario)
-            if refusal is not None:
-                return self._error(*refusal)
+            if declined is not None:
+                return self._error(*declined)
             waiting = scenario in ("10", "11", "12", "40", "41")
             order = SimOrder(
                 otn,
