@@ -437,7 +437,29 @@ def simulate_wechat(
         apis = "v2"
     port = port or base.port or 8801
     click.echo(f"WeChat Pay {apis} simulator for appid {settings.wechat_appid} on http://{host}:{port}", err=True)
-    uvicorn.run(simulator.app(), host=host, port=port, log_level="warning", access_log=False)
+    app = simulator.app()
+    _install_wechat_api_simulator(settings, app, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def _install_wechat_api_simulator(settings, app, port: int) -> None:
+    """WeChat's server API for the settings' mini program and official account (login, phone number, followers),
+    on the same port as the payment simulator (central/wechat/simulator.py; its paths are apart from WeChat Pay's)."""
+    from urllib.parse import urlsplit
+
+    from central.wechat.simulator import WeChatApiSimulator
+
+    apps = {}
+    for role in ("miniprogram", "official_account"):
+        appid, secret = getattr(settings, f"wechat_{role}_appid"), getattr(settings, f"wechat_{role}_secret")
+        if appid and secret:
+            apps |= {f"{role}_appid": appid, f"{role}_secret": secret.get_secret_value()}
+    if not apps:
+        return
+    WeChatApiSimulator(**apps).install(app)
+    click.echo("WeChat server API simulator (mini program, official account) on the same port", err=True)
+    if urlsplit(settings.wechat_api_base_url).port != port:
+        click.echo(f"warning: wechat_api_base_url {settings.wechat_api_base_url} is not this port {port}", err=True)
 
 
 def _v3_simulator(settings, merchant_key: Path, wechatpay_private_key: Path | None, common: dict):

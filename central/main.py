@@ -32,7 +32,7 @@ from central.payments.cards import CardSync
 from central.payments.gateway import Gateway
 from central.payments.orphans import OrphanWatch
 from central.payments.providers import build_providers
-from central.routes import e_receipts, members, payments, stores, transactions
+from central.routes import e_receipts, members, payments, stores, transactions, wechat
 from central.routes import keys as keys_routes
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     for router in (members.router, transactions.router, stores.router, keys_routes.router, payments.router):
         app.include_router(router, prefix=contract.API_PREFIX, responses=_ERRORS)
+    app.include_router(wechat.router, prefix=contract.API_PREFIX)  # the mini program's; its lifespan: WeChat clients
     app.include_router(e_receipts.router)  # /e/{token}: a receipt's QR code, for the customer's phone
 
     @app.get("/healthz", tags=["health"])

@@ -327,3 +327,42 @@ class BillIssue(CentralModel, table=True):
     bill_amount_fen: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, nullable=True))
     provider_trade_no: str | None = Field(default=None, max_length=64)
     detail: str = Field(default="", max_length=256)
+
+
+# --- WeChat mini program and official account (central/wechat, migration 0006) ---------------------------------
+
+
+class WechatSession(CentralModel, table=True):
+    """A mini program login: the session token the mini program sends (kept as SHA-256 only) and WeChat's
+    session key for that user, which never leaves central (it decrypts the user's data)."""
+
+    __tablename__ = "wechat_session"
+    __table_args__ = (sa.Index("ix_wechat_session_openid", "appid", "openid"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(AutoId, primary_key=True, autoincrement=True))
+    token_hash: str = Field(max_length=64, unique=True, description="sha256 hex of the session token; never the token")
+    appid: str = Field(max_length=32)
+    openid: str = Field(max_length=128)
+    unionid: str | None = Field(default=None, max_length=128)
+    session_key: str = Field(max_length=64, description="WeChat's session_key (base64): never answered, never logged")
+    member_id: str | None = Field(default=None, foreign_key="member.id", max_length=16)
+    phone_code_hash: str | None = Field(
+        default=None, max_length=64, description="sha256 hex of the phone code already exchanged in this session"
+    )
+    created_at: datetime = utc()
+    expires_at: datetime = utc()
+
+
+class WechatFollowerSync(CentralModel, table=True):
+    """Where the official account's follower walk (user/get) stands, per official account."""
+
+    __tablename__ = "wechat_follower_sync"
+
+    appid: str = Field(primary_key=True, max_length=32)
+    next_openid: str = Field(default="", max_length=128, description="where the walk resumes; empty: from the start")
+    passes: int = Field(default=0, description="walks finished")
+    pass_followers: int = Field(default=0, description="followers seen so far in the walk under way")
+    linked: int = Field(default=0, description="official-account openids linked to members, in all")
+    last_run_at: datetime | None = utc(nullable=True)
+    last_pass_at: datetime | None = utc(nullable=True)
+    last_error: str | None = Field(default=None, max_length=256)
