@@ -254,7 +254,7 @@ def join_with_phone(
         if exc.errcode == PHONE_QUOTA_EXHAUSTED:
             log.warning(
                 "mini program %s: WeChat's phone number quota is used up (errcode 1400001); customers cannot join "
-                "with quick-fill until it is topped up in the mini program's admin (微信公众平台 → 付费管理)",
+                "with quick-fill until the merchant tops it up in the mini program's admin (微信公众平台)",
                 mini.appid,
             )
             raise PhoneQuotaExhausted(

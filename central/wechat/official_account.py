@@ -107,7 +107,8 @@ def sync_followers(
         )
         return report
     if report.finished:
-        log.info(
+        log.log(
+            logging.INFO if report.linked else logging.DEBUG,  # a walk that changed nothing is not news every hour
             "official account %s: follower walk finished: %d follower(s) listed, %d asked, %d linked",
             appid,
             report.followers,
