@@ -375,3 +375,23 @@ def test_a_member_whose_unionid_disagrees_with_wechat_is_left_alone_with_a_warni
     assert identifiers(answer["member"])["unionid"] == "oIMPORTEDxxxxxxxxxxxxxxxxxxx"
     assert identifiers(store_feed(server)[other]) == {"unionid": customer_unionid("0008")}
     assert any("another UnionID" in r.getMessage() for r in caplog.records)
+
+
+def test_no_input_is_a_server_error(mp, sim):
+    """These routes are outside the OpenAPI document test_fuzz_api.py fuzzes: odd bodies, tried here."""
+    server, client = mp
+    token = login(client, sim, "0042")["session_token"]
+    odd = [None, [], "x", 0, {"unknown": 1}, {"js_code": ""}, {"js_code": "é" * 128}, {"js_code": "\x00" * 10}]
+    odd += [{"js_code": 12}, {"encrypted_data": "A" * 8192, "iv": "A" * 64}, {"encrypted_data": "AAAA", "iv": "é"}]
+    odd += [
+        {"encrypted_data": "=" * 24, "iv": "=" * 24},
+        {"encrypted_data": "AA==" * 8, "iv": "AAAAAAAAAAAAAAAAAAAAAA=="},
+    ]
+    odd += [{"code": "é" * 40, "consent": True, "notice_version": "x"}, {"code": "0042", "consent": "yes"}]
+    odd += [{"code": "0042" + "a" * 124, "consent": True, "notice_version": "n" * 33}]
+    for path in (LOGIN, USERINFO, PHONE):
+        for body in odd:
+            answer = client.post(path, headers=bearer(token), json=body)
+            assert answer.status_code < 500 and answer.json()["error"], (path, body, answer.text)
+        answer = client.post(path, headers=bearer(token) | {"Content-Type": "application/json"}, content=b"{not json")
+        assert answer.status_code == 422, (path, answer.text)
