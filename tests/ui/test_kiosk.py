@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import zxingcpp
 from playwright.sync_api import ConsoleMessage, Page, expect
 
 from tests.checkout_stack import Stack, wechat_code
@@ -18,7 +21,22 @@ from tests.support.credentials import SUPERVISOR_PIN
 from tests.support.poll import eventually
 
 STATIC = Path(__file__).resolve().parents[2] / "kiosk_ui" / "static"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"  # the README's pictures
 WATER = {"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 2, "unit_price_fen": 1000}
+JUICE = "6901234567908"
+APPLES = "6901234567915"  # sold by weight: the kiosk sends the customer to a cashier
+MORE_GOODS = f"""
+[[checkout.catalog]]
+gtin = "{JUICE}"
+name = "鲜榨橙汁 1L"
+price_fen = 1290
+
+[[checkout.catalog]]
+gtin = "{APPLES}"
+name = "红富士苹果（散装）"
+price_fen = 990
+weighed = true
+"""
 
 
 IDLE_MS = 120_000  # the kiosk's defaults: "still there?" after two minutes without a touch ...
@@ -192,12 +210,19 @@ def test_phone_keypad_shows_only_the_masked_number(page: Page, stack_factory) ->
     expect(page.locator("#member")).to_contain_text("500")
     assert phone not in page.content()
 
-    # Identified by a confirmed phone: points may be spent.
+    # Identified by a confirmed phone: points may be spent, as many as the shopper chooses and confirms.
     set_basket(stack, WATER)
     use = page.locator("#redeem-use")
-    expect(use).to_contain_text("使用 500 积分")
+    expect(use).to_contain_text("使用积分（最多 500）")
     use.click()
-    expect(page.locator("#pricing")).to_contain_text("积分抵扣 500")
+    expect(page.locator("#redeem-amount")).to_have_text("0")  # nothing is spent by the tap that opens it
+    page.locator("#redeem-more").click()
+    page.locator("#redeem-more").click()
+    page.locator("#redeem-next").click()
+    expect(page.locator("#redeem-question")).to_have_text("确认使用 200 积分抵扣本单？")
+    assert stack.api.get("/v1/sessions/current").json()["pricing"]["points_redeemed"] == 0
+    page.locator("#redeem-confirm").click()
+    expect(page.locator("#pricing")).to_contain_text("积分抵扣 200")
     expect(page.locator("#redeem-none")).to_be_visible()
 
 
@@ -217,6 +242,129 @@ def test_offline_banner_when_central_is_down(page: Page, stack_factory) -> None:
     expect(banner).to_be_visible()
     expect(page.locator("#pay-offline")).to_contain_text("请到人工收银台用现金或银行卡付款")
     expect(page.locator("#pay-prompt")).to_be_hidden()
+
+
+# --- self-checkout: the basket, help, points -------------------------------------------------------------------
+
+
+def read_qr(page: Page, selector: str) -> list[str]:
+    """The QR codes in the element as a phone's camera would read them off the screen."""
+    shot = cv2.imdecode(np.frombuffer(page.locator(selector).screenshot(), np.uint8), cv2.IMREAD_COLOR)
+    return [found.text for found in zxingcpp.read_barcodes(shot)]
+
+
+def test_self_checkout_changes_quantities_takes_a_line_off_and_pays_as_member_with_an_e_receipt(
+    page: Page, stack_factory
+) -> None:
+    stack = stack_factory(kind="kiosk", extra_toml=MORE_GOODS)
+    member = stack.add_member(points=300, tier="gold", display_name="王*明")
+    stack.add_coupon(member, "满20减3", amount_off_fen=300, threshold_fen=2000)
+    stack.sync_now()
+    page.set_viewport_size({"width": 1280, "height": 800})
+    open_kiosk(page, stack, final=60)
+    stack.scan(stack.member_code(member))
+    stack.scan(WATER["sku"])
+    stack.scan(JUICE)
+    rows = page.locator("#lines tr")
+    expect(rows).to_have_count(2)
+    water, juice = rows.nth(0), rows.nth(1)
+    expect(water.locator('[data-focus="less-0"]')).to_be_disabled()  # one left: it comes off with ✕
+
+    water.locator('[data-focus="more-0"]').click()
+    expect(water.locator(".qty-value")).to_have_text("2")
+    expect(page.locator("#coupons")).to_be_empty()  # ¥16.90 of goods: 满20减3 not yet
+    juice.locator('[data-focus="more-1"]').click()
+    expect(juice.locator(".qty-value")).to_have_text("2")
+    coupon = page.locator("#coupons")
+    expect(coupon).to_contain_text("满20减3")  # the member's own coupon, applied by the agent
+    expect(coupon).to_contain_text("已自动使用")
+    water.locator('[data-focus="remove-0"]').click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("鲜榨橙汁 1L")
+    sale = stack.api.get("/v1/sessions/current").json()
+    assert [(line["sku"], line["qty"]) for line in sale["lines"]] == [(JUICE, 2)]
+    assert sale["pricing"]["tier_discount_fen"] > 0 and sale["coupons"][0]["auto"]
+    expect(page.locator("#pricing")).to_contain_text("会员折扣")
+    page.screenshot(path=SCREENSHOTS / "kiosk-self-checkout.png")
+
+    stack.scan(APPLES)  # weighed goods: not sold here, and said so where the shopper is looking
+    expect(page.locator("#sale-alert")).to_have_text("称重或店内标价商品请到人工收银台结算")
+    expect(rows).to_have_count(1)
+
+    stack.scan(wechat_code())
+    expect(page.locator("#screen-success")).to_be_visible()
+    paid = stack.wait_session(sale["id"], lambda sale: sale["paid"])
+    expect(page.locator("#success-points")).to_contain_text(f"+{paid['points']['earned']}")
+    expect(page.locator("#receipt-no")).to_have_text(paid["receipt_no"])
+    expect(page.locator("#receipt-printed")).to_have_text("小票已打印，请取走")
+    expect(page.locator("#e-receipt")).to_contain_text("扫码查看电子小票")
+    expect(page.locator("#pay-join")).to_be_hidden()  # a member already
+    # The QR on the screen opens the sale's e-receipt page, as the one on the paper does.
+    link = stack.session(sale["id"])["e_receipt_url"]
+    assert link and read_qr(page, "#e-receipt-qr") == [link]
+    preview = stack.api.get(f"/v1/printer/jobs/{sale['id']}-receipt/preview.png")
+    assert preview.status_code == 200, preview.text
+    (SCREENSHOTS / "receipt.png").write_bytes(preview.content)
+
+
+def test_the_help_button_calls_the_staff_at_the_till(page: Page, stack_factory) -> None:
+    till = stack_factory()
+    stack = stack_factory(kind="kiosk", extra_toml=f'\n[help]\ntill_url = "{till.url}"\ntill_token = "{till.token}"\n')
+    open_kiosk(page, stack)
+    stack.scan(WATER["sku"])
+    page.locator("#sale-help").click()
+    expect(page.locator("#notice")).to_have_text("已呼叫店员，请稍候")
+    expect(page.locator("#sale-help")).to_be_disabled()  # one call, not one per impatient tap
+    sale_id = stack.api.get("/v1/status").json()["checkout"]["open_session"]
+    heard = till.station_event(lambda event: event["type"] == "help")
+    assert heard["call"]["session_id"] == sale_id
+
+    till.stop()  # the till does not answer: the kiosk says what to do instead
+    page.clock.fast_forward(10_000)
+    expect(page.locator("#sale-help")).to_be_enabled()
+    page.locator("#sale-help").click()
+    expect(page.locator("#notice")).to_have_text("请向附近的店员示意")
+
+
+def test_points_are_spent_only_as_chosen_and_confirmed(page: Page, stack_factory) -> None:
+    stack = stack_factory(kind="kiosk", extra_toml=MORE_GOODS)
+    member = stack.add_member(points=250, tier="gold", display_name="王*明")
+    stack.sync_now()
+    open_kiosk(page, stack)
+    stack.scan(stack.member_code(member))  # a member code: points may be spent
+    stack.scan(JUICE)
+    use = page.locator("#redeem-use")
+    expect(use).to_be_visible()
+    most = stack.api.get("/v1/sessions/current").json()["pricing"]["max_redeemable_points"]
+    assert 0 < most <= 250
+    expect(use).to_have_text(f"使用积分（最多 {most}）")
+    use.click()
+    amount = page.locator("#redeem-amount")
+    expect(amount).to_have_text("0")
+    expect(page.locator("#redeem-next")).to_be_disabled()
+    page.locator("#redeem-all").click()
+    expect(amount).to_have_text(str(most))
+    expect(page.locator("#redeem-more")).to_be_disabled()  # never more than the agent allows
+    page.locator("#redeem-less").click()
+    expect(amount).to_have_text(str((most - 1) // 100 * 100))
+    page.locator("#redeem-next").click()
+    chosen = (most - 1) // 100 * 100
+    expect(page.locator("#redeem-question")).to_have_text(f"确认使用 {chosen} 积分抵扣本单？")
+
+    page.locator("#redeem-back").click()  # second thoughts: nothing was spent
+    page.locator("#redeem-cancel").click()
+    expect(use).to_be_visible()
+    assert stack.api.get("/v1/sessions/current").json()["pricing"]["points_redeemed"] == 0
+
+    use.click()
+    page.locator("#redeem-more").click()
+    page.locator("#redeem-next").click()
+    page.locator("#redeem-confirm").click()
+    expect(page.locator("#pricing")).to_contain_text("积分抵扣 100")
+    assert stack.api.get("/v1/sessions/current").json()["pricing"]["points_redeemed"] == 100
+    page.locator("#redeem-none").click()
+    expect(page.locator("#pricing")).not_to_contain_text("积分抵扣")
+    expect(use).to_be_visible()
 
 
 # --- idle: "still there?" ------------------------------------------------------------------------------------
@@ -549,7 +697,16 @@ def test_every_step_fits_the_screen_and_reads_well(
     set_basket(stack, *lines)
     expect(page.locator("#lines tr")).to_have_count(len(lines))
     expect(page.locator("#redeem-use")).to_be_visible()
+    stack.scan("2000123000008")  # an in-store price label: a cashier's, said in the basket
+    expect(page.locator("#sale-alert")).to_be_visible()
     check_layout(page, shots, "3-sale")
+    page.locator("#redeem-use").click()
+    page.locator("#redeem-more").click()
+    check_layout(page, shots, "3b-points")
+    page.locator("#redeem-next").click()
+    check_layout(page, shots, "3c-points-confirm")
+    page.locator("#redeem-back").click()
+    page.locator("#redeem-cancel").click()
 
     stack.scan(wechat_code("32"))  # NOTENOUGH
     expect(page.locator("#screen-failure")).to_be_visible()
