@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0 postgresql chromium 
 # systemd-nspawn and curl (requests inside the container), for `make service-check` only (`make test` needs neither).
 SERVICE_CHECK_PACKAGES := systemd-container curl
 
-.PHONY: setup system-packages demo lint test bench chaos soak service-check clean
+.PHONY: setup system-packages demo lint test bench chaos soak service-check screenshots clean
 
 setup: system-packages $(STAMP)
 
@@ -52,6 +52,10 @@ demo: setup
 	trap 'kill $$kiosk $$central $$simulator 2>/dev/null; wait $$kiosk $$central $$simulator' EXIT; \
 	cat config/demo-banner.txt; \
 	$(DEMO_ENV) $(BIN)/pos-edge run --config config/demo.toml
+
+# The README's pictures (docs/screenshots), taken by the kiosk's browser tests against a whole store.
+screenshots: setup
+	UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/ui/test_kiosk.py tests/ui/test_kiosk_member.py
 
 # Formatting and lint (ruff), the house's import rules (import-linter), types (mypy); `make test` runs it first.
 lint: setup

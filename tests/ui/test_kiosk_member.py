@@ -24,13 +24,14 @@ from tests.ui.test_kiosk import (
     IDLE_MS,
     SIZES,
     WATER,
+    caught_up,
     check_layout,
     open_kiosk,
+    readme_picture,
     shoppers_data_left,
     wait_for_failed_pull,
 )
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 JOINING = {"welcome_points": 100, "card_no_prefix": "8800"}
 NEW_PHONE = "13912345678"
 
@@ -259,6 +260,7 @@ def test_the_wallet_after_a_member_code_scan_then_cleared_when_left(page: Page, 
     expect(receipts).to_contain_text(store_time)
 
     # Walked away: "还在吗？", then the screen is cleared for the next customer.
+    caught_up(page, stack)
     page.clock.fast_forward(IDLE_MS)
     expect(page.locator("#idle-prompt")).to_contain_text("秒后将返回首页")
     page.clock.fast_forward(COUNTDOWN_MS)
@@ -346,4 +348,4 @@ def test_the_membership_screens_fit_and_read_well(
     expect(page.locator("#wallet-receipts li")).to_have_count(2)
     check_layout(page, shots, "m5-wallet")
     if size == (1280, 800):
-        page.screenshot(path=SCREENSHOTS / "kiosk-wallet.png")
+        page.screenshot(path=readme_picture("kiosk-wallet.png"))

@@ -352,6 +352,7 @@ function render() {
   if (DRAWN_WITHOUT_SALE.has(name) || s) SCREENS[name]?.(s);
   if (name === "failure" || name === "locked") hideNotice();
   document.body.dataset.idle = idleMode();
+  document.body.dataset.version = s ? String(s.version ?? "") : ""; // the sale's version on screen (tests wait on it)
   if (changed) keepFocus();
 }
 
