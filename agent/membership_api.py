@@ -75,13 +75,23 @@ async def join(body: JoinIn, response: Response, membership: MembershipDep) -> J
     return joined
 
 
+class WalletFound(BaseModel):
+    found: bool = Field(description="false: no member holds this code or number (they may join); not an error")
+    wallet: Wallet | None
+    message: str | None = None
+    message_zh: str | None = None
+
+
 @router.post(
-    "/wallet",
-    responses=error_responses(NotFound, InvalidPhone, UnknownCode, MemberCodeRefused, PhoneLookupOff, Offline),
+    "/wallet", responses=error_responses(InvalidPhone, UnknownCode, MemberCodeRefused, PhoneLookupOff, Offline)
 )
-async def wallet(body: WalletIn, membership: MembershipDep) -> Wallet:
-    """The customer's wallet, without opening a sale: points, coupons, last receipts (masked)."""
-    return await membership.wallet(body.text, body.phone)
+async def wallet(body: WalletIn, membership: MembershipDep) -> WalletFound:
+    """The customer's wallet, without opening a sale: points, coupons, last receipts (masked). Nobody found is an
+    answer, not an error (`found` false): a kiosk asks this for numbers that may be no member's yet."""
+    try:
+        return WalletFound(found=True, wallet=await membership.wallet(body.text, body.phone))
+    except NotFound as exc:
+        return WalletFound(found=False, wallet=None, message=exc.message, message_zh=exc.message_zh)
 
 
 @router.post("/wallet/listen")

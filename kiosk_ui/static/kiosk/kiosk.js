@@ -911,13 +911,19 @@ async function walletByPhone(entry) {
   entry.sending = true;
   renderPhone();
   try {
-    const data = await api.post("/v1/wallet", { phone: entry.digits });
+    const answer = await api.post("/v1/wallet", { phone: entry.digits });
     if (ui.phone !== entry) return;
-    showWallet(data);
+    if (answer.found) {
+      showWallet(answer.wallet);
+      return;
+    }
+    entry.sending = false;
+    entry.notFound = true; // not a member: they may join with the number they typed
+    phoneError({ message: answer.message, messageZh: answer.message_zh });
+    renderPhone();
   } catch (error) {
     if (ui.phone !== entry) return;
     entry.sending = false;
-    entry.notFound = error.status === 404; // not a member: they may join with the number they typed
     phoneError(error);
     renderPhone();
   }
@@ -929,8 +935,8 @@ async function walletOfJoined() {
   join.sending = true;
   render();
   try {
-    const data = await api.post("/v1/wallet", { phone: join.phone });
-    if (ui.join === join) showWallet(data);
+    const answer = await api.post("/v1/wallet", { phone: join.phone });
+    if (ui.join === join && answer.found) showWallet(answer.wallet);
   } catch (error) {
     join.sending = false;
     notice(error);
