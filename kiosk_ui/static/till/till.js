@@ -433,10 +433,14 @@ async function reprint(t) {
 const REFUND_REASONS = ["顾客退货", "质量问题", "商品破损", "价格错误"];
 
 /** The refund form under a sale's row: each line with what is left to refund, a reason (required), confirm. */
-async function askRefund(t, tr) {
-  tr.parentElement.querySelector("tr.confirm")?.remove();
+async function askRefund(t, clicked) {
+  $("transactions").querySelector("tr.confirm")?.remove();
   const sale = await attempt(() => api.get(`/v1/transactions/${encodeURIComponent(t.id)}`));
   if (!sale) return;
+  // The list may have been drawn again while the sale was read (a sale just paid elsewhere): the form goes under
+  // the sale's row as it is now.
+  const tr = clicked.isConnected ? clicked : $("transactions").querySelector(`tr[data-id="${CSS.escape(t.id)}"]`);
+  if (!tr) return;
   const refunded = new Map();
   for (const r of sale.refunds ?? []) for (const l of r.body?.lines ?? []) refunded.set(l.line, (refunded.get(l.line) ?? 0) + l.qty);
   const rows = (sale.body?.lines ?? []).map((line, index) => {
