@@ -290,3 +290,19 @@ def test_a_scan_typed_by_a_keyboard_wedge_after_a_button_press_still_reaches_the
     expect(page.locator("#sale-state")).to_have_text("新交易 New")
     page.keyboard.type("8800000000055\n", delay=5)  # a wedge scanner: keys, then Enter
     expect(page.locator("#sale-member")).to_contain_text("卫*")
+
+
+def test_a_customer_joins_at_the_till_after_reading_the_notice(page: Page, stack_factory) -> None:
+    stack = stack_factory(central_options={"welcome_points": 100, "card_no_prefix": "8800"})
+    open_till(page, stack)
+    page.get_by_text("隐私说明 Privacy notice").click()
+    expect(page.locator("#join-notice-text")).to_contain_text("测试门店会员隐私说明")
+    page.get_by_label("办理入会 New member").fill("13900001111")
+    page.get_by_role("button", name="入会 Join").click()  # not without the customer's consent
+    assert stack.api.post("/v1/wallet", json={"phone": "13900001111"}).json()["found"] is False
+    page.get_by_label("顾客已阅读隐私说明并同意入会").check()
+    page.get_by_role("button", name="入会 Join").click()
+    expect(page.locator("#message")).to_contain_text("欢迎加入会员！ 赠送 100 积分")
+    expect(page.locator("#message")).to_contain_text("139****1111")
+    expect(page.get_by_label("办理入会 New member")).to_have_value("")
+    assert stack.api.post("/v1/wallet", json={"phone": "13900001111"}).json()["wallet"]["member"]["points"] == 100

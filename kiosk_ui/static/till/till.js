@@ -304,6 +304,30 @@ form("phone-form", async () => {
   stepDone(after);
 });
 
+// Joining at the till: the customer reads the notice (shown on the till), the cashier ticks their consent.
+let notice = null;
+$("join-notice").addEventListener("toggle", async () => {
+  if (!$("join-notice").open || notice) return;
+  notice = await attempt(() => api.get("/v1/members/notice"));
+  if (notice) $("join-notice-text").replaceChildren(...notice.zh.map((line) => h("p", { lang: "zh-CN" }, line)));
+});
+
+form("join-form", async () => {
+  notice ??= await api.get("/v1/members/notice");
+  const phone = $("join-phone").value.replace(/[\s-]/g, "");
+  const joined = await api.post("/v1/members", {
+    phone, consent: $("join-consent").checked, notice_version: notice.version,
+  });
+  $("join-phone").value = "";
+  $("join-consent").checked = false;
+  const member = joined.wallet.member;
+  const card = member.card_no ? `, card ${member.card_no}` : "";
+  say({
+    message: `${joined.message}: ${member.phone_masked}, ${member.points} points${card}`,
+    message_zh: `${joined.message_zh}${joined.created && joined.welcome_points ? ` 赠送 ${joined.welcome_points} 积分` : ""}`,
+  }, "info");
+});
+
 form("points-form", async () => {
   const session = requireSale();
   const points = Number($("points").value);
