@@ -418,16 +418,11 @@ class Stack:
 
     def job_printed(self, job_id: str, within: float = 15) -> str:
         """Wait until a print job (a refund, a reprint) has printed; its text."""
-        with (
-            httpx.Client(timeout=within) as client,
-            client.stream(
-                "GET", f"{self.url}/v1/events", params={"token": API_TOKEN}, headers={"Last-Event-ID": "0"}
-            ) as stream,
-        ):
-            for line in stream.iter_lines():
-                if line.startswith("data:") and json.loads(line[5:]).get("job_id") == job_id:
-                    return self.job_text(job_id)
-        raise AssertionError(f"print job {job_id} never printed")
+        try:
+            self.station_event(lambda event: event.get("job_id") == job_id, within)
+        except AssertionError:
+            raise AssertionError(f"print job {job_id} never printed") from None
+        return self.job_text(job_id)
 
     def printed(self, session_id: str) -> str:
         """Wait until the sale's receipt has printed; its text."""
