@@ -61,6 +61,9 @@ class Charge:
     expires_at: datetime | None = None
     # The till's IP address as central saw the request (WeChat Pay v3 scene_info.device_ip); None: not known.
     device_ip: str | None = None
+    # WeChat Pay v3 `attach` (商户数据包, at most 128 characters), e.g. the member card join fields of 下单同步入会
+    # (central/payments/brand_cards.py); None sends none. The other clients ignore it.
+    attach: str | None = None
 
 
 @dataclass(frozen=True)
