@@ -29,6 +29,12 @@ losing the answer), whatever the scenario. A refund is PROCESSING for `refund_se
 what is left, other amounts under the same out_refund_no, or an order not paid: 400 INVALID_REQUEST with the reason.
 Each order's `scene_info` (device_id, device_ip, store_info) is kept in `scenes`. Calls are counted (`count`) as
 `codepay`, `orderquery`, `reverse`, `refund`, `refundquery` (the v2 ones as `micropay`, `orderquery`, ...).
+
+An order's `attach` (商户数据包, at most 128 characters: 400 PARAM_ERROR otherwise) is kept in `attaches` and answered
+with the order, as WeChat Pay does. With `brand` (central/payments/simulators/wechat_brand.py) the Brand API's
+member card calls are served on the same port, and an attach that carries a card's join fields (下单同步入会:
+`card_id=…&user_card_code=…`) enrols the order's payer in that card with that code once the order is paid — at
+once, or when the customer confirms — unless they hold a card of it already.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI, Request, Response
 
+from central.payments.brand_api import parse_join_attach
 from central.payments.simulators.wechat import (
     CLOSED,
     PAID,
@@ -55,8 +62,10 @@ from central.payments.simulators.wechat import (
     WeChatSimulator,
     scenario_of,
 )
+from central.payments.simulators.wechat_brand import BrandCardSimulator
 from central.payments.wechat import AUTH_CODE_PATTERN, BEIJING
 from central.payments.wechat_v3 import (
+    ATTACH_MAX,
     MAX_CLOCK_SKEW_SECONDS,
     load_private_key,
     load_public_key,
@@ -93,6 +102,9 @@ class WeChatV3Simulator(WeChatSimulator):
     public_key_id: str = DEFAULT_PUBLIC_KEY_ID  # the serial answers are signed under
     charge_faults: int = 0  # the next this many codepay answers are lost (an unsigned 502, after processing)
     scenes: dict[str, dict[str, Any]] = field(default_factory=dict)  # out_trade_no → scene_info as received
+    attaches: dict[str, str] = field(default_factory=dict)  # out_trade_no → attach as received
+    brand: BrandCardSimulator | None = None  # the Brand API's member card, on the same port
+    _enrolled: set[str] = field(default_factory=set)  # orders whose join fields were acted on
 
     def __post_init__(self) -> None:
         if not self.merchant_public_key_pem:
@@ -139,7 +151,32 @@ class WeChatV3Simulator(WeChatSimulator):
         async def refundquery(request: Request, out_refund_no: str) -> Response:
             return await self._v3(request, "refundquery", out_refund_no)
 
+        if self.brand is not None:
+            self.brand.install(app, before=self.enrol_paid_joins)
         return app
+
+    # -- 下单同步入会: a paid order's join fields enrol its payer --
+
+    def enrol_paid_joins(self) -> None:
+        """Enrol the payers of every paid order whose attach carries join fields (the customer may have confirmed
+        since the last look)."""
+        with self._lock:
+            for otn in list(self.attaches):
+                order = self.orders.get(otn)
+                if order is not None and otn not in self._enrolled:
+                    self._advance(order)
+                    self._enrol_if_paid(order)
+
+    def _enrol_if_paid(self, order: SimOrder) -> None:
+        """Under the lock."""
+        otn = order.out_trade_no
+        if self.brand is None or order.state != PAID or otn in self._enrolled or otn not in self.attaches:
+            return
+        fields = parse_join_attach(self.attaches[otn])
+        self._enrolled.add(otn)
+        card_id, code = fields.get("card_id"), fields.get("user_card_code")
+        if card_id and code and card_id in self.brand.cards:
+            self.brand.enrol(card_id, order.openid, code, "payment", otn)
 
     async def _v3(self, request: Request, endpoint: str, name: str | None = None) -> Response:
         raw = await request.body()
@@ -204,6 +241,9 @@ class WeChatV3Simulator(WeChatSimulator):
         otn, description = body.get("out_trade_no"), body.get("description")
         if not isinstance(otn, str) or not otn or not isinstance(description, str) or not description:
             return self._error(400, "PARAM_ERROR", "缺少参数out_trade_no或description")
+        attach = body.get("attach")
+        if attach is not None and (not isinstance(attach, str) or len(attach) > ATTACH_MAX):
+            return self._error(400, "PARAM_ERROR", f"attach长度不能超过{ATTACH_MAX}")
         if not isinstance(payer, dict) or not isinstance(payer.get("auth_code"), str):
             return self._error(400, "PARAM_ERROR", "缺少参数payer.auth_code")
         if not isinstance(scene, dict) or not isinstance(scene.get("store_info"), dict):
@@ -259,6 +299,9 @@ class WeChatV3Simulator(WeChatSimulator):
             )
             self.orders[otn] = order
             self.scenes[otn] = scene
+            if attach:
+                self.attaches[otn] = attach
+                self._enrol_if_paid(order)
             lost = self.charge_faults > 0
             if lost:
                 self.charge_faults -= 1
@@ -286,6 +329,7 @@ class WeChatV3Simulator(WeChatSimulator):
             if order is None:
                 return self._error(404, "ORDER_NOT_EXIST", "订单不存在")
             self._advance(order)
+            self._enrol_if_paid(order)
             if order.state == USERPAYING:
                 return self._json(200, {"trade_state": USERPAYING})  # only the state, as WeChat answers it
             body = self._transaction(order)
@@ -394,6 +438,8 @@ class WeChatV3Simulator(WeChatSimulator):
             }.get(order.state, ""),
             "amount": {"total": order.amount_fen, "currency": "CNY"},
         }
+        if order.out_trade_no in self.attaches:
+            body["attach"] = self.attaches[order.out_trade_no]
         if order.state == PAID or order.paid_at is not None:
             body |= {
                 "transaction_id": order.transaction_id,
