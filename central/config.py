@@ -175,6 +175,136 @@ class Settings(BaseSettings):
             raise ValueError("wechat_api_v3_key must be 32 characters (the API v3 key set in the merchant platform)")
         return self
 
+    # The WeChat member card (docs/WECHAT.md, "Merchant member card (商家名片会员)"): "legacy" pushes points to a 卡券
+    # member card (card/membercard/updateuser, the wechat_card_* keys above; central/payments/cards.py), "brand" to
+    # the merchant member card of WeChat Pay's Brand API (central/payments/brand_cards.py), "off" to neither.
+    wechat_member_card: Literal["legacy", "brand", "off"] = Field(
+        "legacy", examples=["brand"], description="which WeChat member card members' points changes go to"
+    )
+    wechat_brand_base_url: str | None = Field(
+        None,
+        examples=["https://api.mch.weixin.qq.com"],
+        description="WeChat Pay's Brand API (/brand/...); wechat_base_url when not set",
+    )
+    wechat_brand_id: str | None = Field(
+        None, pattern=r"^[0-9A-Za-z_-]{1,32}$", examples=["1004"], description="the brand id (品牌ID) of 品牌经营平台"
+    )
+    wechat_brand_serial_no: str | None = Field(
+        None,
+        pattern=r"^[0-9A-Fa-f]{1,64}$",
+        examples=["3493DE0D9BB4EB98A8C65EAA7E8EE887EC24B71A"],
+        description="serial number of the brand API certificate (品牌API证书序列号)",
+    )
+    wechat_brand_private_key_path: Path | None = Field(
+        None,
+        examples=["/etc/pos-central/brand_apiclient_key.pem"],
+        description="the brand API certificate's private key, which signs Brand API requests",
+    )
+    wechat_brand_public_key_path: Path | None = Field(
+        None,
+        examples=["/etc/pos-central/brand_pub_key.pem"],
+        description="the brand's WeChat Pay public key (品牌经营平台 → 安全中心 → 管理公钥): checks the answers",
+    )
+    wechat_brand_public_key_id: str | None = Field(
+        None,
+        pattern=r"^PUB_KEY_ID_[0-9A-Za-z_]+$",
+        examples=["PUB_KEY_ID_0112000000000000000000000000000001"],
+        description="its id, sent as Wechatpay-Serial with every Brand API request",
+    )
+    wechat_brand_card_id: str | None = Field(
+        None,
+        pattern=r"^[0-9A-Za-z_-]{1,32}$",
+        examples=["pbLatjvWOibDc5-TBnbUk1pD12o0"],
+        description="the member card template (会员卡模板ID); its appid must be wechat_appid",
+    )
+    wechat_brand_calls_per_second: float = Field(
+        5.0, gt=0, le=100, examples=[5.0], description="most Brand API calls a second (WeChat Pay: 5 per brand)"
+    )
+    wechat_card_join_on_payment: bool = Field(
+        False,
+        examples=[True],
+        description="下单同步入会: WeChat Pay v3 code payments carry the card's join fields in attach, so the payer "
+        "gets the member card, and central links its code to the member",
+    )
+    wechat_card_code_prefix: str = Field(
+        "88", pattern=r"^[0-9]{0,8}$", examples=["88"], description="card codes central allocates start with this"
+    )
+    wechat_card_code_length: int = Field(
+        20, ge=12, le=32, examples=[20], description="the length of the card codes central allocates"
+    )
+    wechat_card_join_cell: str | None = Field(
+        None,
+        pattern=r"^[^&=]{1,128}$",
+        examples=["0"],
+        description="the cell (会员动态) a join carries in attach, as WeChat Pay approved it; none when not set",
+    )
+    wechat_card_points_cell: str | None = Field(
+        "1:{points}",
+        max_length=128,
+        examples=["1:{points}"],
+        description="the cell of the user feed pushed for points earned ({points}, {balance}); none pushed when empty",
+    )
+    wechat_card_spend_cell: str | None = Field(
+        None,
+        max_length=128,
+        examples=["9:{balance}"],
+        description="the cell pushed for points spent ({points}, {balance}); not pushed when not set",
+    )
+
+    @model_validator(mode="after")
+    def _check_member_card(self) -> Settings:
+        from central.payments.brand_api import ATTACH_MAX, feed_cell, join_attach
+
+        if self.wechat_member_card == "brand":
+            missing = [
+                key
+                for key in (
+                    "wechat_appid",
+                    "wechat_brand_id",
+                    "wechat_brand_serial_no",
+                    "wechat_brand_private_key_path",
+                    "wechat_brand_public_key_path",
+                    "wechat_brand_public_key_id",
+                    "wechat_brand_card_id",
+                )
+                if not getattr(self, key)
+            ]
+            if missing:
+                raise ValueError(f'wechat_member_card = "brand" needs {", ".join(missing)}')
+            base = self.wechat_brand_base_url or self.wechat_base_url
+            if not base:
+                raise ValueError('wechat_member_card = "brand" needs wechat_brand_base_url (or wechat_base_url)')
+            if self.environment != "development" and not base.startswith("https://"):
+                raise ValueError('the Brand API must be an https:// URL outside environment = "development"')
+        for key in ("wechat_card_points_cell", "wechat_card_spend_cell"):
+            template = getattr(self, key)
+            if template:
+                try:
+                    filled = feed_cell(template, points=-99_999_999, balance=99_999_999)
+                except (KeyError, IndexError, ValueError) as exc:
+                    raise ValueError(f"{key}: only {{points}} and {{balance}} can be filled in ({exc})") from None
+                if len(filled) > 128:
+                    raise ValueError(f"{key}: filled in, it is {len(filled)} characters; a cell is at most 128")
+        if self.wechat_card_code_length < len(self.wechat_card_code_prefix) + 10:
+            raise ValueError(
+                "wechat_card_code_length must leave at least 10 random digits after wechat_card_code_prefix"
+            )
+        if self.wechat_card_join_on_payment:
+            if self.wechat_member_card != "brand":
+                raise ValueError('wechat_card_join_on_payment needs wechat_member_card = "brand"')
+            if self.wechat_pay_api != "v3" or not self.wechat_base_url:
+                raise ValueError('wechat_card_join_on_payment needs WeChat Pay API v3 (wechat_pay_api = "v3")')
+            longest = join_attach(
+                self.wechat_brand_card_id or "", "9" * self.wechat_card_code_length, self.wechat_card_join_cell
+            )
+            if len(longest) > ATTACH_MAX or not longest.isascii():
+                raise ValueError(
+                    f"the join fields make an attach of {len(longest)} characters ({longest!r}); codepay's attach "
+                    f"holds at most {ATTACH_MAX} ASCII characters: shorten wechat_card_join_cell or "
+                    "wechat_card_code_length"
+                )
+        return self
+
     # Alipay face-to-face (the client is central/payments/alipay.py).
     alipay_base_url: str | None = Field(None, examples=["https://openapi.alipay.com/gateway.do"])
     alipay_app_id: str | None = Field(None, pattern=r"^[0-9A-Za-z_-]{1,32}$", examples=["2021000000000000"])
@@ -439,6 +569,8 @@ PATH_KEYS = (
     "wechat_v3_private_key_path",
     "wechat_pay_public_key_path",
     "wechat_platform_cert_path",
+    "wechat_brand_private_key_path",
+    "wechat_brand_public_key_path",
     "alipay_private_key_path",
     "alipay_public_key_path",
 )

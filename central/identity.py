@@ -172,13 +172,53 @@ def join(
     """Enrol a customer with their consent recorded (which notice, when, where); a new member gets the welcome
     points, booked once, and a card number to keep when `card_no_prefix` is set."""
     member_id, created = enrol(session, request, phone_hash_key, now)
+    return _consented(
+        session, member_id, created, "membership", request.notice_version, store_id, now, welcome_points, card_no_prefix
+    )
+
+
+def join_wechat(
+    session: Session,
+    appid: str,
+    openid: str,
+    now: datetime,
+    *,
+    purpose: str,
+    notice_version: str | None = None,
+    store_id: str | None = None,
+    welcome_points: int = 0,
+    card_no_prefix: str | None = None,
+) -> Joined:
+    """Enrol the WeChat user `openid` (of app `appid`) who consented in WeChat itself — e.g. by taking the
+    merchant's member card there (`purpose` "wechat_card", the card's terms as `notice_version`) — or find the
+    member holding that openid. The consent is recorded either way; a new member has no phone and no name until
+    they give them, and gets the welcome points and a card number as any new member."""
+    kind = openid_kind(appid)
+    member_id = owner(session, kind, openid)
+    created = member_id is None
+    if member_id is None:
+        member_id = create_member(session, now).id
+        attach(session, member_id, kind, openid, now)
+    return _consented(
+        session, member_id, created, purpose, notice_version, store_id, now, welcome_points, card_no_prefix
+    )
+
+
+def _consented(
+    session: Session,
+    member_id: str,
+    created: bool,
+    purpose: str,
+    notice_version: str | None,
+    store_id: str | None,
+    now: datetime,
+    welcome_points: int,
+    card_no_prefix: str | None,
+) -> Joined:
+    """Record the consent; a new member gets the welcome points (once) and a card number."""
     session.add(
         MemberConsent(
-            member_id=member_id,
-            purpose="membership",
-            notice_version=request.notice_version,
-            store_id=store_id,
-            given_at=now,
+            member_id=member_id, purpose=purpose, notice_version=notice_version, store_id=store_id, given_at=now
         )
     )
     given = 0

@@ -28,6 +28,7 @@ from central.config import Settings
 from central.db import write_session
 from central.errors import CentralError, Unauthorized
 from central.metrics import CentralMetrics
+from central.payments.brand_cards import BrandCardSync, JoinOnPayment, client_from_settings
 from central.payments.cards import CardSync
 from central.payments.gateway import Gateway
 from central.payments.orphans import OrphanWatch
@@ -56,9 +57,19 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
             session.commit()
         # Payments run as tasks in this loop; unfinished ones are resumed from the database.
         gateway = Gateway(
-            settings, engine, app.state.payment_providers, metrics=app.state.metrics, **app.state.payment_options
+            settings,
+            engine,
+            app.state.payment_providers,
+            metrics=app.state.metrics,
+            card_join=JoinOnPayment.from_settings(settings, engine),  # 下单同步入会
+            **app.state.payment_options,
         )
-        card_sync = CardSync.from_settings(settings, engine)
+        # Points changes go to the member card the settings name (wechat_member_card): legacy 卡券, brand, or none.
+        card_sync: CardSync | BrandCardSync | None = None
+        if settings.wechat_member_card == "legacy":
+            card_sync = CardSync.from_settings(settings, engine)
+        elif settings.wechat_member_card == "brand":
+            card_sync = BrandCardSync.from_settings(settings, engine, app.state.brand_card_api)
         orphan_watch = OrphanWatch.from_settings(settings, engine, gateway)  # payments no sale holds (orphans.py)
         await gateway.start()
         if card_sync is not None:
@@ -79,6 +90,8 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.payment_providers = build_providers(settings)
+    # The merchant member card's Brand API client (its keys are read here, as the providers' are).
+    app.state.brand_card_api = client_from_settings(settings) if settings.wechat_member_card == "brand" else None
     app.state.payment_options = {}  # tests: Gateway keyword arguments (clock, sleep, timings)
     app.state.gateway = app.state.card_sync = app.state.orphan_watch = None
     app.state.metrics = CentralMetrics(engine)

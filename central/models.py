@@ -366,3 +366,69 @@ class WechatFollowerSync(CentralModel, table=True):
     last_run_at: datetime | None = utc(nullable=True)
     last_pass_at: datetime | None = utc(nullable=True)
     last_error: str | None = Field(default=None, max_length=256)
+
+
+# --- The merchant member card of WeChat Pay's Brand API, 商家名片会员 (central/payments/brand_cards.py, 0007) -----
+
+
+class WechatBrandCard(CentralModel, table=True):
+    """A merchant member card (商家名片会员卡) a member holds: its template and code, and the openid (of
+    `wechat_appid`) the Brand API knows the holder by. The code is also the member's identifier
+    `wxcard:<card_id>`."""
+
+    __tablename__ = "wechat_brand_card"
+
+    card_id: str = Field(primary_key=True, max_length=32)
+    code: str = Field(primary_key=True, max_length=32)
+    member_id: str = Field(foreign_key="member.id", index=True, max_length=16)
+    openid: str | None = Field(default=None, max_length=128)
+    source: str = Field(max_length=16, description="payment (下单同步入会), import, admin")
+    out_trade_no: str | None = Field(default=None, max_length=32, description="the payment that enrolled the payer")
+    created_at: datetime = utc()
+
+
+class BrandCardPush(CentralModel, table=True):
+    """One ledger entry to tell one merchant member card about (a user feed, 用户动态). `out_request_no` is derived
+    from the entry and the card, so a retried push is the same request to WeChat Pay."""
+
+    __tablename__ = "brand_card_push"
+    __table_args__ = (
+        sa.UniqueConstraint("ledger_entry_id", "card_id", "code", name="uq_brand_card_push_entry"),
+        sa.Index("ix_brand_card_push_due", "state", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(AutoId, primary_key=True, autoincrement=True))
+    ledger_entry_id: int = Field(sa_column=sa.Column(AutoId, sa.ForeignKey("ledger_entry.id"), nullable=False))
+    card_id: str = Field(max_length=32)
+    code: str = Field(max_length=32)
+    member_id: str = Field(max_length=16)
+    out_request_no: str = Field(max_length=64, unique=True)
+    state: str = Field(default="pending", max_length=8, description="pending, done, failed, skipped")
+    attempts: int = 0
+    next_attempt_at: datetime = utc()
+    last_error: str | None = Field(default=None, max_length=256)
+    created_at: datetime = utc()
+    done_at: datetime | None = utc(nullable=True)
+
+
+class WechatCardJoin(CentralModel, table=True):
+    """A code payment that carried the member card join fields (下单同步入会) in its attach: once it is paid, the
+    payer's card code is linked to the member."""
+
+    __tablename__ = "wechat_card_join"
+    __table_args__ = (sa.Index("ix_wechat_card_join_due", "state", "next_attempt_at"),)
+
+    out_trade_no: str = Field(primary_key=True, max_length=32)
+    store_id: str = Field(max_length=16)
+    card_id: str = Field(max_length=32)
+    code: str = Field(max_length=32, description="the user_card_code the attach offered")
+    state: str = Field(
+        default="pending", max_length=16, description="pending, linked, not_paid, not_enrolled, conflict"
+    )
+    attempts: int = 0
+    next_attempt_at: datetime = utc()
+    member_id: str | None = Field(default=None, max_length=16)
+    linked_code: str | None = Field(default=None, max_length=32, description="the code WeChat Pay holds for the payer")
+    last_error: str | None = Field(default=None, max_length=256)
+    created_at: datetime = utc()
+    done_at: datetime | None = utc(nullable=True)

@@ -20,11 +20,14 @@ from sqlmodel import Session
 from central import card, contract, feed, identity
 from central.errors import TooLarge
 from central.models import LedgerEntry, Transaction
-from central.payments import cards
+from central.payments import brand_cards, cards
 
 
-def ingest(session: Session, store_id: str, rows: Sequence[Any], now: datetime) -> contract.BatchResult:
-    """Judge and store a batch of journal rows (raw JSON values) for `store_id`, then commit."""
+def ingest(
+    session: Session, store_id: str, rows: Sequence[Any], now: datetime, member_card: str = "legacy"
+) -> contract.BatchResult:
+    """Judge and store a batch of journal rows (raw JSON values) for `store_id`, then commit. `member_card` is the
+    `wechat_member_card` setting: which WeChat member card the entries' pushes are queued for."""
     if len(rows) > contract.MAX_BATCH_SIZE:
         raise TooLarge(
             f"a batch holds at most {contract.MAX_BATCH_SIZE} transactions, this one {len(rows)}; send smaller batches",
@@ -109,7 +112,11 @@ def ingest(session: Session, store_id: str, rows: Sequence[Any], now: datetime) 
     if entries:
         session.execute(sa.insert(LedgerEntry.__table__), entries)
         # Members with a WeChat member card get a push per entry, queued in this same transaction.
-        cards.enqueue(session, {entry["transaction_id"] for entry in entries}, now)
+        sources = {entry["transaction_id"] for entry in entries}
+        if member_card == "legacy":
+            cards.enqueue(session, sources, now)
+        elif member_card == "brand":
+            brand_cards.enqueue(session, sources, now)
     for codes, transaction_id, at in coupon_uses:
         card.use_coupons(session, codes, transaction_id, at)
     points = feed.balances(session, touched)

@@ -90,6 +90,7 @@ from central.payments.transitions import (
 
 if TYPE_CHECKING:
     from central.metrics import CentralMetrics
+    from central.payments.brand_cards import JoinOnPayment, JoinPlan
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ class Gateway:
         clock: Clock = utcnow,
         sleep: Sleep = asyncio.sleep,
         metrics: CentralMetrics | None = None,
+        card_join: JoinOnPayment | None = None,
     ):
         self.settings = settings
         self.engine = engine
@@ -194,6 +196,8 @@ class Gateway:
         self._again: set[str] = set()
         self._stopping = False
         self.metrics = metrics  # counts payments by outcome (central/metrics.py)
+        # 下单同步入会: the member card join fields a WeChat charge carries in `attach` (central/payments/brand_cards.py)
+        self.card_join = card_join
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -311,7 +315,10 @@ class Gateway:
         name = self.route(request.auth_code, request.provider)
         fingerprint = self._fingerprint(store_id, request)
         now = self.clock()
-        row, created = await asyncio.to_thread(self._create, store_id, name, request, fingerprint, now)
+        join = None
+        if self.card_join is not None:
+            join = await asyncio.to_thread(self.card_join.plan, name, request.out_trade_no, request.member_id)
+        row, created = await asyncio.to_thread(self._create, store_id, name, request, fingerprint, now, join)
         if not created:
             if row.store_id != store_id:
                 raise Conflict("this out_trade_no is another store's payment; use a new one", code="out_trade_no_taken")
@@ -337,6 +344,7 @@ class Gateway:
                 station_id=request.station_id,
                 expires_at=now + timedelta(seconds=self.timings.limit),  # the provider closes it when we give up
                 device_ip=device_ip,
+                attach=join.attach if join is not None else None,
             )
             self._spawn(request.out_trade_no, charge)
         if row.state == PaymentState.PENDING and self.timings.answer > 0:
@@ -861,7 +869,13 @@ class Gateway:
             return session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
 
     def _create(
-        self, store_id: str, provider: str, request: contract.PaymentRequest, fingerprint: str, now: datetime
+        self,
+        store_id: str,
+        provider: str,
+        request: contract.PaymentRequest,
+        fingerprint: str,
+        now: datetime,
+        join: JoinPlan | None = None,
     ) -> tuple[sa.Row, bool]:
         table = Payment.__table__
         with write_session(self.engine) as session:
@@ -900,6 +914,8 @@ class Gateway:
                     out_trade_no=request.out_trade_no, at=now, action="state", outcome=state.value
                 )
             )
+            if join is not None:
+                join.record(session, store_id, now)  # with the payment: a charge with the join fields is followed
             try:
                 session.commit()
             except sa.exc.IntegrityError:

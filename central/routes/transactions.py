@@ -48,7 +48,7 @@ def ingest_batch(
 ) -> contract.BatchResult:
     """Ingest journal rows: per row accepted, duplicate or rejected (with a reason), plus the authoritative
     points balance of every member the rows touch. Retrying a batch is always safe."""
-    result = transactions.ingest(session, store, rows, now)
+    result = transactions.ingest(session, store, rows, now, request.app.state.settings.wechat_member_card)
     request.app.state.metrics.batch_ingested(result)
     card_sync = getattr(request.app.state, "card_sync", None)
     if card_sync is not None:
