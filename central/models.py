@@ -374,7 +374,7 @@ class WechatFollowerSync(CentralModel, table=True):
 class WechatBrandCard(CentralModel, table=True):
     """A merchant member card (商家名片会员卡) a member holds: its template and code, and the openid (of
     `wechat_appid`) the Brand API knows the holder by. The code is also the member's identifier
-    `wxcard:<card_id>`."""
+    `card_no`, so a till finds the member when the card is shown."""
 
     __tablename__ = "wechat_brand_card"
 
