@@ -41,6 +41,7 @@ from tests.checkout_stack import Stack, wechat_code  # noqa: E402
 
 TARGET_MS = 50.0
 WARMUP = 10  # sales of each kind, and as many baselines, before timing
+QUICK_SALES, QUICK_WARMUP = 10, 2  # --quick: a smoke test that the benchmark still runs, not a measurement
 MEMBER_PAYER = "0001"  # the simulated customer whose openid central links to the member
 OTHER_PAYER = "0002"  # a customer no member is linked to
 BASKET = [
@@ -154,13 +155,15 @@ def describe(calls: Counter) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sales", type=int, default=1000, help="timed sales, half as member (default 1000)")
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 50 sales")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"a smoke test: {QUICK_SALES} sales after {QUICK_WARMUP} to warm up"
+    )
     parser.add_argument("--back-to-back", action="store_true", help="do not wait for the last sale's receipt and push")
     parser.add_argument(
         "--separate-process", action="store_true", help="run the agent as `pos-edge run`, its own process"
     )
     args = parser.parse_args()
-    sales = 50 if args.quick else args.sales
+    sales = QUICK_SALES if args.quick else args.sales
     if sales < 2:
         parser.error("--sales must be at least 2")
 
@@ -173,6 +176,7 @@ def main() -> None:
 
 
 def run(stack: Stack, sales: int, args: argparse.Namespace) -> None:
+    warmup = QUICK_WARMUP if args.quick else WARMUP
     member_id = stack.add_member(points=1000, tier="gold", payer=wechat_code("00", customer=MEMBER_PAYER))
     central = stack.central.client(stack.store, timeout=15)
     agent = {True: Samples(), False: Samples()}
@@ -183,15 +187,15 @@ def run(stack: Stack, sales: int, args: argparse.Namespace) -> None:
     per_sale = {}
     for as_member in (True, False):
         who = member_id if as_member else None
-        for _ in range(WARMUP):
+        for _ in range(warmup):
             agent_sale(stack, who)
             baseline(stack, central, who)
         settle(stack)
         before = central_calls(stack)
-        for _ in range(WARMUP):
+        for _ in range(warmup):
             agent_sale(stack, who)
             settle(stack)
-        per_sale[as_member] = +Counter({path: n // WARMUP for path, n in (central_calls(stack) - before).items()})
+        per_sale[as_member] = +Counter({path: n // warmup for path, n in (central_calls(stack) - before).items()})
     load_before = os.getloadavg()[0]
     before = central_calls(stack)
 
