@@ -45,7 +45,6 @@ from agent.errors import (
 )
 from agent.identify import MemberNotFound
 from agent.member_cache import PhoneLookupUnavailable
-from agent.membership import qr_svg
 from agent.receipts import e_receipt_url
 from agent.refunds import RefundLine
 from agent.sale import (
@@ -59,6 +58,7 @@ from agent.sale import (
     SaleState,
     Tender,
 )
+from agent.screen_qr import qr_svg
 from agent.settings import Settings
 
 sessions_router = APIRouter(prefix="/v1/sessions", tags=["checkout"], dependencies=TOKEN_REQUIRED, responses=V1_ERRORS)
@@ -179,7 +179,9 @@ class Session(BaseModel):
         description="once paid, the e-receipt page the receipt's QR opens (null without the privacy key); "
         "null in an event's session: read the session"
     )
-    e_receipt_qr_svg: str | None = Field(description="that link as a QR code, SVG markup for the screen")
+    e_receipt_qr_svg: str | None = Field(
+        description="that link as a QR code, SVG markup for the screen: in GET /v1/sessions/{id} only"
+    )
     price_approved_by: str | None = Field(description="the supervisor who approved the basket's price overrides")
     message: str | None
 
@@ -244,11 +246,11 @@ class MemberFound(BaseModel):
 
 
 def _session(sale: Sale, settings: Settings) -> Session:
-    """The sale as answered; a paid one with its e-receipt link and QR, for the customer's screen."""
+    """The sale as answered; a paid one with its e-receipt link."""
     link = None
     if sale.transaction_id is not None:
         link = e_receipt_url(settings.e_receipt_template, sale.transaction_id, settings.privacy.key_bytes())
-    return Session.model_validate(sale.view(link, None if link is None else qr_svg(link)))
+    return Session.model_validate(sale.view(link))
 
 
 EVENT_STREAM: dict[int | str, dict[str, Any]] = {
@@ -271,7 +273,12 @@ async def current_session(checkout: CheckoutDep) -> Session:
 
 @sessions_router.get("/{session_id}", responses=error_responses(NotFound))
 async def get_session(session_id: str, checkout: CheckoutDep) -> Session:
-    return _session(await checkout.look(session_id), checkout.settings)
+    """The session; once paid, with its e-receipt QR code too (drawn here only: a step's answer stays quick)."""
+    sale = await checkout.look(session_id)
+    answer = _session(sale, checkout.settings)
+    if answer.e_receipt_url is None:
+        return answer
+    return answer.model_copy(update={"e_receipt_qr_svg": await asyncio.to_thread(qr_svg, answer.e_receipt_url)})
 
 
 @sessions_router.post(

@@ -19,9 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import qrcode
 from pydantic import BaseModel, Field
-from qrcode.image.svg import SvgPathImage
 
 from agent import idempotency, pii
 from agent.benefits import usable_now
@@ -50,6 +48,7 @@ from agent.member_cache import MemberCache, PhoneLookupUnavailable
 from agent.member_code import MemberCodeError
 from agent.receipts import e_receipt_url
 from agent.sale import HeldCoupon, Sale
+from agent.screen_qr import qr_svg
 from agent.settings import Settings
 from agent.sync import to_cache_change
 from central.contract import EnrolRequest
@@ -317,10 +316,3 @@ class Membership:
             ],
             via=found.via,
         )
-
-
-def qr_svg(text: str) -> str:
-    """A QR code as SVG markup that fills its box (drawn here: the screens load nothing from outside)."""
-    image = qrcode.make(text, image_factory=SvgPathImage, box_size=10, border=2)
-    svg = image.to_string(encoding="unicode")
-    return svg[svg.index("<svg") :].replace('width="', 'data-mm-width="').replace('height="', 'data-mm-height="')
