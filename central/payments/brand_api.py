@@ -55,6 +55,7 @@ from central.payments.provider import ProviderBadResponse
 from central.payments.wechat_v3 import (
     ATTACH_MAX,
     BRAND_AUTH_SCHEMA,
+    LoopClients,
     ResponseVerifier,
     authorization,
     load_private_key,
@@ -203,7 +204,7 @@ class BrandCardClient:
         self.timeout = timeout
         self.limit = limit or RateLimit(calls_per_second)
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._clients = LoopClients(timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrandCardClient:
@@ -290,21 +291,12 @@ class BrandCardClient:
         )
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        await self._clients.aclose()
 
     # -- the exchange --
 
     def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            for old in [other for other in self._clients if other.is_closed()]:
-                del self._clients[old]
-            client = httpx.AsyncClient(timeout=self.timeout, trust_env=False)
-            self._clients[loop] = client
-        return client
+        return self._clients.get()
 
     async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """One signed call within the rate limit; its verified JSON answer ({} for 204). BrandApiError otherwise."""

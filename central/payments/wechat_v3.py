@@ -391,6 +391,30 @@ class Answer:
 # --- the client -----------------------------------------------------------------------------------------------
 
 
+class LoopClients:
+    """One HTTP client per event loop, for the WeChat Pay clients (v3, the Brand API): a client's connections belong
+    to the loop that opened them, so a new loop (a restart) gets a new client and closed loops' clients go."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            for old in [other for other in self._clients if other.is_closed()]:
+                del self._clients[old]
+            client = httpx.AsyncClient(timeout=self.timeout, trust_env=False)
+            self._clients[loop] = client
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
 class WeChatPayV3Client:
     """A `Provider` speaking WeChat Pay API v3 to `base_url` (https://api.mch.weixin.qq.com, or a simulator), with
     `identify` and `bill` through the v2 client `v2` (same merchant, its v2 API key)."""
@@ -424,7 +448,7 @@ class WeChatPayV3Client:
         self.v2 = v2
         self.timeout = timeout
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._clients = LoopClients(timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WeChatPayV3Client:
@@ -605,23 +629,13 @@ class WeChatPayV3Client:
         )
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        await self._clients.aclose()
         await self.v2.aclose()
 
     # -- the exchange --
 
     def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            # A client's connections belong to the loop that opened them: a new loop (a restart) gets a new client.
-            for old in [other for other in self._clients if other.is_closed()]:
-                del self._clients[old]
-            client = httpx.AsyncClient(timeout=self.timeout, trust_env=False)
-            self._clients[loop] = client
-        return client
+        return self._clients.get()
 
     async def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Answer:
         """Send a signed request; the answer once its signature verifies. ProviderRejected for a 401 (WeChat
