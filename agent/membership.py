@@ -16,7 +16,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, Field
@@ -105,11 +104,6 @@ class Joined(BaseModel):
     message_zh: str
 
 
-@dataclass(frozen=True)
-class Listening:
-    until: float  # monotonic
-
-
 class Membership:
     def __init__(
         self,
@@ -133,7 +127,7 @@ class Membership:
         self._sale_of = sale_of
         self.clock = clock
         self._rules: CodeRules = settings.codes.rules()
-        self._listening: Listening | None = None
+        self._listening_until: float | None = None  # monotonic: the wallet takes the next scan until then
 
     # --- the notice and joining ----------------------------------------------------------------------------
 
@@ -224,18 +218,18 @@ class Membership:
     def listen(self) -> float:
         """The station's next member, card or payment code scan shows the wallet (event `wallet`) instead of opening
         a sale, for the next LISTEN_S seconds; the seconds."""
-        self._listening = Listening(self.clock.monotonic() + LISTEN_S)
+        self._listening_until = self.clock.monotonic() + LISTEN_S
         return LISTEN_S
 
     def claims(self, text: str) -> bool:
         """Checkout's question for a scan with no sale open: is it the wallet's?"""
-        listening = self._listening
-        if listening is None or self.clock.monotonic() > listening.until:
+        until = self._listening_until
+        if until is None or self.clock.monotonic() > until:
             return False
         return classify(text, self._rules).kind in (Kind.MEMBER_CODE, Kind.CARD, Kind.PAYMENT)
 
     async def on_scan(self, text: str) -> None:
-        self._listening = None
+        self._listening_until = None
         try:
             wallet = await self.wallet(text=text)
         except AgentError as exc:
