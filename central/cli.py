@@ -6,8 +6,10 @@ file or arguments, 1 for anything else that stopped the command.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -19,8 +21,9 @@ import sqlalchemy as sa
 from central import __version__
 from central.clock import utcnow
 from central.config import LoadedSettings, Settings, SettingsError, load_settings
-from central.db import DatabaseError, open_database, read_session, write_session
+from central.db import DatabaseError, Pool, hold_single_process, open_database, read_session, write_session
 from central.errors import CentralError
+from central.leases import instance_name
 from central.payments.providers import ProviderSetupError
 from central.pii import InvalidPhoneNumber
 
@@ -45,7 +48,7 @@ def _settings(path: Path) -> Settings:
 
 
 def _engine(settings: Settings) -> sa.Engine:
-    return open_database(settings.database_url)
+    return open_database(settings.database_url, Pool.from_settings(settings))
 
 
 @click.group()
@@ -58,8 +61,15 @@ def cli() -> None:
 @CONFIG_OPTION
 @click.option("--host", help="Listen address (default: the settings' host).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Listen port (default: the settings' port).")
-def serve(config_path: Path, host: str | None, port: int | None) -> None:
-    """Upgrade the database schema, then serve the API until Ctrl-C or SIGTERM."""
+@click.option(
+    "--jobs/--no-jobs",
+    default=None,
+    help="Run the periodic jobs here too (default: the settings' run_jobs); --no-jobs on web replicas when "
+    "`pos-central worker` runs them.",
+)
+def serve(config_path: Path, host: str | None, port: int | None, jobs: bool | None) -> None:
+    """Upgrade the database schema, then serve the API until Ctrl-C or SIGTERM. On PostgreSQL any number of these
+    may serve one database (docs/DEPLOYING-CENTRAL.md); on SQLite one only."""
     import uvicorn
 
     from central.main import create_app
@@ -67,25 +77,93 @@ def serve(config_path: Path, host: str | None, port: int | None) -> None:
     settings = _settings(config_path)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-run context lines say nothing useful here
+    port = port or settings.port
+    if settings.instance is None:
+        settings = settings.model_copy(update={"instance": instance_name(port)})
     engine = _engine(settings)
-    app = create_app(settings, engine)
+    lock = _single_process(engine)
+    app = create_app(settings, engine, run_jobs=jobs)
     log.info(
-        "pos-central %s on http://%s:%s (%s)",
+        "pos-central %s on http://%s:%s (%s), instance %s%s",
         __version__,
         host or settings.host,
-        port or settings.port,
+        port,
         engine.url.render_as_string(hide_password=True),
+        settings.instance,
+        "" if app.state.run_jobs else ", no periodic jobs",
     )
     try:
         uvicorn.run(
             app,
             host=host or settings.host,
-            port=port or settings.port,
+            port=port,
             log_level=settings.log_level.lower(),
             access_log=False,
         )
     finally:
         engine.dispose()
+        if lock is not None:
+            lock.close()
+
+
+@cli.command()
+@CONFIG_OPTION
+def worker(config_path: Path) -> None:
+    """Run the periodic jobs and take over the payments of replicas that died, without serving HTTP, until Ctrl-C or
+    SIGTERM: the one process of a chain's deployment whose web replicas run `serve --no-jobs` (PostgreSQL only)."""
+    settings = _settings(config_path)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if settings.instance is None:
+        settings = settings.model_copy(update={"instance": instance_name(role="worker")})
+    engine = _engine(settings)
+    if engine.dialect.name == "sqlite":
+        engine.dispose()
+        raise click.ClickException(
+            "the worker is for several processes on PostgreSQL; on SQLite `pos-central serve` runs the jobs itself"
+        )
+    try:
+        log.info("pos-central %s worker %s (%s)", __version__, settings.instance, engine.url.render_as_string(True))
+        asyncio.run(_work(settings, engine))
+    finally:
+        engine.dispose()
+
+
+async def _work(settings: Settings, engine: sa.Engine) -> None:
+    from central.background import Background
+    from central.leases import Leases
+    from central.metrics import CentralMetrics
+    from central.payments.brand_cards import client_from_settings
+    from central.payments.providers import build_providers
+
+    assert settings.instance is not None
+    background = Background(
+        settings,
+        engine,
+        build_providers(settings),
+        Leases(engine, settings.instance, settings.lease_seconds),
+        run_jobs=True,
+        metrics=CentralMetrics(engine),
+        brand_card_api=client_from_settings(settings) if settings.wechat_member_card == "brand" else None,
+    )
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    await background.start()
+    try:
+        await stopped.wait()
+    finally:
+        log.info("worker stopping: its leases are given up for another process to take at once")
+        await background.stop()
+
+
+def _single_process(engine: sa.Engine):
+    """SQLite serves one process: refuse a second one on the same file, saying why."""
+    try:
+        return hold_single_process(engine)
+    except DatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.group()

@@ -63,6 +63,55 @@ class Settings(BaseSettings):
         description="bearer token for GET /metrics, at least 16 characters; without it /metrics is off",
     )
 
+    # --- several processes on one PostgreSQL database (docs/DEPLOYING-CENTRAL.md) -------------------------------
+    instance: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        examples=["central-1:8800"],
+        description="this process's name among central's processes (leases); default: host:port, or host:worker",
+    )
+    run_jobs: bool = Field(
+        True,
+        examples=[True],
+        description="serve also runs the periodic jobs (card pushes, payments check, follower sync); false on web "
+        "replicas when `pos-central worker` runs them. Either way each job runs in one process at a time",
+    )
+    lease_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=600,
+        examples=[30.0],
+        description="how long a process holds an unfinished payment or a job without renewing: a dead replica's "
+        "work is taken over this long after it died",
+    )
+    db_pool_size: int = Field(
+        10, ge=1, le=200, examples=[10], description="PostgreSQL connections each process keeps open"
+    )
+    db_max_overflow: int = Field(
+        10, ge=0, le=200, examples=[10], description="extra PostgreSQL connections a process opens under load"
+    )
+    db_pool_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        examples=[5.0],
+        description="a request waits this long for a free connection, then is answered 503 with Retry-After",
+    )
+    db_statement_timeout_seconds: float = Field(
+        15.0,
+        ge=0,
+        le=600,
+        examples=[15.0],
+        description="PostgreSQL cancels a statement running longer (the request answers 503); 0: no limit",
+    )
+    max_requests_in_flight: int = Field(
+        256,
+        ge=1,
+        le=10_000,
+        examples=[256],
+        description="requests a process works on at once; more are answered 503 with Retry-After at once",
+    )
+
     # --- the e-receipt page, GET /e/{token} (docs/central.md) ------------------------------------------------
     e_receipt_timezone: str = Field(
         "Asia/Shanghai", examples=["Asia/Shanghai"], description="the stores' time zone: times on e-receipt pages"

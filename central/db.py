@@ -10,11 +10,14 @@ The schema belongs to the Alembic migrations in `central/migrations`, run by `po
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO, Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -62,12 +65,40 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def create_engine(url: str) -> sa.Engine:
+@dataclass(frozen=True)
+class Pool:
+    """A process's PostgreSQL connections (docs/DEPLOYING-CENTRAL.md has the sizing rule)."""
+
+    size: int = 10  # kept open
+    max_overflow: int = 10  # opened under load, closed when idle
+    timeout: float = 5.0  # a request waits this long for a connection, then is answered 503 (central.main)
+    statement_timeout: float = 15.0  # PostgreSQL cancels a longer statement; 0: no limit
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Pool:
+        return cls(
+            size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            timeout=settings.db_pool_timeout_seconds,
+            statement_timeout=settings.db_statement_timeout_seconds,
+        )
+
+
+def create_engine(url: str, pool: Pool | None = None) -> sa.Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
+    pool = pool or Pool()
     try:
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool.size,
+            max_overflow=pool.max_overflow,
+            pool_timeout=pool.timeout,
+            # Server-side: a runaway query is cancelled and its connection comes back, instead of holding it.
+            connect_args={"options": f"-c statement_timeout={int(pool.statement_timeout * 1000)}"},
+        )
     except ModuleNotFoundError as exc:
         # The PostgreSQL driver is an extra: a till installs the agent without it.
         if (exc.name or "").partition(".")[0] != "psycopg":
@@ -130,6 +161,9 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
     """Upgrade the schema in place, in one transaction: a failed upgrade leaves the previous schema."""
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # An upgrade may rewrite a large table: no statement timeout for it.
+                connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
             before = _check_not_newer(connection)
             config = _alembic_config()
             config.attributes["connection"] = connection
@@ -172,12 +206,31 @@ def _check_not_newer(connection: sa.Connection) -> str | None:
     return current
 
 
-def open_database(url: str) -> sa.Engine:
+def open_database(url: str, pool: Pool | None = None) -> sa.Engine:
     """An engine on `url` with the schema upgraded to this release's head."""
-    engine = create_engine(url)
+    engine = create_engine(url, pool)
     try:
         migrate(engine)
     except BaseException:
         engine.dispose()
         raise
     return engine
+
+
+def hold_single_process(engine: sa.Engine) -> IO[bytes] | None:
+    """On a SQLite file, make this process the only central process on it, or say why it cannot start: SQLite
+    serves one process (its leases, jobs and payments assume it). The lock lives as long as the returned file;
+    PostgreSQL takes any number of processes (None)."""
+    if engine.dialect.name != "sqlite" or not engine.url.database or engine.url.database == ":memory:":
+        return None
+    path = Path(engine.url.database + ".lock")
+    lock = open(path, "ab")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise DatabaseError(
+            f"another pos-central process is using {engine.url.database}: SQLite serves one process only. "
+            "Stop the other one, or run several processes on PostgreSQL (docs/DEPLOYING-CENTRAL.md)"
+        ) from None
+    return lock

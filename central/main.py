@@ -22,16 +22,13 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from starlette.exceptions import HTTPException
 
-from central import __version__, contract, keys
-from central.clock import utcnow
+from central import __version__, contract
+from central.background import Background
 from central.config import Settings
-from central.db import write_session
 from central.errors import CentralError, Unauthorized
+from central.leases import Leases, instance_name
 from central.metrics import CentralMetrics
-from central.payments.brand_cards import BrandCardSync, JoinOnPayment, client_from_settings
-from central.payments.cards import CardSync
-from central.payments.gateway import Gateway
-from central.payments.orphans import OrphanWatch
+from central.payments.brand_cards import client_from_settings
 from central.payments.providers import build_providers
 from central.routes import e_receipts, members, payments, stores, transactions, wechat
 from central.routes import keys as keys_routes
@@ -47,43 +44,31 @@ _ERRORS = {status: {"model": contract.ErrorBody} for status in (400, 401, 403, 4
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
-    """The app on an engine whose schema is already at head (see `central.db.open_database`)."""
+def create_app(settings: Settings, engine: sa.Engine, *, run_jobs: bool | None = None) -> FastAPI:
+    """The app on an engine whose schema is already at head (see `central.db.open_database`). `run_jobs`: whether
+    this process also runs the periodic jobs (default: the settings' `run_jobs`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        with write_session(engine) as session:
-            keys.ensure_key(session, utcnow())  # a member-code key exists before the first store asks
-            session.commit()
-        # Payments run as tasks in this loop; unfinished ones are resumed from the database.
-        gateway = Gateway(
+        # Payments run as tasks in this loop; unfinished ones no live process drives are taken over (leases).
+        background = Background(
             settings,
             engine,
             app.state.payment_providers,
+            app.state.leases,
+            run_jobs=app.state.run_jobs,
             metrics=app.state.metrics,
-            card_join=JoinOnPayment.from_settings(settings, engine),  # 下单同步入会
-            **app.state.payment_options,
+            brand_card_api=app.state.brand_card_api,
+            payment_options=app.state.payment_options,
         )
-        # Points changes go to the member card the settings name (wechat_member_card): legacy 卡券, brand, or none.
-        card_sync: CardSync | BrandCardSync | None = None
-        if settings.wechat_member_card == "legacy":
-            card_sync = CardSync.from_settings(settings, engine)
-        elif settings.wechat_member_card == "brand":
-            card_sync = BrandCardSync.from_settings(settings, engine, app.state.brand_card_api)
-        orphan_watch = OrphanWatch.from_settings(settings, engine, gateway)  # payments no sale holds (orphans.py)
-        await gateway.start()
-        if card_sync is not None:
-            card_sync.start()
-        orphan_watch.start()
-        app.state.gateway, app.state.card_sync, app.state.orphan_watch = gateway, card_sync, orphan_watch
+        await background.start()
+        app.state.gateway, app.state.card_sync = background.gateway, background.card_sync
+        app.state.orphan_watch, app.state.follower_sync = background.orphan_watch, background.follower_sync
         try:
             yield
         finally:
-            app.state.gateway = app.state.card_sync = app.state.orphan_watch = None
-            await orphan_watch.stop()
-            if card_sync is not None:
-                await card_sync.stop()
-            await gateway.stop()
+            app.state.gateway = app.state.card_sync = app.state.orphan_watch = app.state.follower_sync = None
+            await background.stop()
 
     # Swagger UI from the package, not a CDN; no ReDoc, which fetches its logo from one.
     app = FastAPIOffline(title=TITLE, version=__version__, description=DESCRIPTION, lifespan=lifespan, redoc_url=None)
@@ -93,8 +78,12 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
     # The merchant member card's Brand API client (its keys are read here, as the providers' are).
     app.state.brand_card_api = client_from_settings(settings) if settings.wechat_member_card == "brand" else None
     app.state.payment_options = {}  # tests: Gateway keyword arguments (clock, sleep, timings)
-    app.state.gateway = app.state.card_sync = app.state.orphan_watch = None
+    app.state.run_jobs = settings.run_jobs if run_jobs is None else run_jobs
+    # This process's name among the replicas on the database: the same after a restart, so it takes its own back.
+    app.state.leases = Leases(engine, settings.instance or instance_name(settings.port), settings.lease_seconds)
+    app.state.gateway = app.state.card_sync = app.state.orphan_watch = app.state.follower_sync = None
     app.state.metrics = CentralMetrics(engine)
+    app.add_middleware(Overload, limit=settings.max_requests_in_flight)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     for router in (members.router, transactions.router, stores.router, keys_routes.router, payments.router):
         app.include_router(router, prefix=contract.API_PREFIX, responses=_ERRORS)
@@ -127,6 +116,7 @@ def create_app(settings: Settings, engine: sa.Engine) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(sa.exc.OperationalError, _database_unavailable)
+    app.add_exception_handler(sa.exc.TimeoutError, _database_unavailable)  # no free connection in the pool
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
@@ -169,6 +159,36 @@ class RequestMetrics:
         return self._templates.get(id(route)) or getattr(route, "path", None) or "unmatched"
 
 
+class Overload:
+    """Answers 503 with Retry-After at once when `limit` requests are already being worked on in this process:
+    a till retries after the pause (the agent honours Retry-After) instead of every request slowing down together
+    until they all time out. Health checks, metrics and long-polls (`?wait=`, which wait on an event and hold no
+    thread or connection while they do) are not counted."""
+
+    EXEMPT = frozenset({"/healthz", "/metrics"})
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT or b"wait=" in scope.get("query_string", b""):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            response = _error(
+                503, "overloaded", "central is busy; retry after the pause it asks for", headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def _error(
     status: int,
     code: str,
@@ -201,9 +221,10 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-async def _database_unavailable(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
-    # Locked, restarting or unreachable: nothing was committed, and the same request may succeed shortly.
-    log.warning("database unavailable: %s", exc.orig)
+async def _database_unavailable(request: Request, exc: sa.exc.OperationalError | sa.exc.TimeoutError) -> JSONResponse:
+    # Locked, restarting, unreachable, a statement cancelled by its timeout, or every pooled connection busy:
+    # nothing was committed, and the same request may succeed shortly.
+    log.warning("database unavailable: %s", getattr(exc, "orig", None) or exc)
     return _error(
         503, "unavailable", "the database is busy or unreachable; retry shortly", headers={"Retry-After": "1"}
     )

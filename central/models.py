@@ -218,6 +218,9 @@ class Payment(CentralModel, table=True):
     finished_at: datetime | None = utc(nullable=True)
     created_at: datetime = utc()
     updated_at: datetime = utc()
+    # The central process driving it while unfinished, and until when (central/leases.py). Migration 0008.
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = utc(nullable=True)
 
 
 class PaymentEvent(CentralModel, table=True):
@@ -264,6 +267,8 @@ class PaymentRefund(CentralModel, table=True):
     finished_at: datetime | None = utc(nullable=True)
     created_at: datetime = utc()
     updated_at: datetime = utc()
+    lease_owner: str | None = Field(default=None, max_length=64)  # as on `payment` (migration 0008)
+    lease_until: datetime | None = utc(nullable=True)
 
 
 class WechatMemberCard(CentralModel, table=True):
@@ -366,6 +371,19 @@ class WechatFollowerSync(CentralModel, table=True):
     last_run_at: datetime | None = utc(nullable=True)
     last_pass_at: datetime | None = utc(nullable=True)
     last_error: str | None = Field(default=None, max_length=256)
+
+
+class JobLease(CentralModel, table=True):
+    """A periodic job (card pushes, the payments check, the follower sync): the one process that runs it while it
+    holds the lease, and when it last ran, so a new holder keeps the period (central/leases.py). Migration 0008."""
+
+    __tablename__ = "job_lease"
+
+    name: str = Field(primary_key=True, max_length=32)
+    owner: str | None = Field(default=None, max_length=64)
+    until: datetime | None = utc(nullable=True)
+    last_run_at: datetime | None = utc(nullable=True)
+    runs: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
 
 
 # --- The merchant member card of WeChat Pay's Brand API, 商家名片会员 (central/payments/brand_cards.py, 0007) -----

@@ -41,6 +41,8 @@ from central.contract import PaymentState
 from central.db import read_session, write_session
 from central.errors import NotFound
 from central.identity import IdentifierTaken
+from central.jobs import Periodic
+from central.leases import Leases
 from central.models import (
     BrandCardPush,
     LedgerEntry,
@@ -250,10 +252,16 @@ def client_from_settings(settings: Settings) -> BrandCardClient:
 
 class BrandCardSync:
     """Links the card codes of paid joins and pushes the feed queue every `interval` seconds (sooner after `wake()`),
-    in the central process; every call goes through the client's one rate limit."""
+    in the one process running the job (central/jobs.py); every call goes through the client's one rate limit."""
 
     def __init__(
-        self, engine: sa.Engine, api: BrandCardClient, settings: Settings, interval: float = 5.0, clock=utcnow
+        self,
+        engine: sa.Engine,
+        api: BrandCardClient,
+        settings: Settings,
+        interval: float = 5.0,
+        clock=utcnow,
+        leases: Leases | None = None,
     ):
         self.engine = engine
         self.api = api
@@ -261,49 +269,28 @@ class BrandCardSync:
         self.appid = settings.wechat_appid or ""
         self.interval = interval
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._job = Periodic("brand-card-sync", self.run_once, interval, leases)
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, engine: sa.Engine, api: BrandCardClient | None = None
+        cls, settings: Settings, engine: sa.Engine, api: BrandCardClient | None = None, leases: Leases | None = None
     ) -> BrandCardSync | None:
         if settings.wechat_member_card != "brand":
             return None
-        return cls(engine, api or client_from_settings(settings), settings, settings.wechat_card_sync_seconds)
+        return cls(
+            engine, api or client_from_settings(settings), settings, settings.wechat_card_sync_seconds, leases=leases
+        )
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._task = self._loop.create_task(self._run(), name="brand-card-sync")
+        self._job.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._job.stop()
         await self.api.aclose()
 
     def wake(self) -> None:
         """Work soon; callable from any thread (the ingestion route runs in a worker thread)."""
-        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
-
-    async def _run(self) -> None:
-        assert self._wake is not None
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the database, or a bug: both queues are durable, try again next round
-                log.exception("merchant member card round failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+        self._job.wake()
 
     async def run_once(self) -> tuple[int, int]:
         """Link due joins, then push due feeds: (linked, pushed). A rate limit ends the round early."""

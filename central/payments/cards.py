@@ -27,6 +27,8 @@ from central.config import Settings
 from central.db import read_session, write_session
 from central.errors import NotFound
 from central.identity import IdentifierTaken
+from central.jobs import Periodic
+from central.leases import Leases
 from central.models import CardSyncJob, LedgerEntry, WechatMemberCard
 
 log = logging.getLogger(__name__)
@@ -162,19 +164,21 @@ class CardApi:
 
 
 class CardSync:
-    """Pushes the queue every `interval` seconds (sooner after `wake()`), in the central process."""
+    """Pushes the queue every `interval` seconds (sooner after `wake()`), in the one process running the job
+    (central/jobs.py)."""
 
-    def __init__(self, engine: sa.Engine, api: CardApi, interval: float = 5.0, clock=utcnow):
+    def __init__(
+        self, engine: sa.Engine, api: CardApi, interval: float = 5.0, clock=utcnow, leases: Leases | None = None
+    ):
         self.engine = engine
         self.api = api
         self.interval = interval
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._job = Periodic("card-sync", self._round, interval, leases)
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: sa.Engine) -> CardSync | None:
+    def from_settings(cls, settings: Settings, engine: sa.Engine, leases: Leases | None = None) -> CardSync | None:
         if not settings.wechat_card_api_base_url:
             return None
         api = CardApi(
@@ -183,38 +187,25 @@ class CardSync:
             settings.wechat_card_appsecret.get_secret_value() if settings.wechat_card_appsecret else "",
             timeout=settings.wechat_timeout_seconds,
         )
-        return cls(engine, api, settings.wechat_card_sync_seconds)
+        return cls(engine, api, settings.wechat_card_sync_seconds, leases=leases)
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self._task = self._loop.create_task(self._run(), name="card-sync")
+        self._client = httpx.AsyncClient(timeout=self.api._timeout, trust_env=False)
+        self._job.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._job.stop()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     def wake(self) -> None:
         """Push soon; callable from any thread (the ingestion route runs in a worker thread)."""
-        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._job.wake()
 
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.api._timeout, trust_env=False) as client:
-            while True:
-                try:
-                    await self.push_due(client)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # the database, or a bug: the queue is durable, try again next round
-                    log.exception("member-card sync round failed")
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
-                except TimeoutError:
-                    pass
-                self._wake.clear()
+    async def _round(self) -> None:
+        assert self._client is not None
+        await self.push_due(self._client)
 
     async def push_due(self, client: httpx.AsyncClient) -> int:
         """Push every job that is due; how many were pushed successfully."""

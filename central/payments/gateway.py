@@ -35,7 +35,12 @@ The providers refund an `out_refund_no` once however often it is sent, so sendin
 can never refund twice; a refund is only ever FAILED on the provider's definite word.
 
 Times come from an injectable clock and sleep, so tests can run the 5 s / 15 s / 30 s rules without waiting.
-Several central processes on one database would each resume the same payments: run one (see docs/PAYMENTS.md).
+
+Several central processes may share one PostgreSQL database: each unfinished payment and refund is driven by the
+one process holding its lease (central/leases.py). The process that takes a payment's request creates it with
+the lease and sends its charge; every third of the lease it renews what it drives and takes over the payments and
+refunds whose holder stopped renewing (a replica that died), which it follows by query and reverse, never by a new
+charge. A clean stop gives the leases up at once.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from central.config import Settings
 from central.contract import FINAL_PAYMENT_STATES, PaymentState
 from central.db import CentralSession, read_session, write_session
 from central.errors import Conflict, Invalid, NotFound, ProviderUnavailable
+from central.leases import Kind, Leases, instance_name
 from central.models import Payment, PaymentEvent, PaymentRefund
 from central.payments.provider import (
     Charge,
@@ -184,6 +190,7 @@ class Gateway:
         sleep: Sleep = asyncio.sleep,
         metrics: CentralMetrics | None = None,
         card_join: JoinOnPayment | None = None,
+        leases: Leases | None = None,
     ):
         self.settings = settings
         self.engine = engine
@@ -198,36 +205,64 @@ class Gateway:
         self.metrics = metrics  # counts payments by outcome (central/metrics.py)
         # 下单同步入会: the member card join fields a WeChat charge carries in `attach` (central/payments/brand_cards.py)
         self.card_join = card_join
+        self.leases = leases or Leases(engine, instance_name(settings.port), settings.lease_seconds, clock)
+        configured = list(providers)
+        # What a sweep may take over: unfinished, of a provider this process can call.
+        self.payments = Kind(
+            Payment.__table__, "out_trade_no", open=lambda t: t.c.state.in_(ACTIVE) & t.c.provider.in_(configured)
+        )
+        self.refunds = Kind(
+            PaymentRefund.__table__,
+            "out_refund_no",
+            open=lambda t: t.c.state.in_(REFUND_OPEN) & t.c.provider.in_(configured),
+        )
+        self.leases.every_third(self.keep)
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Resume every unfinished payment and refund (after a restart, or a crash); how many."""
-        unfinished = await asyncio.to_thread(self._unfinished)
-        for out_trade_no, provider in unfinished:
-            if provider not in self.providers:
+        """Take over every unfinished payment and refund no live process drives (after a restart, a crash, or
+        another replica's death); how many."""
+        for kind, what in ((self.payments, "payment"), (self.refunds, "refund")):
+            for key, provider in await asyncio.to_thread(self._unconfigured, kind):
                 log.error(
-                    "payment %s is unfinished but %s is not configured; it stays as it is until it is",
-                    out_trade_no,
+                    "%s %s is unfinished but %s is not configured here; another process or a restart with "
+                    "it configured takes it",
+                    what,
+                    key,
                     provider,
                 )
-                continue
+        return await self.sweep()
+
+    async def sweep(self) -> int:
+        """Take the unfinished payments and refunds whose lease is free or expired, and drive them; how many."""
+        payments = await asyncio.to_thread(self.leases.take_expired, self.payments)
+        for out_trade_no in payments:
             self._spawn(out_trade_no, None)
-        if unfinished:
-            log.info("resumed %d unfinished payments", len(unfinished))
-        refunds = await asyncio.to_thread(self._unfinished_refunds)
-        for out_refund_no, provider in refunds:
-            if provider not in self.providers:
-                log.error(
-                    "refund %s is unfinished but %s is not configured; it stays as it is until it is",
-                    out_refund_no,
-                    provider,
-                )
-                continue
+        refunds = await asyncio.to_thread(self.leases.take_expired, self.refunds)
+        for out_refund_no in refunds:
             self._spawn_refund(out_refund_no, send=False)  # it may have been sent: ask before sending again
-        if refunds:
-            log.info("resumed %d unfinished refunds", len(refunds))
-        return len(unfinished) + len(refunds)
+        if payments or refunds:
+            log.info("took over %d unfinished payments and %d refunds", len(payments), len(refunds))
+        return len(payments) + len(refunds)
+
+    async def keep(self) -> None:
+        """Every third of the lease: renew the leases of what this process drives, stop driving what another
+        process took over (this one was too slow to renew), and take over what a dead one left."""
+        if self._stopping:
+            return
+        driven = [key for key in self._tasks if not key.startswith("refund:")]
+        followed = [key.removeprefix("refund:") for key in self._tasks if key.startswith("refund:")]
+        lost = set(driven) - await asyncio.to_thread(self.leases.renew, self.payments, driven)
+        lost |= {
+            _refund_key(k) for k in set(followed) - await asyncio.to_thread(self.leases.renew, self.refunds, followed)
+        }
+        for key in lost:
+            task = self._tasks.get(key)
+            if task is not None:
+                log.warning("%s: another process has taken it over; this one stops driving it", key)
+                task.cancel()
+        await self.sweep()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -235,6 +270,11 @@ class Gateway:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:  # another process takes them over at once, not after the lease
+            for kind in (self.payments, self.refunds):
+                await asyncio.to_thread(self.leases.release_all, kind)
+        except sa.exc.OperationalError as exc:
+            log.warning("could not give the payments' leases up (%s); they are taken over when they expire", exc.orig)
         for provider in self.providers.values():
             close = getattr(provider, "aclose", None)
             if close is not None:
@@ -484,6 +524,8 @@ class Gateway:
         task.add_done_callback(lambda _t: self._tasks.pop(key, None))
 
     async def _drive_refund(self, out_refund_no: str, send: bool) -> None:
+        if not send and not await asyncio.to_thread(self.leases.take, self.refunds, out_refund_no):
+            return  # another live process follows it
         failures = 0
         while True:
             try:
@@ -491,6 +533,7 @@ class Gateway:
                     send = False
                     await self._send_refund(out_refund_no)
                 await self._follow_refund(out_refund_no)
+                await asyncio.to_thread(self.leases.release, self.refunds, out_refund_no)
                 return
             except asyncio.CancelledError:
                 raise
@@ -655,6 +698,9 @@ class Gateway:
             self._spawn(out_trade_no, None)
 
     async def _drive(self, out_trade_no: str, charge: Charge | None) -> None:
+        # A new payment is created with its lease; any other is driven only by the process that holds it.
+        if charge is None and not await asyncio.to_thread(self.leases.take, self.payments, out_trade_no):
+            return  # another live process drives it; it sees any change at its next look
         failures = 0
         while True:
             try:
@@ -662,6 +708,7 @@ class Gateway:
                     await self._charge(charge)
                     charge = None
                 await self._follow(out_trade_no)
+                await asyncio.to_thread(self.leases.release, self.payments, out_trade_no)
                 return
             except asyncio.CancelledError:
                 raise
@@ -853,13 +900,17 @@ class Gateway:
         ).encode()
         return hmac.new(self.settings.key_bytes(), canonical, hashlib.sha256).hexdigest()
 
-    def _unfinished(self) -> list[tuple[str, str]]:
-        table = Payment.__table__
+    def _unconfigured(self, kind: Kind) -> list[tuple[str, str]]:
+        """Unfinished rows of `kind` whose provider this process cannot call: (key, provider)."""
+        table = kind.table
+        states = ACTIVE if kind is self.payments else REFUND_OPEN
         with read_session(self.engine) as session:
             return [
-                (r.out_trade_no, r.provider)
+                (r[0], r[1])
                 for r in session.execute(
-                    sa.select(table.c.out_trade_no, table.c.provider).where(table.c.state.in_(ACTIVE))
+                    sa.select(table.c[kind.key], table.c.provider).where(
+                        table.c.state.in_(states), table.c.provider.not_in(list(self.providers))
+                    )
                 )
             ]
 
@@ -907,6 +958,8 @@ class Gateway:
                     charge_sent_at=now,
                     created_at=now,
                     updated_at=now,
+                    lease_owner=self.leases.owner,  # this process sends the charge and drives it
+                    lease_until=now + timedelta(seconds=self.leases.seconds),
                 )
             )
             session.execute(
@@ -1144,18 +1197,6 @@ class Gateway:
 
     # --- refunds in the database ---
 
-    def _unfinished_refunds(self) -> list[tuple[str, str]]:
-        table = PaymentRefund.__table__
-        with read_session(self.engine) as session:
-            return [
-                (r.out_refund_no, r.provider)
-                for r in session.execute(
-                    sa.select(table.c.out_refund_no, table.c.provider)
-                    .where(table.c.state.in_(REFUND_OPEN))
-                    .order_by(table.c.created_at)
-                )
-            ]
-
     def _load_refund(self, out_refund_no: str) -> sa.Row | None:
         """The refund, with its payment's `store_id` and `paid_fen` (what the payment was paid)."""
         refunds, payments = PaymentRefund.__table__, Payment.__table__
@@ -1230,6 +1271,8 @@ class Gateway:
                     reason_en=en,
                     created_at=now,
                     updated_at=now,
+                    lease_owner=self.leases.owner,  # this process sends the refund and follows it
+                    lease_until=now + timedelta(seconds=self.leases.seconds),
                 )
             )
             session.execute(

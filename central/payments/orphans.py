@@ -39,6 +39,8 @@ from central.clock import utcnow
 from central.config import Settings
 from central.db import read_session
 from central.errors import CentralError
+from central.jobs import Periodic
+from central.leases import Leases
 from central.models import BillIssue, Payment, PaymentRefund, Transaction
 from central.payments.reconcile import CHINA, day_bounds
 
@@ -544,51 +546,50 @@ def stores_to_check(session, days: list[date]) -> list[tuple[str, date]]:
 
 
 class OrphanWatch:
-    """Checks the last `CHECK_DAYS` days of every store with code payments every `interval` seconds, in the
-    central process next to the gateway (whose refund path it uses); refunds orphans when `refund` is set,
-    else logs each once for a person (and the day summaries show them)."""
+    """Checks the last `CHECK_DAYS` days of every store with code payments every `interval` seconds, in the one
+    process running the job (central/jobs.py), next to its gateway (whose refund path it uses); refunds orphans when
+    `refund` is set, else logs each once for a person (and the day summaries show them)."""
 
-    def __init__(self, engine: sa.Engine, gateway, rules: Rules, *, refund: bool, interval: float, clock=utcnow):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        gateway,
+        rules: Rules,
+        *,
+        refund: bool,
+        interval: float,
+        clock=utcnow,
+        leases: Leases | None = None,
+    ):
         self.engine = engine
         self.gateway = gateway
         self.rules = rules
         self.refund = refund
         self.interval = interval
         self.clock = clock
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._job = Periodic("payment-orphans", self.run_once, interval, leases) if interval > 0 else None
         self._told: set[tuple[str, str, str | None]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the gateway's loop (tests run a round on it)
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: sa.Engine, gateway) -> OrphanWatch:
+    def from_settings(cls, settings: Settings, engine: sa.Engine, gateway, leases: Leases | None = None) -> OrphanWatch:
         return cls(
             engine,
             gateway,
             Rules.from_settings(settings),
             refund=settings.payments_orphan_refund,
             interval=settings.payments_orphan_check_seconds,
+            leases=leases,
         )
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        if self.interval > 0:
-            self._task = self.loop.create_task(self._run(), name="payment-orphans")
+        if self._job is not None:
+            self._job.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the database, or a bug: nothing is lost, the next round looks again
-                log.exception("payments reconciliation round failed")
-            await asyncio.sleep(self.interval)
+        if self._job is not None:
+            await self._job.stop()
 
     async def run_once(self) -> list[tuple[str, contract.PaymentsCheck]]:
         """One round over every store and day to check; the checks, after any refunds it asked for."""

@@ -1,5 +1,5 @@
 """The merchant's WeChat mini program: login, the UnionID from the user's data, joining with the phone number
-(docs/WECHAT.md). Also starts the official account's follower sync with the service.
+(docs/WECHAT.md).
 
 These routes are the mini program's, not the stores': they take no store token. Login answers a session token,
 which the other two take as `Authorization: Bearer` (a separate auth path: a session token is no store's token and a
@@ -24,27 +24,19 @@ from central.deps import EngineDep, Now, SettingsDep
 from central.wechat import miniprogram
 from central.wechat.api_client import WeChatApi, apis_from_settings
 from central.wechat.miniprogram import MiniSession, NotConfigured, SessionInvalid
-from central.wechat.official_account import FollowerSync
 
 log = logging.getLogger(__name__)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """A WeChat client per configured app; the follower sync when the official account is configured."""
-    settings = app.state.settings
-    apis = apis_from_settings(settings)
-    follower_sync = None
-    if "official_account" in apis and settings.wechat_follower_sync_seconds > 0:
-        follower_sync = FollowerSync(app.state.engine, apis["official_account"], settings.wechat_follower_sync_seconds)
-        follower_sync.start()
-    app.state.wechat_apis, app.state.follower_sync = apis, follower_sync
+    """A WeChat client per configured app (the follower sync is a periodic job: central/background.py)."""
+    apis = apis_from_settings(app.state.settings)
+    app.state.wechat_apis = apis
     try:
         yield
     finally:
-        app.state.wechat_apis, app.state.follower_sync = {}, None
-        if follower_sync is not None:
-            await follower_sync.stop()
+        app.state.wechat_apis = {}
         for api in apis.values():
             api.close()
 

@@ -31,6 +31,8 @@ import sqlalchemy as sa
 from central import feed, identity
 from central.clock import utcnow
 from central.db import read_session, write_session
+from central.jobs import Periodic
+from central.leases import Leases
 from central.models import MemberIdentifier, WechatFollowerSync
 from central.wechat import links
 from central.wechat.api_client import WeChatApi, WeChatApiError, WeChatError
@@ -225,9 +227,17 @@ def _failed(engine: sa.Engine, appid: str, error: str, now: datetime) -> None:
 
 
 class FollowerSync:
-    """Runs `sync_followers` at start and then every `interval` seconds, in a worker thread of this process."""
+    """Runs `sync_followers` every `interval` seconds in a worker thread, in the one process running the job
+    (central/jobs.py)."""
 
-    def __init__(self, engine: sa.Engine, api: WeChatApi, interval: float, clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self,
+        engine: sa.Engine,
+        api: WeChatApi,
+        interval: float,
+        clock: Callable[[], datetime] = utcnow,
+        leases: Leases | None = None,
+    ):
         self.engine = engine
         self.api = api
         self.interval = interval
@@ -235,35 +245,19 @@ class FollowerSync:
         self.last_report: FollowerSyncReport | None = None
         self.runs = 0
         self._stop = threading.Event()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._job = Periodic("wechat-follower-sync", self._round, interval, leases)
 
     def start(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="wechat-follower-sync")
+        self._job.start()
 
     async def stop(self) -> None:
         self._stop.set()  # the walk stops before its next call to WeChat
-        if self._wake is not None:
-            self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, timeout=30)
-            except TimeoutError:
-                log.warning("official account follower sync did not stop within 30 s")
-            self._task = None
+        await self._job.stop(grace=30)
 
-    async def _run(self) -> None:
-        assert self._wake is not None
-        while not self._stop.is_set():
-            try:
-                self.last_report = await asyncio.to_thread(
-                    sync_followers, self.engine, self.api, clock=self.clock, stop=self._stop
-                )
-            except Exception:  # the database, or a bug: the cursor is kept, try again next time
-                log.exception("official account follower sync failed")
+    async def _round(self) -> None:
+        try:
+            self.last_report = await asyncio.to_thread(
+                sync_followers, self.engine, self.api, clock=self.clock, stop=self._stop
+            )
+        finally:
             self.runs += 1
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            except TimeoutError:
-                pass
