@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 Tick = Callable[[], Awaitable[None]]
 
 
-def instance_name(port: int | None = None, role: str | None = None) -> str:
-    """This process's name among central's processes: the host and its port (or role). A replica restarted under the
-    same name takes its own leases back at once instead of waiting for them to expire."""
-    return f"{socket.gethostname()}:{port if port is not None else role or os.getpid()}"[:64]
+def instance_name(port: int | None = None, role: str = "worker") -> str:
+    """This process's name among central's processes: the host and the port it serves, so a replica restarted under
+    the same name takes its own leases back at once instead of waiting for them to expire; without a port, the
+    host, `role` and process id (two workers on one host are two names)."""
+    host = socket.gethostname()
+    return (f"{host}:{port}" if port is not None else f"{host}:{role}:{os.getpid()}")[:64]
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,10 @@ class Leases:
 
     # --- one row ---------------------------------------------------------------------------------------------
 
-    def _free_or_mine(self, kind: Kind, now: datetime) -> sa.ColumnElement[bool]:
+    def _free_or_mine(self, kind: Kind, now: datetime, mine: bool = True) -> sa.ColumnElement[bool]:
         owner, until = kind.column(kind.owner), kind.column(kind.until)
-        return sa.or_(owner.is_(None), owner == self.owner, until.is_(None), until < now)
+        free = sa.or_(owner.is_(None), until.is_(None), until < now)
+        return sa.or_(free, owner == self.owner) if mine else free
 
     def take(self, kind: Kind, key: str) -> bool:
         """Take (or keep) the lease on `key` if it is free, expired or already ours."""
@@ -106,11 +109,12 @@ class Leases:
 
     # --- many rows -------------------------------------------------------------------------------------------
 
-    def take_expired(self, kind: Kind, limit: int = 100) -> list[str]:
-        """Take up to `limit` rows that need work and whose lease is free, expired or ours; their keys."""
+    def take_expired(self, kind: Kind, limit: int = 100, *, ours_too: bool = False) -> list[str]:
+        """Take up to `limit` rows that need work and whose lease is free or expired (or, `ours_too`, held under
+        this process's name: after a restart, what its previous run drove); their keys."""
         now = self.clock()
         key = kind.column(kind.key)
-        where = self._free_or_mine(kind, now)
+        where = self._free_or_mine(kind, now, mine=ours_too)
         if kind.open is not None:
             where = sa.and_(kind.open(kind.table), where)
         with write_session(self.engine) as session:

@@ -232,14 +232,15 @@ class Gateway:
                     key,
                     provider,
                 )
-        return await self.sweep()
+        return await self.sweep(ours_too=True, limit=100_000)
 
-    async def sweep(self) -> int:
-        """Take the unfinished payments and refunds whose lease is free or expired, and drive them; how many."""
-        payments = await asyncio.to_thread(self.leases.take_expired, self.payments)
+    async def sweep(self, *, ours_too: bool = False, limit: int = 500) -> int:
+        """Take the unfinished payments and refunds whose lease is free or expired (`ours_too`: or held under this
+        process's name, at start), and drive them; how many."""
+        payments = await asyncio.to_thread(self.leases.take_expired, self.payments, limit, ours_too=ours_too)
         for out_trade_no in payments:
             self._spawn(out_trade_no, None)
-        refunds = await asyncio.to_thread(self.leases.take_expired, self.refunds)
+        refunds = await asyncio.to_thread(self.leases.take_expired, self.refunds, limit, ours_too=ours_too)
         for out_refund_no in refunds:
             self._spawn_refund(out_refund_no, send=False)  # it may have been sent: ask before sending again
         if payments or refunds:
@@ -940,43 +941,58 @@ class Gateway:
                     raise Invalid(f"central has no member {request.member_id}", code="unknown_member")
                 member_id = member.id
             state = payment_move(PaymentTrigger.REQUESTED).target
-            zh, en = REASONS[state]
-            session.execute(
-                sa.insert(table).values(
-                    out_trade_no=request.out_trade_no,
-                    store_id=store_id,
-                    station_id=request.station_id,
-                    provider=provider,
-                    amount_fen=request.amount_fen,
-                    description=request.description or "",
-                    member_id=member_id,
-                    request_hash=fingerprint,
-                    state=state.value,
-                    reason_zh=zh,
-                    reason_en=en,
-                    cancel_requested=False,
-                    charge_sent_at=now,
-                    created_at=now,
-                    updated_at=now,
-                    lease_owner=self.leases.owner,  # this process sends the charge and drives it
-                    lease_until=now + timedelta(seconds=self.leases.seconds),
-                )
-            )
-            session.execute(
-                sa.insert(PaymentEvent.__table__).values(
-                    out_trade_no=request.out_trade_no, at=now, action="state", outcome=state.value
-                )
-            )
-            if join is not None:
-                join.record(session, store_id, now)  # with the payment: a charge with the join fields is followed
-            try:
+            try:  # the same out_trade_no sent twice at once (to two replicas): the primary key lets one in
+                self._insert_payment(session, request, store_id, provider, member_id, fingerprint, state, now)
+                if join is not None:
+                    join.record(session, store_id, now)  # with the payment: a charge with the join fields is followed
                 session.commit()
             except sa.exc.IntegrityError:
-                session.rollback()  # the same out_trade_no, sent twice at once: the other one won
+                session.rollback()  # the other one won
                 return session.execute(
                     sa.select(table).where(table.c.out_trade_no == request.out_trade_no)
                 ).first(), False
             return session.execute(sa.select(table).where(table.c.out_trade_no == request.out_trade_no)).first(), True
+
+    def _insert_payment(
+        self,
+        session: CentralSession,
+        request: contract.PaymentRequest,
+        store_id: str,
+        provider: str,
+        member_id: str | None,
+        fingerprint: str,
+        state: PaymentState,
+        now: datetime,
+    ) -> None:
+        """A new payment, leased to this process (it sends the charge and drives it), and its first event."""
+        zh, en = REASONS[state]
+        table = Payment.__table__
+        session.execute(
+            sa.insert(table).values(
+                out_trade_no=request.out_trade_no,
+                store_id=store_id,
+                station_id=request.station_id,
+                provider=provider,
+                amount_fen=request.amount_fen,
+                description=request.description or "",
+                member_id=member_id,
+                request_hash=fingerprint,
+                state=state.value,
+                reason_zh=zh,
+                reason_en=en,
+                cancel_requested=False,
+                charge_sent_at=now,
+                created_at=now,
+                updated_at=now,
+                lease_owner=self.leases.owner,  # this process sends the charge and drives it
+                lease_until=self.leases.clock() + timedelta(seconds=self.leases.seconds),
+            )
+        )
+        session.execute(
+            sa.insert(PaymentEvent.__table__).values(
+                out_trade_no=request.out_trade_no, at=now, action="state", outcome=state.value
+            )
+        )
 
     def _create_void(
         self, store_id: str, out_trade_no: str, request: contract.PaymentVoid, now: datetime
@@ -990,33 +1006,33 @@ class Gateway:
                 return existing, False
             state = payment_move(PaymentTrigger.VOIDED_BEFORE_ARRIVAL).target
             zh, en = REASONS[VOIDED]
-            session.execute(
-                sa.insert(table).values(
-                    out_trade_no=out_trade_no,
-                    store_id=store_id,
-                    station_id=request.station_id,
-                    provider=request.provider,
-                    amount_fen=request.amount_fen,
-                    description="",
-                    member_id=None,
-                    request_hash="",
-                    state=state.value,
-                    code=VOIDED,
-                    reason_zh=zh,
-                    reason_en=en,
-                    cancel_requested=True,
-                    charge_sent_at=now,
-                    finished_at=now,
-                    created_at=now,
-                    updated_at=now,
+            try:  # the primary key decides a race with the payment's own request, on any replica
+                session.execute(
+                    sa.insert(table).values(
+                        out_trade_no=out_trade_no,
+                        store_id=store_id,
+                        station_id=request.station_id,
+                        provider=request.provider,
+                        amount_fen=request.amount_fen,
+                        description="",
+                        member_id=None,
+                        request_hash="",
+                        state=state.value,
+                        code=VOIDED,
+                        reason_zh=zh,
+                        reason_en=en,
+                        cancel_requested=True,
+                        charge_sent_at=now,
+                        finished_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
                 )
-            )
-            session.execute(
-                sa.insert(PaymentEvent.__table__).values(
-                    out_trade_no=out_trade_no, at=now, action="void", outcome=state.value, code=VOIDED
+                session.execute(
+                    sa.insert(PaymentEvent.__table__).values(
+                        out_trade_no=out_trade_no, at=now, action="void", outcome=state.value, code=VOIDED
+                    )
                 )
-            )
-            try:
                 session.commit()
             except sa.exc.IntegrityError:
                 session.rollback()  # the payment's own request was stored at the same moment: it stands
@@ -1272,7 +1288,7 @@ class Gateway:
                     created_at=now,
                     updated_at=now,
                     lease_owner=self.leases.owner,  # this process sends the refund and follows it
-                    lease_until=now + timedelta(seconds=self.leases.seconds),
+                    lease_until=self.leases.clock() + timedelta(seconds=self.leases.seconds),
                 )
             )
             session.execute(

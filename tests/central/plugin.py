@@ -40,7 +40,7 @@ import uvicorn
 
 from central import card, feed, identity
 from central.config import Settings
-from central.db import CentralSession, open_database, write_session
+from central.db import CentralSession, Pool, open_database, write_session
 from central.deps import get_now
 from central.main import create_app
 from central.pii import mask_phone, phone_hash
@@ -333,7 +333,7 @@ class CentralServer:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.engine = open_database(settings.database_url)
+        self.engine = open_database(settings.database_url, Pool.from_settings(settings))
         self.app = create_app(settings, self.engine)
         self.faults = Faults(self.app)
         self.port = _free_port()
