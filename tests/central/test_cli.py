@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -211,3 +212,34 @@ def test_demo_members_one_to_nine_are_the_payment_simulators_customers():
     assert [k for k, _ in first.identifiers].count(f"openid:{appid}") == 1
     assert (f"openid:{appid}", customer_openid(appid, "0010")) not in tenth.identifiers
     assert first.id == demo_member(1, 1, PHONE_KEY.encode(), datetime.now(UTC)).id  # the same person as before
+
+
+def test_sqlite_serves_one_process_and_says_so_to_a_second(tmp_path):
+    """A second `serve` on the same SQLite file refuses to start, naming the way to run several (PostgreSQL);
+    the worker, which exists for several processes, refuses SQLite outright."""
+    config = write_config(tmp_path / "central.toml", f"sqlite:///{tmp_path / 'c.db'}")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            ports.append(str(free.getsockname()[1]))
+    first = subprocess.Popen(
+        [sys.executable, "-m", "central", "serve", "--config", str(config), "--port", ports[0]],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in first.stderr:  # serving once uvicorn says so
+            if "Uvicorn running" in line or "Application startup complete" in line:
+                break
+        second = pos_central("serve", "--config", str(config), "--port", ports[1])
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert "SQLite serves one process only" in second.stderr and "PostgreSQL" in second.stderr
+        assert first.poll() is None  # the first one serves on, untouched
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    worker = pos_central("worker", "--config", str(config))
+    assert worker.returncode == 1 and "on SQLite `pos-central serve` runs the jobs itself" in worker.stderr
