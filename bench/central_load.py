@@ -896,6 +896,7 @@ async def drive(
         await asyncio.sleep(plan.kill_at_s)
         central.kill("replica-1")
         figures["killed_at_s"] = time.monotonic() - started
+        figures["killed_at"] = datetime.now(UTC)
         open_now = await asyncio.to_thread(central.open_payments)
         figures["open_at_kill"] = [otn for otn, _ in open_now]
         figures["held_by_killed"] = [otn for otn, owner in open_now if owner == central.replica_owner(1)]
@@ -987,7 +988,9 @@ def check(database_url: str, agent_db: Path, tills: list[Till], sim: dict) -> tu
             amounts[row.id] = (row.store_id, row.total_fen)
         payments = {
             row.out_trade_no: row
-            for row in connection.execute(sa.text("SELECT out_trade_no, state, amount_fen, code FROM payment"))
+            for row in connection.execute(
+                sa.text("SELECT out_trade_no, state, amount_fen, code, finished_at FROM payment")
+            )
         }
     engine.dispose()
 
@@ -1048,6 +1051,7 @@ def check(database_url: str, agent_db: Path, tills: list[Till], sim: dict) -> tu
         "provider_orders": len(orders),
         "given_up": sum(len(s.given_up) for s in sold.values()),
         "states": {otn: payment.state for otn, payment in payments.items()},
+        "finished": {otn: payment.finished_at for otn, payment in payments.items()},
     }
     return violations, figures
 
@@ -1075,6 +1079,8 @@ def run_plan(central: Central, plan: Plan, mix: Mix, args: argparse.Namespace, b
         if "held_by_killed" in figures:
             states = found["states"]
             figures["held_ended"] = dict(sorted(Counter(states[otn] for otn in figures["held_by_killed"]).items()))
+            ends = [found["finished"][otn] for otn in figures["held_by_killed"] if found["finished"][otn] is not None]
+            figures["held_final_s"] = max(((end - figures["killed_at"]).total_seconds() for end in ends), default=0.0)
     finally:
         shutil.rmtree(agent_db.parent, ignore_errors=True)
         central.stop_run()
@@ -1174,7 +1180,8 @@ def verdicts(results: list[RunResult]) -> tuple[str, bool]:
         f = r.figures
         killed = (
             f" replica-1 killed at {f['killed_at_s']:.1f} s with {len(f['open_at_kill'])} payments open, "
-            f"{len(f['held_by_killed'])} held by it, which ended {f['held_ended']};"
+            f"{len(f['held_by_killed'])} held by it, which ended {f['held_ended']} (the last "
+            f"{f['held_final_s']:.1f} s after the kill);"
             if "killed_at_s" in f
             else ""
         )
