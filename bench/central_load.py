@@ -52,6 +52,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -373,6 +374,34 @@ class Central:
         finally:
             engine.dispose()
         return [(row[0], row[1]) for row in rows]
+
+    def database_waits(
+        self, stop: threading.Event, samples: list[tuple[float, int, int, int]], waiting: Counter[str]
+    ) -> None:
+        """Every half second until `stop`: (when, sessions running a statement, of them waiting for a lock, sessions
+        in a transaction between two statements) in the run's database, and the statements that wait for a lock.
+        Runs in a thread of its own."""
+        engine = sa.create_engine(self.database_url, poolclass=sa.pool.NullPool)
+        query = sa.text(
+            "SELECT count(*) FILTER (WHERE state = 'active'), "
+            "count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock'), "
+            "count(*) FILTER (WHERE state = 'idle in transaction') "
+            "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        statements = sa.text(
+            "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND state = 'active' AND wait_event_type = 'Lock'"
+        )
+        try:
+            with engine.connect() as connection:
+                while not stop.wait(0.5):
+                    active, locked, between = connection.execute(query).one()
+                    if locked:
+                        waiting.update(connection.execute(statements).scalars())
+                    connection.commit()
+                    samples.append((time.monotonic(), active, locked, between))
+        finally:
+            engine.dispose()
 
     def replica_owner(self, n: int) -> str:
         """How replica n (from 1) names itself in leases (central/leases.py: host and port)."""
@@ -792,6 +821,9 @@ class Step:
     stats: Stats
     cpu: dict[str, float]  # cores each part used in the window
     machine_busy: float  # of all CPUs, 0..1
+    db_active: float = 0.0  # PostgreSQL sessions running a statement, on average
+    db_locked: float = 0.0  # of them, waiting for a lock
+    db_between: float = 0.0  # in a transaction, between two statements (the process works, or waits for the CPU)
     sustained: bool = True
     why: str = ""
 
@@ -906,6 +938,11 @@ async def drive(
         )
 
     killer = asyncio.create_task(kill()) if plan.kill_at_s is not None else None
+    waits: list[tuple[float, int, int, int]] = []
+    sampling = threading.Event()
+    waiting: Counter[str] = Counter()
+    sampler = threading.Thread(target=central.database_waits, args=(sampling, waits, waiting), daemon=True)
+    sampler.start()
     tasks = [asyncio.create_task(till.run()) for till in tills]
     tasks += [asyncio.create_task(till.pull_now_and_then()) for till in tills]
     steps: list[Step] = []
@@ -923,13 +960,22 @@ async def drive(
             cpu={name: (cpu_after[name] - cpu_before[name]) / (end - start) for name in cpu_after},
             machine_busy=busy / total if total else 0.0,
         )
+        seen = [sample[1:] for sample in waits if start <= sample[0] < end]
+        if seen:
+            step.db_active, step.db_locked, step.db_between = (
+                sum(column) / len(seen) for column in zip(*seen, strict=True)
+            )
         steps.append(judge(step, args.p99_limit))
         verdict = "sustained" if step.sustained else f"not sustained: {step.why}"
-        say(f"  {rate:,.1f} sales/s offered, {step.achieved:,.1f} done; {verdict}")
+        say(
+            f"  {rate:,.1f} sales/s offered, {step.achieved:,.1f} done; {verdict} (PostgreSQL: {step.db_active:.1f} "
+            f"statements running, {step.db_locked:.1f} waiting for a lock, {step.db_between:.1f} between two)"
+        )
         if not step.sustained and plan.kill_at_s is None:
             break
     if killer is not None:
         await killer
+    sampling.set()
     stopped = time.monotonic()
     pace.set(stop=True)
     await asyncio.gather(*tasks)
@@ -941,6 +987,7 @@ async def drive(
             break
         await asyncio.sleep(1)
     figures["failovers"] = balancer.failovers
+    figures["lock_waits"] = waiting.most_common(3)
     await balancer.aclose()
     writer.shutdown(wait=True)
     engine.dispose()
@@ -1142,10 +1189,17 @@ def report(results: list[RunResult], central: Central, mix: Mix, args: argparse.
             f"| {r.plan.name} | {r.plan.replicas} | {rate} | {ratio} | {requests} | {code} | {r.failovers:,} | {cpu} | "
             f"{verdict['lost']} · {verdict['doubled']} · {verdict['unresolved']} |"
         )
-    out += ["", "Steps (offered -> done sales/s):"]
+    out += [
+        "",
+        "Steps (offered -> done sales/s [PostgreSQL sessions on average: running a statement / of them waiting for a "
+        "lock / in a transaction between two statements]):",
+    ]
     for r in results:
         marks = ", ".join(
-            f"{s.offered:,.1f} -> {s.achieved:,.1f}" + ("" if s.sustained else f" ({s.why})") for s in r.steps
+            f"{s.offered:,.1f} -> {s.achieved:,.1f}"
+            + ("" if s.sustained else f" ({s.why})")
+            + f" [{s.db_active:.1f} / {s.db_locked:.1f} / {s.db_between:.1f}]"
+            for s in r.steps
         )
         out.append(f"- {r.plan.name}: {marks}")
     out += [
@@ -1191,6 +1245,9 @@ def verdicts(results: list[RunResult]) -> tuple[str, bool]:
             f"final {f['final_wait_s']:.1f} s after the drain; "
             f"lost {count['lost']}, doubled {count['doubled']}, unresolved {count['unresolved']}"
         )
+        if f["lock_waits"]:
+            seen = "; ".join(f"{count} x {statement}" for statement, count in f["lock_waits"])
+            lines.append(f"  statements seen waiting for a lock (half-second samples): {seen}")
         for v in r.violations[:20]:
             lines.append(f"  {v.kind}: {v.detail}")
         if len(r.violations) > 20:
