@@ -24,14 +24,17 @@ is not sent elsewhere: the till gets it as the balancer's 502 and acts as the ag
 push or a pull is tried again later).
 
 Each run starts from a fresh copy of the same seeded database. The runs with 1 and 2 replicas offer a rising rate,
-`--step` seconds a step, and stop at the first step not sustained (fewer than 90 % of the offered sales done, a
-p99 of the till's calls over `--p99-limit`, or 1 % of calls failed): the last sustained step is the run's sustained
-rate, and its latencies are the ones reported. The kill run holds one replica's sustained rate on 2 replicas and
-kills (SIGKILL) the first replica halfway. After each run the tills finish their sales and push everything, the run
-waits (bounded) until central holds every payment final, then checks in the database and at the simulator: every
-sale the tills journaled is at central exactly once with its amount; every code tender is money the provider keeps,
-and no charge is kept without a sale; every payment is final; every SUCCESS is held by a sale. It prints "lost 0,
-doubled 0, unresolved 0" per run, or the violations, and exits 1 on any.
+`--step` seconds a step, and stop at the first step not sustained (the sales done short of the offered rate by more
+than 10 % and more than chance allows, a p99 of the till's calls over `--p99-limit`, or 1 % of calls failed): the
+last sustained step is the run's sustained rate, and its latencies are the ones reported. The kill run holds one
+replica's sustained rate on 2 replicas, with `--kill-userpaying-share` of the code payments USERPAYING so that
+payments are open on a replica when it dies, and kills (SIGKILL) the first replica halfway. After each run the tills
+finish their sales and push everything, the run waits (bounded) until central holds every payment final, then checks
+in the database and at the simulator: every sale the tills journaled is at central exactly once with its amount;
+every code tender is money the provider keeps, and no charge is kept without a sale; every payment is final; every
+SUCCESS is held by a sale. It prints "lost 0, doubled 0, unresolved 0" per run, or the violations, and exits 1 on
+any. Each step also shows PostgreSQL's side (`pg_stat_activity` sampled every half second) and each run the
+statements seen waiting for a lock.
 
     python bench/central_load.py                   # 500 stores x 4 tills: 1 replica, 2 replicas, the kill
     python bench/central_load.py --quick           # a smoke run: 40 tills, one short step per run
@@ -853,9 +856,9 @@ class Step:
 
 
 def judge(step: Step, p99_limit_ms: float) -> Step:
-    """Sustained: the sales done within chance of the offered rate (3 standard deviations of a Poisson count below
-    it, and at most 10 % short), the till's calls' p99 within the limit, and fewer than 1 % of calls failing (5xx or
-    no answer)."""
+    """Sustained: the sales done short of the offered rate by no more than 10 %, or by no more than chance allows
+    where that is more (3 standard deviations of a Poisson count); the till's calls' p99 within the limit; fewer than
+    1 % of calls failing (5xx or no answer)."""
     expected = step.offered * step.seconds
     if len(step.stats.sales) < min(0.9 * expected, expected - 3 * expected**0.5):
         step.sustained, step.why = False, f"{step.achieved:.1f} sales/s done of {step.offered:.1f} offered"
@@ -1162,7 +1165,8 @@ def report(results: list[RunResult], central: Central, mix: Mix, args: argparse.
         "(held by a replica) when it dies.",
         f"Balancer: till i -> replica i mod N; a refused connection fails over to the next replica; {jobs}.",
         f"Sustained: the highest offered rate (steps of {args.step_factor:g}x, {args.step:g} s each, the first "
-        f"{args.settle:g} s not measured) with 90 % of the sales done, p99 of the till's calls under "
+        f"{args.settle:g} s not measured) with the sales done (at most 10 % short, or within chance), p99 of the "
+        "till's calls under "
         f"{args.p99_limit:,.0f} ms and under 1 % failed. CPU in cores (the machine has {os.cpu_count()}); "
         "'others': processes outside this benchmark.",
         "",
@@ -1178,9 +1182,7 @@ def report(results: list[RunResult], central: Central, mix: Mix, args: argparse.
         else:
             by_code = sum(1 for _, code in step.stats.sales if code)
             rate = f"{step.achieved:,.1f} (offered {step.offered:,.1f}{'' if step.sustained else ', not sustained'})"
-            ratio = (
-                f"{step.achieved / one.achieved:.2f} · {step.requests / one.requests:.2f}" if one is not None else "-"
-            )
+            ratio = f"{step.achieved / one.achieved:.2f}" if one is not None else "-"
             requests = f"{step.requests:,.0f} ({step.pull_share:.0%} pulls)"
             code = f"{by_code / len(step.stats.sales):.0%}" if step.stats.sales else "-"
             parts = ("generator", "replicas", "worker", "postgresql", "simulator")
