@@ -1131,13 +1131,17 @@ class Gateway:
         now = self.clock()
         table = Payment.__table__
         with write_session(self.engine) as session:
-            feed.lock(session)  # first: linking an openid changes a member
             row = session.execute(sa.select(table).where(table.c.out_trade_no == out_trade_no)).first()
             if row is None or row.state not in move.sources:
                 session.rollback()
                 return
             member_id = row.member_id
             kind = self.payer_kind(row.provider)
+            if result.payer_id and kind and member_id:
+                # Linking the payer's openid changes a member: the feed's lock, before any row is locked or
+                # written (the read above locks nothing). A payment without a member changes none and waits
+                # for no other payment.
+                feed.lock(session)
             if result.payer_id and kind:
                 holder = identity.owner(session, kind, result.payer_id)
                 member = identity.resolve(session, member_id) if member_id else None

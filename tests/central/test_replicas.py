@@ -239,9 +239,24 @@ def test_two_replicas_racing_for_the_same_payments_and_batches_do_each_once(chai
         assert [answer.status_code for answer in answers] == [200, 200]
         statuses = sorted(r["status"] for answer in answers for r in answer.json()["results"])
         assert statuses == ["accepted"] * 40 + ["duplicate"] * 40
+        # Sales without a member take no feed lock, only the store's: the same race, the same answer.
+        cash = []
+        for n in range(20):
+            row = journal_row(500 + n, prev_hash=prev)
+            prev = row["hash"]
+            cash.append(row)
+        answers = at_once(
+            [
+                lambda: to_a.post("/v1/transactions:batch", json={"transactions": cash}),
+                lambda: to_b.post("/v1/transactions:batch", json={"transactions": cash}),
+            ]
+        )
+        assert [answer.status_code for answer in answers] == [200, 200]
+        statuses = sorted(r["status"] for answer in answers for r in answer.json()["results"])
+        assert statuses == ["accepted"] * 20 + ["duplicate"] * 20
     stored = chain.rows(sa.select(sa.func.count()).select_from(Transaction).where(Transaction.store_id == "S1"))
     points = chain.rows(sa.select(sa.func.sum(LedgerEntry.points)).where(LedgerEntry.member_id == member))
-    assert stored[0][0] == 40 and points[0][0] == 40
+    assert stored[0][0] == 60 and points[0][0] == 40
 
 
 def test_a_replica_killed_while_driving_payments_has_them_finished_by_the_other(chain, sim):
