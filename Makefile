@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := fonts-wqy-microhei libzbar0 libusb-1.0-0 postgresql chromium 
 # systemd-nspawn and curl (requests inside the container), for `make service-check` only (`make test` needs neither).
 SERVICE_CHECK_PACKAGES := systemd-container curl
 
-.PHONY: setup system-packages demo lint test bench chaos soak service-check screenshots clean
+.PHONY: setup system-packages demo lint test bench bench-central chaos soak service-check screenshots clean
 
 setup: system-packages $(STAMP)
 
@@ -91,6 +91,11 @@ bench: setup
 	$(BIN)/python bench/camera_decode.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/checkout.py
+
+# Central under load (bench/central_load.py): 2,000 simulated tills against 1 and 2 replicas on a throw-away
+# PostgreSQL cluster, then one replica killed mid-run; 4 to 10 minutes. Exit 1 on a lost, doubled or unresolved sale.
+bench-central: setup
+	$(BIN)/python bench/central_load.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .hypothesis
