@@ -1,18 +1,21 @@
 """The offline member cache: members and every identifier that finds them, kept in step with central's feed.
 
-A page of the change feed is applied in one transaction with bulk statements (`executemany` on the driver),
-so a first sync of a million members takes seconds, and a crash mid-page leaves the previous page's state and
-cursor, never half a page.
+A batch of the change feed (a page, or several during a long sync) is applied in one transaction, one statement
+per table with the batch's rows as one JSON array, so a first sync of a million members takes seconds, and a
+crash mid-way leaves the state and cursor of the last transaction, never half of one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -21,6 +24,7 @@ from agent.db import reader
 from agent.member_records import CachedCoupon, CachedMember
 from agent.models import Member
 from agent.pii import phone_hash
+from central import contract
 from central.contract import IDENTIFIER_KIND_PATTERN
 
 log = logging.getLogger(__name__)
@@ -60,26 +64,54 @@ class ApplyResult:
     deleted: int
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeRows:
+    """Changes of the feed as the rows the cache writes (`MemberCache.rows`), each member once, in feed order.
+
+    What a sync keeps of a page while it waits to be applied: plain tuples take a quarter of the memory of the
+    page's models (1 MB against 4 for 1,000 members), and a long sync holds two batches of pages at a time.
+    """
+
+    members: list[tuple[str, str, int, str, str | None, int]]  # id, tier, points, display_name, phone_masked, version
+    identifiers: list[tuple[str, str, str]]  # kind, value, member id
+    coupons: list[tuple[Any, ...]]  # the coupon table's columns, member id second (`_coupon_row`)
+    deleted: list[str]  # member ids
+
+    def __len__(self) -> int:
+        return len(self.members) + len(self.deleted)
+
+
+def _columns(count: int) -> str:
+    """The columns of one row of a JSON array of rows, as `json_each(?) AS j` walks it: `j.value` is the row."""
+    return ", ".join(f"json_extract(j.value, '$[{n}]')" for n in range(count))
+
+
+# Each statement takes a whole batch as one JSON array of rows (json_each): SQLite does a batch's work for a table
+# in one call. Row by row (executemany), Python's GIL changes hands at every row, and each time waits for the
+# event loop's thread, busy parsing the next page: that, more than the writing, was the time a first sync took.
+# `WHERE true` lets SQLite tell the upsert's ON CONFLICT from a join's ON; ORDER BY j.key keeps the batch's order.
+
 # A member new to the cache counts as seen when it arrives; after that only identification at this till moves it.
-_UPSERT_MEMBER = """
+_UPSERT_MEMBERS = f"""
 INSERT INTO member (id, tier, points, display_name, phone_masked, version, updated_at, last_seen_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+SELECT {_columns(6)}, ?2, ?2 FROM json_each(?1) AS j WHERE true ORDER BY j.key
 ON CONFLICT (id) DO UPDATE SET
     tier = excluded.tier, points = excluded.points, display_name = excluded.display_name,
     phone_masked = excluded.phone_masked, version = excluded.version, updated_at = excluded.updated_at
 """
 # An upsert carries the member's whole identifier set: drop the old set, then insert. An identifier that moved
-# from another member (a re-issued card, say) is taken over by this one.
-_CLEAR_IDENTIFIERS = "DELETE FROM member_identifier WHERE member_id = ?"
-_INSERT_IDENTIFIER = """
-INSERT INTO member_identifier (kind, value, member_id) VALUES (?, ?, ?)
+# from another member (a re-issued card, say) is taken over by this one; within a batch, by the last to hold it.
+_CLEAR_IDENTIFIERS = "DELETE FROM member_identifier WHERE member_id IN (SELECT j.value FROM json_each(?) AS j)"
+_INSERT_IDENTIFIERS = f"""
+INSERT INTO member_identifier (kind, value, member_id)
+SELECT {_columns(3)} FROM json_each(?) AS j WHERE true ORDER BY j.key
 ON CONFLICT (kind, value) DO UPDATE SET member_id = excluded.member_id
 """
 # A coupon used at this till stays used until central's feed says so too (it may not have heard yet).
-_UPSERT_COUPON = """
+_UPSERT_COUPONS = f"""
 INSERT INTO coupon (code, member_id, title, kind, amount_off_fen, percent_off, threshold_fen, cap_fen,
                     valid_from, valid_until, usable_offline, used_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT {_columns(12)} FROM json_each(?) AS j WHERE true ORDER BY j.key
 ON CONFLICT (code) DO UPDATE SET
     member_id = excluded.member_id, title = excluded.title, kind = excluded.kind,
     amount_off_fen = excluded.amount_off_fen, percent_off = excluded.percent_off,
@@ -109,7 +141,7 @@ def _coupon(row: sa.Row) -> CachedCoupon:
 
 
 # Identifiers and coupons go with the member (ON DELETE CASCADE).
-_DELETE_MEMBER = "DELETE FROM member WHERE id = ?"
+_DELETE_MEMBERS = "DELETE FROM member WHERE id IN (SELECT j.value FROM json_each(?) AS j)"
 _SAVE_CURSOR = """
 INSERT INTO sync_state (key, value, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
@@ -138,7 +170,29 @@ LIMIT ?
 SEEN_RESOLUTION = timedelta(days=1)
 
 
-def _coupon_row(member_id: str, c: CachedCoupon) -> tuple:
+# The page cache while a batch of changes is applied (SQLite's default is 2 MiB). Identifiers are hashes and
+# openids: each change writes to pages all over the identifier table and its index, and with a small cache
+# every page written is evicted and read back many times within the same transaction.
+APPLY_CACHE_KIB = 64 * 1024
+
+
+@contextmanager
+def _page_cache(connection: sa.Connection, kib: int) -> Iterator[None]:
+    """This connection's page cache at `kib` KiB for the block, then back to what it was (its memory freed)."""
+    before = connection.exec_driver_sql("PRAGMA cache_size").scalar_one()
+    connection.exec_driver_sql(f"PRAGMA cache_size = -{int(kib)}")
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
+
+
+def _json(rows: list) -> str:
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+def _coupon_row(member_id: str, c: CachedCoupon | contract.Coupon, times: dict[datetime, str]) -> tuple:
+    """The coupon table's row; `times` keeps the text of times already written (a campaign's coupons share them)."""
     return (
         c.code,
         member_id,
@@ -148,11 +202,27 @@ def _coupon_row(member_id: str, c: CachedCoupon) -> tuple:
         c.percent_off,
         c.threshold_fen,
         c.cap_fen,
-        to_storage(c.valid_from),
-        to_storage(c.valid_until),
+        times.get(c.valid_from) or times.setdefault(c.valid_from, to_storage(c.valid_from)),
+        times.get(c.valid_until) or times.setdefault(c.valid_until, to_storage(c.valid_until)),
         c.usable_offline,
         c.used_at and to_storage(c.used_at),
     )
+
+
+def _merge(batches: Sequence[ChangeRows]) -> ChangeRows:
+    """One `ChangeRows` of consecutive ones: a member's rows from the last that holds it, where they stand there."""
+    last: dict[str, int] = {}
+    for n, batch in enumerate(batches):
+        last.update(dict.fromkeys([m[0] for m in batch.members], n))
+        last.update(dict.fromkeys(batch.deleted, n))
+    merged = ChangeRows([], [], [], [])
+    every = len(last) == sum(len(batch) for batch in batches)  # no member twice: the usual case, nothing to drop
+    for n, batch in enumerate(batches):
+        merged.members.extend(batch.members if every else [m for m in batch.members if last[m[0]] == n])
+        merged.identifiers.extend(batch.identifiers if every else [i for i in batch.identifiers if last[i[2]] == n])
+        merged.coupons.extend(batch.coupons if every else [c for c in batch.coupons if last[c[1]] == n])
+        merged.deleted.extend(batch.deleted if every else [d for d in batch.deleted if last[d] == n])
+    return merged
 
 
 class MemberCache:
@@ -160,34 +230,58 @@ class MemberCache:
         self.engine = engine
         self._phone_hash_key = phone_hash_key
 
+    @staticmethod
+    def rows(changes: Sequence[MemberChange | contract.MemberChange]) -> ChangeRows:
+        """The rows `changes` write: the cache's own `MemberChange`s or the feed's `contract.MemberChange`s as the
+        sync receives them. Each change is a member's whole state, so only a member's last change counts, where it
+        stands in the feed: its older identifier set must not be inserted beside the newer one."""
+        latest: dict[str, MemberChange | contract.MemberChange] = {}
+        for change in changes:
+            latest.pop(change.member_id, None)
+            latest[change.member_id] = change
+        rows = ChangeRows([], [], [], [])
+        times: dict[datetime, str] = {}
+        for c in latest.values():
+            if c.deleted:
+                rows.deleted.append(c.member_id)
+                continue
+            rows.members.append((c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version))
+            if isinstance(c, MemberChange):
+                rows.identifiers.extend([(kind, value, c.member_id) for kind, value in c.identifiers])
+            else:
+                rows.identifiers.extend([(i.kind, i.value, c.member_id) for i in c.identifiers])
+            rows.coupons.extend([_coupon_row(c.member_id, coupon, times) for coupon in c.coupons])
+        return rows
+
     def apply(
-        self, changes: Sequence[MemberChange], cursor: str | None = None, now: datetime | None = None
+        self,
+        changes: Sequence[MemberChange | contract.MemberChange],
+        cursor: str | None = None,
+        now: datetime | None = None,
     ) -> ApplyResult:
-        """Apply one page of the change feed and, in the same transaction, the cursor that follows it."""
+        """Apply changes of the feed, in feed order, and in the same transaction the cursor that follows them."""
+        return self.apply_rows([self.rows(changes)], cursor, now)
+
+    def apply_rows(
+        self, batches: Sequence[ChangeRows], cursor: str | None = None, now: datetime | None = None
+    ) -> ApplyResult:
+        """Apply the rows of consecutive stretches of the feed (`rows`) in one transaction, with the cursor that
+        follows the last. A member changed while a sync was under way can be in two of them: its last counts."""
         stamp = to_storage(now or utcnow())
-        upserts = [c for c in changes if not c.deleted]
-        tombstones = [(c.member_id,) for c in changes if c.deleted]
-        with self.engine.begin() as connection:
-            if upserts:
-                connection.exec_driver_sql(
-                    _UPSERT_MEMBER,
-                    [
-                        (c.member_id, c.tier, c.points, c.display_name, c.phone_masked, c.version, stamp, stamp)
-                        for c in upserts
-                    ],
-                )
-                connection.exec_driver_sql(_CLEAR_IDENTIFIERS, [(c.member_id,) for c in upserts])
-                identifiers = [(kind, value, c.member_id) for c in upserts for kind, value in c.identifiers]
-                if identifiers:
-                    connection.exec_driver_sql(_INSERT_IDENTIFIER, identifiers)
-                coupons = [_coupon_row(c.member_id, coupon) for c in upserts for coupon in c.coupons]
-                if coupons:
-                    connection.exec_driver_sql(_UPSERT_COUPON, coupons)
-            if tombstones:
-                connection.exec_driver_sql(_DELETE_MEMBER, tombstones)
+        rows = batches[0] if len(batches) == 1 else _merge(batches)
+        with self.engine.begin() as connection, _page_cache(connection, APPLY_CACHE_KIB):
+            if rows.members:
+                connection.exec_driver_sql(_UPSERT_MEMBERS, (_json(rows.members), stamp))
+                connection.exec_driver_sql(_CLEAR_IDENTIFIERS, (_json([m[0] for m in rows.members]),))
+            if rows.identifiers:
+                connection.exec_driver_sql(_INSERT_IDENTIFIERS, (_json(rows.identifiers),))
+            if rows.coupons:
+                connection.exec_driver_sql(_UPSERT_COUPONS, (_json(rows.coupons),))
+            if rows.deleted:
+                connection.exec_driver_sql(_DELETE_MEMBERS, (_json(rows.deleted),))
             if cursor is not None:
                 connection.exec_driver_sql(_SAVE_CURSOR, (CURSOR_KEY, cursor, stamp))
-        return ApplyResult(upserted=len(upserts), deleted=len(tombstones))
+        return ApplyResult(upserted=len(rows.members), deleted=len(rows.deleted))
 
     def coupons(self, member_id: str) -> list[CachedCoupon]:
         with reader(self.engine) as connection:
@@ -339,7 +433,9 @@ class MemberCache:
     async def aget(self, member_id: str) -> CachedMember | None:
         return await asyncio.to_thread(self.get, member_id)
 
-    async def aapply(self, changes: Sequence[MemberChange], cursor: str | None = None) -> ApplyResult:
+    async def aapply(
+        self, changes: Sequence[MemberChange | contract.MemberChange], cursor: str | None = None
+    ) -> ApplyResult:
         return await asyncio.to_thread(self.apply, changes, cursor)
 
     async def amark_seen(self, member_id: str) -> None:

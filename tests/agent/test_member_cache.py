@@ -64,6 +64,49 @@ def test_a_reissued_card_moves_to_its_new_holder(cache):
     assert cache.lookup("unionid", "oU_wang").id == "m1"
 
 
+def test_a_member_changed_during_a_sync_keeps_only_its_last_state(cache):
+    # Pages applied together can hold a member twice: read early at one version, and again at its new one.
+    first = wang(1, identifiers=(("card_no", "8800012345678"), ("unionid", "oU_wang")))
+    other = MemberChange("m2", 2, tier="normal", identifiers=(("card_no", "8800000000002"),))
+    later = wang(3, points=900, identifiers=(("unionid", "oU_wang"), ("card_no", "8800087654321")))
+    result = cache.apply([first, other, later], cursor="3")
+    assert (result.upserted, result.deleted) == (2, 0)
+    assert cache.lookup("card_no", "8800012345678") is None  # the card the member gave up in between
+    assert cache.lookup("card_no", "8800087654321").points == 900
+    assert cache.get("m1").version == 3 and cache.count() == 2
+
+
+def test_a_card_reissued_within_one_batch_belongs_to_its_last_holder(cache):
+    # m1 held the card, m2 took it over, then m1 changed again without it: feed order decides, not first sight.
+    given_up = wang(1, identifiers=(("card_no", "8800012345678"),))
+    taken = MemberChange("m2", 2, tier="normal", identifiers=(("card_no", "8800012345678"),))
+    cache.apply([given_up, taken, wang(3, identifiers=(("unionid", "oU_wang"),))], cursor="3")
+    assert cache.lookup("card_no", "8800012345678").id == "m2"
+    # And back within one batch: m1 first seen before m2 took the card, then last with it again.
+    card = (("card_no", "8800012345678"),)
+    cache.apply(
+        [wang(4, identifiers=card), MemberChange("m2", 5, tier="normal", identifiers=card), wang(6, identifiers=card)]
+    )
+    assert cache.lookup("card_no", "8800012345678").id == "m1"
+
+
+def test_pages_applied_together_keep_each_members_last_state(cache):
+    # A sync applies several pages in one transaction: m1 on the first page, changed again by the third.
+    first = cache.rows([wang(1, identifiers=(("card_no", "8800012345678"),)), MemberChange("m2", 2, tier="normal")])
+    second = cache.rows([MemberChange("m3", 3, tier="normal", identifiers=(("card_no", "8800000000003"),))])
+    third = cache.rows([wang(4, identifiers=(("unionid", "oU_wang"),)), MemberChange("m2", 5, deleted=True)])
+    result = cache.apply_rows([first, second, third], cursor="5")
+    assert (result.upserted, result.deleted) == (2, 1)
+    assert cache.lookup("card_no", "8800012345678") is None and cache.lookup("unionid", "oU_wang").id == "m1"
+    assert cache.get("m2") is None and cache.get("m3") is not None and cache.cursor() == "5"
+
+
+def test_a_member_deleted_after_an_upsert_in_the_same_batch_is_gone(cache):
+    result = cache.apply([wang(1), MemberChange("m1", 2, deleted=True)], cursor="2")
+    assert (result.upserted, result.deleted) == (0, 1)
+    assert cache.get("m1") is None and cache.lookup("unionid", "oU_wang") is None
+
+
 def test_tombstone_removes_member_and_identifiers(cache, engine):
     cache.apply([wang(), MemberChange("m2", 2, tier="normal", identifiers=(("card_no", "1"),))], cursor="2")
     result = cache.apply([MemberChange("m1", 3, deleted=True)], cursor="3")
