@@ -8,10 +8,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
@@ -130,6 +132,86 @@ def test_first_pull_fills_the_cache_then_follows_changes(sync, central):
     assert member is not None and member.display_name
     again = run(sync.pull())
     assert (again.upserted, again.deleted) == (0, 0)
+
+
+class FailingChangesTransport(httpx.AsyncBaseTransport):
+    """The network to central, except that the `fail_at`-th request for member changes finds central unreachable."""
+
+    def __init__(self, fail_at: int):
+        self.inner = httpx.AsyncHTTPTransport()
+        self.fail_at = fail_at
+        self.changes_asked = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/members/changes"):
+            self.changes_asked += 1
+            if self.changes_asked == self.fail_at:
+                raise httpx.ConnectError("connection refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_a_sync_cut_off_keeps_the_pages_before_it_and_resumes_after_them(engine, central, store):
+    # 40 members in pages of 15: the third page cannot be fetched. The two before it are in the cache, with the
+    # cursor that follows them, whether they were applied one by one or together; the next pull brings the rest.
+    sync = make_sync(engine, central, store)
+    transport = FailingChangesTransport(fail_at=3)
+    settings = CentralSettings(url=central.url, token=SecretStr(store.token), connect_timeout_s=2, read_timeout_s=5)
+    sync.client = CentralClient(settings, store.store_id, transport=transport)
+    with pytest.raises(CentralUnreachable):
+        run(sync.pull())
+    assert sync.cache.count() == 30
+    with sync.engine.connect() as connection:
+        cached_up_to = connection.exec_driver_sql("SELECT max(version) FROM member").scalar_one()
+    assert sync.cache.cursor() == str(cached_up_to)
+    report = run(sync.pull())
+    run(sync.client.aclose())
+    assert (report.upserted, report.pages) == (10, 1) and sync.cache.count() == 40
+
+
+class CountingChangesTransport(httpx.AsyncBaseTransport):
+    """The network to central; `asked` is set once `count` requests for member changes have gone out."""
+
+    def __init__(self, count: int):
+        self.inner = httpx.AsyncHTTPTransport()
+        self.count = count
+        self.changes_asked = 0
+        self.asked = threading.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/members/changes"):
+            self.changes_asked += 1
+            if self.changes_asked >= self.count:
+                self.asked.set()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_pages_are_applied_in_batches_while_the_next_batch_is_fetched(engine, central, store):
+    sync = make_sync(engine, central, store)
+    sync.page_size, sync.apply_at_most = 2, 8  # 20 pages of 2 members: batches of 4 pages
+    transport = CountingChangesTransport(count=9)  # the batch being applied, the next 4 pages, 1 more in hand
+    settings = CentralSettings(url=central.url, token=SecretStr(store.token), connect_timeout_s=2, read_timeout_s=5)
+    sync.client = CentralClient(settings, store.store_id, transport=transport)
+    applied: list[int] = []
+    apply = sync.cache.apply_rows
+
+    def apply_once_the_next_batch_is_fetched(batches, cursor=None, now=None):
+        if not applied:
+            assert transport.asked.wait(10), "the next pages were not fetched while the first batch was applied"
+        applied.append(sum(len(rows) for rows in batches))
+        return apply(batches, cursor, now)
+
+    sync.cache.apply_rows = apply_once_the_next_batch_is_fetched
+    report, again = run(sync.pull()), run(sync.pull())
+    run(sync.client.aclose())
+    assert (report.upserted, report.pages) == (40, 20) and sync.cache.count() == 40
+    assert applied[:5] == [8] * 5  # 5 transactions, each with the cursor of its last page
+    assert again.upserted == 0
 
 
 def _cards(sync: Sync) -> list[str]:
