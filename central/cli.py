@@ -75,11 +75,8 @@ def serve(config_path: Path, host: str | None, port: int | None, jobs: bool | No
     from central.main import create_app
 
     settings = _settings(config_path)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-run context lines say nothing useful here
     port = port or settings.port
-    if settings.instance is None:
-        settings = settings.model_copy(update={"instance": instance_name(port)})
+    settings = _process(settings, instance_name(port))
     engine = _engine(settings)
     lock = _single_process(engine)
     app = create_app(settings, engine, run_jobs=jobs)
@@ -111,11 +108,7 @@ def serve(config_path: Path, host: str | None, port: int | None, jobs: bool | No
 def worker(config_path: Path) -> None:
     """Run the periodic jobs and take over the payments of replicas that died, without serving HTTP, until Ctrl-C or
     SIGTERM: the one process of a chain's deployment whose web replicas run `serve --no-jobs` (PostgreSQL only)."""
-    settings = _settings(config_path)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if settings.instance is None:
-        settings = settings.model_copy(update={"instance": instance_name(role="worker")})
+    settings = _process(_settings(config_path), instance_name(role="worker"))
     engine = _engine(settings)
     if engine.dialect.name == "sqlite":
         engine.dispose()
@@ -156,6 +149,16 @@ async def _work(settings: Settings, engine: sa.Engine) -> None:
     finally:
         log.info("worker stopping: its leases are given up for another process to take at once")
         await background.stop()
+
+
+def _process(settings: Settings, default_instance: str) -> Settings:
+    """A long-running process's set-up: its logging, and its name among the processes (the settings' `instance`,
+    else `default_instance`)."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-run context lines say nothing useful here
+    if settings.instance is not None:
+        return settings
+    return settings.model_copy(update={"instance": default_instance})
 
 
 def _single_process(engine: sa.Engine):

@@ -203,12 +203,7 @@ def changes_page(session: Session, after: int, limit: int, now: datetime) -> Fee
     has_more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = str(rows[-1].version if rows else after)
-    identifiers: Sequence[sa.Row] = []
-    coupons: Sequence[sa.Row] = []
-    live = [row.id for row in rows if not row.deleted]
-    if live:
-        identifiers = session.execute(_IDENTIFIERS, {"ids": live}).all()
-        coupons = session.execute(_COUPONS, {"ids": live, "now": now}).all()
+    identifiers, coupons = _held_by(session, rows, now)
     members = b",".join([pydantic_core.to_json(m) for m in _wire_members(rows, identifiers, coupons)])
     body = b'{"changes":[%b],"next_cursor":%b,"has_more":%b}' % (
         members,
@@ -323,13 +318,19 @@ def snapshot(session: Session, member_id: str, now: datetime) -> contract.Member
 
 def snapshots(session: Session, rows: Sequence[sa.Row], now: datetime) -> list[contract.MemberChange]:
     """The wire form of members (rows of `member_rows`): full state for live ones, tombstones otherwise."""
-    live = [row.id for row in rows if not row.deleted]
-    identifiers: Sequence[sa.Row] = []
-    coupons: Sequence[sa.Row] = []
-    if live:
-        identifiers = session.execute(_IDENTIFIERS, {"ids": live}).all()
-        coupons = session.execute(_COUPONS, {"ids": live, "now": now}).all()
+    identifiers, coupons = _held_by(session, rows, now)
     return [contract.MemberChange.model_validate(m) for m in _wire_members(rows, identifiers, coupons)]
+
+
+def _held_by(session: Session, rows: Sequence[sa.Row], now: datetime) -> tuple[Sequence[sa.Row], Sequence[sa.Row]]:
+    """The identifiers and the coupons valid at `now` of the live members among `rows`."""
+    live = [row.id for row in rows if not row.deleted]
+    if not live:
+        return [], []
+    return (
+        session.execute(_IDENTIFIERS, {"ids": live}).all(),
+        session.execute(_COUPONS, {"ids": live, "now": now}).all(),
+    )
 
 
 def _wire_members(

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from central.clock import utcnow
-from central.db import write_session
+from central.db import read_session, write_session
 from central.models import JobLease
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,12 @@ class Leases:
 
     # --- one row ---------------------------------------------------------------------------------------------
 
+    def held(self, kind: Kind, now: datetime | None = None) -> dict[str, object]:
+        """The values of a lease this process holds from `now` (default: the clock's now), for `kind`'s columns:
+        a row written with them is this process's (a new payment or refund, a lease taken or renewed)."""
+        start = now if now is not None else self.clock()
+        return {kind.owner: self.owner, kind.until: start + timedelta(seconds=self.seconds)}
+
     def _free_or_mine(self, kind: Kind, now: datetime, mine: bool = True) -> sa.ColumnElement[bool]:
         owner, until = kind.column(kind.owner), kind.column(kind.until)
         free = sa.or_(owner.is_(None), until.is_(None), until < now)
@@ -92,7 +98,7 @@ class Leases:
             done = session.execute(
                 sa.update(kind.table)
                 .where(kind.column(kind.key) == key, self._free_or_mine(kind, now))
-                .values({kind.owner: self.owner, kind.until: now + timedelta(seconds=self.seconds)})
+                .values(self.held(kind, now))
             ).rowcount
             session.commit()
         return done == 1
@@ -123,11 +129,7 @@ class Leases:
             chosen = sa.select(key).where(where).limit(limit).with_for_update(skip_locked=True)
             keys = list(session.execute(chosen).scalars())
             if keys:
-                session.execute(
-                    sa.update(kind.table)
-                    .where(key.in_(keys))
-                    .values({kind.owner: self.owner, kind.until: now + timedelta(seconds=self.seconds)})
-                )
+                session.execute(sa.update(kind.table).where(key.in_(keys)).values(self.held(kind, now)))
             session.commit()
         return keys
 
@@ -142,7 +144,7 @@ class Leases:
                 session.execute(
                     sa.update(kind.table)
                     .where(key.in_(keys), kind.column(kind.owner) == self.owner)
-                    .values({kind.until: self.clock() + timedelta(seconds=self.seconds)})
+                    .values({kind.until: self.held(kind)[kind.until]})
                     .returning(key)
                 ).scalars()
             )
@@ -177,19 +179,14 @@ class Leases:
             done = session.execute(
                 sa.update(table)
                 .where(table.c.name == name, self._free_or_mine(JOBS, now), due)
-                .values(
-                    owner=self.owner,
-                    until=now + timedelta(seconds=self.seconds),
-                    last_run_at=now,
-                    runs=table.c.runs + 1,
-                )
+                .values({**self.held(JOBS, now), "last_run_at": now, "runs": table.c.runs + 1})
             ).rowcount
             if not done:
                 # Not due: keep (or take) the lease all the same, so the job stays with one process.
                 session.execute(
                     sa.update(table)
                     .where(table.c.name == name, self._free_or_mine(JOBS, now))
-                    .values(owner=self.owner, until=now + timedelta(seconds=self.seconds))
+                    .values(self.held(JOBS, now))
                 )
             session.commit()
         return done == 1
@@ -197,7 +194,7 @@ class Leases:
     def holds(self, name: str) -> bool:
         """Whether this process holds job `name`'s lease now."""
         table = JOBS.table
-        with write_session(self.engine) as session:
+        with read_session(self.engine) as session:
             owner, until = session.execute(
                 sa.select(table.c.owner, table.c.until).where(table.c.name == name)
             ).one_or_none() or (None, None)

@@ -223,8 +223,8 @@ class Gateway:
     async def start(self) -> int:
         """Take over every unfinished payment and refund no live process drives (after a restart, a crash, or
         another replica's death); how many."""
-        for kind, what in ((self.payments, "payment"), (self.refunds, "refund")):
-            for key, provider in await asyncio.to_thread(self._unconfigured, kind):
+        for kind, states, what in ((self.payments, ACTIVE, "payment"), (self.refunds, REFUND_OPEN, "refund")):
+            for key, provider in await asyncio.to_thread(self._unconfigured, kind, states):
                 log.error(
                     "%s %s is unfinished but %s is not configured here; another process or a restart with "
                     "it configured takes it",
@@ -901,10 +901,9 @@ class Gateway:
         ).encode()
         return hmac.new(self.settings.key_bytes(), canonical, hashlib.sha256).hexdigest()
 
-    def _unconfigured(self, kind: Kind) -> list[tuple[str, str]]:
-        """Unfinished rows of `kind` whose provider this process cannot call: (key, provider)."""
+    def _unconfigured(self, kind: Kind, states: tuple[str, ...]) -> list[tuple[str, str]]:
+        """Rows of `kind` in `states` (unfinished) whose provider this process cannot call: (key, provider)."""
         table = kind.table
-        states = ACTIVE if kind is self.payments else REFUND_OPEN
         with read_session(self.engine) as session:
             return [
                 (r[0], r[1])
@@ -984,8 +983,7 @@ class Gateway:
                 charge_sent_at=now,
                 created_at=now,
                 updated_at=now,
-                lease_owner=self.leases.owner,  # this process sends the charge and drives it
-                lease_until=self.leases.clock() + timedelta(seconds=self.leases.seconds),
+                **self.leases.held(self.payments),  # this process sends the charge and drives it
             )
         )
         session.execute(
@@ -1291,8 +1289,7 @@ class Gateway:
                     reason_en=en,
                     created_at=now,
                     updated_at=now,
-                    lease_owner=self.leases.owner,  # this process sends the refund and follows it
-                    lease_until=self.leases.clock() + timedelta(seconds=self.leases.seconds),
+                    **self.leases.held(self.refunds),  # this process sends the refund and follows it
                 )
             )
             session.execute(

@@ -199,6 +199,27 @@ def at_once(calls: list[Callable[[], httpx.Response]]) -> list[httpx.Response]:
         return list(pool.map(run, calls))
 
 
+def chained(prev_hash: str, totals: range, **fields: object) -> list[dict]:
+    """Sales of these totals as one station's journal after `prev_hash`, each row hashed on the one before."""
+    rows = []
+    for total in totals:
+        rows.append(journal_row(total, prev_hash=prev_hash, **fields))
+        prev_hash = rows[-1]["hash"]
+    return rows
+
+
+def pushed_to_both(to_a: httpx.Client, to_b: httpx.Client, rows: list[dict]) -> list[str]:
+    """The same batch pushed to both replicas at the same moment: every row's status from both answers, sorted."""
+    answers = at_once(
+        [
+            lambda: to_a.post("/v1/transactions:batch", json={"transactions": rows}),
+            lambda: to_b.post("/v1/transactions:batch", json={"transactions": rows}),
+        ]
+    )
+    assert [answer.status_code for answer in answers] == [200, 200]
+    return sorted(r["status"] for answer in answers for r in answer.json()["results"])
+
+
 def test_two_replicas_racing_for_the_same_payments_and_batches_do_each_once(chain, sim):
     a, b = chain.replica("replica-a"), chain.replica("replica-b")
     with chain.client(a) as to_a, chain.client(b) as to_b:
@@ -225,35 +246,11 @@ def test_two_replicas_racing_for_the_same_payments_and_batches_do_each_once(chai
             feed.lock(session)
             member = identity.create_member(session, datetime.now(UTC)).id
             session.commit()
-        rows, prev = [], GENESIS
-        for n in range(40):
-            row = journal_row(100 + n, member_id=member, points_earned=1, prev_hash=prev)
-            prev = row["hash"]
-            rows.append(row)
-        answers = at_once(
-            [
-                lambda: to_a.post("/v1/transactions:batch", json={"transactions": rows}),
-                lambda: to_b.post("/v1/transactions:batch", json={"transactions": rows}),
-            ]
-        )
-        assert [answer.status_code for answer in answers] == [200, 200]
-        statuses = sorted(r["status"] for answer in answers for r in answer.json()["results"])
-        assert statuses == ["accepted"] * 40 + ["duplicate"] * 40
+        rows = chained(GENESIS, range(100, 140), member_id=member, points_earned=1)
+        assert pushed_to_both(to_a, to_b, rows) == ["accepted"] * 40 + ["duplicate"] * 40
         # Sales without a member take no feed lock, only the store's: the same race, the same answer.
-        cash = []
-        for n in range(20):
-            row = journal_row(500 + n, prev_hash=prev)
-            prev = row["hash"]
-            cash.append(row)
-        answers = at_once(
-            [
-                lambda: to_a.post("/v1/transactions:batch", json={"transactions": cash}),
-                lambda: to_b.post("/v1/transactions:batch", json={"transactions": cash}),
-            ]
-        )
-        assert [answer.status_code for answer in answers] == [200, 200]
-        statuses = sorted(r["status"] for answer in answers for r in answer.json()["results"])
-        assert statuses == ["accepted"] * 20 + ["duplicate"] * 20
+        cash = chained(rows[-1]["hash"], range(500, 520))
+        assert pushed_to_both(to_a, to_b, cash) == ["accepted"] * 20 + ["duplicate"] * 20
     stored = chain.rows(sa.select(sa.func.count()).select_from(Transaction).where(Transaction.store_id == "S1"))
     points = chain.rows(sa.select(sa.func.sum(LedgerEntry.points)).where(LedgerEntry.member_id == member))
     assert stored[0][0] == 60 and points[0][0] == 40
