@@ -172,6 +172,9 @@ def main() -> None:
         try:
             run(stack.start(), sales, args)
         finally:
+            # Central's shutdown writes (its leases released) must end before the directory is removed.
+            stack.stop()
+            stack.central.stop()
             stack.close()
 
 
