@@ -508,7 +508,8 @@ def test_the_idle_count_stands_still_while_the_customer_confirms_on_the_phone(pa
 def test_a_part_paid_sale_left_behind_waits_for_the_staff(page: Page, stack_factory) -> None:
     stack = stack_factory(kind="kiosk", approval=("void",))
     open_kiosk(page, stack)
-    stack.scan(WATER["sku"])
+    stack.scan(WATER["sku"])  # handled after its 202: the screen shows when it was
+    expect(page.locator("#lines")).to_contain_text("矿泉水 550ml")
     sale = stack.api.get("/v1/sessions/current").json()
     paid = stack.api.post(f"/v1/sessions/{sale['id']}/tenders", json={"kind": "cash", "amount_fen": 100})
     assert paid.status_code == 200, paid.text
