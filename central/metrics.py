@@ -5,7 +5,9 @@
 - payments that reached a final state, by provider and outcome, and how long they took from the charge sent;
 - journal rows ingested from the stores, by result (their rate is the ingestion rate);
 - the member change feed: its head version (its size), read at scrape time, and how far behind the head each
-  store's last page left it.
+  store's last page left it;
+- each periodic job's last round and rounds run, from the database (`job_lease`) at scrape time: whichever process
+  runs the jobs (a replica or `pos-central worker`), any replica's /metrics shows whether they run.
 
 Counters live in this process and start at zero with it; with several replicas, sum them over the instances.
 Each app has its own registry (never prometheus_client's global one), so several apps in one process — the
@@ -27,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from central import contract
 from central.db import read_session
-from central.models import FeedCounter
+from central.models import FeedCounter, JobLease
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ class FeedCollector(Collector):
         try:
             with read_session(self.engine) as session:
                 head = session.execute(sa.select(FeedCounter.value).where(FeedCounter.id == 1)).scalar() or 0
+                jobs = session.execute(sa.select(JobLease.name, JobLease.last_run_at, JobLease.runs)).all()
         except sa.exc.SQLAlchemyError as exc:
             log.warning("metrics: the database could not be read: %s", str(exc)[:200])
             readable.add_metric([], 0)
@@ -161,3 +164,17 @@ class FeedCollector(Collector):
             last.add_metric([store], at)
         yield behind
         yield last
+        job_last = GaugeMetricFamily(
+            "pos_central_job_last_run_timestamp_seconds",
+            "When a periodic job's last round started, in whichever process ran it (Unix time)",
+            labels=["job"],
+        )
+        job_runs = GaugeMetricFamily(
+            "pos_central_job_runs", "Rounds a periodic job has run, in all processes together", labels=["job"]
+        )
+        for name, last_run_at, runs in sorted(jobs):
+            if last_run_at is not None:
+                job_last.add_metric([name], last_run_at.timestamp())
+            job_runs.add_metric([name], runs)
+        yield job_last
+        yield job_runs

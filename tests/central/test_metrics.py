@@ -8,8 +8,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from central.leases import Leases
 from tests.central.rows import journal_row
 from tests.central.test_payments import code, follow, new_otn, pay, sim  # noqa: F401 - sim: fixture
+from tests.support.clock import FakeClock
 from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
 from tests.support.timings import FAST_PAYMENTS
 
@@ -117,3 +119,18 @@ def test_two_services_in_one_process_keep_their_own_figures(central_factory):
         assert client.post("/v1/transactions:batch", json={"transactions": [journal_row(100)]}).status_code == 200
     assert value(scrape(one), "pos_central_transactions_ingested_total", result="accepted") == 1
     assert value(scrape(two), "pos_central_transactions_ingested_total", result="accepted") == 0
+
+
+def test_the_periodic_jobs_show_on_any_replicas_metrics_whichever_process_runs_them(central_factory):
+    # A web replica with no jobs of its own; another process (a worker, on its own clock) runs a job twice.
+    replica = central_factory(metrics_token=TOKEN, run_jobs=False)
+    clock = FakeClock()
+    worker = Leases(replica.engine, "host-b:worker", clock=clock.now)
+    assert "pos_central_job_runs" not in {name for name, _ in scrape(replica)}
+    assert worker.claim_round("payment-orphans", 600)
+    clock.seconds = 600
+    assert worker.claim_round("payment-orphans", 600)
+
+    seen = scrape(replica)
+    assert value(seen, "pos_central_job_runs", job="payment-orphans") == 2
+    assert value(seen, "pos_central_job_last_run_timestamp_seconds", job="payment-orphans") == clock.now().timestamp()
