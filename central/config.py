@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         None,
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
         examples=["central-1:8800"],
-        description="this process's name among central's processes (leases); default: host:port, or host:worker",
+        description="this process's name among central's processes (leases); default: host:port, or host:worker:pid",
     )
     run_jobs: bool = Field(
         True,
