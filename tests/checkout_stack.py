@@ -375,7 +375,9 @@ class Stack:
         )["session"]
 
     def wait_event(self, session_id: str, done: Callable[[dict], bool], within: float = 15) -> dict:
-        """The first event of the session (from its start) for which `done(event)` holds."""
+        """The first event of the session (from its start) for which `done(event)` holds, within `within` seconds
+        (checked at each line: the stream's keep-alive comments would otherwise hold a read open for ever)."""
+        deadline = time.monotonic() + within
         with (
             httpx.Client(timeout=within) as client,
             client.stream("GET", f"{self.url}/v1/sessions/{session_id}/events", params={"token": API_TOKEN}) as stream,
@@ -385,23 +387,31 @@ class Stack:
                     event = json.loads(line[5:])
                     if done(event):
                         return event
+                if time.monotonic() > deadline:
+                    break
         raise AssertionError(f"session {session_id}: the event asked for never came; now {self.session(session_id)}")
 
-    def wait_session_current(self, within: float = 10) -> dict:
-        """The station's open session, once a scan has opened one."""
+    def wait_session_current(
+        self, within: float = 10, done: Callable[[dict], bool] = lambda s: bool(s["lines"])
+    ) -> dict:
+        """The station's open session once `done` holds of it (by default: a scan put a line in it). A scan is
+        answered 202 and handled after, so a test waits here rather than reading the session at once."""
+        deadline = time.monotonic() + within
         with (
             httpx.Client(timeout=within) as client,
             client.stream("GET", f"{self.url}/v1/events", params={"token": API_TOKEN}) as stream,
         ):
             answer = self.api.get("/v1/sessions/current")
-            if answer.status_code == 200 and answer.json()["lines"]:
+            if answer.status_code == 200 and done(answer.json()):
                 return answer.json()
             for line in stream.iter_lines():
-                if line.startswith("data:"):
-                    event = json.loads(line[5:])
-                    if event.get("session") and event["session"]["lines"]:
-                        return event["session"]
-        raise AssertionError("no session opened")
+                if line.startswith("data:") and json.loads(line[5:]).get("session"):
+                    answer = self.api.get("/v1/sessions/current")
+                    if answer.status_code == 200 and done(answer.json()):
+                        return answer.json()
+                if time.monotonic() > deadline:
+                    break
+        raise AssertionError(f"no session as asked opened; now {self.api.get('/v1/sessions/current').text}")
 
     def station_event(self, done: Callable[[dict], bool], within: float = 15) -> dict:
         """The first event of the station (from the agent's start) for which `done(event)` holds."""

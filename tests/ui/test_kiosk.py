@@ -97,8 +97,8 @@ def open_kiosk(page: Page, stack: Stack, *, stop_clock: bool = False, **options:
 
 
 def set_basket(stack: Stack, *lines: dict) -> dict:
-    """What the store's POS software does: send the basket of the sale open at the station."""
-    session = stack.api.get("/v1/sessions/current").json()
+    """What the store's POS software does: send the basket of the sale open at the station (once a scan opened it)."""
+    session = stack.wait_session_current(done=lambda _: True)
     answer = stack.api.put(f"/v1/sessions/{session['id']}/basket", json={"lines": list(lines)})
     assert answer.status_code == 200, answer.text
     return answer.json()
@@ -554,6 +554,8 @@ def test_english_at_one_tap_and_chinese_again_for_the_next_shopper(page: Page, s
     assert page.title() == "Self checkout"
 
     stack.scan(WATER["sku"])
+    # Visible, not only its text: the prompt's text is on the page, hidden, before the scan (answered 202) is handled.
+    expect(page.locator("#pay-prompt")).to_be_visible()
     expect(page.locator("#pay-prompt")).to_contain_text("Show your payment code")
     expect(page.locator(".due")).to_contain_text("To pay")
     # Only the goods' own names stay as the store wrote them.
