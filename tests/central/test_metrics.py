@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from central.leases import Leases
 from tests.central.rows import journal_row
-from tests.central.test_payments import code, follow, new_otn, pay, sim  # noqa: F401 - sim: fixture
+from tests.central.test_payments import code, final_answer, follow, new_otn, pay, sim  # noqa: F401 - sim: fixture
 from tests.support.clock import FakeClock
 from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
 from tests.support.timings import FAST_PAYMENTS
@@ -63,9 +63,9 @@ def test_payments_requests_ingestion_and_the_feed_are_counted(central_factory, s
     assert value(before, "pos_central_database_readable") == 1
 
     with server.client(store) as client:
-        paid = pay(client, code("00")).json()
+        paid = final_answer(client, pay(client, code("00")).json())
         assert paid["state"] == "SUCCESS"
-        refused = pay(client, code("32")).json()  # NOTENOUGH
+        refused = final_answer(client, pay(client, code("32")).json())  # NOTENOUGH
         assert refused["state"] == "FAILED"
         voided = client.post(
             f"/v1/payments/{new_otn()}/void", json={"provider": "wechat", "amount_fen": 100, "station_id": "T01"}

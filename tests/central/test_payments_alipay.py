@@ -14,7 +14,7 @@ from central.cli import cli
 from central.payments.reconcile import CHINA
 from central.payments.simulators import serve_in_thread
 from central.payments.simulators.alipay import AlipaySimulator, generate_rsa_keypair
-from tests.central.test_payments import follow, new_otn, pay
+from tests.central.test_payments import final_answer, follow, new_otn, pay
 from tests.support.timings import FAST_PAYMENTS
 
 APP_ID = "2021000000000001"
@@ -97,7 +97,7 @@ def test_waiting_and_unknown_outcomes_are_followed_to_the_end(paying, alipay, sc
 
 def test_definite_failure_and_a_cancel_that_asks_to_be_retried(paying, alipay):
     server, client = paying
-    failed = pay(client, code("32")).json()
+    failed = final_answer(client, pay(client, code("32")).json())
     assert failed["state"] == "FAILED" and failed["reason_zh"] and failed["code"]
     otn = pay(client, code("40")).json()["out_trade_no"]
     assert client.post(f"/v1/payments/{otn}/reverse").json()["state"] == "REVERSING"

@@ -19,7 +19,7 @@ from central.cli import cli
 from central.payments.orphans import refund_number
 from central.payments.reconcile import CHINA
 from tests.central import test_payments as base
-from tests.central.test_payments import code, follow, pay
+from tests.central.test_payments import code, final_answer, follow, pay
 from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
 from tests.support.poll import eventually
 from tests.support.timings import FAST_PAYMENTS
@@ -68,9 +68,7 @@ class Station:
 
 
 def paid(client, amount: int, station: str = "T01") -> dict:
-    payment = pay(client, code("00"), amount, station_id=station).json()
-    if payment["state"] == "PENDING":  # the provider's answer came after central's answer window: follow it
-        payment = follow(client, payment["out_trade_no"])
+    payment = final_answer(client, pay(client, code("00"), amount, station_id=station).json())
     assert payment["state"] == "SUCCESS", payment
     return payment
 
@@ -217,7 +215,7 @@ def test_voids_tenders_and_amounts_that_disagree(orphans):
     now = datetime.now(UTC)
     cancelled = paid(client, 1000)  # the sale was cancelled after payment and the reversal never happened
     short = paid(client, 800)
-    failed = pay(client, code("32"), 500).json()
+    failed = final_answer(client, pay(client, code("32"), 500).json())
     reversed_ = paid(client, 700)
     assert client.post(f"/v1/payments/{reversed_['out_trade_no']}/reverse").status_code == 200
     assert follow(client, reversed_["out_trade_no"])["state"] == "REVERSED"

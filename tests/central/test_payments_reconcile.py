@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from central.cli import cli
 from central.payments.wechat import BEIJING
 from tests.central import test_payments as base
-from tests.central.test_payments import code, follow, pay
+from tests.central.test_payments import code, final_answer, follow, pay
 
 # The payment fixtures: a central service with WeChat Pay pointed at a simulator.
 from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
@@ -31,7 +31,7 @@ def test_the_bill_finds_every_kind_of_difference(paying, sim, tmp_path):
     missing = pay(client, code("00"), 4000).json()["out_trade_no"]
     del sim.orders[missing]
     stranger = sim.add_order("S1T09UNKNOWN0001", 777, device_info="S1-T09")
-    failed = pay(client, code("32"), 500).json()
+    failed = final_answer(client, pay(client, code("32"), 500).json())
     assert failed["state"] == "FAILED"
 
     day = datetime.now(UTC).astimezone(BEIJING).date()

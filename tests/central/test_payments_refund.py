@@ -28,7 +28,7 @@ from central.payments.simulators import serve_in_thread
 from central.payments.simulators.wechat import WeChatSimulator
 from central.payments.wechat import BEIJING, parse_bill
 from tests.central.plugin import central_settings
-from tests.central.test_payments import code, follow, new_otn, pay
+from tests.central.test_payments import code, final_answer, follow, new_otn, pay
 from tests.central.test_payments_alipay import alipay_central, rsa_keys, serve_alipay  # noqa: F401 - rsa_keys is a fixture
 from tests.central.test_payments_timing import REQUEST, ScriptedProvider, VirtualClock, engine  # noqa: F401 - a fixture
 from tests.support.credentials import APPID, MCH_ID, WECHAT_KEY
@@ -217,7 +217,7 @@ def test_two_refunds_at_the_same_moment_never_add_up_to_more_than_was_paid(payin
 
 def test_a_payment_that_is_not_paid_cannot_be_refunded(paying, wechat, sim_clock):
     server, client = paying
-    failed = pay(client, code("32"), 500).json()
+    failed = final_answer(client, pay(client, code("32"), 500).json())
     assert failed["state"] == "FAILED"
     not_paid = refund(client, failed["out_trade_no"], 500)
     assert (
