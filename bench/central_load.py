@@ -83,7 +83,7 @@ from central.payments.gateway import FINAL  # noqa: E402
 from central.payments.simulators.wechat import customer_openid  # noqa: E402
 from central.seed import seed_demo  # noqa: E402
 from central.stores import add_store  # noqa: E402
-from tests.central.plugin import PostgresCluster, _pg_bindir  # noqa: E402
+from tests.central.plugin import PostgresCluster, start_postgres  # noqa: E402
 from tests.chaos.checks import provider_orders  # noqa: E402
 
 PHONE_KEY = "load-phone-hash-key-0123456789"
@@ -250,11 +250,7 @@ class Central:
         return f"load-store-token-{store_id}-0123456789"
 
     def start_cluster(self) -> None:
-        bindir = _pg_bindir()
-        if bindir is None or not (bindir / "initdb").exists():
-            sys.exit("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
-        self.cluster = PostgresCluster(bindir)
-        self.cluster.start()
+        self.cluster = start_postgres()
 
     def seed_template(self) -> None:
         """Members, the simulator's customers 1..payers linked to members as payers, the stores: once."""

@@ -139,14 +139,9 @@ async def drain(sync: Sync) -> tuple[float, int]:
 def postgres_cluster() -> Any:
     """A throw-away PostgreSQL cluster, started: the tests' own (tests/ is not an installed package)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.central.plugin import PostgresCluster, _pg_bindir
+    from tests.central.plugin import start_postgres
 
-    bindir = _pg_bindir()
-    if bindir is None or not (bindir / "initdb").exists():
-        sys.exit("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
-    cluster = PostgresCluster(bindir)
-    cluster.start()
-    return cluster
+    return start_postgres()
 
 
 def main() -> None:

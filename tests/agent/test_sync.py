@@ -134,19 +134,23 @@ def test_first_pull_fills_the_cache_then_follows_changes(sync, central):
     assert (again.upserted, again.deleted) == (0, 0)
 
 
-class FailingChangesTransport(httpx.AsyncBaseTransport):
-    """The network to central, except that the `fail_at`-th request for member changes finds central unreachable."""
+class ChangesTransport(httpx.AsyncBaseTransport):
+    """The network to central, counting the requests for member changes: the `fail_at`-th finds central
+    unreachable, and `asked` is set once `signal_at` of them have gone out."""
 
-    def __init__(self, fail_at: int):
+    def __init__(self, fail_at: int = 0, signal_at: int = 0):
         self.inner = httpx.AsyncHTTPTransport()
-        self.fail_at = fail_at
+        self.fail_at, self.signal_at = fail_at, signal_at
         self.changes_asked = 0
+        self.asked = threading.Event()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/members/changes"):
             self.changes_asked += 1
             if self.changes_asked == self.fail_at:
                 raise httpx.ConnectError("connection refused", request=request)
+            if self.signal_at and self.changes_asked >= self.signal_at:
+                self.asked.set()
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -157,7 +161,7 @@ def test_a_sync_cut_off_keeps_the_pages_before_it_and_resumes_after_them(engine,
     # 40 members in pages of 15: the third page cannot be fetched. The two before it are in the cache, with the
     # cursor that follows them, whether they were applied one by one or together; the next pull brings the rest.
     sync = make_sync(engine, central, store)
-    transport = FailingChangesTransport(fail_at=3)
+    transport = ChangesTransport(fail_at=3)
     settings = CentralSettings(url=central.url, token=SecretStr(store.token), connect_timeout_s=2, read_timeout_s=5)
     sync.client = CentralClient(settings, store.store_id, transport=transport)
     with pytest.raises(CentralUnreachable):
@@ -171,30 +175,10 @@ def test_a_sync_cut_off_keeps_the_pages_before_it_and_resumes_after_them(engine,
     assert (report.upserted, report.pages) == (10, 1) and sync.cache.count() == 40
 
 
-class CountingChangesTransport(httpx.AsyncBaseTransport):
-    """The network to central; `asked` is set once `count` requests for member changes have gone out."""
-
-    def __init__(self, count: int):
-        self.inner = httpx.AsyncHTTPTransport()
-        self.count = count
-        self.changes_asked = 0
-        self.asked = threading.Event()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/members/changes"):
-            self.changes_asked += 1
-            if self.changes_asked >= self.count:
-                self.asked.set()
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 def test_pages_are_applied_in_batches_while_the_next_batch_is_fetched(engine, central, store):
     sync = make_sync(engine, central, store)
     sync.page_size, sync.apply_at_most = 2, 8  # 20 pages of 2 members: batches of 4 pages
-    transport = CountingChangesTransport(count=9)  # the batch being applied, the next 4 pages, 1 more in hand
+    transport = ChangesTransport(signal_at=9)  # the batch being applied, the next 4 pages, 1 more in hand
     settings = CentralSettings(url=central.url, token=SecretStr(store.token), connect_timeout_s=2, read_timeout_s=5)
     sync.client = CentralClient(settings, store.store_id, transport=transport)
     applied: list[int] = []

@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -126,6 +127,16 @@ class PostgresCluster:
         finally:
             engine.dispose()
         return self.url(name)
+
+
+def start_postgres() -> PostgresCluster:
+    """A throw-away cluster, started, for a script (the benchmarks); exits saying why when there is no server."""
+    bindir = _pg_bindir()
+    if bindir is None or not (bindir / "initdb").exists():
+        sys.exit("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
+    cluster = PostgresCluster(bindir)
+    cluster.start()
+    return cluster
 
 
 @pytest.fixture(scope="session")
